@@ -1,0 +1,1 @@
+//! fsroute control plane.

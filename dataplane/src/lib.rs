@@ -1,0 +1,10 @@
+//! fsroute's data plane: the zero-copy SIP scanner, the sans-IO stateless router, the dispatcher
+//! algorithms, the immutable routing table the control plane swaps in, and the glommio shard shell
+//! that binds one UDP socket per core and drives the router.
+
+pub mod dispatch;
+pub mod hash;
+pub mod router;
+pub mod sip;
+pub mod stats;
+pub mod table;

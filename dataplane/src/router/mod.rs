@@ -1,0 +1,421 @@
+//! The sans-IO proxy core: `handle(table, src, datagram, now, out) -> Action`. It owns the RFC 3261
+//! §16 / §16.11 decisions of a stateless load-balancing proxy (validate, answer locally, pick a
+//! destination, keep a call's later messages on the INVITE's destination, rewrite) and the small
+//! per-shard call memory that makes those decisions stick. It performs no I/O, reads time and
+//! randomness only from its arguments and its seeded generator, and never panics on input.
+
+mod memory;
+pub mod rewrite;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use memory::{CallMemory, AFTER_FINAL};
+use rewrite::{forward_request, forward_response, host_ip, local_reply, parse_branch, parse_token, reply_address, RequestRewrite};
+
+use crate::dispatch::{opensips_uri_keys, trim_callid, Algorithm};
+use crate::hash;
+use crate::sip::{self, uri_host_port, uri_params, uri_user, Message, Method, ParseError};
+use crate::stats::{DropReason, ShardStats};
+use crate::table::{DestCounters, RouteTarget, RoutingTable};
+
+const SEED_OWNER: u64 = 0x6673_726f_7574_6531; // "fsroute1"
+const SEED_TXN: u64 = 0x6673_726f_7574_6532;
+const SEED_DIALOG: u64 = 0x6673_726f_7574_6533;
+
+/// Default cap on remembered transactions and dialogs per shard (each map).
+pub const DEFAULT_MEMORY_CAPACITY: usize = 4 << 20;
+
+/// What the shell must do with a datagram. Bytes to send are in the `out` buffer given to `handle`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send `out` to this address (a routed request or response).
+    Forward(SocketAddr),
+    /// Send `out`, a reply fsroute generated, to this address.
+    Reply(SocketAddr),
+    /// Pass the datagram unchanged to the shard that owns its Call-ID.
+    HandOff(usize),
+    Drop(DropReason),
+}
+
+/// The shard that owns a Call-ID's state: every shard computes the same answer.
+pub fn owner_shard(call_id: &[u8], shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    (hash::hash_one(SEED_OWNER, trim_callid(call_id)) % shards as u64) as usize
+}
+
+pub struct Router {
+    shard: usize,
+    shards: usize,
+    /// Per-set weighted round-robin cursors (OpenSIPS keeps one shared, racy cursor; per-core
+    /// cursors make the split exact per shard and need no synchronisation).
+    cursors: Vec<u64>,
+    rng: u64,
+    memory: CallMemory,
+    stats: Arc<ShardStats>,
+    draining: bool,
+}
+
+impl Router {
+    pub fn new(shard: usize, shards: usize, seed: u64, stats: Arc<ShardStats>) -> Self {
+        Router {
+            shard,
+            shards: shards.max(1),
+            cursors: Vec::new(),
+            rng: seed | 1,
+            memory: CallMemory::new(DEFAULT_MEMORY_CAPACITY),
+            stats,
+            draining: false,
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<ShardStats> {
+        &self.stats
+    }
+
+    /// While draining, new INVITEs are answered 503 with Retry-After; everything else still flows.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+    }
+
+    pub fn memory(&self) -> &CallMemory {
+        &self.memory
+    }
+
+    /// INVITE transactions still without a final response.
+    pub fn pending_invites(&self, now: Instant) -> usize {
+        self.memory.pending_invites(now)
+    }
+
+    /// Ages out call memory; the shell calls it periodically.
+    pub fn tick(&mut self, now: Instant) {
+        self.memory.expire(now);
+        self.stats.memory_entries.store(self.memory.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: plenty for spreading calls; seeded per shard by the shell.
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Routes one datagram received from `src`. `out` is cleared and filled when the action sends.
+    pub fn handle(&mut self, table: &RoutingTable, src: SocketAddr, buf: &[u8], now: Instant, out: &mut Vec<u8>) -> Action {
+        let action = self.route(table, src, buf, now, out);
+        match action {
+            Action::Forward(_) => ShardStats::inc(&self.stats.processed),
+            Action::Reply(_) => ShardStats::inc(&self.stats.replied),
+            Action::HandOff(_) => ShardStats::inc(&self.stats.handed_off),
+            Action::Drop(r) => self.stats.drop_reason(r),
+        }
+        action
+    }
+
+    /// Like `handle`, for a datagram another shard handed over: never handed off again.
+    pub fn handle_owned(&mut self, table: &RoutingTable, src: SocketAddr, buf: &[u8], now: Instant, out: &mut Vec<u8>) -> Action {
+        let shards = std::mem::replace(&mut self.shards, 1);
+        let action = self.handle(table, src, buf, now, out);
+        self.shards = shards;
+        action
+    }
+
+    fn route(&mut self, t: &RoutingTable, src: SocketAddr, buf: &[u8], now: Instant, out: &mut Vec<u8>) -> Action {
+        let m = match sip::parse(buf) {
+            Ok(m) => m,
+            Err(ParseError::Keepalive) => return Action::Drop(DropReason::Keepalive),
+            Err(_) => return Action::Drop(DropReason::Malformed),
+        };
+        if self.shards > 1 {
+            if let Some(cid) = m.call_id {
+                let owner = owner_shard(cid, self.shards);
+                if owner != self.shard {
+                    return Action::HandOff(owner);
+                }
+            }
+        }
+        if m.is_request() {
+            self.request(t, src, &m, now, out)
+        } else {
+            self.response(t, &m, now, out)
+        }
+    }
+
+    fn reply(&self, m: &Message<'_>, src: SocketAddr, code: u16, reason: &str, extra: &[(&str, &str)], out: &mut Vec<u8>) -> Action {
+        let tag = hash::finish(hash::mix(hash::mix(SEED_TXN, m.call_id.unwrap_or_default()), m.top_via.and_then(|v| v.branch).unwrap_or_default()));
+        local_reply(m, src, code, reason, tag, extra, out);
+        Action::Reply(reply_address(m, src))
+    }
+
+    fn request(&mut self, t: &RoutingTable, src: SocketAddr, m: &Message<'_>, now: Instant, out: &mut Vec<u8>) -> Action {
+        let method = m.method().unwrap_or(Method::Other);
+        if let Err(e) = m.validate_request() {
+            if method == Method::Ack || m.top_via.is_none() {
+                return Action::Drop(DropReason::Malformed);
+            }
+            return match e {
+                ParseError::UnsupportedVersion => self.reply(m, src, 505, "Version Not Supported", &[], out),
+                _ => self.reply(m, src, 400, "Bad Request", &[], out),
+            };
+        }
+        // validate_request guarantees these.
+        let (Some(call_id), Some(cseq), Some(ruri)) = (m.call_id, m.cseq, m.request_uri()) else {
+            return Action::Drop(DropReason::Malformed);
+        };
+        let px = &t.proxy;
+        let in_dialog = m.to_tag().is_some();
+
+        // Keepalive OPTIONS addressed to fsroute itself (no user part): answered here, whatever
+        // Max-Forwards says (§16.3 allows it).
+        if method == Method::Options && !in_dialog && uri_user(ruri).is_none() && px.is_local_uri(ruri) {
+            return self.reply(m, src, 200, "OK", &[("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS")], out);
+        }
+        if m.max_forwards.is_some_and(|mf| mf.value == 0) {
+            if method == Method::Ack {
+                return Action::Drop(DropReason::TooManyHops);
+            }
+            return self.reply(m, src, 483, "Too Many Hops", &[], out);
+        }
+
+        let caller_branch = m.top_via.and_then(|v| v.branch).filter(|b| b.starts_with(b"z9hG4bK"));
+        let tkey = txn_key(call_id, cseq.number, caller_branch, m);
+        let ckey = hash::hash_one(SEED_DIALOG, trim_callid(call_id));
+
+        // fsroute's own Route (loose routing, §16.4): popped, its token names the destination.
+        let own_route = m.route.filter(|r| px.is_local_uri(r.uri));
+        let token = own_route
+            .and_then(|r| sip::param_value(uri_params(r.uri), b"fsd").flatten())
+            .and_then(parse_token)
+            .filter(|d| t.is_known_destination(d));
+
+        let mut dest = None;
+        let mut chosen: Option<&Arc<DestCounters>> = None;
+        let mut remember = false;
+
+        // §16.11: INVITE retransmissions, CANCEL and non-2xx ACK follow the INVITE's choice.
+        if let Some(txn) = self.memory.txn(tkey, now) {
+            if matches!(method, Method::Ack | Method::Cancel) || !in_dialog {
+                dest = Some(txn.dest);
+            }
+        }
+        if dest.is_none() && (in_dialog || method == Method::Ack) {
+            dest = self.in_dialog_destination(t, src, m, own_route.is_some(), token, ckey, now);
+            if dest.is_none() {
+                return match method {
+                    Method::Ack => Action::Drop(DropReason::UnroutableAck),
+                    _ => self.reply(m, src, 481, "Call/Transaction Does Not Exist", &[], out),
+                };
+            }
+        }
+        if dest.is_none() && method == Method::Cancel {
+            // The INVITE's memory is gone (or it never passed here): the dialog memory may still
+            // know the call; otherwise there is nothing to cancel (§16.10).
+            match self.memory.dialog(ckey, now) {
+                Some(d) => dest = Some(d.dest),
+                None => return self.reply(m, src, 481, "Call/Transaction Does Not Exist", &[], out),
+            }
+        }
+        if dest.is_none() {
+            // A new transaction: the routing table decides.
+            if self.draining && method == Method::Invite {
+                return self.reply(m, src, 503, "Service Unavailable", &[("Retry-After", "5")], out);
+            }
+            let method_raw = match m.start {
+                sip::StartLine::Request { method_raw, .. } => method_raw,
+                sip::StartLine::Response { .. } => b"",
+            };
+            let Some(route) = t.match_route(method_raw, ruri, src.ip()) else {
+                let code = px.no_route_reply;
+                let reason = if code == 503 { "Service Unavailable" } else { "Not Found" };
+                return self.reply(m, src, code, reason, &[], out);
+            };
+            let RouteTarget::Dispatcher { set, algorithm, .. } = route.target;
+            let Some(ds) = t.sets.get(set) else {
+                return self.reply(m, src, 500, "Server Internal Error", &[], out);
+            };
+            if self.cursors.len() < t.sets.len() {
+                self.cursors.resize(t.sets.len(), 0);
+            }
+            let keys = hash_keys(algorithm, m, call_id, ruri);
+            let (alg, keys) = match (algorithm, keys) {
+                // No credentials: OpenSIPS documents round-robin for alg 5 (its code sticks to the
+                // last destination instead); fsroute does what the documentation says.
+                (Algorithm::HashAuthUsername, None) => (Algorithm::RoundRobin, (&b""[..], &b""[..])),
+                (a, k) => (a, k.unwrap_or((b"", b""))),
+            };
+            let cursor = self.cursors[set];
+            if alg == Algorithm::RoundRobin {
+                self.cursors[set] = cursor.wrapping_add(1);
+            }
+            let r = if alg == Algorithm::Random { self.next_random() } else { 0 };
+            let Some(idx) = ds.selector.pick(alg, px.hash, keys, cursor, r) else {
+                return self.reply(m, src, 503, "Service Unavailable", &[], out);
+            };
+            let d = &ds.destinations[idx];
+            dest = Some(d.addr);
+            chosen = Some(&d.counters);
+            remember = method != Method::Ack;
+        }
+        let Some(dest) = dest else {
+            return Action::Drop(DropReason::Malformed);
+        };
+        if px.local_addrs.contains(&dest) {
+            return self.reply(m, src, 482, "Loop Detected", &[], out);
+        }
+
+        if remember {
+            let initial_invite = method == Method::Invite;
+            let ttl = if initial_invite { px.transaction_memory } else { AFTER_FINAL };
+            self.memory.remember_txn(tkey, dest, initial_invite, now, ttl);
+            if initial_invite {
+                // Held while the call rings; a 2xx stretches it to dialog_memory.
+                self.memory.remember_dialog(ckey, dest, now, px.transaction_memory);
+            }
+        }
+        if let Some(c) = chosen {
+            DestCounters::bump(&c.forwarded);
+        }
+        let record_route = (px.record_route
+            && !in_dialog
+            && matches!(method, Method::Invite | Method::Subscribe | Method::Refer))
+        .then_some(dest);
+        let rw = RequestRewrite {
+            branch: tkey,
+            record_route,
+            pop_route: own_route.is_some(),
+            default_max_forwards: px.max_forwards,
+        };
+        forward_request(m, src, px, &rw, out);
+        Action::Forward(dest)
+    }
+
+    /// Where an in-dialog request goes (§16.4 loose routing, then fsroute's memories).
+    #[allow(clippy::too_many_arguments)]
+    fn in_dialog_destination(
+        &self,
+        t: &RoutingTable,
+        src: SocketAddr,
+        m: &Message<'_>,
+        popped: bool,
+        token: Option<SocketAddr>,
+        ckey: u64,
+        now: Instant,
+    ) -> Option<SocketAddr> {
+        let route_next = match m.route {
+            Some(r) if popped => r.next_uri,
+            Some(r) => Some(r.uri),
+            None => None,
+        };
+        let uri_addr = |uri: &[u8]| -> Option<SocketAddr> {
+            let (h, p) = uri_host_port(uri)?;
+            Some(SocketAddr::new(host_ip(h)?, p.unwrap_or(5060)))
+        };
+        let ruri = m.request_uri().and_then(|u| uri_addr(u).filter(|_| !t.proxy.is_local_uri(u)));
+        if t.is_from_destination(&src) {
+            // From the FreeSWITCH side towards the caller: the route set, else the Request-URI.
+            return route_next.and_then(uri_addr).or(ruri);
+        }
+        token
+            .or_else(|| route_next.and_then(uri_addr))
+            .or_else(|| self.memory.dialog(ckey, now).map(|d| d.dest))
+            .or(ruri)
+    }
+
+    fn response(&mut self, t: &RoutingTable, m: &Message<'_>, now: Instant, out: &mut Vec<u8>) -> Action {
+        if m.validate_response().is_err() {
+            return Action::Drop(DropReason::BadResponse);
+        }
+        let px = &t.proxy;
+        let Some(top) = m.top_via else {
+            return Action::Drop(DropReason::BadResponse);
+        };
+        let key = top.branch.and_then(parse_branch);
+        let (Some(key), true) = (key, px.is_local(top.host, top.port)) else {
+            return Action::Drop(DropReason::NotOurVia);
+        };
+        let Some(next) = m.second_via else {
+            return Action::Drop(DropReason::NoNextVia);
+        };
+        let Some(ip) = next.received.and_then(host_ip).or_else(|| host_ip(next.host)) else {
+            return Action::Drop(DropReason::Unresolvable);
+        };
+        let port = next.rport.flatten().or(next.port).unwrap_or(5060);
+
+        let (Some(code), Some(cseq), Some(call_id)) = (m.status(), m.cseq, m.call_id) else {
+            return Action::Drop(DropReason::BadResponse);
+        };
+        let ckey = hash::hash_one(SEED_DIALOG, trim_callid(call_id));
+        match cseq.method {
+            b"INVITE" => match code {
+                // Each provisional response restarts Timer C: a long ring keeps its CANCEL route.
+                100..=199 => {
+                    if let Some(e) = self.memory.txn(key, now) {
+                        let ttl = px.transaction_memory;
+                        self.memory.rearm_txn(key, now, ttl);
+                        if e.initial_invite {
+                            self.memory.rearm_dialog(ckey, now, ttl);
+                        }
+                    }
+                }
+                200..=299 => {
+                    if let Some(e) = self.memory.rearm_txn(key, now, AFTER_FINAL) {
+                        if e.initial_invite {
+                            self.memory.rearm_dialog(ckey, now, px.dialog_memory);
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(e) = self.memory.rearm_txn(key, now, AFTER_FINAL) {
+                        if e.initial_invite {
+                            self.memory.rearm_dialog(ckey, now, AFTER_FINAL);
+                        }
+                    }
+                }
+            },
+            // The dialog is over; retransmitted BYEs still find their way for 32 s.
+            b"BYE" if (200..=299).contains(&code) => self.memory.rearm_dialog(ckey, now, AFTER_FINAL),
+            _ => {}
+        }
+        forward_response(m, px, out);
+        Action::Forward(SocketAddr::new(ip, port))
+    }
+}
+
+/// Key of a request's transaction: the same for an INVITE, its retransmissions, its CANCEL and its
+/// non-2xx ACK (which all carry the caller's branch), different for a 2xx ACK (a new branch).
+fn txn_key(call_id: &[u8], cseq: u32, branch: Option<&[u8]>, m: &Message<'_>) -> u64 {
+    let mut h = hash::mix(SEED_TXN, trim_callid(call_id));
+    h = hash::mix(h, &cseq.to_le_bytes());
+    match branch {
+        Some(b) => h = hash::mix(h, b),
+        None => {
+            // RFC 2543 peers: no usable branch; the From tag and sent-by tell transactions apart.
+            h = hash::mix(h, m.from.and_then(|f| f.tag).unwrap_or_default());
+            if let Some(v) = m.top_via {
+                h = hash::mix(hash::mix(h, v.host), &v.port.unwrap_or(5060).to_le_bytes());
+            }
+        }
+    }
+    hash::finish(h)
+}
+
+/// The two hash keys OpenSIPS uses for each hash algorithm; None when the message lacks them.
+fn hash_keys<'a>(alg: Algorithm, m: &Message<'a>, call_id: &'a [u8], ruri: &'a [u8]) -> Option<(&'a [u8], &'a [u8])> {
+    match alg {
+        Algorithm::HashCallId => Some((trim_callid(call_id), b"")),
+        Algorithm::HashFrom => m.from.map(|f| opensips_uri_keys(f.uri)),
+        Algorithm::HashTo => m.to.map(|f| opensips_uri_keys(f.uri)),
+        Algorithm::HashRuri => Some(opensips_uri_keys(ruri)),
+        Algorithm::HashAuthUsername => m.auth_username.map(|u| (u, &b""[..])),
+        _ => Some((b"", b"")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

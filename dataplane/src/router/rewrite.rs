@@ -1,0 +1,423 @@
+//! Writing messages out: a forwarded request (fsroute's Via and Record-Route on top, Max-Forwards
+//! decremented, its own Route popped, received/rport on the sender's Via), a forwarded response
+//! (fsroute's Via removed), and locally generated replies. Every path is one pass over the
+//! datagram into a reused per-shard buffer: a short sorted list of splices, then copies between them.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::sip::{is_reply_copied, is_to, is_via, HeaderIter, Message, Span, Via};
+use crate::table::ProxySettings;
+
+/// The prefix of every branch fsroute writes: RFC 3261's magic cookie, then a marker that lets a
+/// response be recognised as ours before anything else is looked at.
+pub const BRANCH_PREFIX: &[u8] = b"z9hG4bK-fsr";
+
+/// What replaces the `cut` bytes at `at`.
+#[derive(Clone, Copy, Debug)]
+enum Insert<'a> {
+    Nothing,
+    /// fsroute's own header lines, written just after the start line.
+    TopLines { branch: u64, record_route: Option<SocketAddr>, max_forwards: Option<u32> },
+    /// `;received=<ip>`
+    Received(IpAddr),
+    /// `rport=<port>`
+    Rport(u16),
+    /// A decremented Max-Forwards value.
+    Number(u32),
+    Bytes(&'a [u8]),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Edit<'a> {
+    at: usize,
+    cut: usize,
+    insert: Insert<'a>,
+}
+
+/// Up to eight splices, kept on the stack.
+struct Edits<'a> {
+    items: [Edit<'a>; 8],
+    len: usize,
+}
+
+impl<'a> Edits<'a> {
+    fn new() -> Self {
+        Edits { items: [Edit { at: 0, cut: 0, insert: Insert::Nothing }; 8], len: 0 }
+    }
+    fn push(&mut self, at: usize, cut: usize, insert: Insert<'a>) {
+        debug_assert!(self.len < self.items.len());
+        if self.len < self.items.len() {
+            self.items[self.len] = Edit { at, cut, insert };
+            self.len += 1;
+        }
+    }
+    fn sorted(&mut self) -> &[Edit<'a>] {
+        let items = &mut self.items[..self.len];
+        // Stable, so two inserts at one offset keep the order they were pushed in.
+        items.sort_by_key(|e| e.at);
+        items
+    }
+}
+
+/// Copies `buf[from..to]` into `out`, applying the edits that fall inside it.
+fn splice(buf: &[u8], from: usize, to: usize, edits: &[Edit<'_>], eol: &[u8], adv: (&str, u16), out: &mut Vec<u8>) {
+    let mut cursor = from;
+    for e in edits {
+        if e.at < cursor || e.at > to {
+            continue;
+        }
+        out.extend_from_slice(&buf[cursor..e.at]);
+        render(e.insert, eol, adv, out);
+        cursor = (e.at + e.cut).min(to);
+    }
+    out.extend_from_slice(&buf[cursor..to]);
+}
+
+fn render(insert: Insert<'_>, eol: &[u8], adv: (&str, u16), out: &mut Vec<u8>) {
+    match insert {
+        Insert::Nothing => {}
+        Insert::TopLines { branch, record_route, max_forwards } => {
+            out.extend_from_slice(b"Via: SIP/2.0/UDP ");
+            push_host_port(out, adv.0, adv.1);
+            out.extend_from_slice(b";branch=");
+            out.extend_from_slice(BRANCH_PREFIX);
+            push_hex16(out, branch);
+            out.extend_from_slice(eol);
+            if let Some(dest) = record_route {
+                out.extend_from_slice(b"Record-Route: <sip:");
+                push_host_port(out, adv.0, adv.1);
+                out.extend_from_slice(b";lr;fsd=");
+                push_token(out, dest);
+                out.push(b'>');
+                out.extend_from_slice(eol);
+            }
+            if let Some(mf) = max_forwards {
+                out.extend_from_slice(b"Max-Forwards: ");
+                push_u32(out, mf);
+                out.extend_from_slice(eol);
+            }
+        }
+        Insert::Received(ip) => {
+            out.extend_from_slice(b";received=");
+            push_ip(out, ip);
+        }
+        Insert::Rport(p) => {
+            out.extend_from_slice(b"rport=");
+            push_u32(out, u32::from(p));
+        }
+        Insert::Number(n) => push_u32(out, n),
+        Insert::Bytes(b) => out.extend_from_slice(b),
+    }
+}
+
+pub fn push_u32(out: &mut Vec<u8>, mut n: u32) {
+    let mut tmp = [0u8; 10];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&tmp[i..]);
+}
+
+fn push_hex16(out: &mut Vec<u8>, v: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..16).rev() {
+        out.push(HEX[((v >> (i * 4)) & 0xf) as usize]);
+    }
+}
+
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            for (i, b) in o.iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u32(out, u32::from(*b));
+            }
+        }
+        // Rare on a carrier edge; the formatter does not allocate when writing into a Vec.
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// `host:port`, with the host already in URI form (IPv6 bracketed).
+fn push_host_port(out: &mut Vec<u8>, host: &str, port: u16) {
+    out.extend_from_slice(host.as_bytes());
+    out.push(b':');
+    push_u32(out, u32::from(port));
+}
+
+/// The Record-Route token naming the chosen destination: `127.0.0.1~5071` or `[::1]~5071`.
+fn push_token(out: &mut Vec<u8>, dest: SocketAddr) {
+    match dest.ip() {
+        IpAddr::V4(_) => push_ip(out, dest.ip()),
+        IpAddr::V6(_) => {
+            out.push(b'[');
+            push_ip(out, dest.ip());
+            out.push(b']');
+        }
+    }
+    out.push(b'~');
+    push_u32(out, u32::from(dest.port()));
+}
+
+/// Reads back a token written by `push_token`.
+pub fn parse_token(token: &[u8]) -> Option<SocketAddr> {
+    let tilde = memchr::memrchr(b'~', token)?;
+    let host = &token[..tilde];
+    let host = host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")).unwrap_or(host);
+    let ip: IpAddr = std::str::from_utf8(host).ok()?.parse().ok()?;
+    let port: u16 = std::str::from_utf8(&token[tilde + 1..]).ok()?.parse().ok()?;
+    Some(SocketAddr::new(ip, port))
+}
+
+/// The transaction key carried in one of fsroute's branches.
+pub fn parse_branch(branch: &[u8]) -> Option<u64> {
+    let hex = branch.strip_prefix(BRANCH_PREFIX)?;
+    if hex.len() != 16 {
+        return None;
+    }
+    let mut v = 0u64;
+    for &c in hex {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        v = (v << 4) | u64::from(d);
+    }
+    Some(v)
+}
+
+/// An IP literal host (`127.0.0.1`, `[::1]`), or None for a name.
+pub fn host_ip(host: &[u8]) -> Option<IpAddr> {
+    let h = host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")).unwrap_or(host);
+    std::str::from_utf8(h).ok()?.parse().ok()
+}
+
+/// RFC 3261 §18.2.1 and RFC 3581 on the received top Via: fill an empty `rport` (and then always
+/// add `received`), otherwise add `received` when the sent-by host is not the source address.
+fn via_edits<'a>(via: &Via<'_>, src: SocketAddr, edits: &mut Edits<'a>) {
+    let host_is_src = host_ip(via.host) == Some(src.ip());
+    let fill_rport = via.rport == Some(None);
+    if fill_rport {
+        if let Some(rs) = via.rport_span {
+            edits.push(rs.start as usize, rs.len(), Insert::Rport(src.port()));
+        }
+    }
+    if fill_rport || !host_is_src {
+        match via.received_span {
+            Some(r) => edits.push(r.start as usize, r.len(), Insert::Received(src.ip())),
+            None => edits.push(via.span.end as usize, 0, Insert::Received(src.ip())),
+        }
+    }
+}
+
+fn eol(m: &Message<'_>) -> &'static [u8] {
+    if m.crlf {
+        b"\r\n"
+    } else {
+        b"\n"
+    }
+}
+
+/// What `forward_request` writes besides the copy.
+pub struct RequestRewrite {
+    pub branch: u64,
+    /// Destination named in a new Record-Route, if one is added.
+    pub record_route: Option<SocketAddr>,
+    /// Remove the top Route (it names fsroute).
+    pub pop_route: bool,
+    pub default_max_forwards: u32,
+}
+
+pub fn forward_request(m: &Message<'_>, src: SocketAddr, px: &ProxySettings, rw: &RequestRewrite, out: &mut Vec<u8>) {
+    let buf = m.raw;
+    let mut edits = Edits::new();
+    let max_forwards = match m.max_forwards {
+        Some(mf) => {
+            edits.push(mf.digits.start as usize, mf.digits.len(), Insert::Number(mf.value.saturating_sub(1)));
+            None
+        }
+        None => Some(rw.default_max_forwards),
+    };
+    edits.push(
+        m.headers_start as usize,
+        0,
+        Insert::TopLines { branch: rw.branch, record_route: rw.record_route, max_forwards },
+    );
+    if let Some(via) = &m.top_via {
+        via_edits(via, src, &mut edits);
+    }
+    if rw.pop_route {
+        if let Some(r) = &m.route {
+            match r.next_on_line {
+                Some(next) => edits.push(r.value.start as usize, next as usize - r.value.start as usize, Insert::Nothing),
+                None => edits.push(r.line.start as usize, r.line.len(), Insert::Nothing),
+            }
+        }
+    }
+    out.clear();
+    let adv = (px.advertise_host.as_str(), px.advertise_port);
+    splice(buf, 0, m.framed_len(), edits.sorted(), eol(m), adv, out);
+}
+
+/// Removes fsroute's top Via: its whole line, or just the value when other values share the line.
+pub fn forward_response(m: &Message<'_>, px: &ProxySettings, out: &mut Vec<u8>) {
+    let buf = m.raw;
+    let mut edits = Edits::new();
+    if let Some(top) = &m.top_via {
+        let (s, e) = (top.span.start as usize, top.span.end as usize);
+        let mut i = e;
+        while i < buf.len() && matches!(buf[i], b' ' | b'\t') {
+            i += 1;
+        }
+        if buf.get(i) == Some(&b',') {
+            // "Via: ours, theirs": cut up to the next value.
+            let next = m.second_via.map(|v| v.span.start as usize).unwrap_or(i + 1);
+            edits.push(s, next - s, Insert::Nothing);
+        } else {
+            let line = line_around(buf, s, e);
+            edits.push(line.start as usize, line.len(), Insert::Nothing);
+        }
+    }
+    out.clear();
+    let adv = (px.advertise_host.as_str(), px.advertise_port);
+    splice(buf, 0, m.framed_len(), edits.sorted(), eol(m), adv, out);
+}
+
+/// The physical header line(s) holding `s..e`, including the line break (and folded continuations).
+fn line_around(buf: &[u8], s: usize, e: usize) -> Span {
+    let mut start = s;
+    loop {
+        match memchr::memrchr(b'\n', &buf[..start]) {
+            // A continuation line: keep walking back to the header's first line.
+            Some(nl) if matches!(buf.get(nl + 1), Some(b' ') | Some(b'\t')) => start = nl,
+            Some(nl) => {
+                start = nl + 1;
+                break;
+            }
+            None => {
+                start = 0;
+                break;
+            }
+        }
+    }
+    let mut end = e;
+    loop {
+        match memchr::memchr(b'\n', &buf[end..]) {
+            Some(off) if matches!(buf.get(end + off + 1), Some(b' ') | Some(b'\t')) => end = end + off + 1,
+            Some(off) => {
+                end = end + off + 1;
+                break;
+            }
+            None => {
+                end = buf.len();
+                break;
+            }
+        }
+    }
+    Span::new(start, end)
+}
+
+/// A reply fsroute sends itself (§8.2.6): the request's Vias (received/rport on the top one), From,
+/// To (with a tag when the request had none and the reply is not 100), Call-ID and CSeq.
+pub fn local_reply(
+    m: &Message<'_>,
+    src: SocketAddr,
+    code: u16,
+    reason: &str,
+    to_tag: u64,
+    extra: &[(&str, &str)],
+    out: &mut Vec<u8>,
+) {
+    let buf = m.raw;
+    let eol = eol(m);
+    out.clear();
+    out.extend_from_slice(b"SIP/2.0 ");
+    push_u32(out, u32::from(code));
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(eol);
+    let mut edits = Edits::new();
+    if let Some(via) = &m.top_via {
+        via_edits(via, src, &mut edits);
+    }
+    let add_tag = code != 100 && m.to_tag().is_none();
+    let edits = edits.sorted();
+    let adv = ("", 0);
+    for h in HeaderIter::new(buf, m.headers_start as usize).map_while(Result::ok) {
+        let name = h.name.get(buf);
+        if !is_reply_copied(name) {
+            continue;
+        }
+        let (ls, le) = (h.line.start as usize, h.line.end as usize);
+        if is_via(name) {
+            splice(buf, ls, le, edits, eol, adv, out);
+        } else if add_tag && is_to(name) {
+            out.extend_from_slice(&buf[ls..h.value.end as usize]);
+            out.extend_from_slice(b";tag=fsr");
+            push_hex16(out, to_tag);
+            out.extend_from_slice(&buf[h.value.end as usize..le]);
+        } else {
+            out.extend_from_slice(&buf[ls..le]);
+        }
+    }
+    for (name, value) in extra {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(eol);
+    }
+    out.extend_from_slice(b"Server: fsroute");
+    out.extend_from_slice(eol);
+    out.extend_from_slice(b"Content-Length: 0");
+    out.extend_from_slice(eol);
+    out.extend_from_slice(eol);
+}
+
+/// Where a reply to a request goes (§18.2.2, RFC 3581): the source address when `rport` was asked
+/// for, else the source IP at the Via's port.
+pub fn reply_address(m: &Message<'_>, src: SocketAddr) -> SocketAddr {
+    match &m.top_via {
+        Some(v) if v.rport.is_some() => src,
+        Some(v) => SocketAddr::new(src.ip(), v.port.unwrap_or(5060)),
+        None => src,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_for_v4_and_v6() {
+        for a in ["127.0.0.1:5071", "[::1]:5080"] {
+            let addr: SocketAddr = a.parse().unwrap();
+            let mut out = Vec::new();
+            push_token(&mut out, addr);
+            assert_eq!(parse_token(&out), Some(addr));
+        }
+        assert_eq!(parse_token(b"nonsense"), None);
+        assert_eq!(parse_token(b"10.0.0.1~99999"), None);
+    }
+
+    #[test]
+    fn branches_round_trip() {
+        let mut out = BRANCH_PREFIX.to_vec();
+        push_hex16(&mut out, 0xdead_beef_0123_4567);
+        assert_eq!(parse_branch(&out), Some(0xdead_beef_0123_4567));
+        assert_eq!(parse_branch(b"z9hG4bK-fsr0123"), None);
+        assert_eq!(parse_branch(b"z9hG4bKother"), None);
+    }
+}

@@ -1,0 +1,447 @@
+//! Router specs: one datagram in, one action and one rewritten message out, no sockets.
+
+use super::*;
+use crate::dispatch::{HashMode, Member, Selector};
+use crate::sip::parse;
+use crate::table::{DispatcherSet, Destination, ProxySettings, Route, RouteMatch, RoutingTable};
+use std::time::Duration;
+
+pub(crate) fn proxy() -> ProxySettings {
+    ProxySettings {
+        advertise_host: "127.0.0.1".into(),
+        advertise_port: 5060,
+        local_names: vec![("127.0.0.1".into(), 5060), ("lb.example.net".into(), 5060)],
+        local_addrs: vec!["127.0.0.1:5060".parse().unwrap()],
+        record_route: true,
+        max_forwards: 70,
+        hash: HashMode::Rendezvous,
+        no_route_reply: 404,
+        transaction_memory: Duration::from_secs(190),
+        dialog_memory: Duration::from_secs(12 * 3600),
+    }
+}
+
+pub(crate) fn table_with(weights: &[u32], alg: Algorithm, generation: u64) -> RoutingTable {
+    let destinations: Vec<Destination> = weights
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| Destination {
+            uri: format!("sip:127.0.0.1:{}", 5071 + i),
+            addr: SocketAddr::from(([127, 0, 0, 1], 5071 + i as u16)),
+            weight: w,
+            priority: 0,
+            active: true,
+            counters: Default::default(),
+        })
+        .collect();
+    let members: Vec<Member<'_>> = destinations
+        .iter()
+        .map(|d| Member { key: &d.uri, weight: d.weight, priority: d.priority, active: d.active })
+        .collect();
+    let selector = Selector::new(&members);
+    let set = DispatcherSet { setid: 1, destinations, selector };
+    let route = Route {
+        matcher: RouteMatch::default(),
+        target: RouteTarget::Dispatcher { set: 0, algorithm: alg, failover: false },
+    };
+    RoutingTable::new(generation, proxy(), vec![set], vec![route])
+}
+
+fn caller() -> SocketAddr {
+    "127.0.0.7:5060".parse().unwrap()
+}
+
+fn router() -> Router {
+    Router::new(0, 1, 42, Arc::new(ShardStats::default()))
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+use crate::sip::tests::CORPUS;
+const INVITE: &[u8] = CORPUS[0];
+const RINGING: &[u8] = CORPUS[2];
+const OK_INVITE: &[u8] = CORPUS[3];
+const BYE_LF: &[u8] = CORPUS[5];
+const CANCEL: &[u8] = CORPUS[6];
+const OPTIONS: &[u8] = CORPUS[7];
+const REJECTED: &[u8] = CORPUS[8];
+
+fn sip(s: &str) -> Vec<u8> {
+    s.replace('|', "\r\n").into_bytes()
+}
+
+/// Turns a response received by the caller side into what the backend sends fsroute: the
+/// response to the forwarded request, i.e. with fsroute's Via on top.
+fn backend_response(forwarded: &[u8], template: &[u8]) -> Vec<u8> {
+    let f = parse(forwarded).unwrap();
+    let ours = f.top_via.unwrap().span.get(forwarded);
+    let t = parse(template).unwrap();
+    let at = t.headers_start as usize;
+    let mut v = template[..at].to_vec();
+    v.extend_from_slice(b"Via: ");
+    v.extend_from_slice(ours);
+    v.extend_from_slice(b"\r\n");
+    v.extend_from_slice(&template[at..]);
+    v
+}
+
+#[test]
+fn invite_is_forwarded_with_our_via_on_top_and_max_forwards_decremented() {
+    let t = table_with(&[1, 1], Algorithm::HashCallId, 1);
+    let mut r = router();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    let a = r.handle(&t, caller(), INVITE, now, &mut out);
+    let Action::Forward(dest) = a else { panic!("{a:?}") };
+    assert!(t.is_known_destination(&dest));
+    let m = parse(&out).unwrap();
+    let top = m.top_via.unwrap();
+    assert_eq!(top.host, b"127.0.0.1");
+    assert_eq!(top.port, Some(5060));
+    assert!(top.branch.unwrap().starts_with(b"z9hG4bK"));
+    assert_eq!(m.via_count, 3);
+    assert_eq!(m.max_forwards.unwrap().value, 67);
+    assert_eq!(m.body.get(&out), parse(INVITE).unwrap().body.get(INVITE));
+    assert_eq!(m.content_length, Some(238));
+    assert_eq!(r.stats().processed.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn received_and_rport_are_filled_in_on_the_callers_via() {
+    let t = table_with(&[1], Algorithm::RoundRobin, 1);
+    let mut out = Vec::new();
+    // Source port differs from the Via port: rport must carry the real one.
+    let src: SocketAddr = "127.0.0.7:40000".parse().unwrap();
+    router().handle(&t, src, INVITE, Instant::now(), &mut out);
+    let m = parse(&out).unwrap();
+    let second = m.second_via.unwrap();
+    assert_eq!(second.rport, Some(Some(40000)));
+    assert_eq!(second.received, Some(&b"127.0.0.7"[..]));
+    assert_eq!(second.branch, Some(&b"z9hG4bK-524287-1---4d7a1c9e8f2b3a61"[..]));
+}
+
+#[test]
+fn received_is_added_when_the_sent_by_host_is_not_the_source() {
+    let t = table_with(&[1], Algorithm::RoundRobin, 1);
+    let raw = sip("MESSAGE sip:a@lb.example.net SIP/2.0|Via: SIP/2.0/UDP sbc.example.com:5060;branch=z9hG4bKm1|Max-Forwards: 70|From: <sip:a@b>;tag=1|To: <sip:c@d>|Call-ID: m1|CSeq: 1 MESSAGE|Content-Length: 0||");
+    let mut out = Vec::new();
+    router().handle(&t, caller(), &raw, Instant::now(), &mut out);
+    let m = parse(&out).unwrap();
+    let v = m.second_via.unwrap();
+    assert_eq!(v.received, Some(&b"127.0.0.7"[..]));
+    assert_eq!(v.rport, None);
+}
+
+#[test]
+fn record_route_carries_the_chosen_destination() {
+    let t = table_with(&[1, 1], Algorithm::RoundRobin, 1);
+    let mut out = Vec::new();
+    let Action::Forward(dest) = router().handle(&t, caller(), INVITE, Instant::now(), &mut out) else { panic!() };
+    let m = parse(&out).unwrap();
+    let rr = m.record_route.unwrap();
+    let token = sip::param_value(uri_params(rr.uri), b"fsd").flatten().unwrap();
+    assert_eq!(parse_token(token), Some(dest));
+    assert!(rr.uri.starts_with(b"sip:127.0.0.1:5060;lr"));
+    // The caller's own Record-Route stays below ours.
+    assert!(text(&out).contains("Record-Route: <sip:127.0.0.40;lr;ftag=4fa1c2>"));
+}
+
+#[test]
+fn retransmitted_invite_cancel_and_non_2xx_ack_follow_the_invite_even_after_weights_change() {
+    let mut r = router();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    let t1 = table_with(&[1, 1], Algorithm::RoundRobin, 1);
+    let Action::Forward(first) = r.handle(&t1, caller(), INVITE, now, &mut out) else { panic!() };
+    let invite_branch = parse(&out).unwrap().top_via.unwrap().branch.unwrap().to_vec();
+    // Weights flip so that round-robin and hashing would both pick the other box now.
+    let t2 = if first.port() == 5071 { table_with(&[0, 1], Algorithm::RoundRobin, 2) } else { table_with(&[1, 0], Algorithm::RoundRobin, 2) };
+    for _ in 0..3 {
+        assert_eq!(r.handle(&t2, caller(), INVITE, now, &mut out), Action::Forward(first));
+        assert_eq!(parse(&out).unwrap().top_via.unwrap().branch.unwrap(), &invite_branch[..]);
+    }
+    assert_eq!(r.handle(&t2, caller(), CANCEL, now + Duration::from_secs(150), &mut out), Action::Forward(first));
+    assert_eq!(parse(&out).unwrap().top_via.unwrap().branch.unwrap(), &invite_branch[..]);
+    // Non-2xx ACK: same branch as the INVITE, a To tag from the 487.
+    let ack = sip("ACK sip:+15551230001@lb.example.net:5060;user=phone SIP/2.0|Via: SIP/2.0/UDP 127.0.0.7:5060;branch=z9hG4bK-524287-1---4d7a1c9e8f2b3a61;rport|Max-Forwards: 70|To: <sip:+15551230001@lb.example.net;user=phone>;tag=x487|From: \"Caller Name\" <sip:+15559870002@carrier.example.com;user=phone>;tag=4fa1c2|Call-ID: 8d3f0a4c2b1e4f6a9c7d5e3b1a2f4c6e@127.0.0.7|CSeq: 101 ACK|Content-Length: 0||");
+    assert_eq!(r.handle(&t2, caller(), &ack, now + Duration::from_secs(151), &mut out), Action::Forward(first));
+    assert_eq!(parse(&out).unwrap().top_via.unwrap().branch.unwrap(), &invite_branch[..]);
+}
+
+#[test]
+fn a_cancel_after_a_long_ring_still_finds_the_invite() {
+    let mut r = router();
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    let t = table_with(&[1, 1], Algorithm::RoundRobin, 1);
+    let Action::Forward(dest) = r.handle(&t, caller(), INVITE, t0, &mut out) else { panic!() };
+    let forwarded = out.clone();
+    // 180s every 60 s for five minutes (Timer C restarts on each provisional response).
+    for i in 1..=5 {
+        let at = t0 + Duration::from_secs(60 * i);
+        r.tick(at);
+        let resp = backend_response(&forwarded, RINGING);
+        assert!(matches!(r.handle(&t, dest, &resp, at, &mut out), Action::Forward(_)));
+    }
+    let late = t0 + Duration::from_secs(320);
+    r.tick(late);
+    // Weights changed meanwhile: only memory can get this right.
+    let t2 = if dest.port() == 5071 { table_with(&[0, 1], Algorithm::RoundRobin, 2) } else { table_with(&[1, 0], Algorithm::RoundRobin, 2) };
+    assert_eq!(r.handle(&t2, caller(), CANCEL, late, &mut out), Action::Forward(dest));
+}
+
+#[test]
+fn a_2xx_ack_is_a_new_transaction_with_its_own_branch_and_follows_the_dialog() {
+    let mut r = router();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    let t = table_with(&[1, 1, 1], Algorithm::RoundRobin, 1);
+    let Action::Forward(dest) = r.handle(&t, caller(), INVITE, now, &mut out) else { panic!() };
+    let invite_branch = parse(&out).unwrap().top_via.unwrap().branch.unwrap().to_vec();
+    let forwarded = out.clone();
+    let ok = backend_response(&forwarded, OK_INVITE);
+    assert!(matches!(r.handle(&t, dest, &ok, now, &mut out), Action::Forward(_)));
+    // SIPp-style ACK: no Route, Request-URI is fsroute itself.
+    let ack = sip("ACK sip:service@127.0.0.1:5060 SIP/2.0|Via: SIP/2.0/UDP 127.0.0.7:5060;branch=z9hG4bK-ack-new|Max-Forwards: 70|To: <sip:+15551230001@lb.example.net>;tag=Z8Xr3gKQ1yN2c|From: <sip:+15559870002@carrier.example.com>;tag=4fa1c2|Call-ID: 8d3f0a4c2b1e4f6a9c7d5e3b1a2f4c6e@127.0.0.7|CSeq: 101 ACK|Content-Length: 0||");
+    for _ in 0..5 {
+        assert_eq!(r.handle(&t, caller(), &ack, now, &mut out), Action::Forward(dest));
+    }
+    assert_ne!(parse(&out).unwrap().top_via.unwrap().branch.unwrap(), &invite_branch[..]);
+}
+
+#[test]
+fn in_dialog_bye_with_our_route_is_popped_and_sent_to_the_token_destination() {
+    let t = table_with(&[1, 1], Algorithm::RoundRobin, 1);
+    let mut r = router();
+    let mut out = Vec::new();
+    let bye = sip("BYE sip:mod_sofia@127.0.0.21:5080 SIP/2.0|Via: SIP/2.0/UDP 127.0.0.7:5060;branch=z9hG4bKbye1;rport|Route: <sip:127.0.0.1:5060;lr;fsd=127.0.0.1~5072>|Max-Forwards: 70|From: <sip:a@b>;tag=1|To: <sip:c@d>;tag=2|Call-ID: never-seen|CSeq: 2 BYE|Content-Length: 0||");
+    assert_eq!(r.handle(&t, caller(), &bye, Instant::now(), &mut out), Action::Forward("127.0.0.1:5072".parse().unwrap()));
+    let s = text(&out);
+    assert!(!s.contains("Route:"), "{s}");
+    assert!(!s.contains("Record-Route"), "no Record-Route on in-dialog requests: {s}");
+}
+
+#[test]
+fn a_forged_token_naming_an_unknown_host_is_not_followed() {
+    let t = table_with(&[1], Algorithm::RoundRobin, 1);
+    let mut out = Vec::new();
+    let bye = sip("BYE sip:x@lb.example.net SIP/2.0|Via: SIP/2.0/UDP 127.0.0.7:5060;branch=z9hG4bKbye2|Route: <sip:127.0.0.1:5060;lr;fsd=127.0.0.99~5099>|From: <sip:a@b>;tag=1|To: <sip:c@d>;tag=2|Call-ID: forged|CSeq: 2 BYE||");
+    let a = router().handle(&t, caller(), &bye, Instant::now(), &mut out);
+    assert_eq!(a, Action::Reply(caller()));
+    assert!(text(&out).starts_with("SIP/2.0 481 "));
+}
+
+#[test]
+fn bye_from_the_backend_goes_towards_the_caller() {
+    let t = table_with(&[1], Algorithm::RoundRobin, 1);
+    let mut out = Vec::new();
+    let backend: SocketAddr = "127.0.0.1:5071".parse().unwrap();
+    let bye = sip("BYE sip:caller@127.0.0.7:5062 SIP/2.0|Via: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKfsbye|Route: <sip:127.0.0.1:5060;lr;fsd=127.0.0.1~5071>|From: <sip:c@d>;tag=2|To: <sip:a@b>;tag=1|Call-ID: c1|CSeq: 5 BYE||");
+    assert_eq!(router().handle(&t, backend, &bye, Instant::now(), &mut out), Action::Forward("127.0.0.7:5062".parse().unwrap()));
+}
+
+#[test]
+fn compact_bare_lf_bye_is_forwarded_with_bare_lf_lines() {
+    let t = table_with(&[1], Algorithm::RoundRobin, 1);
+    let mut out = Vec::new();
+    // The corpus BYE names lb.example.net in its Route: fsroute pops it and falls back to the R-URI.
+    let a = router().handle(&t, caller(), BYE_LF, Instant::now(), &mut out);
+    assert_eq!(a, Action::Forward("127.0.0.21:5080".parse().unwrap()));
+    assert!(!out.windows(2).any(|w| w == b"\r\n"), "{}", text(&out));
+    assert!(parse(&out).unwrap().route.is_none());
+}
+
+#[test]
+fn responses_lose_our_via_and_go_to_received_and_rport() {
+    let t = table_with(&[1], Algorithm::RoundRobin, 1);
+    let mut r = router();
+    let mut out = Vec::new();
+    let src: SocketAddr = "127.0.0.7:40000".parse().unwrap();
+    let Action::Forward(dest) = r.handle(&t, src, INVITE, Instant::now(), &mut out) else { panic!() };
+    let forwarded = out.clone();
+    // The backend echoes every Via of the forwarded request.
+    let fw = parse(&forwarded).unwrap();
+    let mut resp = b"SIP/2.0 180 Ringing\r\n".to_vec();
+    resp.extend_from_slice(&forwarded[fw.headers_start as usize..]);
+    let a = r.handle(&t, dest, &resp, Instant::now(), &mut out);
+    assert_eq!(a, Action::Forward(src));
+    let m = parse(&out).unwrap();
+    assert_eq!(m.via_count, 2);
+    assert_eq!(m.top_via.unwrap().branch, Some(&b"z9hG4bK-524287-1---4d7a1c9e8f2b3a61"[..]));
+}
+
+#[test]
+fn a_response_whose_top_via_is_not_ours_is_dropped() {
+    let t = table_with(&[1], Algorithm::RoundRobin, 1);
+    let mut out = Vec::new();
+    let mut r = router();
+    assert_eq!(r.handle(&t, caller(), RINGING, Instant::now(), &mut out), Action::Drop(DropReason::NotOurVia));
+    assert_eq!(r.stats().dropped(DropReason::NotOurVia), 1);
+    assert_eq!(r.handle(&t, caller(), REJECTED, Instant::now(), &mut out), Action::Drop(DropReason::NotOurVia));
+}
+
+#[test]
+fn two_vias_sharing_a_line_in_a_response_lose_only_ours() {
+    let t = table_with(&[1], Algorithm::RoundRobin, 1);
+    let mut out = Vec::new();
+    let resp = sip("SIP/2.0 200 OK|Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-fsr00000000000000ab, SIP/2.0/UDP 127.0.0.7:5090;branch=z9hG4bKc|From: <sip:a@b>;tag=1|To: <sip:c@d>;tag=2|Call-ID: v|CSeq: 1 OPTIONS|Content-Length: 0||");
+    assert_eq!(router().handle(&t, caller(), &resp, Instant::now(), &mut out), Action::Forward("127.0.0.7:5090".parse().unwrap()));
+    assert!(text(&out).contains("\r\nVia: SIP/2.0/UDP 127.0.0.7:5090;branch=z9hG4bKc\r\n"), "{}", text(&out));
+}
+
+#[test]
+fn max_forwards_zero_gets_483() {
+    let t = table_with(&[1], Algorithm::RoundRobin, 1);
+    let mut out = Vec::new();
+    let raw = sip("INVITE sip:1@lb.example.net SIP/2.0|Via: SIP/2.0/UDP 127.0.0.7:5060;branch=z9hG4bKmf0;rport|Max-Forwards: 0|From: <sip:a@b>;tag=1|To: <sip:c@d>|Call-ID: mf0|CSeq: 1 INVITE|Content-Length: 0||");
+    assert_eq!(router().handle(&t, caller(), &raw, Instant::now(), &mut out), Action::Reply(caller()));
+    let m = parse(&out).unwrap();
+    assert_eq!(m.status(), Some(483));
+    assert!(m.to_tag().is_some());
+    assert_eq!(m.top_via.unwrap().received, Some(&b"127.0.0.7"[..]));
+    assert_eq!(m.cseq.unwrap().method, b"INVITE");
+}
+
+#[test]
+fn options_to_fsroute_itself_is_answered_200_even_at_max_forwards_zero() {
+    let t = table_with(&[1], Algorithm::RoundRobin, 1);
+    let mut out = Vec::new();
+    assert_eq!(router().handle(&t, caller(), OPTIONS, Instant::now(), &mut out), Action::Reply(caller()));
+    assert_eq!(parse(&out).unwrap().status(), Some(200));
+    let raw = sip("OPTIONS sip:127.0.0.1:5060 SIP/2.0|Via: SIP/2.0/UDP 127.0.0.7:5060;branch=z9hG4bKo0|Max-Forwards: 0|From: <sip:a@b>;tag=1|To: <sip:127.0.0.1>|Call-ID: o0|CSeq: 1 OPTIONS||");
+    assert_eq!(router().handle(&t, caller(), &raw, Instant::now(), &mut out), Action::Reply(caller()));
+    assert_eq!(parse(&out).unwrap().status(), Some(200));
+}
+
+#[test]
+fn max_forwards_is_inserted_when_absent() {
+    let t = table_with(&[1], Algorithm::RoundRobin, 1);
+    let mut out = Vec::new();
+    let raw = sip("INVITE sip:1@lb.example.net SIP/2.0|Via: SIP/2.0/UDP 127.0.0.7:5060;branch=z9hG4bKnomf|From: <sip:a@b>;tag=1|To: <sip:c@d>|Call-ID: nomf|CSeq: 1 INVITE|Content-Length: 0||");
+    router().handle(&t, caller(), &raw, Instant::now(), &mut out);
+    assert_eq!(parse(&out).unwrap().max_forwards.unwrap().value, 70);
+}
+
+#[test]
+fn malformed_requests_get_400_and_unknown_versions_505() {
+    let t = table_with(&[1], Algorithm::RoundRobin, 1);
+    let mut out = Vec::new();
+    let raw = sip("INVITE sip:1@lb.example.net SIP/2.0|Via: SIP/2.0/UDP 127.0.0.7:5060;branch=z9hG4bKbad|From: <sip:a@b>;tag=1|To: <sip:c@d>|Call-ID: bad|CSeq: x INVITE||");
+    assert_eq!(router().handle(&t, caller(), &raw, Instant::now(), &mut out), Action::Reply("127.0.0.7:5060".parse().unwrap()));
+    assert!(text(&out).starts_with("SIP/2.0 400 Bad Request\r\n"));
+    let raw = sip("INVITE sip:1@lb.example.net SIP/3.0|Via: SIP/2.0/UDP 127.0.0.7:5060;branch=z9hG4bKv3|From: <sip:a@b>;tag=1|To: <sip:c@d>|Call-ID: v3|CSeq: 1 INVITE||");
+    router().handle(&t, caller(), &raw, Instant::now(), &mut out);
+    assert!(text(&out).starts_with("SIP/2.0 505 "));
+    // A datagram shorter than its Content-Length is never forwarded.
+    let raw = sip("INVITE sip:1@lb.example.net SIP/2.0|Via: SIP/2.0/UDP 127.0.0.7:5060;branch=z9hG4bKcl|From: <sip:a@b>;tag=1|To: <sip:c@d>|Call-ID: cl|CSeq: 1 INVITE|Content-Length: 900||v=0|");
+    router().handle(&t, caller(), &raw, Instant::now(), &mut out);
+    assert!(text(&out).starts_with("SIP/2.0 400 "));
+}
+
+#[test]
+fn garbage_is_a_counted_drop() {
+    let t = table_with(&[1], Algorithm::RoundRobin, 1);
+    let mut out = Vec::new();
+    let mut r = router();
+    for g in [&b"\x00\xff garbage"[..], b"GET / HTTP/1.1\r\n\r\n", b"\r\n\r\n"] {
+        assert!(matches!(r.handle(&t, caller(), g, Instant::now(), &mut out), Action::Drop(_)));
+    }
+    assert_eq!(r.stats().dropped(DropReason::Malformed), 2);
+    assert_eq!(r.stats().dropped(DropReason::Keepalive), 1);
+}
+
+#[test]
+fn a_request_matching_no_route_gets_no_route_reply() {
+    let mut t = table_with(&[1], Algorithm::RoundRobin, 1);
+    t.routes[0].matcher.ruri_user_prefix = Some("+44".into());
+    let mut out = Vec::new();
+    router().handle(&t, caller(), INVITE, Instant::now(), &mut out);
+    assert!(text(&out).starts_with("SIP/2.0 404 Not Found"));
+    t.proxy.no_route_reply = 503;
+    router().handle(&t, caller(), INVITE, Instant::now(), &mut out);
+    assert!(text(&out).starts_with("SIP/2.0 503 Service Unavailable"));
+}
+
+#[test]
+fn no_active_destination_gets_503() {
+    let mut t = table_with(&[1, 1], Algorithm::HashCallId, 1);
+    let ds = &mut t.sets[0];
+    for d in &mut ds.destinations {
+        d.active = false;
+    }
+    let members: Vec<Member<'_>> = ds.destinations.iter().map(|d| Member { key: &d.uri, weight: d.weight, priority: 0, active: false }).collect();
+    ds.selector = Selector::new(&members);
+    let mut out = Vec::new();
+    router().handle(&t, caller(), INVITE, Instant::now(), &mut out);
+    assert!(text(&out).starts_with("SIP/2.0 503 "));
+}
+
+#[test]
+fn draining_answers_new_invites_503_with_retry_after_but_keeps_calls_flowing() {
+    let t = table_with(&[1], Algorithm::RoundRobin, 1);
+    let mut r = router();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    let Action::Forward(dest) = r.handle(&t, caller(), INVITE, now, &mut out) else { panic!() };
+    r.set_draining(true);
+    assert_eq!(r.handle(&t, caller(), CANCEL, now, &mut out), Action::Forward(dest));
+    let raw = sip("INVITE sip:1@lb.example.net SIP/2.0|Via: SIP/2.0/UDP 127.0.0.7:5060;branch=z9hG4bKdrain|From: <sip:a@b>;tag=1|To: <sip:c@d>|Call-ID: drain|CSeq: 1 INVITE||");
+    r.handle(&t, caller(), &raw, now, &mut out);
+    let s = text(&out);
+    assert!(s.starts_with("SIP/2.0 503 ") && s.contains("Retry-After: 5"), "{s}");
+}
+
+#[test]
+fn messages_of_a_call_owned_elsewhere_are_handed_to_the_owner() {
+    let t = table_with(&[1], Algorithm::RoundRobin, 1);
+    let cid = parse(INVITE).unwrap().call_id.unwrap();
+    let owner = owner_shard(cid, 2);
+    let mut out = Vec::new();
+    let mut other = Router::new(1 - owner, 2, 1, Arc::new(ShardStats::default()));
+    assert_eq!(other.handle(&t, caller(), INVITE, Instant::now(), &mut out), Action::HandOff(owner));
+    let mut own = Router::new(owner, 2, 1, Arc::new(ShardStats::default()));
+    assert!(matches!(own.handle(&t, caller(), INVITE, Instant::now(), &mut out), Action::Forward(_)));
+    assert!(matches!(other.handle_owned(&t, caller(), INVITE, Instant::now(), &mut out), Action::Forward(_)));
+}
+
+#[test]
+fn a_destination_that_is_fsroute_itself_is_a_loop() {
+    let mut t = table_with(&[1], Algorithm::RoundRobin, 1);
+    t.sets[0].destinations[0].addr = "127.0.0.1:5060".parse().unwrap();
+    let mut out = Vec::new();
+    router().handle(&t, caller(), INVITE, Instant::now(), &mut out);
+    assert!(text(&out).starts_with("SIP/2.0 482 "));
+}
+
+#[test]
+fn a_failed_invite_ends_the_dialog_memory_after_32_seconds() {
+    let t = table_with(&[1, 1], Algorithm::RoundRobin, 1);
+    let mut r = router();
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    let Action::Forward(dest) = r.handle(&t, caller(), INVITE, t0, &mut out) else { panic!() };
+    let resp = backend_response(&out.clone(), REJECTED);
+    assert!(matches!(r.handle(&t, dest, &resp, t0, &mut out), Action::Forward(_)));
+    r.tick(t0 + Duration::from_secs(33));
+    assert_eq!(r.memory().len(), 0);
+}
+
+#[test]
+fn arbitrary_bytes_never_panic_the_router() {
+    use proptest::prelude::*;
+    let t = table_with(&[1, 2], Algorithm::HashCallId, 1);
+    let r = std::cell::RefCell::new(router());
+    let out = std::cell::RefCell::new(Vec::new());
+    proptest!(|(idx in 0usize..10, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6), cut in any::<usize>())| {
+        let mut data = CORPUS[idx].to_vec();
+        for (at, b) in flips {
+            let n = data.len();
+            data[at % n] = b;
+        }
+        let n = data.len();
+        data.truncate(n - cut % (n / 4 + 1));
+        let _ = r.borrow_mut().handle(&t, caller(), &data, Instant::now(), &mut out.borrow_mut());
+    });
+}

@@ -1,0 +1,247 @@
+//! Small borrowing tokenizers shared by the scanner and the router: comma lists that respect
+//! `<...>` and quoted strings, `;name=value` parameter runs, and `host[:port]` with IPv6 brackets.
+//! Folded header values keep their line breaks in place, so CR and LF count as white space here.
+
+#[inline]
+pub(crate) fn is_lws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+pub(crate) fn trim(s: &[u8]) -> &[u8] {
+    let (a, b) = trim_bounds(s);
+    &s[a..b]
+}
+
+/// Start and end offsets of `s` without surrounding linear white space.
+pub(crate) fn trim_bounds(s: &[u8]) -> (usize, usize) {
+    let mut a = 0;
+    let mut b = s.len();
+    while a < b && is_lws(s[a]) {
+        a += 1;
+    }
+    while b > a && is_lws(s[b - 1]) {
+        b -= 1;
+    }
+    (a, b)
+}
+
+/// Splits a comma-separated header value into its elements, as (start, end) offsets into `value`
+/// with white space trimmed. Commas inside `<...>` or a quoted string do not split.
+pub fn split_list(value: &[u8]) -> ListIter<'_> {
+    ListIter { value, pos: 0 }
+}
+
+pub struct ListIter<'a> {
+    value: &'a [u8],
+    pos: usize,
+}
+
+impl Iterator for ListIter<'_> {
+    type Item = (usize, usize);
+    fn next(&mut self) -> Option<(usize, usize)> {
+        let v = self.value;
+        if self.pos > v.len() {
+            return None;
+        }
+        let start = self.pos;
+        let mut i = start;
+        let mut in_quote = false;
+        let mut in_angle = false;
+        while i < v.len() {
+            match v[i] {
+                b'\\' if in_quote => i += 1,
+                b'"' => in_quote = !in_quote,
+                b'<' if !in_quote => in_angle = true,
+                b'>' if !in_quote => in_angle = false,
+                b',' if !in_quote && !in_angle => break,
+                _ => {}
+            }
+            i += 1;
+        }
+        let end = i.min(v.len());
+        self.pos = end + 1;
+        let (a, b) = trim_bounds(&v[start..end]);
+        if a == b && self.pos > v.len() && start != 0 {
+            // A trailing comma leaves nothing behind it; not an element.
+            return None;
+        }
+        Some((start + a, start + b))
+    }
+}
+
+/// Iterates `;name[=value]` parameters. Yields (name, value, start, end) where start..end covers
+/// the parameter from its name to the end of its value, relative to the iterated slice.
+pub struct ParamIter<'a> {
+    s: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> ParamIter<'a> {
+    /// `s` starts at (or before) the first `;`.
+    pub fn new(s: &'a [u8]) -> Self {
+        ParamIter { s, pos: 0 }
+    }
+}
+
+impl<'a> Iterator for ParamIter<'a> {
+    type Item = (&'a [u8], Option<&'a [u8]>, usize, usize);
+    fn next(&mut self) -> Option<Self::Item> {
+        let s = self.s;
+        let semi = memchr::memchr(b';', &s[self.pos.min(s.len())..])? + self.pos;
+        let mut start = semi + 1;
+        while start < s.len() && is_lws(s[start]) {
+            start += 1;
+        }
+        let mut i = start;
+        let mut in_quote = false;
+        while i < s.len() {
+            match s[i] {
+                b'\\' if in_quote => i += 1,
+                b'"' => in_quote = !in_quote,
+                b';' if !in_quote => break,
+                _ => {}
+            }
+            i += 1;
+        }
+        let end = i.min(s.len());
+        self.pos = end;
+        let item = &s[start..end];
+        let (name, value) = match memchr::memchr(b'=', item) {
+            Some(eq) => (trim(&item[..eq]), Some(trim(&item[eq + 1..]))),
+            None => (trim(item), None),
+        };
+        let (_, b) = trim_bounds(item);
+        Some((name, value, start, start + b))
+    }
+}
+
+/// Value of parameter `name` (case-insensitive) in a `;a=b;c` run. `Some(None)` for a bare flag.
+pub fn param_value<'a>(params: &'a [u8], name: &[u8]) -> Option<Option<&'a [u8]>> {
+    ParamIter::new(params).find(|(n, ..)| n.eq_ignore_ascii_case(name)).map(|(_, v, ..)| v)
+}
+
+/// Splits `host[:port]`, where host may be a bracketed IPv6 reference. The host keeps its brackets.
+pub fn host_port(s: &[u8]) -> Option<(&[u8], Option<u16>)> {
+    let s = trim(s);
+    if s.is_empty() {
+        return None;
+    }
+    let (host, rest) = if s[0] == b'[' {
+        let close = memchr::memchr(b']', s)?;
+        (&s[..=close], &s[close + 1..])
+    } else {
+        match memchr::memchr(b':', s) {
+            Some(c) => (&s[..c], &s[c..]),
+            None => (s, &s[s.len()..]),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    if rest.is_empty() {
+        return Some((host, None));
+    }
+    if rest[0] != b':' {
+        return None;
+    }
+    Some((host, Some(parse_u16(trim(&rest[1..]))?)))
+}
+
+pub(crate) fn parse_u16(s: &[u8]) -> Option<u16> {
+    let v = parse_u32(s)?;
+    u16::try_from(v).ok()
+}
+
+pub(crate) fn parse_u32(s: &[u8]) -> Option<u32> {
+    if s.is_empty() || s.len() > 10 {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &b in s {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + u64::from(b - b'0');
+    }
+    u32::try_from(v).ok()
+}
+
+/// The URI of a name-addr or addr-spec (`"Name" <sip:x>;tag=1` or `sip:x;tag=1`), and the offset
+/// where the header parameters begin (after `>` or after the URI).
+pub(crate) fn name_addr_uri(v: &[u8]) -> Option<(&[u8], usize)> {
+    // A display name may be a quoted string containing '<'; skip quotes before looking for '<'.
+    let mut i = 0;
+    let mut in_quote = false;
+    while i < v.len() {
+        match v[i] {
+            b'\\' if in_quote => i += 1,
+            b'"' => in_quote = !in_quote,
+            b'<' if !in_quote => {
+                let close = memchr::memchr(b'>', &v[i..])? + i;
+                return Some((trim(&v[i + 1..close]), close + 1));
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if in_quote {
+        return None;
+    }
+    // addr-spec: the URI ends at the first ';' (those parameters belong to the header, §20.10).
+    let end = memchr::memchr(b';', v).unwrap_or(v.len());
+    let uri = trim(&v[..end]);
+    if uri.is_empty() {
+        return None;
+    }
+    Some((uri, end))
+}
+
+/// Host and port of a SIP URI (`sip:user@host:port;params?headers`), borrowing from it.
+pub fn uri_host_port(uri: &[u8]) -> Option<(&[u8], Option<u16>)> {
+    let rest = if uri.len() >= 4 && uri[..4].eq_ignore_ascii_case(b"sip:") {
+        &uri[4..]
+    } else if uri.len() >= 5 && uri[..5].eq_ignore_ascii_case(b"sips:") {
+        &uri[5..]
+    } else {
+        return None;
+    };
+    let end = rest.iter().position(|&b| b == b';' || b == b'?').unwrap_or(rest.len());
+    let hp = &rest[..end];
+    let hp = match memchr::memrchr(b'@', hp) {
+        Some(at) => &hp[at + 1..],
+        None => hp,
+    };
+    host_port(hp)
+}
+
+/// The user part of a SIP URI, if any.
+pub fn uri_user(uri: &[u8]) -> Option<&[u8]> {
+    let rest = if uri.len() >= 4 && uri[..4].eq_ignore_ascii_case(b"sip:") {
+        &uri[4..]
+    } else if uri.len() >= 5 && uri[..5].eq_ignore_ascii_case(b"sips:") {
+        &uri[5..]
+    } else {
+        return None;
+    };
+    let end = rest.iter().position(|&b| b == b';' || b == b'?').unwrap_or(rest.len());
+    let at = memchr::memrchr(b'@', &rest[..end])?;
+    let user = &rest[..at];
+    // user:password
+    Some(match memchr::memchr(b':', user) {
+        Some(c) => &user[..c],
+        None => user,
+    })
+}
+
+/// The URI parameters (`;a=b;lr`) of a SIP URI, starting at the first `;` after the host.
+pub fn uri_params(uri: &[u8]) -> &[u8] {
+    let start = memchr::memrchr(b'@', uri).unwrap_or(0);
+    match memchr::memchr(b';', &uri[start..]) {
+        Some(p) => {
+            let s = &uri[start + p..];
+            let end = memchr::memchr(b'?', s).unwrap_or(s.len());
+            &s[..end]
+        }
+        None => &[],
+    }
+}

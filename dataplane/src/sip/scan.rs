@@ -1,0 +1,505 @@
+//! The header walk: start line, then one logical header at a time (folded continuation lines
+//! joined by position, never by copying), dispatching on the header name, then UDP body framing.
+
+use super::params::{host_port, is_lws, name_addr_uri, parse_u16, parse_u32, split_list, trim, trim_bounds, ParamIter};
+use super::{CSeq, MaxForwards, Message, Method, NameAddr, ParseError, RouteEntry, Span, StartLine, Via};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Name {
+    Via,
+    CallId,
+    CSeq,
+    From,
+    To,
+    MaxForwards,
+    Route,
+    RecordRoute,
+    ContentLength,
+    ProxyAuthorization,
+    Authorization,
+    Other,
+}
+
+#[inline]
+fn classify(name: &[u8]) -> Name {
+    // Compact forms first: a single byte (RFC 3261 §7.3.3).
+    if name.len() == 1 {
+        return match name[0] | 0x20 {
+            b'v' => Name::Via,
+            b'i' => Name::CallId,
+            b'f' => Name::From,
+            b't' => Name::To,
+            b'l' => Name::ContentLength,
+            _ => Name::Other,
+        };
+    }
+    let eq = |s: &[u8]| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        2 if eq(b"to") => Name::To,
+        3 if eq(b"via") => Name::Via,
+        4 if eq(b"cseq") => Name::CSeq,
+        4 if eq(b"from") => Name::From,
+        5 if eq(b"route") => Name::Route,
+        7 if eq(b"call-id") => Name::CallId,
+        12 if eq(b"max-forwards") => Name::MaxForwards,
+        12 if eq(b"record-route") => Name::RecordRoute,
+        13 if eq(b"authorization") => Name::Authorization,
+        14 if eq(b"content-length") => Name::ContentLength,
+        19 if eq(b"proxy-authorization") => Name::ProxyAuthorization,
+        _ => Name::Other,
+    }
+}
+
+/// Scans one datagram. Returns `Keepalive` for CRLF-only datagrams (RFC 5626), which callers
+/// count but do not answer.
+pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
+    if buf.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    let mut pos = 0;
+    while pos < buf.len() && (buf[pos] == b'\r' || buf[pos] == b'\n') {
+        pos += 1;
+    }
+    if pos == buf.len() {
+        return Err(ParseError::Keepalive);
+    }
+    let lf = memchr::memchr(b'\n', &buf[pos..]).ok_or(ParseError::BadStartLine)? + pos;
+    let crlf = lf > pos && buf[lf - 1] == b'\r';
+    let line_end = if crlf { lf - 1 } else { lf };
+    let (start, unsupported_version) = parse_start_line(&buf[pos..line_end])?;
+    let headers_start = lf + 1;
+
+    let mut m = Message {
+        raw: buf,
+        start,
+        crlf,
+        headers_start: headers_start as u32,
+        headers_end: 0,
+        body: Span::default(),
+        via_count: 0,
+        top_via: None,
+        second_via: None,
+        call_id: None,
+        cseq: None,
+        from: None,
+        to: None,
+        max_forwards: None,
+        route: None,
+        record_route: None,
+        content_length: None,
+        auth_username: None,
+        unsupported_version,
+        defect: None,
+    };
+    let mut proxy_auth_seen = false;
+    // Set while the last Route value seen so far is the first one, to learn whether more follow.
+    let mut route_values = 0u32;
+
+    let mut headers = HeaderIter::new(buf, headers_start);
+    while let Some(h) = headers.next() {
+        let h = h?;
+        let value = h.value.get(buf);
+        let (vs, ve) = (h.value.start as usize, h.value.end as usize);
+        let line = h.line;
+        if memchr::memchr(0, h.line.get(buf)).is_some() {
+            m.defect.get_or_insert(ParseError::NulByte);
+        }
+        match classify(h.name.get(buf)) {
+            Name::Via => {
+                for (a, b) in split_list(value) {
+                    m.via_count = m.via_count.saturating_add(1);
+                    if m.via_count <= 2 {
+                        match parse_via(buf, vs + a, vs + b) {
+                            Ok(via) if m.via_count == 1 => m.top_via = Some(via),
+                            Ok(via) => m.second_via = Some(via),
+                            // Without a usable top Via there is nobody to answer.
+                            Err(e) if m.via_count == 1 => return Err(e),
+                            Err(e) => {
+                                m.defect.get_or_insert(e);
+                            }
+                        }
+                    }
+                }
+            }
+            Name::CallId => {
+                if value.is_empty() {
+                    m.defect.get_or_insert(ParseError::Malformed("Call-ID"));
+                } else {
+                    m.call_id.get_or_insert(value);
+                }
+            }
+            Name::CSeq => {
+                if m.cseq.is_none() {
+                    match parse_cseq(value) {
+                        Ok(c) => m.cseq = Some(c),
+                        Err(e) => {
+                            m.defect.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+            Name::From => {
+                if m.from.is_none() {
+                    m.from = parse_name_addr(value);
+                    if m.from.is_none() {
+                        m.defect.get_or_insert(ParseError::Malformed("From"));
+                    }
+                }
+            }
+            Name::To => {
+                if m.to.is_none() {
+                    m.to = parse_name_addr(value);
+                    if m.to.is_none() {
+                        m.defect.get_or_insert(ParseError::Malformed("To"));
+                    }
+                }
+            }
+            Name::MaxForwards => {
+                if m.max_forwards.is_none() {
+                    match parse_u32(value) {
+                        Some(v) => m.max_forwards = Some(MaxForwards { value: v, digits: Span::new(vs, ve) }),
+                        None => {
+                            m.defect.get_or_insert(ParseError::Malformed("Max-Forwards"));
+                        }
+                    }
+                }
+            }
+            Name::Route => {
+                for (a, b) in split_list(value) {
+                    route_values += 1;
+                    if route_values == 1 {
+                        match name_addr_uri(&value[a..b]) {
+                            Some((uri, _)) => {
+                                m.route = Some(RouteEntry {
+                                    uri,
+                                    value: Span::new(vs + a, vs + b),
+                                    line,
+                                    next_on_line: None,
+                                    more: false,
+                                    next_uri: None,
+                                })
+                            }
+                            None => {
+                                m.defect.get_or_insert(ParseError::Malformed("Route"));
+                            }
+                        }
+                    } else if route_values == 2 {
+                        if let Some(r) = m.route.as_mut() {
+                            r.more = true;
+                            r.next_uri = name_addr_uri(&value[a..b]).map(|(u, _)| u);
+                            if r.line == line {
+                                r.next_on_line = Some((vs + a) as u32);
+                            }
+                        }
+                    }
+                }
+            }
+            Name::RecordRoute => {
+                if m.record_route.is_none() {
+                    if let Some((a, b)) = split_list(value).next() {
+                        match name_addr_uri(&value[a..b]) {
+                            Some((uri, _)) => {
+                                m.record_route = Some(RouteEntry {
+                                    uri,
+                                    value: Span::new(vs + a, vs + b),
+                                    line,
+                                    next_on_line: None,
+                                    more: false,
+                                    next_uri: None,
+                                })
+                            }
+                            None => {
+                                m.defect.get_or_insert(ParseError::Malformed("Record-Route"));
+                            }
+                        }
+                    }
+                }
+            }
+            Name::ContentLength => match parse_u32(value) {
+                Some(v) if m.content_length.is_none_or(|old| old == v as usize) => {
+                    m.content_length = Some(v as usize)
+                }
+                _ => {
+                    m.defect.get_or_insert(ParseError::Malformed("Content-Length"));
+                }
+            },
+            Name::ProxyAuthorization => {
+                if !proxy_auth_seen {
+                    proxy_auth_seen = true;
+                    if let Some(u) = digest_username(value) {
+                        m.auth_username = Some(u);
+                    }
+                }
+            }
+            Name::Authorization => {
+                if !proxy_auth_seen && m.auth_username.is_none() {
+                    m.auth_username = digest_username(value);
+                }
+            }
+            Name::Other => {}
+        }
+    }
+    m.headers_end = headers.headers_end as u32;
+    let pos = headers.body_start;
+
+    // UDP framing (§18.3): Content-Length bounds the body; without it the body runs to the end.
+    let available = buf.len() - pos;
+    let body_len = match m.content_length {
+        Some(cl) if cl > available => {
+            // Still scanned, so a request can be answered 400; the router never forwards it.
+            m.defect.get_or_insert(ParseError::TruncatedBody { declared: cl, actual: available });
+            available
+        }
+        Some(cl) => cl,
+        None => available,
+    };
+    m.body = Span::new(pos, pos + body_len);
+    Ok(m)
+}
+
+/// The start line, and whether a request names a SIP version other than 2.0 (answered 505).
+fn parse_start_line(line: &[u8]) -> Result<(StartLine<'_>, bool), ParseError> {
+    if memchr::memchr(0, line).is_some() {
+        return Err(ParseError::NulByte);
+    }
+    let sp1 = memchr::memchr(b' ', line).ok_or(ParseError::BadStartLine)?;
+    let first = &line[..sp1];
+    let rest = &line[sp1 + 1..];
+    if first.len() >= 4 && first[..4].eq_ignore_ascii_case(b"SIP/") {
+        if first != b"SIP/2.0" {
+            // A response in a version we do not speak: nothing to answer it with.
+            return Err(ParseError::BadStartLine);
+        }
+        let (code, reason) = match memchr::memchr(b' ', rest) {
+            Some(sp) => (&rest[..sp], &rest[sp + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        if code.len() != 3 {
+            return Err(ParseError::BadStartLine);
+        }
+        let code = parse_u16(code).ok_or(ParseError::BadStartLine)?;
+        if !(100..=699).contains(&code) {
+            return Err(ParseError::BadStartLine);
+        }
+        return Ok((StartLine::Response { code, reason }, false));
+    }
+    if first.is_empty() || !first.iter().all(|b| is_token_char(*b)) {
+        return Err(ParseError::BadStartLine);
+    }
+    let sp2 = memchr::memrchr(b' ', rest).ok_or(ParseError::BadStartLine)?;
+    let uri = &rest[..sp2];
+    let version = &rest[sp2 + 1..];
+    if uri.is_empty() || uri.contains(&b' ') {
+        return Err(ParseError::BadStartLine);
+    }
+    let unsupported = version != b"SIP/2.0";
+    if unsupported && !(version.len() >= 4 && version[..4].eq_ignore_ascii_case(b"SIP/")) {
+        return Err(ParseError::BadStartLine);
+    }
+    Ok((StartLine::Request { method: Method::from_bytes(first), method_raw: first, uri }, unsupported))
+}
+
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
+/// One Via value between `a` and `b` (offsets into the datagram).
+fn parse_via(buf: &[u8], a: usize, b: usize) -> Result<Via<'_>, ParseError> {
+    let v = &buf[a..b];
+    let bad = ParseError::Malformed("Via");
+    // sent-protocol: "SIP" / "2.0" / transport, with optional white space around the slashes.
+    let mut parts = [&v[..0]; 3];
+    let mut i = 0;
+    for (k, part) in parts.iter_mut().enumerate() {
+        while i < v.len() && is_lws(v[i]) {
+            i += 1;
+        }
+        let s = i;
+        while i < v.len() && !is_lws(v[i]) && v[i] != b'/' {
+            i += 1;
+        }
+        *part = &v[s..i];
+        while i < v.len() && is_lws(v[i]) {
+            i += 1;
+        }
+        if k < 2 {
+            if i >= v.len() || v[i] != b'/' {
+                return Err(bad);
+            }
+            i += 1;
+        }
+    }
+    if !parts[0].eq_ignore_ascii_case(b"SIP") || parts[1] != b"2.0" || parts[2].is_empty() {
+        return Err(bad);
+    }
+    let transport = parts[2];
+    let params_at = memchr::memchr(b';', &v[i..]).map(|p| p + i).unwrap_or(v.len());
+    let (host, port) = host_port(&v[i..params_at]).ok_or(bad)?;
+    let mut via = Via {
+        transport,
+        host,
+        port,
+        span: Span::new(a, b),
+        ..Via::default()
+    };
+    let params = &v[params_at..];
+    for (name, value, ps, pe) in ParamIter::new(params) {
+        let abs = a + params_at;
+        if name.eq_ignore_ascii_case(b"branch") {
+            via.branch = Some(value.ok_or(bad)?);
+        } else if name.eq_ignore_ascii_case(b"rport") {
+            via.rport = Some(match value {
+                None => None,
+                Some(p) if p.is_empty() => None,
+                Some(p) => Some(parse_u16(p).ok_or(bad)?),
+            });
+            via.rport_span = Some(Span::new(abs + ps, abs + pe));
+        } else if name.eq_ignore_ascii_case(b"received") {
+            via.received = Some(value.ok_or(bad)?);
+            // Include the ';' before it so the parameter can be removed whole.
+            let semi = params[..ps].iter().rposition(|&c| c == b';').unwrap_or(ps);
+            via.received_span = Some(Span::new(abs + semi, abs + pe));
+        }
+    }
+    Ok(via)
+}
+
+fn parse_cseq(v: &[u8]) -> Result<CSeq<'_>, ParseError> {
+    let bad = ParseError::Malformed("CSeq");
+    let mut it = v.split(|b| is_lws(*b)).filter(|s| !s.is_empty());
+    let number = parse_u32(it.next().ok_or(bad)?).ok_or(bad)?;
+    let method = it.next().ok_or(bad)?;
+    if it.next().is_some() {
+        return Err(bad);
+    }
+    Ok(CSeq { number, method })
+}
+
+fn parse_name_addr(v: &[u8]) -> Option<NameAddr<'_>> {
+    let (uri, params_at) = name_addr_uri(v)?;
+    let tag = ParamIter::new(&v[params_at..])
+        .find(|(n, ..)| n.eq_ignore_ascii_case(b"tag"))
+        .and_then(|(_, v, ..)| v);
+    Some(NameAddr { uri, tag })
+}
+
+/// `Digest username="alice", realm=...` -> `alice`.
+fn digest_username(v: &[u8]) -> Option<&[u8]> {
+    let sp = v.iter().position(|b| is_lws(*b))?;
+    if !v[..sp].eq_ignore_ascii_case(b"Digest") {
+        return None;
+    }
+    for (a, b) in split_list(&v[sp..]) {
+        let item = &v[sp + a..sp + b];
+        let eq = memchr::memchr(b'=', item)?;
+        if trim(&item[..eq]).eq_ignore_ascii_case(b"username") {
+            let val = trim(&item[eq + 1..]);
+            let val = val.strip_prefix(b"\"").and_then(|s| s.strip_suffix(b"\"")).unwrap_or(val);
+            return Some(val);
+        }
+    }
+    None
+}
+
+/// One logical header: its whole line(s) including the final line break, its name and its
+/// trimmed value (folded continuation lines included in place).
+#[derive(Clone, Copy, Debug)]
+pub struct Header {
+    pub line: Span,
+    pub name: Span,
+    pub value: Span,
+}
+
+/// Walks logical headers from `pos` to the empty line. After it returns `None`, `headers_end` is the
+/// offset of the empty line and `body_start` the first body byte.
+pub struct HeaderIter<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    done: bool,
+    pub headers_end: usize,
+    pub body_start: usize,
+}
+
+impl<'a> HeaderIter<'a> {
+    pub fn new(buf: &'a [u8], pos: usize) -> Self {
+        HeaderIter { buf, pos, done: false, headers_end: 0, body_start: 0 }
+    }
+}
+
+impl Iterator for HeaderIter<'_> {
+    type Item = Result<Header, ParseError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let buf = self.buf;
+        let pos = self.pos;
+        let fail = |me: &mut Self, e| {
+            me.done = true;
+            Some(Err(e))
+        };
+        if pos >= buf.len() {
+            return fail(self, ParseError::UnterminatedHeaders);
+        }
+        let blank = match buf[pos] {
+            b'\n' => Some(pos + 1),
+            b'\r' if buf.get(pos + 1) == Some(&b'\n') => Some(pos + 2),
+            _ => None,
+        };
+        if let Some(body_start) = blank {
+            self.done = true;
+            self.headers_end = pos;
+            self.body_start = body_start;
+            return None;
+        }
+        if is_lws(buf[pos]) {
+            // A continuation line with no header before it.
+            return fail(self, ParseError::HeaderWithoutColon);
+        }
+        // A logical header runs to a LF not followed by SP/HT.
+        let mut search = pos;
+        let end = loop {
+            let Some(off) = memchr::memchr(b'\n', &buf[search..]) else {
+                return fail(self, ParseError::UnterminatedHeaders);
+            };
+            let end = search + off;
+            match buf.get(end + 1) {
+                Some(b' ') | Some(b'\t') => search = end + 1,
+                _ => break end,
+            }
+        };
+        let next = end + 1;
+        let value_end = if end > pos && buf[end - 1] == b'\r' { end - 1 } else { end };
+        let hdr = &buf[pos..value_end];
+        let Some(colon) = memchr::memchr(b':', hdr) else {
+            return fail(self, ParseError::HeaderWithoutColon);
+        };
+        let (na, nb) = trim_bounds(&hdr[..colon]);
+        if na == nb {
+            return fail(self, ParseError::HeaderWithoutColon);
+        }
+        let vstart = pos + colon + 1;
+        let (a, b) = trim_bounds(&buf[vstart..value_end]);
+        self.pos = next;
+        Some(Ok(Header {
+            line: Span::new(pos, next),
+            name: Span::new(pos + na, pos + nb),
+            value: Span::new(vstart + a, vstart + b),
+        }))
+    }
+}
+
+/// Whether a header name (full or compact) is one a locally generated reply copies (§8.2.6.2).
+pub(crate) fn is_reply_copied(name: &[u8]) -> bool {
+    matches!(classify(name), Name::Via | Name::CallId | Name::CSeq | Name::From | Name::To)
+}
+
+/// Whether a header name (full or compact) is Via.
+pub(crate) fn is_via(name: &[u8]) -> bool {
+    classify(name) == Name::Via
+}
+
+/// Whether a header name (full or compact) is To.
+pub(crate) fn is_to(name: &[u8]) -> bool {
+    classify(name) == Name::To
+}

@@ -1,0 +1,93 @@
+//! Per-shard counters. Each shard writes only its own block (cache-line aligned so two cores never
+//! share a line); the control plane reads all of them for `/status` and `/metrics`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a datagram was not forwarded or answered. Stable labels for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DropReason {
+    /// Could not be scanned, and no usable Via to answer a request.
+    Malformed,
+    /// CRLF keepalive (RFC 5626): counted, never answered.
+    Keepalive,
+    /// A response missing a mandatory header or carrying a defect.
+    BadResponse,
+    /// A response whose top Via is not fsroute's.
+    NotOurVia,
+    /// A response with no Via left after removing fsroute's.
+    NoNextVia,
+    /// A next hop named by a host name that fsroute does not resolve on the fast path.
+    Unresolvable,
+    /// An ACK fsroute cannot place (ACKs are never answered).
+    UnroutableAck,
+    /// The owning shard's hand-off queue was full.
+    HandoffFull,
+    /// The kernel refused to send.
+    SendError,
+    /// A request whose Max-Forwards ran out and that must not be answered (ACK).
+    TooManyHops,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 10] = [
+        DropReason::Malformed,
+        DropReason::Keepalive,
+        DropReason::BadResponse,
+        DropReason::NotOurVia,
+        DropReason::NoNextVia,
+        DropReason::Unresolvable,
+        DropReason::UnroutableAck,
+        DropReason::HandoffFull,
+        DropReason::SendError,
+        DropReason::TooManyHops,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::Keepalive => "keepalive",
+            DropReason::BadResponse => "bad_response",
+            DropReason::NotOurVia => "not_our_via",
+            DropReason::NoNextVia => "no_next_via",
+            DropReason::Unresolvable => "unresolvable",
+            DropReason::UnroutableAck => "unroutable_ack",
+            DropReason::HandoffFull => "handoff_full",
+            DropReason::SendError => "send_error",
+            DropReason::TooManyHops => "too_many_hops",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct ShardStats {
+    /// Datagrams read from this shard's socket.
+    pub received: AtomicU64,
+    /// Messages this shard routed and sent, whichever shard received them.
+    pub processed: AtomicU64,
+    /// Replies fsroute generated itself (400, 404, 483, 503, 200 to OPTIONS...).
+    pub replied: AtomicU64,
+    /// Datagrams handed to the shard that owns their Call-ID.
+    pub handed_off: AtomicU64,
+    /// Calls-state entries currently held (transactions + dialogs).
+    pub memory_entries: AtomicU64,
+    pub dropped: [AtomicU64; DropReason::ALL.len()],
+}
+
+impl ShardStats {
+    #[inline]
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    #[inline]
+    pub fn drop_reason(&self, r: DropReason) {
+        self.dropped[r as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn dropped(&self, r: DropReason) -> u64 {
+        self.dropped[r as usize].load(Ordering::Relaxed)
+    }
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,195 @@
+//! The routing table: one immutable value holding everything a shard reads to route a message
+//! (proxy identity, dispatcher sets with their precomputed selectors, routes, the addresses of all
+//! destinations). The control plane builds it with a pure function and swaps it into one
+//! `ArcSwap`; shards load it once per datagram and never lock. Per-destination counters live in
+//! `Arc`s that the control plane carries from one table to the next, so they survive reloads.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::dispatch::{Algorithm, HashMode, Selector};
+use crate::sip::uri_host_port;
+
+pub use arc_swap::ArcSwap;
+
+/// Where a routed call may go. `counters` is shared with the previous and next tables.
+#[derive(Debug)]
+pub struct Destination {
+    pub uri: String,
+    pub addr: SocketAddr,
+    /// Effective weight (after heartbeats, staleness, admin state).
+    pub weight: u32,
+    pub priority: i32,
+    pub active: bool,
+    pub counters: Arc<DestCounters>,
+}
+
+/// Counters that outlive table swaps, keyed by destination identity in the control plane.
+#[derive(Debug, Default)]
+pub struct DestCounters {
+    pub forwarded: AtomicU64,
+    /// Requests (initial or in-dialog) that were sent to this destination.
+    pub requests: AtomicU64,
+    /// Final responses >= 300 received from this destination for INVITEs.
+    pub failed: AtomicU64,
+}
+
+impl DestCounters {
+    pub fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+pub struct DispatcherSet {
+    pub setid: i32,
+    pub destinations: Vec<Destination>,
+    pub selector: Selector,
+}
+
+/// An IPv4 or IPv6 prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            _ => ip,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix.min(32))) };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(self.prefix.min(128))) };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The match part of a `[[route]]`; every key is optional and all given keys must match.
+#[derive(Clone, Debug, Default)]
+pub struct RouteMatch {
+    pub ruri_user_prefix: Option<String>,
+    /// Lower-cased.
+    pub ruri_domain: Option<String>,
+    pub method: Option<String>,
+    pub source: Option<Cidr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// Index into `RoutingTable::sets`.
+    Dispatcher { set: usize, algorithm: Algorithm, failover: bool },
+}
+
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub matcher: RouteMatch,
+    pub target: RouteTarget,
+}
+
+/// Identity and behaviour of the proxy itself.
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    /// Host and port written into Via and Record-Route.
+    pub advertise_host: String,
+    pub advertise_port: u16,
+    /// Every (host, port) by which a Request-URI or Route names fsroute: advertise, listeners,
+    /// aliases. Hosts lower-cased; IPv6 without brackets.
+    pub local_names: Vec<(String, u16)>,
+    /// The socket addresses fsroute listens on; a destination equal to one of them is a loop.
+    pub local_addrs: Vec<SocketAddr>,
+    pub record_route: bool,
+    pub max_forwards: u32,
+    pub hash: HashMode,
+    pub no_route_reply: u16,
+    pub transaction_memory: Duration,
+    pub dialog_memory: Duration,
+}
+
+impl ProxySettings {
+    /// Whether `host[:port]` names fsroute (port 5060 when absent).
+    pub fn is_local(&self, host: &[u8], port: Option<u16>) -> bool {
+        let host = host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")).unwrap_or(host);
+        let port = port.unwrap_or(5060);
+        self.local_names
+            .iter()
+            .any(|(h, p)| *p == port && h.as_bytes().eq_ignore_ascii_case(host))
+    }
+
+    pub fn is_local_uri(&self, uri: &[u8]) -> bool {
+        uri_host_port(uri).is_some_and(|(h, p)| self.is_local(h, p))
+    }
+}
+
+#[derive(Debug)]
+pub struct RoutingTable {
+    /// Increases with every build; shards use it to notice a swap.
+    pub generation: u64,
+    pub proxy: ProxySettings,
+    pub sets: Vec<DispatcherSet>,
+    pub routes: Vec<Route>,
+    /// Sorted addresses of every destination of every set, for Record-Route tokens and for telling
+    /// a request from a backend apart from one towards it.
+    pub known_destinations: Vec<SocketAddr>,
+}
+
+impl RoutingTable {
+    /// Sorts and deduplicates `known_destinations` from the sets.
+    pub fn new(generation: u64, proxy: ProxySettings, sets: Vec<DispatcherSet>, routes: Vec<Route>) -> Self {
+        let mut known: Vec<SocketAddr> = sets.iter().flat_map(|s| s.destinations.iter().map(|d| d.addr)).collect();
+        known.sort_unstable();
+        known.dedup();
+        RoutingTable { generation, proxy, sets, routes, known_destinations: known }
+    }
+
+    pub fn is_known_destination(&self, addr: &SocketAddr) -> bool {
+        self.known_destinations.binary_search(addr).is_ok()
+    }
+
+    /// Whether a request from `src` comes from one of the destinations (by IP and port, or by IP
+    /// alone when the box sends from another port than it listens on).
+    pub fn is_from_destination(&self, src: &SocketAddr) -> bool {
+        self.is_known_destination(src) || self.known_destinations.iter().any(|d| d.ip() == src.ip())
+    }
+
+    /// The first route whose match keys all hold.
+    pub fn match_route(&self, method: &[u8], ruri: &[u8], src: IpAddr) -> Option<&Route> {
+        self.routes.iter().find(|r| {
+            let m = &r.matcher;
+            if let Some(meth) = &m.method {
+                if meth.as_bytes() != method {
+                    return false;
+                }
+            }
+            if let Some(net) = &m.source {
+                if !net.contains(src) {
+                    return false;
+                }
+            }
+            if let Some(prefix) = &m.ruri_user_prefix {
+                match crate::sip::uri_user(ruri) {
+                    Some(u) if u.starts_with(prefix.as_bytes()) => {}
+                    _ => return false,
+                }
+            }
+            if let Some(domain) = &m.ruri_domain {
+                match uri_host_port(ruri) {
+                    Some((h, _)) if h.eq_ignore_ascii_case(domain.as_bytes()) => {}
+                    _ => return false,
+                }
+            }
+            true
+        })
+    }
+}

@@ -1,0 +1,1 @@
+//! FreeSWITCH Event Socket (ESL): codec, client and emulator.
