@@ -1,1 +1,53 @@
-fn main() {}
+//! The `fsroute` binary: a thin command line over the control plane (`run`, `check`) and the
+//! first-run demo. All behaviour lives in the workspace crates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "fsroute", version, about = "Carrier-grade SIP load balancer for FreeSWITCH farms")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy in the foreground (SIGHUP reloads the config, SIGTERM/SIGINT stop gracefully).
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// How long a graceful stop waits for INVITE transactions in flight.
+        #[arg(long, default_value = "10s", value_parser = humantime_duration)]
+        drain_timeout: Duration,
+    },
+    /// Validate a config file without binding anything.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    fsroute_controlplane::parse_duration(s)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run { config, drain_timeout } => {
+            fsroute_controlplane::runtime::run(fsroute_controlplane::runtime::RunOptions { config_path: config, drain_timeout })
+        }
+        Command::Check { config } => fsroute_controlplane::runtime::check(&config),
+    };
+    ExitCode::from(code as u8)
+}

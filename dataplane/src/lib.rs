@@ -5,6 +5,8 @@
 pub mod dispatch;
 pub mod hash;
 pub mod router;
+pub mod shard;
 pub mod sip;
+pub mod socket;
 pub mod stats;
 pub mod table;

@@ -72,6 +72,8 @@ pub struct ShardStats {
     pub handed_off: AtomicU64,
     /// Calls-state entries currently held (transactions + dialogs).
     pub memory_entries: AtomicU64,
+    /// INVITEs without a final response, published while draining.
+    pub pending_invites: AtomicU64,
     pub dropped: [AtomicU64; DropReason::ALL.len()],
 }
 

@@ -5,7 +5,7 @@
 //! in as arguments (sans-IO), so every pick is a pure function of its inputs.
 //!
 //! Layout: [`opensips`] reproduces OpenSIPS's hash and cumulative-weight pick bit for bit,
-//! [`rendezvous`] is the default minimal-disruption hash, [`wrr`] builds the smooth round-robin schedule.
+//! [`rendezvous`] is the default minimal-disruption hash, `wrr` builds the smooth round-robin schedule.
 
 pub mod opensips;
 pub mod rendezvous;
@@ -53,7 +53,9 @@ impl Algorithm {
         if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
             return s.parse::<i64>().ok().and_then(Self::from_number);
         }
-        Self::ALL.into_iter().find(|a| a.name().eq_ignore_ascii_case(s))
+        Self::ALL
+            .into_iter()
+            .find(|a| a.name().eq_ignore_ascii_case(s))
     }
 
     pub fn from_number(n: i64) -> Option<Self> {
@@ -166,9 +168,14 @@ pub struct Selector {
 }
 
 impl Selector {
+    /// # Panics
+    /// If `members` holds more than `u32::MAX` destinations.
     pub fn new(members: &[Member<'_>]) -> Selector {
         let len = members.len();
-        assert!(u32::try_from(len).is_ok(), "a dispatcher set cannot hold more than u32::MAX destinations");
+        assert!(
+            u32::try_from(len).is_ok(),
+            "a dispatcher set cannot hold more than u32::MAX destinations"
+        );
 
         let mut running = Vec::with_capacity(len);
         let mut sum = 0u64;
@@ -204,7 +211,10 @@ impl Selector {
             .iter()
             .map(|&(i, w)| rendezvous::Candidate {
                 index: i,
-                key_hash: rendezvous::member_key_hash(members[i as usize].key, ordinals[i as usize]),
+                key_hash: rendezvous::member_key_hash(
+                    members[i as usize].key,
+                    ordinals[i as usize],
+                ),
                 inv_weight: 1.0 / w as f64,
             })
             .collect();
@@ -217,7 +227,16 @@ impl Selector {
             .min_by_key(|&i| (members[i as usize].priority, i))
             .map(|i| i as usize);
 
-        Selector { len, running, active, active_idx, active_running, rendezvous, schedule, first }
+        Selector {
+            len,
+            running,
+            active,
+            active_idx,
+            active_running,
+            rendezvous,
+            schedule,
+            first,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -310,7 +329,14 @@ impl Selector {
     }
 
     /// Convenience dispatch: picks according to `alg`; `keys` supplies (k1,k2) for hash algorithms.
-    pub fn pick(&self, alg: Algorithm, mode: HashMode, keys: (&[u8], &[u8]), cursor: u64, r: u64) -> Option<usize> {
+    pub fn pick(
+        &self,
+        alg: Algorithm,
+        mode: HashMode,
+        keys: (&[u8], &[u8]),
+        cursor: u64,
+        r: u64,
+    ) -> Option<usize> {
         match alg {
             Algorithm::HashCallId
             | Algorithm::HashFrom

@@ -51,8 +51,14 @@ fn is_lws(b: u8) -> bool {
 /// the Call-ID body before `ds_hash_callid` hashes it, so a folded or padded Call-ID must hash the same
 /// as a tight one.
 pub fn trim_callid(callid: &[u8]) -> &[u8] {
-    let start = callid.iter().position(|&b| !is_lws(b)).unwrap_or(callid.len());
-    let end = callid.iter().rposition(|&b| !is_lws(b)).map_or(start, |i| i + 1);
+    let start = callid
+        .iter()
+        .position(|&b| !is_lws(b))
+        .unwrap_or(callid.len());
+    let end = callid
+        .iter()
+        .rposition(|&b| !is_lws(b))
+        .map_or(start, |i| i + 1);
     &callid[start..end]
 }
 
@@ -129,8 +135,9 @@ pub fn opensips_uri_keys(uri: &[u8]) -> (&[u8], &[u8]) {
     let port = &digits[..port_len];
     // A non-numeric or out-of-range port cannot equal the default, so it stays in the key.
     let port_no = if port.iter().all(u8::is_ascii_digit) {
-        port.iter()
-            .try_fold(0u32, |acc, &d| acc.checked_mul(10)?.checked_add(u32::from(d - b'0')))
+        port.iter().try_fold(0u32, |acc, &d| {
+            acc.checked_mul(10)?.checked_add(u32::from(d - b'0'))
+        })
     } else {
         None
     };
@@ -162,11 +169,17 @@ mod tests {
 
     #[test]
     fn ds_get_hash_matches_the_opensips_c_vectors() {
-        assert_eq!(opensips_hash(b"a84b4c76e66710@pc33.atlanta.com", b""), 2175018094);
+        assert_eq!(
+            opensips_hash(b"a84b4c76e66710@pc33.atlanta.com", b""),
+            2175018094
+        );
         assert_eq!(opensips_hash(b"abc", b""), 7167810);
         assert_eq!(opensips_hash(b"1234", b""), 924651761);
         assert_eq!(opensips_hash(b"12345", b""), 924651812);
-        assert_eq!(opensips_hash(b"3848276298220188511@atlanta.example.com", b""), 3416024093);
+        assert_eq!(
+            opensips_hash(b"3848276298220188511@atlanta.example.com", b""),
+            3416024093
+        );
         assert_eq!(opensips_hash(b"alice", b"atlanta.com"), 1053853112);
         assert_eq!(opensips_hash(b"bob", b"biloxi.com:5070"), 1220057865);
     }
@@ -183,7 +196,10 @@ mod tests {
                     let v = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
                     h = h.wrapping_add(v ^ (v >> 3));
                 }
-                let v = chunks.remainder().iter().fold(0u32, |v, &b| (v << 8) + u32::from(b));
+                let v = chunks
+                    .remainder()
+                    .iter()
+                    .fold(0u32, |v, &b| (v << 8) + u32::from(b));
                 h = h.wrapping_add(v ^ (v >> 3));
             }
             h.wrapping_add(h >> 11).wrapping_add((h >> 13) + (h >> 23))
@@ -199,7 +215,10 @@ mod tests {
     #[test]
     fn ds_get_hash_key_split_matters() {
         // Keys are folded separately (each with its own tail), so moving bytes between them changes the hash.
-        assert_ne!(opensips_hash(b"alice", b"atlanta.com"), opensips_hash(b"aliceatlanta.com", b""));
+        assert_ne!(
+            opensips_hash(b"alice", b"atlanta.com"),
+            opensips_hash(b"aliceatlanta.com", b"")
+        );
     }
 
     #[test]
@@ -218,46 +237,91 @@ mod tests {
 
     #[test]
     fn uri_keys_drop_the_scheme_default_port() {
-        assert_eq!(opensips_uri_keys(b"sip:bob@biloxi.com:5060").1, b"biloxi.com");
-        assert_eq!(opensips_uri_keys(b"sips:bob@biloxi.com:5061").1, b"biloxi.com");
-        assert_eq!(opensips_uri_keys(b"sip:bob@biloxi.com:05060").1, b"biloxi.com");
+        assert_eq!(
+            opensips_uri_keys(b"sip:bob@biloxi.com:5060").1,
+            b"biloxi.com"
+        );
+        assert_eq!(
+            opensips_uri_keys(b"sips:bob@biloxi.com:5061").1,
+            b"biloxi.com"
+        );
+        assert_eq!(
+            opensips_uri_keys(b"sip:bob@biloxi.com:05060").1,
+            b"biloxi.com"
+        );
         // 5061 is only the default for sips:, and 5060 is not the default for sips:.
-        assert_eq!(opensips_uri_keys(b"sip:bob@biloxi.com:5061").1, b"biloxi.com:5061");
-        assert_eq!(opensips_uri_keys(b"sips:bob@biloxi.com:5060").1, b"biloxi.com:5060");
+        assert_eq!(
+            opensips_uri_keys(b"sip:bob@biloxi.com:5061").1,
+            b"biloxi.com:5061"
+        );
+        assert_eq!(
+            opensips_uri_keys(b"sips:bob@biloxi.com:5060").1,
+            b"biloxi.com:5060"
+        );
     }
 
     #[test]
     fn uri_keys_without_user_part_have_an_empty_user() {
-        assert_eq!(opensips_uri_keys(b"sip:10.0.0.1:5080;lr"), (&b""[..], &b"10.0.0.1:5080"[..]));
-        assert_eq!(opensips_uri_keys(b"sip:proxy.example.com"), (&b""[..], &b"proxy.example.com"[..]));
+        assert_eq!(
+            opensips_uri_keys(b"sip:10.0.0.1:5080;lr"),
+            (&b""[..], &b"10.0.0.1:5080"[..])
+        );
+        assert_eq!(
+            opensips_uri_keys(b"sip:proxy.example.com"),
+            (&b""[..], &b"proxy.example.com"[..])
+        );
     }
 
     #[test]
     fn uri_keys_handle_ipv6_references() {
-        assert_eq!(opensips_uri_keys(b"sip:alice@[::1]:5070;transport=tcp"), (&b"alice"[..], &b"[::1]:5070"[..]));
-        assert_eq!(opensips_uri_keys(b"sip:[2001:db8::1]"), (&b""[..], &b"[2001:db8::1]"[..]));
-        assert_eq!(opensips_uri_keys(b"sip:[2001:db8::1]:5060"), (&b""[..], &b"[2001:db8::1]"[..]));
+        assert_eq!(
+            opensips_uri_keys(b"sip:alice@[::1]:5070;transport=tcp"),
+            (&b"alice"[..], &b"[::1]:5070"[..])
+        );
+        assert_eq!(
+            opensips_uri_keys(b"sip:[2001:db8::1]"),
+            (&b""[..], &b"[2001:db8::1]"[..])
+        );
+        assert_eq!(
+            opensips_uri_keys(b"sip:[2001:db8::1]:5060"),
+            (&b""[..], &b"[2001:db8::1]"[..])
+        );
     }
 
     #[test]
     fn uri_keys_ignore_password_params_headers_and_name_addr_wrapping() {
-        assert_eq!(opensips_uri_keys(b"sip:alice:secret@atlanta.com:5070"), (&b"alice"[..], &b"atlanta.com:5070"[..]));
-        assert_eq!(opensips_uri_keys(b"sip:alice@atlanta.com?subject=x"), (&b"alice"[..], &b"atlanta.com"[..]));
+        assert_eq!(
+            opensips_uri_keys(b"sip:alice:secret@atlanta.com:5070"),
+            (&b"alice"[..], &b"atlanta.com:5070"[..])
+        );
+        assert_eq!(
+            opensips_uri_keys(b"sip:alice@atlanta.com?subject=x"),
+            (&b"alice"[..], &b"atlanta.com"[..])
+        );
         assert_eq!(
             opensips_uri_keys(b"\"Alice\" <SIP:alice@atlanta.com:5070>;tag=1928301774"),
             (&b"alice"[..], &b"atlanta.com:5070"[..])
         );
-        assert_eq!(opensips_uri_keys(b"  sip:alice@atlanta.com \r\n"), (&b"alice"[..], &b"atlanta.com"[..]));
+        assert_eq!(
+            opensips_uri_keys(b"  sip:alice@atlanta.com \r\n"),
+            (&b"alice"[..], &b"atlanta.com"[..])
+        );
     }
 
     #[test]
     fn uri_keys_of_tel_uri_are_the_number_and_no_host() {
-        assert_eq!(opensips_uri_keys(b"tel:+15551234567;phone-context=x"), (&b"+15551234567"[..], &b""[..]));
+        assert_eq!(
+            opensips_uri_keys(b"tel:+15551234567;phone-context=x"),
+            (&b"+15551234567"[..], &b""[..])
+        );
     }
 
     #[test]
     fn callid_trimming_strips_whitespace_and_line_ends_only() {
-        assert_eq!(trim_callid(b" \t a84b4c76e66710@pc33.atlanta.com\r\n"), b"a84b4c76e66710@pc33.atlanta.com");
+        assert_eq!(
+            trim_callid(b" \t a84b4c76e66710@pc33.atlanta.com\r\n"),
+            b"a84b4c76e66710@pc33.atlanta.com"
+        );
         assert_eq!(trim_callid(b"a b"), b"a b");
         assert_eq!(trim_callid(b" \r\n\t "), b"");
         assert_eq!(trim_callid(b""), b"");

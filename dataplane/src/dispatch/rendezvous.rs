@@ -99,16 +99,31 @@ mod tests {
 
     #[test]
     fn call_hash_separates_key_boundaries() {
-        assert_ne!(rendezvous_call_hash(b"ab", b"c"), rendezvous_call_hash(b"a", b"bc"));
-        assert_ne!(rendezvous_call_hash(b"abc", b""), rendezvous_call_hash(b"", b"abc"));
-        assert_ne!(rendezvous_call_hash(b"ab", b""), rendezvous_call_hash(b"ab\0", b""));
+        assert_ne!(
+            rendezvous_call_hash(b"ab", b"c"),
+            rendezvous_call_hash(b"a", b"bc")
+        );
+        assert_ne!(
+            rendezvous_call_hash(b"abc", b""),
+            rendezvous_call_hash(b"", b"abc")
+        );
+        assert_ne!(
+            rendezvous_call_hash(b"ab", b""),
+            rendezvous_call_hash(b"ab\0", b"")
+        );
     }
 
     #[test]
     fn call_hash_is_frozen() {
         // These literals pin the hash function itself; if this fails, calls move across an upgrade.
-        assert_eq!(rendezvous_call_hash(b"a84b4c76e66710@pc33.atlanta.com", b""), GOLDEN_HASH_CALLID);
-        assert_eq!(rendezvous_call_hash(b"alice", b"atlanta.com"), GOLDEN_HASH_FROM);
+        assert_eq!(
+            rendezvous_call_hash(b"a84b4c76e66710@pc33.atlanta.com", b""),
+            GOLDEN_HASH_CALLID
+        );
+        assert_eq!(
+            rendezvous_call_hash(b"alice", b"atlanta.com"),
+            GOLDEN_HASH_FROM
+        );
         assert_eq!(member_key_hash("sip:10.0.0.1:5060", 0), GOLDEN_HASH_MEMBER);
     }
 

@@ -5,7 +5,12 @@ use super::*;
 use rand::{Rng, SeedableRng};
 
 fn m(key: &str, weight: u32) -> Member<'_> {
-    Member { key, weight, priority: 0, active: true }
+    Member {
+        key,
+        weight,
+        priority: 0,
+        active: true,
+    }
 }
 
 fn inactive(mut member: Member<'_>) -> Member<'_> {
@@ -20,7 +25,14 @@ const KEYS: usize = 100_000;
 fn call_ids(n: usize, seed: u64) -> Vec<String> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (0..n)
-        .map(|_| format!("{:016x}{:08x}@pc{}.example.com", rng.gen::<u64>(), rng.gen::<u32>(), rng.gen_range(1..50)))
+        .map(|_| {
+            format!(
+                "{:016x}{:08x}@pc{}.example.com",
+                rng.gen::<u64>(),
+                rng.gen::<u32>(),
+                rng.gen_range(1..50)
+            )
+        })
         .collect()
 }
 
@@ -38,7 +50,10 @@ fn assert_shares(got: &[f64], weights: &[u32], tolerance: f64, what: &str) {
     let sum: u32 = weights.iter().sum();
     for (i, (&g, &w)) in got.iter().zip(weights).enumerate() {
         let want = f64::from(w) / f64::from(sum);
-        assert!((g - want).abs() <= tolerance, "{what}: member {i} got {g:.4}, want {want:.4} ± {tolerance}");
+        assert!(
+            (g - want).abs() <= tolerance,
+            "{what}: member {i} got {g:.4}, want {want:.4} ± {tolerance}"
+        );
     }
 }
 
@@ -66,7 +81,10 @@ fn algorithm_names_and_numbers_follow_opensips() {
         assert_eq!(Algorithm::from_name(&number.to_string()), Some(a));
         assert_eq!(a.to_string(), name);
     }
-    assert_eq!(Algorithm::from_name("Round-Robin"), Some(Algorithm::RoundRobin));
+    assert_eq!(
+        Algorithm::from_name("Round-Robin"),
+        Some(Algorithm::RoundRobin)
+    );
 }
 
 #[test]
@@ -74,7 +92,17 @@ fn unsupported_algorithm_numbers_and_names_are_rejected() {
     for n in [-1, 7, 9, 10, 256] {
         assert_eq!(Algorithm::from_number(n), None, "{n}");
     }
-    for s in ["7", "9", "", "-1", "+4", " 4", "hash", "roundrobin", "99999999999999999999999"] {
+    for s in [
+        "7",
+        "9",
+        "",
+        "-1",
+        "+4",
+        " 4",
+        "hash",
+        "roundrobin",
+        "99999999999999999999999",
+    ] {
         assert_eq!(Algorithm::from_name(s), None, "{s:?}");
     }
 }
@@ -83,7 +111,10 @@ fn unsupported_algorithm_numbers_and_names_are_rejected() {
 fn hash_mode_defaults_to_rendezvous_and_parses_config_names() {
     assert_eq!(HashMode::default(), HashMode::Rendezvous);
     assert_eq!(HashMode::from_name("opensips"), Some(HashMode::Opensips));
-    assert_eq!(HashMode::from_name("rendezvous"), Some(HashMode::Rendezvous));
+    assert_eq!(
+        HashMode::from_name("rendezvous"),
+        Some(HashMode::Rendezvous)
+    );
     assert_eq!(HashMode::from_name("maglev"), None);
     assert_eq!(HashMode::Opensips.name(), "opensips");
 }
@@ -95,7 +126,9 @@ const VECTOR_CALLID: &[u8] = b"a84b4c76e66710@pc33.atlanta.com";
 const VECTOR_HASH: u32 = 2175018094;
 
 fn opensips_pick(weights: &[u32]) -> Option<usize> {
-    let keys: Vec<String> = (0..weights.len()).map(|i| format!("sip:10.0.0.{i}")).collect();
+    let keys: Vec<String> = (0..weights.len())
+        .map(|i| format!("sip:10.0.0.{i}"))
+        .collect();
     let members: Vec<Member> = keys.iter().zip(weights).map(|(k, &w)| m(k, w)).collect();
     let s = Selector::new(&members);
     let by_hash = s.pick_opensips(VECTOR_HASH);
@@ -128,7 +161,10 @@ fn opensips_pick_vector_all_weights_zero_spreads_by_hash_mod_n() {
 fn opensips_mode_hashes_the_trimmed_callid_like_ds_hash_callid() {
     let s = Selector::new(&[m("a", 1), m("b", 1), m("c", 1)]);
     let raw = b"  a84b4c76e66710@pc33.atlanta.com\r\n";
-    assert_eq!(s.pick_hash(HashMode::Opensips, trim_callid(raw), b""), Some(1));
+    assert_eq!(
+        s.pick_hash(HashMode::Opensips, trim_callid(raw), b""),
+        Some(1)
+    );
 }
 
 #[test]
@@ -137,7 +173,10 @@ fn opensips_mode_hashes_uri_keys_like_ds_hash_fromuri() {
     let (u, h) = opensips_uri_keys(b"<sip:alice@atlanta.com>;tag=88");
     let s = Selector::new(&[m("a", 1), m("b", 1), m("c", 1)]);
     assert_eq!(1053853112 % 3, 2);
-    assert_eq!(s.pick(Algorithm::HashFrom, HashMode::Opensips, (u, h), 0, 0), Some(2));
+    assert_eq!(
+        s.pick(Algorithm::HashFrom, HashMode::Opensips, (u, h), 0, 0),
+        Some(2)
+    );
 }
 
 #[test]
@@ -149,7 +188,12 @@ fn opensips_mode_repicks_an_inactive_candidate_over_active_weights() {
     // Active weights all zero: h % active_count over the active members (0 and 2) -> index 0 -> member 0.
     let s = Selector::new(&[m("a", 0), inactive(m("b", 5)), m("c", 0)]);
     assert_eq!(s.pick_opensips(VECTOR_HASH), Some(0));
-    let s = Selector::new(&[inactive(m("a", 0)), inactive(m("b", 5)), m("c", 0), m("d", 0)]);
+    let s = Selector::new(&[
+        inactive(m("a", 0)),
+        inactive(m("b", 5)),
+        m("c", 0),
+        m("d", 0),
+    ]);
     assert_eq!(s.pick_opensips(VECTOR_HASH + 1), Some(3));
 }
 
@@ -158,7 +202,11 @@ fn opensips_mode_spreads_by_weight_over_100k_callids() {
     let weights = [50, 30, 20];
     let s = Selector::new(&[m("a", 50), m("b", 30), m("c", 20)]);
     let ids = call_ids(KEYS, 1);
-    let got = shares(ids.iter().map(|c| s.pick_hash(HashMode::Opensips, c.as_bytes(), b"")), 3);
+    let got = shares(
+        ids.iter()
+            .map(|c| s.pick_hash(HashMode::Opensips, c.as_bytes(), b"")),
+        3,
+    );
     assert_shares(&got, &weights, 0.03, "opensips");
 }
 
@@ -172,7 +220,10 @@ fn opensips_mode_inactive_member_moves_only_its_own_calls_and_spreads_them_by_we
     let mut moved_to = [0usize; 4];
     let mut moved = 0;
     for id in &ids {
-        let (b, a) = (before.pick_hash(HashMode::Opensips, id.as_bytes(), b""), after.pick_hash(HashMode::Opensips, id.as_bytes(), b""));
+        let (b, a) = (
+            before.pick_hash(HashMode::Opensips, id.as_bytes(), b""),
+            after.pick_hash(HashMode::Opensips, id.as_bytes(), b""),
+        );
         if b == Some(1) {
             moved += 1;
             moved_to[a.unwrap()] += 1;
@@ -182,7 +233,10 @@ fn opensips_mode_inactive_member_moves_only_its_own_calls_and_spreads_them_by_we
     }
     assert_eq!(moved_to[1], 0);
     // #387: the orphaned calls spread over 40/20/10, not all onto one neighbour.
-    let got: Vec<f64> = [0, 2, 3].iter().map(|&i| moved_to[i] as f64 / moved as f64).collect();
+    let got: Vec<f64> = [0, 2, 3]
+        .iter()
+        .map(|&i| moved_to[i] as f64 / moved as f64)
+        .collect();
     assert_shares(&got, &[40, 20, 10], 0.03, "re-picked calls");
 }
 
@@ -199,7 +253,10 @@ fn opensips_mode_removing_a_member_reshuffles_far_more_than_its_share() {
             b != Some(3) && after.pick_hash(HashMode::Opensips, id.as_bytes(), b"") != b
         })
         .count();
-    assert!(moved as f64 / KEYS as f64 > 0.3, "only {moved} surviving calls moved");
+    assert!(
+        moved as f64 / KEYS as f64 > 0.3,
+        "only {moved} surviving calls moved"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -209,7 +266,11 @@ fn opensips_mode_removing_a_member_reshuffles_far_more_than_its_share() {
 fn rendezvous_spreads_by_weight_over_100k_callids() {
     let s = Selector::new(&[m("sip:a", 50), m("sip:b", 30), m("sip:c", 20)]);
     let ids = call_ids(KEYS, 4);
-    let got = shares(ids.iter().map(|c| s.pick_hash(HashMode::Rendezvous, c.as_bytes(), b"")), 3);
+    let got = shares(
+        ids.iter()
+            .map(|c| s.pick_hash(HashMode::Rendezvous, c.as_bytes(), b"")),
+        3,
+    );
     assert_shares(&got, &[50, 30, 20], 0.03, "rendezvous");
 }
 
@@ -217,15 +278,27 @@ fn rendezvous_spreads_by_weight_over_100k_callids() {
 fn rendezvous_spreads_by_weight_even_for_sequential_keys() {
     let weights = [1, 2, 3, 4];
     let s = Selector::new(&[m("sip:a", 1), m("sip:b", 2), m("sip:c", 3), m("sip:d", 4)]);
-    let got = shares((0..KEYS).map(|i| s.pick_hash(HashMode::Rendezvous, format!("{i}").as_bytes(), b"")), 4);
+    let got = shares(
+        (0..KEYS).map(|i| s.pick_hash(HashMode::Rendezvous, format!("{i}").as_bytes(), b"")),
+        4,
+    );
     assert_shares(&got, &weights, 0.03, "rendezvous sequential");
 }
 
 #[test]
 fn rendezvous_all_active_weights_zero_spreads_evenly() {
-    let s = Selector::new(&[m("sip:a", 0), m("sip:b", 0), inactive(m("sip:c", 9)), m("sip:d", 0)]);
+    let s = Selector::new(&[
+        m("sip:a", 0),
+        m("sip:b", 0),
+        inactive(m("sip:c", 9)),
+        m("sip:d", 0),
+    ]);
     let ids = call_ids(KEYS, 5);
-    let got = shares(ids.iter().map(|c| s.pick_hash(HashMode::Rendezvous, c.as_bytes(), b"")), 4);
+    let got = shares(
+        ids.iter()
+            .map(|c| s.pick_hash(HashMode::Rendezvous, c.as_bytes(), b"")),
+        4,
+    );
     assert_shares(&got, &[1, 1, 0, 1], 0.03, "rendezvous all zero");
 }
 
@@ -233,17 +306,30 @@ fn rendezvous_all_active_weights_zero_spreads_evenly() {
 fn rendezvous_zero_weight_member_gets_nothing_while_others_have_weight() {
     let s = Selector::new(&[m("sip:a", 1), m("sip:b", 0), m("sip:c", 1)]);
     for id in call_ids(10_000, 6) {
-        assert_ne!(s.pick_hash(HashMode::Rendezvous, id.as_bytes(), b""), Some(1));
+        assert_ne!(
+            s.pick_hash(HashMode::Rendezvous, id.as_bytes(), b""),
+            Some(1)
+        );
     }
 }
 
-fn assert_only_leavers_calls_move(before: &Selector, before_keys: &[&str], after: &Selector, after_keys: &[&str], leaver: &str) {
+fn assert_only_leavers_calls_move(
+    before: &Selector,
+    before_keys: &[&str],
+    after: &Selector,
+    after_keys: &[&str],
+    leaver: &str,
+) {
     let ids = call_ids(KEYS, 7);
     let mut moved = 0;
     let mut landed = std::collections::HashMap::<&str, usize>::new();
     for id in &ids {
-        let b = before_keys[before.pick_hash(HashMode::Rendezvous, id.as_bytes(), b"").unwrap()];
-        let a = after_keys[after.pick_hash(HashMode::Rendezvous, id.as_bytes(), b"").unwrap()];
+        let b = before_keys[before
+            .pick_hash(HashMode::Rendezvous, id.as_bytes(), b"")
+            .unwrap()];
+        let a = after_keys[after
+            .pick_hash(HashMode::Rendezvous, id.as_bytes(), b"")
+            .unwrap()];
         assert_ne!(a, leaver);
         if b == leaver {
             moved += 1;
@@ -252,11 +338,17 @@ fn assert_only_leavers_calls_move(before: &Selector, before_keys: &[&str], after
             assert_eq!(a, b, "call {id} moved from {b} to {a} though {b} stayed");
         }
     }
-    assert!(moved > KEYS / 10, "the leaver should have had ~20% of the calls, had {moved}");
+    assert!(
+        moved > KEYS / 10,
+        "the leaver should have had ~20% of the calls, had {moved}"
+    );
     // Its calls spread over the survivors by weight (40/30/10 of 80), not onto one of them.
     for (k, w) in [("sip:a", 40.0), ("sip:b", 30.0), ("sip:d", 10.0)] {
         let share = landed.get(k).copied().unwrap_or(0) as f64 / moved as f64;
-        assert!((share - w / 80.0).abs() < 0.03, "{k} took {share:.3} of the moved calls");
+        assert!(
+            (share - w / 80.0).abs() < 0.03,
+            "{k} took {share:.3} of the moved calls"
+        );
     }
 }
 
@@ -267,7 +359,13 @@ fn rendezvous_removing_a_member_moves_only_its_calls() {
     let all: Vec<Member> = keys.iter().zip(weights).map(|(k, w)| m(k, w)).collect();
     let without_c: Vec<Member> = all.iter().copied().filter(|x| x.key != "sip:c").collect();
     let kept: Vec<&str> = without_c.iter().map(|x| x.key).collect();
-    assert_only_leavers_calls_move(&Selector::new(&all), &keys, &Selector::new(&without_c), &kept, "sip:c");
+    assert_only_leavers_calls_move(
+        &Selector::new(&all),
+        &keys,
+        &Selector::new(&without_c),
+        &kept,
+        "sip:c",
+    );
 }
 
 #[test]
@@ -277,7 +375,13 @@ fn rendezvous_marking_a_member_inactive_moves_only_its_calls() {
     let all: Vec<Member> = keys.iter().zip(weights).map(|(k, w)| m(k, w)).collect();
     let mut c_down = all.clone();
     c_down[2].active = false;
-    assert_only_leavers_calls_move(&Selector::new(&all), &keys, &Selector::new(&c_down), &keys, "sip:c");
+    assert_only_leavers_calls_move(
+        &Selector::new(&all),
+        &keys,
+        &Selector::new(&c_down),
+        &keys,
+        "sip:c",
+    );
 }
 
 #[test]
@@ -288,15 +392,22 @@ fn rendezvous_adding_a_member_moves_calls_only_onto_it() {
     let names_after = ["sip:a", "sip:b", "sip:new", "sip:c"];
     let mut gained = 0;
     for id in call_ids(KEYS, 8) {
-        let b = names_before[before.pick_hash(HashMode::Rendezvous, id.as_bytes(), b"").unwrap()];
-        let a = names_after[after.pick_hash(HashMode::Rendezvous, id.as_bytes(), b"").unwrap()];
+        let b = names_before[before
+            .pick_hash(HashMode::Rendezvous, id.as_bytes(), b"")
+            .unwrap()];
+        let a = names_after[after
+            .pick_hash(HashMode::Rendezvous, id.as_bytes(), b"")
+            .unwrap()];
         if a == "sip:new" {
             gained += 1;
         } else {
             assert_eq!(a, b);
         }
     }
-    assert!((gained as f64 / KEYS as f64 - 0.25).abs() < 0.03, "new member took {gained}");
+    assert!(
+        (gained as f64 / KEYS as f64 - 0.25).abs() < 0.03,
+        "new member took {gained}"
+    );
 }
 
 #[test]
@@ -304,7 +415,10 @@ fn rendezvous_raising_one_weight_only_pulls_calls_onto_that_member() {
     let before = Selector::new(&[m("sip:a", 10), m("sip:b", 10), m("sip:c", 10)]);
     let after = Selector::new(&[m("sip:a", 10), m("sip:b", 25), m("sip:c", 10)]);
     for id in call_ids(20_000, 9) {
-        let (b, a) = (before.pick_hash(HashMode::Rendezvous, id.as_bytes(), b""), after.pick_hash(HashMode::Rendezvous, id.as_bytes(), b""));
+        let (b, a) = (
+            before.pick_hash(HashMode::Rendezvous, id.as_bytes(), b""),
+            after.pick_hash(HashMode::Rendezvous, id.as_bytes(), b""),
+        );
         assert!(a == b || a == Some(1), "{id} moved from {b:?} to {a:?}");
     }
 }
@@ -314,8 +428,12 @@ fn rendezvous_mapping_follows_keys_not_positions() {
     let forward = Selector::new(&[m("sip:a", 3), m("sip:b", 2), m("sip:c", 1)]);
     let reversed = Selector::new(&[m("sip:c", 1), m("sip:b", 2), m("sip:a", 3)]);
     for id in call_ids(10_000, 10) {
-        let f = forward.pick_hash(HashMode::Rendezvous, id.as_bytes(), b"").unwrap();
-        let r = reversed.pick_hash(HashMode::Rendezvous, id.as_bytes(), b"").unwrap();
+        let f = forward
+            .pick_hash(HashMode::Rendezvous, id.as_bytes(), b"")
+            .unwrap();
+        let r = reversed
+            .pick_hash(HashMode::Rendezvous, id.as_bytes(), b"")
+            .unwrap();
         assert_eq!(f, 2 - r);
     }
 }
@@ -323,7 +441,12 @@ fn rendezvous_mapping_follows_keys_not_positions() {
 #[test]
 fn rendezvous_duplicate_destinations_both_take_calls() {
     let s = Selector::new(&[m("sip:a", 1), m("sip:a", 1)]);
-    let got = shares(call_ids(20_000, 11).iter().map(|c| s.pick_hash(HashMode::Rendezvous, c.as_bytes(), b"")), 2);
+    let got = shares(
+        call_ids(20_000, 11)
+            .iter()
+            .map(|c| s.pick_hash(HashMode::Rendezvous, c.as_bytes(), b"")),
+        2,
+    );
     assert_shares(&got, &[1, 1], 0.03, "duplicates");
 }
 
@@ -341,7 +464,11 @@ fn rendezvous_golden_mapping_is_frozen() {
     ];
     let s = Selector::new(&set);
     for (callid, want) in GOLDEN {
-        assert_eq!(s.pick_hash(HashMode::Rendezvous, callid.as_bytes(), b""), Some(want), "{callid}");
+        assert_eq!(
+            s.pick_hash(HashMode::Rendezvous, callid.as_bytes(), b""),
+            Some(want),
+            "{callid}"
+        );
     }
 }
 
@@ -401,7 +528,10 @@ fn round_robin_skips_inactive_and_zero_weight_members() {
 fn round_robin_with_all_active_weights_zero_visits_each_active_member_once() {
     let s = Selector::new(&[m("a", 0), inactive(m("b", 3)), m("c", 0)]);
     assert_eq!(s.round_robin_period(), 2);
-    assert_eq!((s.pick_round_robin(0), s.pick_round_robin(1)), (Some(0), Some(2)));
+    assert_eq!(
+        (s.pick_round_robin(0), s.pick_round_robin(1)),
+        (Some(0), Some(2))
+    );
 }
 
 #[test]
@@ -415,7 +545,10 @@ fn round_robin_is_exact_over_one_period() {
     }
     assert_eq!(counts, weights);
     // And so within ±3% over 100k picks starting anywhere.
-    let got = shares((12_345..12_345 + KEYS as u64).map(|c| s.pick_round_robin(c)), 4);
+    let got = shares(
+        (12_345..12_345 + KEYS as u64).map(|c| s.pick_round_robin(c)),
+        4,
+    );
     assert_shares(&got, &weights, 0.03, "round-robin");
 }
 
@@ -460,10 +593,30 @@ fn random_pick_is_a_pure_function_of_r() {
 #[test]
 fn first_picks_lowest_priority_value_skipping_inactive() {
     let set = [
-        Member { key: "a", weight: 1, priority: 5, active: true },
-        Member { key: "b", weight: 1, priority: -3, active: false },
-        Member { key: "c", weight: 0, priority: 1, active: true },
-        Member { key: "d", weight: 1, priority: 1, active: true },
+        Member {
+            key: "a",
+            weight: 1,
+            priority: 5,
+            active: true,
+        },
+        Member {
+            key: "b",
+            weight: 1,
+            priority: -3,
+            active: false,
+        },
+        Member {
+            key: "c",
+            weight: 0,
+            priority: 1,
+            active: true,
+        },
+        Member {
+            key: "d",
+            weight: 1,
+            priority: 1,
+            active: true,
+        },
     ];
     // b has the lowest value but is inactive; c and d tie on 1, config order keeps c (weight is irrelevant).
     assert_eq!(Selector::new(&set).pick_first(), Some(2));
@@ -493,13 +646,20 @@ fn every_pick(s: &Selector) -> Vec<Option<usize>> {
 fn empty_set_picks_nothing() {
     let s = Selector::new(&[]);
     assert!(s.is_empty());
-    assert_eq!((s.len(), s.active_count(), s.round_robin_period()), (0, 0, 0));
+    assert_eq!(
+        (s.len(), s.active_count(), s.round_robin_period()),
+        (0, 0, 0)
+    );
     assert!(every_pick(&s).iter().all(Option::is_none));
 }
 
 #[test]
 fn set_with_nothing_active_picks_nothing_for_every_algorithm() {
-    let s = Selector::new(&[inactive(m("a", 1)), inactive(m("b", 0)), inactive(m("c", 7))]);
+    let s = Selector::new(&[
+        inactive(m("a", 1)),
+        inactive(m("b", 0)),
+        inactive(m("c", 7)),
+    ]);
     assert_eq!((s.len(), s.active_count()), (3, 0));
     assert!(every_pick(&s).iter().all(Option::is_none));
 }

@@ -10,7 +10,9 @@
 
 /// Longest schedule we build; longer weight sums are scaled down proportionally.
 pub(crate) const MAX_SCHEDULE: usize = 65_536;
-/// Building costs len × members steps; bound it so a huge set cannot stall the control plane.
+/// Building costs len × members steps; bound it so a huge set cannot stall the control plane. Sets of
+/// up to 128 eligible members get the full 65,536 slots; larger ones get fewer (but never fewer than one
+/// slot per member), which coarsens their weights. Dispatcher sets are tens of boxes, not thousands.
 const BUILD_BUDGET: usize = 1 << 23;
 
 fn gcd(mut a: u64, mut b: u64) -> u64 {
@@ -25,18 +27,23 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 fn normalise(weights: &mut [u64], cap: u64) {
     let g = weights.iter().copied().fold(0, gcd);
     if g > 1 {
-        weights.iter_mut().for_each(|w| *w /= g);
+        for w in weights.iter_mut() {
+            *w /= g;
+        }
     }
     let total: u64 = weights.iter().sum();
     if total > cap {
         for w in weights.iter_mut() {
             // round(w * cap / total) in u128, so huge weights cannot overflow.
-            let scaled = (u128::from(*w) * u128::from(cap) * 2 + u128::from(total)) / (u128::from(total) * 2);
+            let scaled = (u128::from(*w) * u128::from(cap) * 2 + u128::from(total))
+                / (u128::from(total) * 2);
             *w = (scaled as u64).max(1);
         }
         let g = weights.iter().copied().fold(0, gcd);
         if g > 1 {
-            weights.iter_mut().for_each(|w| *w /= g);
+            for w in weights.iter_mut() {
+                *w /= g;
+            }
         }
     }
 }
@@ -68,7 +75,10 @@ pub(crate) fn build_schedule(members: &[(u32, u64)]) -> Vec<u32> {
         current[best] -= total_i;
         schedule.push(members[best].0);
     }
-    debug_assert!(current.iter().all(|&c| c == 0), "one period must return every member to zero");
+    debug_assert!(
+        current.iter().all(|&c| c == 0),
+        "one period must return every member to zero"
+    );
     schedule
 }
 
@@ -82,7 +92,10 @@ mod tests {
 
     #[test]
     fn weights_five_one_one_interleave_smoothly() {
-        assert_eq!(build_schedule(&members(&[5, 1, 1])), vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(
+            build_schedule(&members(&[5, 1, 1])),
+            vec![0, 0, 1, 0, 2, 0, 0]
+        );
     }
 
     #[test]
@@ -111,12 +124,21 @@ mod tests {
         assert!(count(1) >= 1, "weight-1 member must keep a slot");
         assert!(count(2) >= 1);
         let share0 = count(0) as f64 / s.len() as f64;
-        assert!((share0 - 4294.967295 / 4295.967296).abs() < 1e-3, "share {share0}");
+        assert!(
+            (share0 - 4294.967295 / 4295.967296).abs() < 1e-3,
+            "share {share0}"
+        );
     }
 
     #[test]
     fn every_prefix_stays_within_two_picks_of_the_ideal_share() {
-        let sets: [&[u64]; 5] = [&[5, 1, 1], &[50, 30, 20], &[3, 7, 11, 13], &[100, 1], &[1, 2, 3, 4, 5, 6, 7, 8]];
+        let sets: [&[u64]; 5] = [
+            &[5, 1, 1],
+            &[50, 30, 20],
+            &[3, 7, 11, 13],
+            &[100, 1],
+            &[1, 2, 3, 4, 5, 6, 7, 8],
+        ];
         for ws in sets {
             let s = build_schedule(&members(ws));
             let total: u64 = ws.iter().sum::<u64>() / ws.iter().copied().fold(0, gcd);
@@ -127,7 +149,10 @@ mod tests {
                 counts[m as usize] += 1.0;
                 for i in 0..ws.len() {
                     let ideal = (t + 1) as f64 * w[i] / wsum;
-                    assert!((counts[i] - ideal).abs() < 2.0, "weights {ws:?} member {i} at {t}");
+                    assert!(
+                        (counts[i] - ideal).abs() < 2.0,
+                        "weights {ws:?} member {i} at {t}"
+                    );
                 }
             }
             assert_eq!(s.len() as u64, total);

@@ -15,7 +15,7 @@ pub const BRANCH_PREFIX: &[u8] = b"z9hG4bK-fsr";
 
 /// What replaces the `cut` bytes at `at`.
 #[derive(Clone, Copy, Debug)]
-enum Insert<'a> {
+enum Insert {
     Nothing,
     /// fsroute's own header lines, written just after the start line.
     TopLines { branch: u64, record_route: Option<SocketAddr>, max_forwards: Option<u32> },
@@ -25,34 +25,33 @@ enum Insert<'a> {
     Rport(u16),
     /// A decremented Max-Forwards value.
     Number(u32),
-    Bytes(&'a [u8]),
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Edit<'a> {
+struct Edit {
     at: usize,
     cut: usize,
-    insert: Insert<'a>,
+    insert: Insert,
 }
 
 /// Up to eight splices, kept on the stack.
-struct Edits<'a> {
-    items: [Edit<'a>; 8],
+struct Edits {
+    items: [Edit; 8],
     len: usize,
 }
 
-impl<'a> Edits<'a> {
+impl Edits {
     fn new() -> Self {
         Edits { items: [Edit { at: 0, cut: 0, insert: Insert::Nothing }; 8], len: 0 }
     }
-    fn push(&mut self, at: usize, cut: usize, insert: Insert<'a>) {
+    fn push(&mut self, at: usize, cut: usize, insert: Insert) {
         debug_assert!(self.len < self.items.len());
         if self.len < self.items.len() {
             self.items[self.len] = Edit { at, cut, insert };
             self.len += 1;
         }
     }
-    fn sorted(&mut self) -> &[Edit<'a>] {
+    fn sorted(&mut self) -> &[Edit] {
         let items = &mut self.items[..self.len];
         // Stable, so two inserts at one offset keep the order they were pushed in.
         items.sort_by_key(|e| e.at);
@@ -61,7 +60,7 @@ impl<'a> Edits<'a> {
 }
 
 /// Copies `buf[from..to]` into `out`, applying the edits that fall inside it.
-fn splice(buf: &[u8], from: usize, to: usize, edits: &[Edit<'_>], eol: &[u8], adv: (&str, u16), out: &mut Vec<u8>) {
+fn splice(buf: &[u8], from: usize, to: usize, edits: &[Edit], eol: &[u8], adv: (&str, u16), out: &mut Vec<u8>) {
     let mut cursor = from;
     for e in edits {
         if e.at < cursor || e.at > to {
@@ -74,7 +73,7 @@ fn splice(buf: &[u8], from: usize, to: usize, edits: &[Edit<'_>], eol: &[u8], ad
     out.extend_from_slice(&buf[cursor..to]);
 }
 
-fn render(insert: Insert<'_>, eol: &[u8], adv: (&str, u16), out: &mut Vec<u8>) {
+fn render(insert: Insert, eol: &[u8], adv: (&str, u16), out: &mut Vec<u8>) {
     match insert {
         Insert::Nothing => {}
         Insert::TopLines { branch, record_route, max_forwards } => {
@@ -107,7 +106,6 @@ fn render(insert: Insert<'_>, eol: &[u8], adv: (&str, u16), out: &mut Vec<u8>) {
             push_u32(out, u32::from(p));
         }
         Insert::Number(n) => push_u32(out, n),
-        Insert::Bytes(b) => out.extend_from_slice(b),
     }
 }
 
@@ -207,7 +205,7 @@ pub fn host_ip(host: &[u8]) -> Option<IpAddr> {
 
 /// RFC 3261 §18.2.1 and RFC 3581 on the received top Via: fill an empty `rport` (and then always
 /// add `received`), otherwise add `received` when the sent-by host is not the source address.
-fn via_edits<'a>(via: &Via<'_>, src: SocketAddr, edits: &mut Edits<'a>) {
+fn via_edits(via: &Via<'_>, src: SocketAddr, edits: &mut Edits) {
     let host_is_src = host_ip(via.host) == Some(src.ip());
     let fill_rport = via.rport == Some(None);
     if fill_rport {

@@ -1,0 +1,185 @@
+//! The admin and metrics endpoint's content: `/status` as JSON and `/metrics` as Prometheus text,
+//! both rendered from the current routing table, the per-shard counters and the reload record.
+//! Rendering is pure (tested without sockets); the HTTP listener lives in `runtime`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use fsroute_dataplane::stats::{DropReason, ShardStats};
+use fsroute_dataplane::table::RoutingTable;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde_json::{json, Value};
+
+use crate::build::AdminState;
+
+/// What `/status` reports about configuration loads.
+#[derive(Clone, Debug, Default)]
+pub struct ReloadRecord {
+    pub path: String,
+    pub loaded_at: Option<SystemTime>,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    pub last_error: Option<String>,
+}
+
+fn state_name(active: bool, admin: Option<&str>) -> &'static str {
+    match admin {
+        Some("probing") => "probing",
+        Some("inactive") => "inactive",
+        _ if active => "active",
+        _ => "inactive",
+    }
+}
+
+pub fn status_json(
+    table: &RoutingTable,
+    shards: &[std::sync::Arc<ShardStats>],
+    reload: &ReloadRecord,
+    admin: &AdminState,
+    configured_weight: &dyn Fn(i32, &str) -> Option<String>,
+) -> Value {
+    let sets: Vec<Value> = table
+        .sets
+        .iter()
+        .map(|s| {
+            let dests: Vec<Value> = s
+                .destinations
+                .iter()
+                .map(|d| {
+                    json!({
+                        "uri": d.uri,
+                        "address": d.addr.to_string(),
+                        "state": state_name(d.active, admin.state_name(s.setid, &d.uri)),
+                        "weight": d.weight,
+                        "configured_weight": configured_weight(s.setid, &d.uri),
+                        "priority": d.priority,
+                        "forwarded": d.counters.forwarded.load(Ordering::Relaxed),
+                        "fs": Value::Null,
+                    })
+                })
+                .collect();
+            json!({ "setid": s.setid, "destinations": dests })
+        })
+        .collect();
+    let shard_values: Vec<Value> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, st)| {
+            let dropped: serde_json::Map<String, Value> =
+                DropReason::ALL.iter().map(|r| (r.label().to_string(), json!(st.dropped(*r)))).collect();
+            json!({
+                "shard": i,
+                "received": ShardStats::get(&st.received),
+                "processed": ShardStats::get(&st.processed),
+                "replied": ShardStats::get(&st.replied),
+                "handed_off": ShardStats::get(&st.handed_off),
+                "call_memory_entries": ShardStats::get(&st.memory_entries),
+                "dropped": dropped,
+            })
+        })
+        .collect();
+    let loaded_at = reload
+        .loaded_at
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string());
+    json!({
+        "dispatcher": sets,
+        "load_balancer": [],
+        "shards": shard_values,
+        "table_generation": table.generation,
+        "config": {
+            "path": reload.path,
+            "loaded_at": loaded_at,
+            "reloads": reload.reloads,
+            "reload_failures": reload.reload_failures,
+            "last_error": reload.last_error,
+        },
+    })
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct DestLabels {
+    setid: i64,
+    uri: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ShardLabels {
+    shard: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct DropLabels {
+    shard: u64,
+    reason: String,
+}
+
+fn counter_from(c: &Counter, v: u64) {
+    c.inc_by(v);
+}
+
+pub fn metrics_text(table: &RoutingTable, shards: &[std::sync::Arc<ShardStats>], reload: &ReloadRecord) -> String {
+    let mut reg = Registry::with_prefix("fsroute");
+    let forwarded = Family::<DestLabels, Counter>::default();
+    let failed = Family::<DestLabels, Counter>::default();
+    let weight = Family::<DestLabels, Gauge>::default();
+    let active = Family::<DestLabels, Gauge>::default();
+    for s in &table.sets {
+        for d in &s.destinations {
+            let l = DestLabels { setid: i64::from(s.setid), uri: d.uri.clone() };
+            counter_from(&forwarded.get_or_create(&l), d.counters.forwarded.load(Ordering::Relaxed));
+            counter_from(&failed.get_or_create(&l), d.counters.failed.load(Ordering::Relaxed));
+            weight.get_or_create(&l).set(i64::from(d.weight));
+            active.get_or_create(&l).set(i64::from(d.active));
+        }
+    }
+    reg.register("destination_forwarded", "Initial requests routed to a destination", forwarded);
+    reg.register("destination_failed", "INVITEs a destination answered with a final failure", failed);
+    reg.register("destination_weight", "Effective dispatcher weight", weight);
+    reg.register("destination_active", "1 when the destination takes new calls", active);
+
+    let per_shard = |name: &str, help: &str, get: &dyn Fn(&ShardStats) -> &AtomicU64, reg: &mut Registry| {
+        let fam = Family::<ShardLabels, Counter>::default();
+        for (i, s) in shards.iter().enumerate() {
+            counter_from(&fam.get_or_create(&ShardLabels { shard: i as u64 }), get(s).load(Ordering::Relaxed));
+        }
+        reg.register(name, help, fam);
+    };
+    per_shard("shard_received", "Datagrams read from the shard's socket", &|s| &s.received, &mut reg);
+    per_shard("shard_processed", "Messages the shard routed and sent", &|s| &s.processed, &mut reg);
+    per_shard("shard_replied", "Replies fsroute generated", &|s| &s.replied, &mut reg);
+    per_shard("shard_handed_off", "Datagrams handed to the owning shard", &|s| &s.handed_off, &mut reg);
+    let dropped = Family::<DropLabels, Counter>::default();
+    for (i, s) in shards.iter().enumerate() {
+        for r in DropReason::ALL {
+            let l = DropLabels { shard: i as u64, reason: r.label().to_string() };
+            counter_from(&dropped.get_or_create(&l), s.dropped(r));
+        }
+    }
+    reg.register("shard_dropped", "Datagrams dropped, by reason", dropped);
+    let memory = Family::<ShardLabels, Gauge>::default();
+    for (i, s) in shards.iter().enumerate() {
+        memory.get_or_create(&ShardLabels { shard: i as u64 }).set(ShardStats::get(&s.memory_entries) as i64);
+    }
+    reg.register("shard_call_memory_entries", "Remembered transactions and dialogs", memory);
+
+    let reloads: Counter = Counter::default();
+    reloads.inc_by(reload.reloads);
+    reg.register("config_reloads", "Successful SIGHUP reloads", reloads);
+    let failures: Counter = Counter::default();
+    failures.inc_by(reload.reload_failures);
+    reg.register("config_reload_failures", "Rejected SIGHUP reloads", failures);
+    let generation: Gauge = Gauge::default();
+    generation.set(table.generation as i64);
+    reg.register("table_generation", "Routing table builds so far", generation);
+
+    let mut out = String::new();
+    if encode(&mut out, &reg).is_err() {
+        let _ = writeln!(out, "# encoding failed");
+    }
+    out
+}

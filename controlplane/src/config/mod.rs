@@ -1,0 +1,443 @@
+//! The config file: loading, validation and the validated [`Config`] the rest of the control
+//! plane works from. The file format is the contract in CONTRACT.md; this module owns turning
+//! it into typed values with defaults applied, and rejecting anything wrong with errors that name
+//! the file, line, column and field. Layout: [`raw`] mirrors the TOML (serde, spans),
+//! `validate` checks it and builds [`Config`], `unsupported` is the single place that refuses
+//! features this build cannot run yet, `value` parses the small string languages (`sip:`,
+//! `fs://`, CIDR, durations), `summary` renders `fsroute check`'s screen.
+
+mod error;
+pub(crate) mod raw;
+mod summary;
+mod unsupported;
+mod validate;
+mod value;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fsroute_dataplane::dispatch::{Algorithm, HashMode};
+use fsroute_dataplane::table::RouteMatch;
+
+pub use error::{redact, ConfigError, ConfigErrors, Position};
+pub use value::{ESL_DEFAULT_PORT, SIP_DEFAULT_PORT};
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    parse(&text, path)
+}
+
+/// Validates `text` as the config file `path` (the path only labels errors).
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    let raw = raw_from_str(text, path)?;
+    let (config, mut errors) = validate::validate(&raw, text, path);
+    errors.extend(unsupported::reject(&raw, text, path));
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        // Stable sort: file order, and for one spot the order the checks ran in.
+        errors.sort_by_key(|e| e.position().map(|p| (p.line, p.column)));
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Like [`parse`] but without the refusal of not-yet-supported features, so tests can exercise
+/// how such configs would look (summary, masking) before the features land.
+#[cfg(test)]
+pub(crate) fn parse_ignoring_unsupported(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    let raw = raw_from_str(text, path)?;
+    let (config, errors) = validate::validate(&raw, text, path);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn raw_from_str(text: &str, path: &Path) -> Result<raw::RawConfig, ConfigError> {
+    toml::from_str::<raw::RawConfig>(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        let lines = error::LineIndex::new(text);
+        ConfigError::Syntax {
+            at: lines.position(path, text, offset),
+            field: error::field_at(text, offset),
+            message: redact(e.message().trim_end()),
+        }
+    })
+}
+
+/// A validated config with every default applied.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (for messages and `/status`).
+    pub path: PathBuf,
+    pub proxy: ProxyConfig,
+    pub control: ControlConfig,
+    pub failover: FailoverConfig,
+    /// `[[dispatcher]]` rows in file order.
+    pub dispatcher: Vec<DispatcherRow>,
+    /// `[[load_balancer]]` rows in file order.
+    pub load_balancer: Vec<LoadBalancerRow>,
+    /// `[[route]]` rows in file order (first match wins).
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Config {
+    /// The dispatcher setids in order of their first row.
+    pub fn setids(&self) -> Vec<i32> {
+        let mut ids: Vec<i32> = Vec::new();
+        for row in &self.dispatcher {
+            if !ids.contains(&row.setid) {
+                ids.push(row.setid);
+            }
+        }
+        ids
+    }
+
+    /// The load_balancer group ids in order of their first row.
+    pub fn group_ids(&self) -> Vec<i32> {
+        let mut ids: Vec<i32> = Vec::new();
+        for row in &self.load_balancer {
+            if !ids.contains(&row.group_id) {
+                ids.push(row.group_id);
+            }
+        }
+        ids
+    }
+
+    /// Every distinct FreeSWITCH ESL endpoint named by a dispatcher weight or a load_balancer
+    /// resource, first mention first: one ESL connection each.
+    pub fn fs_endpoints(&self) -> Vec<&FsEndpoint> {
+        let mut out: Vec<&FsEndpoint> = Vec::new();
+        let weights = self.dispatcher.iter().filter_map(|r| match &r.weight {
+            Weight::Fs(fs) => Some(fs),
+            Weight::Static(_) => None,
+        });
+        let resources = self.load_balancer.iter().flat_map(|r| &r.resources).filter_map(|res| match &res.capacity {
+            Capacity::Fs(fs) => Some(fs),
+            Capacity::Fixed(_) => None,
+        });
+        for fs in weights.chain(resources) {
+            if !out.iter().any(|o| o.key() == fs.key()) {
+                out.push(fs);
+            }
+        }
+        out
+    }
+
+    /// The one-screen summary printed by `fsroute check`. Never shows a password.
+    pub fn summary(&self) -> String {
+        summary::render(self)
+    }
+}
+
+/// `[proxy]`.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// UDP listeners, at least one.
+    pub listen: Vec<SocketAddr>,
+    /// Written into Via and Record-Route; default: the first listener.
+    pub advertise: HostPort,
+    /// Further names by which requests may address fsroute (port defaults to advertise's).
+    pub aliases: Vec<HostPort>,
+    /// Data-plane cores; default: the available CPUs.
+    pub shards: usize,
+    pub record_route: bool,
+    /// Inserted when a request has none; 1..=255.
+    pub max_forwards: u8,
+    pub hash: HashMode,
+    /// 404 or 503: the reply when no route matches.
+    pub no_route_reply: u16,
+    pub transaction_memory: Duration,
+    pub dialog_memory: Duration,
+}
+
+/// `[control]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// HTTP admin/metrics listener; `None` = off.
+    pub admin: Option<SocketAddr>,
+    pub heartbeat_timeout: Duration,
+    pub stale_weight: u32,
+    pub max_freeswitch_weight: u32,
+    pub initial_capacity: u32,
+    pub channels_per_call: u32,
+    /// OPTIONS probing interval; zero = probing off.
+    pub probe_interval: Duration,
+    pub probe_failure_threshold: u32,
+    pub probe_success_threshold: u32,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            admin: None,
+            heartbeat_timeout: Duration::from_secs(60),
+            stale_weight: 0,
+            max_freeswitch_weight: 100,
+            initial_capacity: 1000,
+            channels_per_call: 1,
+            probe_interval: Duration::ZERO,
+            probe_failure_threshold: 3,
+            probe_success_threshold: 1,
+        }
+    }
+}
+
+/// `[failover]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverConfig {
+    /// Final responses that move a call to the next destination.
+    pub codes: Vec<u16>,
+    pub no_answer_timeout: Duration,
+    pub max_attempts: u32,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig { codes: vec![408, 500, 503], no_answer_timeout: Duration::from_secs(2), max_attempts: 3 }
+    }
+}
+
+/// A host as written in config: an IP literal or a lower-cased DNS name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl Host {
+    /// Without brackets, lower-case (how `local_names` and map keys spell it).
+    pub fn bare(&self) -> String {
+        match self {
+            Host::Ip(ip) => ip.to_string(),
+            Host::Name(n) => n.clone(),
+        }
+    }
+
+    /// As written inside a URI: IPv6 bracketed.
+    pub fn uri_form(&self) -> String {
+        match self {
+            Host::Ip(IpAddr::V6(v6)) => format!("[{v6}]"),
+            other => other.bare(),
+        }
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.uri_form())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostPort {
+    pub host: Host,
+    pub port: u16,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// A string that must never be printed: `Debug` and `Display` show `****`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the one place that needs it (ESL `auth`).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(****)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+
+/// A FreeSWITCH box's Event Socket address: one ESL connection per distinct key.
+pub type FsKey = HostPort;
+
+/// `fs://[user]:password@host[:port]`: where to read a FreeSWITCH box's heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsEndpoint {
+    pub user: Option<String>,
+    pub password: Secret,
+    pub endpoint: HostPort,
+}
+
+impl FsEndpoint {
+    pub fn key(&self) -> FsKey {
+        self.endpoint.clone()
+    }
+}
+
+/// `fs://host:port`, the password-free spelling used in `/status`, logs and the summary.
+impl fmt::Display for FsEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "fs://{}", self.endpoint)
+    }
+}
+
+/// A dispatcher row's weight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Weight {
+    Static(u32),
+    /// Computed from the box's heartbeats (OpenSIPS `fetch_freeswitch_stats`).
+    Fs(FsEndpoint),
+}
+
+/// Admin state of a destination: OpenSIPS's `state` column (0 active, 1 inactive, 2 probing)
+/// at load, `POST /dispatcher/state` at runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DestState {
+    #[default]
+    Active,
+    Inactive,
+    Probing,
+}
+
+impl DestState {
+    pub fn from_number(n: i64) -> Option<Self> {
+        match n {
+            0 => Some(DestState::Active),
+            1 => Some(DestState::Inactive),
+            2 => Some(DestState::Probing),
+            _ => None,
+        }
+    }
+
+    /// `active`, `inactive`, `probing` (ASCII case-insensitive), or the number as a string.
+    pub fn from_name(s: &str) -> Option<Self> {
+        let s = s.trim();
+        if let Ok(n) = s.parse::<i64>() {
+            return Self::from_number(n);
+        }
+        [DestState::Active, DestState::Inactive, DestState::Probing]
+            .into_iter()
+            .find(|st| st.name().eq_ignore_ascii_case(s))
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DestState::Active => "active",
+            DestState::Inactive => "inactive",
+            DestState::Probing => "probing",
+        }
+    }
+
+    /// Whether selection may pick it: only active destinations take calls.
+    pub fn is_active(self) -> bool {
+        self == DestState::Active
+    }
+}
+
+impl fmt::Display for DestState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// OpenSIPS's provisioning columns that fsroute keeps but does not route by.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RowInfo {
+    /// 1-based line of the row's `[[...]]` header, for runtime messages.
+    pub line: usize,
+    pub id: Option<i64>,
+    pub probe_mode: Option<u8>,
+    pub attrs: Option<String>,
+    pub description: Option<String>,
+    /// The listener this destination is reached through (must be one of `proxy.listen`).
+    pub socket: Option<SocketAddr>,
+}
+
+/// One `[[dispatcher]]` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DispatcherRow {
+    pub setid: i32,
+    /// As written: the destination's identity in `/status`, admin commands and counters.
+    pub uri: String,
+    /// Where to send, resolved at load.
+    pub addr: SocketAddr,
+    pub weight: Weight,
+    pub priority: i32,
+    /// Weight while an fs:// destination is stale (overrides `control.stale_weight`).
+    pub fallback_weight: Option<u32>,
+    /// Initial admin state.
+    pub state: DestState,
+    pub info: RowInfo,
+}
+
+/// One `[[load_balancer]]` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadBalancerRow {
+    pub group_id: i32,
+    pub uri: String,
+    pub addr: SocketAddr,
+    /// Every resource of the row, in order.
+    pub resources: Vec<LbResource>,
+    pub state: DestState,
+    pub info: RowInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LbResource {
+    pub name: String,
+    pub capacity: Capacity,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Capacity {
+    /// A fixed number of concurrent calls.
+    Fixed(u32),
+    /// Learnt from the box's heartbeats.
+    Fs(FsEndpoint),
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// 1-based line of the row's header.
+    pub line: usize,
+    /// Match keys, already normalised (domain lower-cased, CIDR parsed).
+    pub matcher: RouteMatch,
+    pub target: RouteTo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteTo {
+    Dispatcher { setid: i32, algorithm: Algorithm, failover: bool },
+    LoadBalancer { group_id: i32, resources: Vec<String>, flags: LbFlags, failover: bool },
+}
+
+/// OpenSIPS `lb_start` flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LbFlags {
+    /// `r`: pick by relative (percentage) load instead of absolute.
+    pub relative: bool,
+    /// `s`: break ties at random.
+    pub random_tie_break: bool,
+    /// `n`: allow destinations with zero or negative availability.
+    pub allow_negative: bool,
+}

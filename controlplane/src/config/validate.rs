@@ -1,0 +1,820 @@
+//! Validation: turns the raw serde tree into a [`Config`], applying defaults and collecting every
+//! error instead of stopping at the first, so one `fsroute check` run shows the operator the
+//! whole list. Cross-checks (routes naming sets that exist, duplicate destinations, sockets that
+//! are listeners, one set of ESL credentials per box) happen here too.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use fsroute_dataplane::dispatch::{Algorithm, HashMode};
+use fsroute_dataplane::table::RouteMatch;
+use toml::Spanned;
+
+use super::error::{redact, ConfigError, LineIndex, Position};
+use super::raw::{IntOrStr, Opt, RawConfig, RawControl, RawDispatcher, RawFailover, RawLoadBalancer, RawProxy, RawRoute};
+use super::value::{
+    is_fs_url, parse_cidr, parse_duration, parse_fs_url, parse_host_port, parse_resource_names, parse_resources,
+    parse_sip_destination, SIP_DEFAULT_PORT,
+};
+use super::{
+    Capacity, Config, ControlConfig, DestState, DispatcherRow, FailoverConfig, FsEndpoint, FsKey, Host, HostPort,
+    LbFlags, LoadBalancerRow, ProxyConfig, RouteConfig, RouteTo, RowInfo, Weight,
+};
+
+pub(crate) fn validate(raw: &RawConfig, text: &str, path: &Path) -> (Config, Vec<ConfigError>) {
+    let mut cx = Ctx { path, text, lines: LineIndex::new(text), errors: Vec::new(), fs_seen: HashMap::new() };
+    let proxy = cx.proxy(raw.proxy.as_ref());
+    let control = cx.control(raw.control.as_ref().map(Spanned::get_ref));
+    let failover = cx.failover(raw.failover.as_ref().map(Spanned::get_ref));
+    let dispatcher = cx.dispatcher_rows(&raw.dispatcher, &proxy.listen);
+    let load_balancer = cx.load_balancer_rows(&raw.load_balancer, &proxy.listen);
+    let routes = cx.routes(&raw.route, &dispatcher, &load_balancer);
+    let config = Config { path: path.to_path_buf(), proxy, control, failover, dispatcher, load_balancer, routes };
+    (config, cx.errors)
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+    lines: LineIndex,
+    errors: Vec<ConfigError>,
+    /// Credentials per ESL endpoint and the line that first gave them: one connection serves
+    /// every row naming a box, so two rows must not disagree about how to log in.
+    fs_seen: HashMap<FsKey, (FsEndpoint, usize)>,
+}
+
+/// Stand-in for a value that failed validation; the config is discarded anyway.
+const PLACEHOLDER_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), SIP_DEFAULT_PORT);
+
+fn quoted(s: &str) -> String {
+    format!("{s:?}")
+}
+
+impl Ctx<'_> {
+    fn at(&self, span: &Range<usize>) -> Position {
+        self.lines.position(self.path, self.text, span.start)
+    }
+
+    fn line(&self, span: &Range<usize>) -> usize {
+        self.lines.locate(self.text, span.start).0
+    }
+
+    fn invalid(&mut self, span: &Range<usize>, field: &str, value: impl Display, reason: impl Into<String>) {
+        let at = self.at(span);
+        self.errors.push(ConfigError::Invalid {
+            at,
+            field: field.to_string(),
+            value: redact(&value.to_string()),
+            reason: reason.into(),
+        });
+    }
+
+    fn missing(&mut self, span: &Range<usize>, field: &str, reason: impl Into<String>) {
+        let at = self.at(span);
+        self.errors.push(ConfigError::Missing { at, field: field.to_string(), reason: reason.into() });
+    }
+
+    fn conflict(&mut self, span: &Range<usize>, field: &str, reason: impl Into<String>) {
+        let at = self.at(span);
+        self.errors.push(ConfigError::Conflict { at, field: field.to_string(), reason: reason.into() });
+    }
+
+    fn duplicate(&mut self, span: &Range<usize>, field: &str, value: impl Display, first_line: usize, reason: &str) {
+        let at = self.at(span);
+        self.errors.push(ConfigError::Duplicate {
+            at,
+            field: field.to_string(),
+            value: redact(&value.to_string()),
+            first_line,
+            reason: reason.to_string(),
+        });
+    }
+
+    fn unknown(&mut self, span: &Range<usize>, field: &str, value: impl Display, reason: impl Into<String>) {
+        let at = self.at(span);
+        self.errors.push(ConfigError::UnknownReference {
+            at,
+            field: field.to_string(),
+            value: value.to_string(),
+            reason: reason.into(),
+        });
+    }
+
+    /// An integer within `lo..=hi`, converted to `T`; `default` when absent or wrong.
+    fn ranged<T: TryFrom<i64> + Copy>(&mut self, v: &Opt<i64>, field: &str, lo: i64, hi: i64, default: T) -> T {
+        let Some(s) = v else { return default };
+        let n = *s.get_ref();
+        match T::try_from(n) {
+            Ok(t) if (lo..=hi).contains(&n) => t,
+            _ => {
+                self.invalid(&s.span(), field, n, format!("must be between {lo} and {hi}"));
+                default
+            }
+        }
+    }
+
+    /// A required integer; `None` (after reporting) when absent or wrong.
+    fn required_i32(&mut self, v: &Opt<i64>, row: &Range<usize>, field: &str, what: &str) -> Option<i32> {
+        match v {
+            None => {
+                self.missing(row, field, what.to_string());
+                None
+            }
+            Some(s) => match i32::try_from(*s.get_ref()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    self.invalid(&s.span(), field, s.get_ref(), "must fit a 32-bit signed integer");
+                    None
+                }
+            },
+        }
+    }
+
+    fn duration(&mut self, v: &Opt<IntOrStr>, field: &str, default: Duration, allow_zero: bool) -> Duration {
+        let Some(s) = v else { return default };
+        match s.get_ref() {
+            IntOrStr::Int(n) => {
+                self.invalid(&s.span(), field, n, "a duration is a string with a unit, e.g. \"250ms\", \"3s\", \"12h\"");
+                default
+            }
+            IntOrStr::Str(text) => match parse_duration(text) {
+                Ok(d) if d.is_zero() && !allow_zero => {
+                    self.invalid(&s.span(), field, quoted(text), "must be longer than zero");
+                    default
+                }
+                Ok(d) => d,
+                Err(why) => {
+                    self.invalid(&s.span(), field, quoted(text), why);
+                    default
+                }
+            },
+        }
+    }
+
+    fn proxy(&mut self, raw: Option<&Spanned<RawProxy>>) -> ProxyConfig {
+        let absent = RawProxy::default();
+        let (p, table) = match raw {
+            Some(s) => (s.get_ref(), s.span()),
+            None => {
+                self.missing(&(0..0), "proxy", "a [proxy] table with listen = [\"IP:PORT\"] is required");
+                (&absent, 0..0)
+            }
+        };
+
+        let mut listen: Vec<SocketAddr> = Vec::new();
+        let mut listen_lines: Vec<usize> = Vec::new();
+        match &p.listen {
+            None if raw.is_some() => {
+                self.missing(&table, "proxy.listen", "at least one UDP listener, e.g. listen = [\"0.0.0.0:5060\"]")
+            }
+            None => {}
+            Some(l) if l.get_ref().is_empty() => {
+                self.invalid(&l.span(), "proxy.listen", "[]", "at least one UDP listener is required")
+            }
+            Some(l) => {
+                for (i, a) in l.get_ref().iter().enumerate() {
+                    let field = format!("proxy.listen[{i}]");
+                    let span = a.span();
+                    match a.get_ref().trim().parse::<SocketAddr>() {
+                        Ok(sa) if sa.port() == 0 => {
+                            self.invalid(&span, &field, quoted(a.get_ref()), "port 0 is not a usable port")
+                        }
+                        Ok(sa) => match listen.iter().position(|x| *x == sa) {
+                            Some(j) => {
+                                let first = listen_lines[j];
+                                self.duplicate(&span, &field, quoted(a.get_ref()), first, "listed twice")
+                            }
+                            None => {
+                                listen.push(sa);
+                                listen_lines.push(self.line(&span));
+                            }
+                        },
+                        Err(_) => self.invalid(
+                            &span,
+                            &field,
+                            quoted(a.get_ref()),
+                            "not an IP:PORT socket address (IPv6 as \"[addr]:port\")",
+                        ),
+                    }
+                }
+            }
+        }
+
+        let placeholder = HostPort { host: Host::Ip(PLACEHOLDER_ADDR.ip()), port: SIP_DEFAULT_PORT };
+        let first = listen.first().copied();
+        let advertise = match &p.advertise {
+            Some(a) => match parse_host_port(a.get_ref(), first.map_or(SIP_DEFAULT_PORT, |f| f.port())) {
+                Ok(HostPort { host: Host::Ip(ip), .. }) if ip.is_unspecified() || ip.is_multicast() => {
+                    self.invalid(&a.span(), "proxy.advertise", quoted(a.get_ref()), "peers cannot reach this address");
+                    placeholder.clone()
+                }
+                Ok(hp) => hp,
+                Err(why) => {
+                    self.invalid(&a.span(), "proxy.advertise", quoted(a.get_ref()), why);
+                    placeholder.clone()
+                }
+            },
+            None => match first {
+                Some(f) if f.ip().is_unspecified() => {
+                    let span = p.listen.as_ref().map_or(table.clone(), Spanned::span);
+                    self.missing(
+                        &span,
+                        "proxy.advertise",
+                        format!("listening on {f} (any address) needs advertise = the address peers reach"),
+                    );
+                    placeholder.clone()
+                }
+                Some(f) => HostPort { host: Host::Ip(f.ip()), port: f.port() },
+                None => placeholder.clone(),
+            },
+        };
+
+        let mut aliases = Vec::new();
+        if let Some(list) = &p.aliases {
+            for (i, a) in list.get_ref().iter().enumerate() {
+                match parse_host_port(a.get_ref(), advertise.port) {
+                    Ok(hp) => aliases.push(hp),
+                    Err(why) => self.invalid(&a.span(), &format!("proxy.aliases[{i}]"), quoted(a.get_ref()), why),
+                }
+            }
+        }
+
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let shards = self.ranged(&p.shards, "proxy.shards", 1, 1024, cpus);
+        let record_route = p.record_route.as_ref().is_none_or(|b| *b.get_ref());
+        let max_forwards = self.ranged(&p.max_forwards, "proxy.max_forwards", 1, 255, 70u8);
+        let hash = match &p.hash {
+            None => HashMode::default(),
+            Some(h) => HashMode::from_name(h.get_ref()).unwrap_or_else(|| {
+                self.invalid(&h.span(), "proxy.hash", quoted(h.get_ref()), "must be \"rendezvous\" or \"opensips\"");
+                HashMode::default()
+            }),
+        };
+        let no_route_reply = match &p.no_route_reply {
+            None => 404,
+            Some(c) if matches!(*c.get_ref(), 404 | 503) => *c.get_ref() as u16,
+            Some(c) => {
+                self.invalid(&c.span(), "proxy.no_route_reply", c.get_ref(), "must be 404 or 503");
+                404
+            }
+        };
+        let transaction_memory =
+            self.duration(&p.transaction_memory, "proxy.transaction_memory", Duration::from_secs(190), false);
+        let dialog_memory = self.duration(&p.dialog_memory, "proxy.dialog_memory", Duration::from_secs(12 * 3600), true);
+
+        ProxyConfig {
+            listen,
+            advertise,
+            aliases,
+            shards,
+            record_route,
+            max_forwards,
+            hash,
+            no_route_reply,
+            transaction_memory,
+            dialog_memory,
+        }
+    }
+
+    fn control(&mut self, raw: Option<&RawControl>) -> ControlConfig {
+        let d = ControlConfig::default();
+        let Some(c) = raw else { return d };
+        let admin = c.admin.as_ref().and_then(|a| {
+            let parsed = match a.get_ref() {
+                IntOrStr::Int(n) => u16::try_from(*n).ok().map(|p| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), p)),
+                IntOrStr::Str(s) => s.trim().parse::<SocketAddr>().ok().or_else(|| {
+                    let port = s.trim().strip_prefix(':').unwrap_or(s.trim());
+                    port.parse::<u16>().ok().map(|p| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), p))
+                }),
+            };
+            match parsed {
+                Some(sa) if sa.port() != 0 => Some(sa),
+                _ => {
+                    self.invalid(
+                        &a.span(),
+                        "control.admin",
+                        a.get_ref(),
+                        "must be IP:PORT, or a port for loopback (e.g. \"127.0.0.1:9060\" or \"9060\")",
+                    );
+                    None
+                }
+            }
+        });
+        let u32max = i64::from(u32::MAX);
+        ControlConfig {
+            admin,
+            heartbeat_timeout: self.duration(&c.heartbeat_timeout, "control.heartbeat_timeout", d.heartbeat_timeout, false),
+            stale_weight: self.ranged(&c.stale_weight, "control.stale_weight", 0, u32max, d.stale_weight),
+            max_freeswitch_weight: self.ranged(
+                &c.max_freeswitch_weight,
+                "control.max_freeswitch_weight",
+                1,
+                u32max,
+                d.max_freeswitch_weight,
+            ),
+            initial_capacity: self.ranged(&c.initial_capacity, "control.initial_capacity", 0, u32max, d.initial_capacity),
+            channels_per_call: self.ranged(
+                &c.channels_per_call,
+                "control.channels_per_call",
+                1,
+                1000,
+                d.channels_per_call,
+            ),
+            probe_interval: self.duration(&c.probe_interval, "control.probe_interval", d.probe_interval, true),
+            probe_failure_threshold: self.ranged(
+                &c.probe_failure_threshold,
+                "control.probe_failure_threshold",
+                1,
+                1000,
+                d.probe_failure_threshold,
+            ),
+            probe_success_threshold: self.ranged(
+                &c.probe_success_threshold,
+                "control.probe_success_threshold",
+                1,
+                1000,
+                d.probe_success_threshold,
+            ),
+        }
+    }
+
+    fn failover(&mut self, raw: Option<&RawFailover>) -> FailoverConfig {
+        let d = FailoverConfig::default();
+        let Some(f) = raw else { return d };
+        let codes = match &f.codes {
+            None => d.codes.clone(),
+            Some(list) => {
+                let mut codes: Vec<u16> = Vec::new();
+                let mut lines: Vec<usize> = Vec::new();
+                for (i, c) in list.get_ref().iter().enumerate() {
+                    let field = format!("failover.codes[{i}]");
+                    let n = *c.get_ref();
+                    if !(300..=699).contains(&n) {
+                        self.invalid(&c.span(), &field, n, "failover codes are final non-2xx responses, 300-699");
+                    } else if let Some(j) = codes.iter().position(|x| i64::from(*x) == n) {
+                        self.duplicate(&c.span(), &field, n, lines[j], "listed twice");
+                    } else {
+                        codes.push(n as u16);
+                        lines.push(self.line(&c.span()));
+                    }
+                }
+                codes
+            }
+        };
+        FailoverConfig {
+            codes,
+            no_answer_timeout: self.duration(&f.no_answer_timeout, "failover.no_answer_timeout", d.no_answer_timeout, false),
+            max_attempts: self.ranged(&f.max_attempts, "failover.max_attempts", 1, 100, d.max_attempts),
+        }
+    }
+
+    /// A row's `sip:` URI, resolved; `None` (after reporting) when absent or wrong.
+    fn destination(
+        &mut self,
+        v: &Opt<String>,
+        row: &Range<usize>,
+        field: &str,
+        listen: &[SocketAddr],
+    ) -> Option<(String, SocketAddr, Range<usize>)> {
+        let Some(s) = v else {
+            self.missing(row, field, "the destination's URI, e.g. \"sip:10.0.0.5:5060\"");
+            return None;
+        };
+        let uri = s.get_ref().trim();
+        match parse_sip_destination(uri) {
+            Err(why) => {
+                self.invalid(&s.span(), field, quoted(uri), why);
+                None
+            }
+            Ok(addr)
+                if listen.contains(&addr)
+                    || listen.iter().any(|l| l.ip().is_unspecified() && l.port() == addr.port() && addr.ip().is_loopback()) =>
+            {
+                self.invalid(&s.span(), field, quoted(uri), "this is one of fsroute's own listeners: calls would loop");
+                None
+            }
+            Ok(addr) => Some((uri.to_string(), addr, s.span())),
+        }
+    }
+
+    fn state(&mut self, v: &Opt<IntOrStr>, field: &str) -> DestState {
+        let Some(s) = v else { return DestState::Active };
+        let st = match s.get_ref() {
+            IntOrStr::Int(n) => DestState::from_number(*n),
+            IntOrStr::Str(t) => DestState::from_name(t),
+        };
+        st.unwrap_or_else(|| {
+            self.invalid(&s.span(), field, s.get_ref(), "must be 0 (active), 1 (inactive) or 2 (probing)");
+            DestState::Active
+        })
+    }
+
+    /// Remembers an ESL endpoint's credentials and reports a second row that disagrees.
+    fn note_fs(&mut self, fs: &FsEndpoint, span: &Range<usize>, field: &str) {
+        let line = self.line(span);
+        match self.fs_seen.get(&fs.key()) {
+            Some((first, first_line)) if first.user != fs.user || first.password != fs.password => {
+                let first_line = *first_line;
+                self.conflict(
+                    span,
+                    field,
+                    format!(
+                        "{fs} is given other credentials than at line {first_line}; one ESL connection serves every row naming a box"
+                    ),
+                );
+            }
+            Some(_) => {}
+            None => {
+                self.fs_seen.insert(fs.key(), (fs.clone(), line));
+            }
+        }
+    }
+
+    fn weight(&mut self, v: &Opt<IntOrStr>, field: &str) -> Weight {
+        let Some(s) = v else { return Weight::Static(1) };
+        const HOW: &str = "a weight is an integer (0 or more) or \"fs://[user]:password@host[:port]\"";
+        match s.get_ref() {
+            IntOrStr::Int(n) => match u32::try_from(*n) {
+                Ok(w) => Weight::Static(w),
+                Err(_) => {
+                    self.invalid(&s.span(), field, n, HOW);
+                    Weight::Static(1)
+                }
+            },
+            IntOrStr::Str(t) if is_fs_url(t.trim()) => match parse_fs_url(t.trim()) {
+                Ok(fs) => {
+                    self.note_fs(&fs, &s.span(), field);
+                    Weight::Fs(fs)
+                }
+                Err(why) => {
+                    self.invalid(&s.span(), field, quoted(t), why);
+                    Weight::Static(1)
+                }
+            },
+            // OpenSIPS keeps weight in a string column, so rows copied from its database say "10".
+            IntOrStr::Str(t) => match t.trim().parse::<u32>() {
+                Ok(w) => Weight::Static(w),
+                Err(_) => {
+                    self.invalid(&s.span(), field, quoted(t), HOW);
+                    Weight::Static(1)
+                }
+            },
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn row_info(
+        &mut self,
+        pre: &str,
+        line: usize,
+        id: &Opt<i64>,
+        probe_mode: &Opt<i64>,
+        max_probe_mode: i64,
+        attrs: &Opt<String>,
+        description: &Opt<String>,
+        socket: &Opt<String>,
+        listen: &[SocketAddr],
+        seen_ids: &mut HashMap<i64, usize>,
+    ) -> RowInfo {
+        if let Some(idv) = id {
+            let n = *idv.get_ref();
+            if let Some(first) = seen_ids.get(&n) {
+                self.duplicate(&idv.span(), &format!("{pre}.id"), n, *first, "row id used twice");
+            } else {
+                seen_ids.insert(n, line);
+            }
+        }
+        let probe_mode = probe_mode.as_ref().map(|_| {
+            let m: u8 = self.ranged(probe_mode, &format!("{pre}.probe_mode"), 0, max_probe_mode, 0u8);
+            m
+        });
+        let socket = socket.as_ref().and_then(|s| {
+            let text = s.get_ref().trim();
+            // OpenSIPS writes sockets as proto:ip:port; fsroute only speaks UDP.
+            let addr_part = match text.split_once(':') {
+                Some((proto, rest)) if proto.eq_ignore_ascii_case("udp") => rest,
+                Some((proto, _)) if proto.chars().all(|c| c.is_ascii_alphabetic()) && proto.len() <= 4 => {
+                    self.invalid(&s.span(), &format!("{pre}.socket"), quoted(text), "fsroute only listens on UDP");
+                    return None;
+                }
+                _ => text,
+            };
+            match addr_part.parse::<SocketAddr>() {
+                Ok(sa) if listen.contains(&sa) => Some(sa),
+                Ok(_) => {
+                    let names: Vec<String> = listen.iter().map(ToString::to_string).collect();
+                    self.unknown(
+                        &s.span(),
+                        &format!("{pre}.socket"),
+                        quoted(text),
+                        format!("not one of fsroute's listeners ({})", names.join(", ")),
+                    );
+                    None
+                }
+                Err(_) => {
+                    self.invalid(&s.span(), &format!("{pre}.socket"), quoted(text), "expected [udp:]IP:PORT");
+                    None
+                }
+            }
+        });
+        RowInfo {
+            line,
+            id: id.as_ref().map(|v| *v.get_ref()),
+            probe_mode,
+            attrs: attrs.as_ref().map(|v| v.get_ref().clone()),
+            description: description.as_ref().map(|v| v.get_ref().clone()),
+            socket,
+        }
+    }
+
+    fn dispatcher_rows(&mut self, rows: &[Spanned<RawDispatcher>], listen: &[SocketAddr]) -> Vec<DispatcherRow> {
+        let mut out = Vec::new();
+        let mut seen_dest: HashMap<(i32, SocketAddr), usize> = HashMap::new();
+        let mut seen_ids = HashMap::new();
+        for (i, row) in rows.iter().enumerate() {
+            let (r, span) = (row.get_ref(), row.span());
+            let pre = format!("dispatcher[{i}]");
+            let line = self.line(&span);
+            let setid = self.required_i32(&r.setid, &span, &format!("{pre}.setid"), "the set this row belongs to");
+            let dest = self.destination(&r.destination, &span, &format!("{pre}.destination"), listen);
+            let weight = self.weight(&r.weight, &format!("{pre}.weight"));
+            let priority = self.ranged(&r.priority, &format!("{pre}.priority"), i64::from(i32::MIN), i64::from(i32::MAX), 0i32);
+            let fallback_weight = r.fallback_weight.as_ref().map(|fw| {
+                let w: u32 = self.ranged(&r.fallback_weight, &format!("{pre}.fallback_weight"), 0, i64::from(u32::MAX), 0u32);
+                if matches!(weight, Weight::Static(_)) {
+                    self.conflict(
+                        &fw.span(),
+                        &format!("{pre}.fallback_weight"),
+                        "fallback_weight applies to fs:// weights only (a static weight is never stale)",
+                    );
+                }
+                w
+            });
+            let state = self.state(&r.state, &format!("{pre}.state"));
+            let info = self.row_info(
+                &pre,
+                line,
+                &r.id,
+                &r.probe_mode,
+                1,
+                &r.attrs,
+                &r.description,
+                &r.socket,
+                listen,
+                &mut seen_ids,
+            );
+            let (Some(setid), Some((uri, addr, dspan))) = (setid, dest) else { continue };
+            if let Some(first) = seen_dest.get(&(setid, addr)) {
+                let first = *first;
+                self.duplicate(
+                    &dspan,
+                    &format!("{pre}.destination"),
+                    quoted(&uri),
+                    first,
+                    &format!("set {setid} already has a destination at {addr}"),
+                );
+                continue;
+            }
+            seen_dest.insert((setid, addr), self.line(&dspan));
+            out.push(DispatcherRow { setid, uri, addr, weight, priority, fallback_weight, state, info });
+        }
+        out
+    }
+
+    fn load_balancer_rows(&mut self, rows: &[Spanned<RawLoadBalancer>], listen: &[SocketAddr]) -> Vec<LoadBalancerRow> {
+        let mut out = Vec::new();
+        let mut seen_dest: HashMap<(i32, SocketAddr), usize> = HashMap::new();
+        let mut seen_ids = HashMap::new();
+        for (i, row) in rows.iter().enumerate() {
+            let (r, span) = (row.get_ref(), row.span());
+            let pre = format!("load_balancer[{i}]");
+            let line = self.line(&span);
+            let group_id =
+                self.required_i32(&r.group_id, &span, &format!("{pre}.group_id"), "the group this row belongs to");
+            let dest = self.destination(&r.dst_uri, &span, &format!("{pre}.dst_uri"), listen);
+            let resources = match &r.resources {
+                None => {
+                    self.missing(&span, &format!("{pre}.resources"), "e.g. resources = \"ch=100\"");
+                    None
+                }
+                Some(s) => match parse_resources(s.get_ref()) {
+                    Ok(list) => {
+                        for res in &list {
+                            if let Capacity::Fs(fs) = &res.capacity {
+                                self.note_fs(fs, &s.span(), &format!("{pre}.resources"));
+                            }
+                        }
+                        Some(list)
+                    }
+                    Err(why) => {
+                        self.invalid(&s.span(), &format!("{pre}.resources"), quoted(s.get_ref()), why);
+                        None
+                    }
+                },
+            };
+            let state = self.state(&r.state, &format!("{pre}.state"));
+            let info = self.row_info(
+                &pre,
+                line,
+                &r.id,
+                &r.probe_mode,
+                2,
+                &r.attrs,
+                &r.description,
+                &r.socket,
+                listen,
+                &mut seen_ids,
+            );
+            let (Some(group_id), Some((uri, addr, dspan)), Some(resources)) = (group_id, dest, resources) else {
+                continue;
+            };
+            if let Some(first) = seen_dest.get(&(group_id, addr)) {
+                let first = *first;
+                self.duplicate(
+                    &dspan,
+                    &format!("{pre}.dst_uri"),
+                    quoted(&uri),
+                    first,
+                    &format!("group {group_id} already has a destination at {addr}"),
+                );
+                continue;
+            }
+            seen_dest.insert((group_id, addr), self.line(&dspan));
+            out.push(LoadBalancerRow { group_id, uri, addr, resources, state, info });
+        }
+        out
+    }
+
+    fn routes(
+        &mut self,
+        rows: &[Spanned<RawRoute>],
+        dispatcher: &[DispatcherRow],
+        load_balancer: &[LoadBalancerRow],
+    ) -> Vec<RouteConfig> {
+        let mut out = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            let (r, span) = (row.get_ref(), row.span());
+            let pre = format!("route[{i}]");
+            let matcher = self.route_match(r, &pre);
+            let failover = r.failover.as_ref().is_some_and(|b| *b.get_ref());
+            let target = match (&r.to_dispatcher, &r.to_load_balancer) {
+                (None, None) => {
+                    self.conflict(&span, &pre, "a route needs exactly one of to_dispatcher or to_load_balancer");
+                    None
+                }
+                (Some(_), Some(lb)) => {
+                    self.conflict(
+                        &lb.span(),
+                        &format!("{pre}.to_load_balancer"),
+                        "a route goes to_dispatcher or to_load_balancer, not both",
+                    );
+                    None
+                }
+                (Some(_), None) => self.dispatcher_target(r, &pre, failover, dispatcher),
+                (None, Some(_)) => self.load_balancer_target(r, &span, &pre, failover, load_balancer),
+            };
+            if let (Some(matcher), Some(target)) = (matcher, target) {
+                out.push(RouteConfig { line: self.line(&span), matcher, target });
+            }
+        }
+        out
+    }
+
+    fn route_match(&mut self, r: &RawRoute, pre: &str) -> Option<RouteMatch> {
+        let mut ok = true;
+        let mut text_key = |cx: &mut Self, v: &Opt<String>, key: &str| -> Option<String> {
+            let s = v.as_ref()?;
+            let t = s.get_ref();
+            if t.is_empty() || t.chars().any(char::is_whitespace) {
+                cx.invalid(&s.span(), &format!("{pre}.{key}"), quoted(t), "must be non-empty and without spaces");
+                ok = false;
+                return None;
+            }
+            Some(t.clone())
+        };
+        let ruri_user_prefix = text_key(self, &r.ruri_user_prefix, "ruri_user_prefix");
+        let ruri_domain = text_key(self, &r.ruri_domain, "ruri_domain").map(|d| d.to_ascii_lowercase());
+        let method = text_key(self, &r.method, "method");
+        if let (Some(m), Some(s)) = (&method, &r.method) {
+            // The table compares methods byte for byte, as SIP does (RFC 3261 7.1: case-sensitive).
+            if !m.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b"-._!%*+`'~".contains(&b)) {
+                self.invalid(&s.span(), &format!("{pre}.method"), quoted(m), "SIP methods are case-sensitive tokens: write e.g. \"INVITE\"");
+                ok = false;
+            }
+        }
+        let source = r.source.as_ref().and_then(|s| match parse_cidr(s.get_ref()) {
+            Ok(c) => Some(c),
+            Err(why) => {
+                self.invalid(&s.span(), &format!("{pre}.source"), quoted(s.get_ref()), why);
+                ok = false;
+                None
+            }
+        });
+        ok.then_some(RouteMatch { ruri_user_prefix, ruri_domain, method, source })
+    }
+
+    fn dispatcher_target(
+        &mut self,
+        r: &RawRoute,
+        pre: &str,
+        failover: bool,
+        dispatcher: &[DispatcherRow],
+    ) -> Option<RouteTo> {
+        let to = r.to_dispatcher.as_ref()?;
+        for (v, key) in [(&r.resources, "resources"), (&r.lb_flags, "lb_flags")] {
+            if let Some(s) = v {
+                self.conflict(&s.span(), &format!("{pre}.{key}"), format!("{key} applies to to_load_balancer routes only"));
+            }
+        }
+        let algorithm = match &r.algorithm {
+            // OpenSIPS's algorithm 0, what an unset parameter means there.
+            None => Some(Algorithm::HashCallId),
+            Some(a) => {
+                let alg = match a.get_ref() {
+                    IntOrStr::Int(n) => Algorithm::from_number(*n),
+                    IntOrStr::Str(s) => Algorithm::from_name(s.trim()),
+                };
+                if alg.is_none() {
+                    let names: Vec<String> = Algorithm::ALL.iter().map(|a| format!("{} ({})", a.name(), a.number())).collect();
+                    self.invalid(&a.span(), &format!("{pre}.algorithm"), a.get_ref(), format!("unknown algorithm; one of {}", names.join(", ")));
+                }
+                alg
+            }
+        };
+        let setid = self.required_i32(&r.to_dispatcher, &to.span(), &format!("{pre}.to_dispatcher"), "a setid")?;
+        if !dispatcher.iter().any(|d| d.setid == setid) {
+            self.unknown(&to.span(), &format!("{pre}.to_dispatcher"), setid, format!("no [[dispatcher]] row has setid {setid}"));
+            return None;
+        }
+        Some(RouteTo::Dispatcher { setid, algorithm: algorithm?, failover })
+    }
+
+    fn load_balancer_target(
+        &mut self,
+        r: &RawRoute,
+        row: &Range<usize>,
+        pre: &str,
+        failover: bool,
+        load_balancer: &[LoadBalancerRow],
+    ) -> Option<RouteTo> {
+        let to = r.to_load_balancer.as_ref()?;
+        if let Some(a) = &r.algorithm {
+            self.conflict(
+                &a.span(),
+                &format!("{pre}.algorithm"),
+                "algorithm applies to to_dispatcher routes (load_balancer picks by free capacity)",
+            );
+        }
+        let flags = match &r.lb_flags {
+            None => Some(LbFlags::default()),
+            Some(s) => {
+                let mut f = LbFlags::default();
+                let mut ok = true;
+                for c in s.get_ref().chars() {
+                    match c {
+                        'r' | 'R' => f.relative = true,
+                        's' | 'S' => f.random_tie_break = true,
+                        'n' | 'N' => f.allow_negative = true,
+                        _ => ok = false,
+                    }
+                }
+                if !ok {
+                    self.invalid(&s.span(), &format!("{pre}.lb_flags"), quoted(s.get_ref()), "flags are r (relative), s (random tie-break), n (allow zero/negative)");
+                }
+                ok.then_some(f)
+            }
+        };
+        let resources = match &r.resources {
+            None => {
+                self.missing(row, &format!("{pre}.resources"), "what one call consumes, e.g. resources = \"ch\"");
+                None
+            }
+            Some(s) => match parse_resource_names(s.get_ref()) {
+                Ok(names) => Some((names, s.span())),
+                Err(why) => {
+                    self.invalid(&s.span(), &format!("{pre}.resources"), quoted(s.get_ref()), why);
+                    None
+                }
+            },
+        };
+        let group_id = self.required_i32(&r.to_load_balancer, &to.span(), &format!("{pre}.to_load_balancer"), "a group_id")?;
+        let rows: Vec<&LoadBalancerRow> = load_balancer.iter().filter(|l| l.group_id == group_id).collect();
+        if rows.is_empty() {
+            self.unknown(&to.span(), &format!("{pre}.to_load_balancer"), group_id, format!("no [[load_balancer]] row has group_id {group_id}"));
+            return None;
+        }
+        let (resources, rspan) = resources?;
+        let mut ok = true;
+        for name in &resources {
+            if !rows.iter().any(|l| l.resources.iter().any(|res| &res.name == name)) {
+                self.unknown(&rspan, &format!("{pre}.resources"), quoted(name), format!("no destination of group {group_id} offers this resource"));
+                ok = false;
+            }
+        }
+        ok.then_some(RouteTo::LoadBalancer { group_id, resources, flags: flags?, failover })
+    }
+}

@@ -1,0 +1,212 @@
+//! Parsers for the small value languages inside config strings: `host[:port]`, `sip:` destination
+//! URIs, `fs://` ESL URLs, CIDR prefixes, durations, load_balancer resource lists. Each returns
+//! the reason as a plain sentence; validation attaches the file, line and field.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use fsroute_dataplane::table::Cidr;
+
+use super::{Capacity, FsEndpoint, Host, HostPort, LbResource, Secret};
+
+/// FreeSWITCH's default Event Socket port.
+pub const ESL_DEFAULT_PORT: u16 = 8021;
+pub const SIP_DEFAULT_PORT: u16 = 5060;
+
+/// `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address; host names are lower-cased.
+pub(crate) fn parse_host_port(s: &str, default_port: u16) -> Result<HostPort, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty host".into());
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let (inner, after) = rest.split_once(']').ok_or("unclosed '[' in IPv6 address")?;
+        let ip: Ipv6Addr = inner.parse().map_err(|_| format!("{inner:?} is not an IPv6 address"))?;
+        let port = match after {
+            "" => default_port,
+            p => parse_port(p.strip_prefix(':').ok_or("expected ':port' after ']'")?)?,
+        };
+        return Ok(HostPort { host: Host::Ip(IpAddr::V6(ip)), port });
+    }
+    if let Ok(ip) = s.parse::<Ipv6Addr>() {
+        return Ok(HostPort { host: Host::Ip(IpAddr::V6(ip)), port: default_port });
+    }
+    let (host, port) = match s.split_once(':') {
+        Some((h, p)) if !p.contains(':') => (h, parse_port(p)?),
+        Some(_) => return Err("IPv6 addresses with a port must be bracketed: [addr]:port".into()),
+        None => (s, default_port),
+    };
+    Ok(HostPort { host: parse_host(host)?, port })
+}
+
+fn parse_port(p: &str) -> Result<u16, String> {
+    match p.parse::<u16>() {
+        Ok(0) => Err("port 0 is not a usable port".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{p:?} is not a port (1-65535)")),
+    }
+}
+
+/// An IPv4 literal or a DNS host name.
+fn parse_host(h: &str) -> Result<Host, String> {
+    if let Ok(ip) = h.parse::<IpAddr>() {
+        return Ok(Host::Ip(ip));
+    }
+    let name = h.strip_suffix('.').unwrap_or(h);
+    let labels_ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    // A name whose last label is numeric would be a malformed IPv4 address, not a host name.
+    let looks_numeric = name.rsplit('.').next().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    if !labels_ok || looks_numeric {
+        return Err(format!("{h:?} is neither an IP address nor a host name"));
+    }
+    Ok(Host::Name(name.to_ascii_lowercase()))
+}
+
+/// `sip:host[:port]` with an IP literal host (IPv6 bracketed), resolved to the address to send to.
+pub(crate) fn parse_sip_destination(uri: &str) -> Result<SocketAddr, String> {
+    let rest = match uri.get(..4) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("sip:") => &uri[4..],
+        _ => return Err("a destination is a sip: URI, e.g. \"sip:10.0.0.5:5060\"".into()),
+    };
+    if rest.contains('@') {
+        return Err("a destination has no user part: write sip:host[:port]".into());
+    }
+    if rest.contains([';', '?', '>', '<', ' ']) {
+        return Err("URI parameters and headers are not supported: write sip:host[:port]".into());
+    }
+    let hp = parse_host_port(rest, SIP_DEFAULT_PORT)?;
+    if !rest.starts_with('[') && matches!(hp.host, Host::Ip(IpAddr::V6(_))) {
+        return Err("an IPv6 host must be bracketed in a URI: sip:[addr]:port".into());
+    }
+    match hp.host {
+        Host::Ip(ip) if ip.is_unspecified() || ip.is_multicast() => {
+            Err(format!("{ip} cannot be a destination address"))
+        }
+        Host::Ip(ip) => Ok(SocketAddr::new(ip, hp.port)),
+        Host::Name(_) => Err(
+            "the host must be an IP address: this build does not resolve DNS names (write the box's IP)".into(),
+        ),
+    }
+}
+
+/// `fs://[user]:password@host[:port]`, port 8021 by default.
+pub(crate) fn parse_fs_url(s: &str) -> Result<FsEndpoint, String> {
+    let rest = match s.get(..5) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("fs://") => &s[5..],
+        _ => return Err("an ESL URL starts with fs://".into()),
+    };
+    // The password may itself hold '@' or ':', so the host starts after the last '@' and the
+    // password after the first ':'.
+    let (userinfo, hostport) = rest.rsplit_once('@').ok_or("an ESL URL needs a password: fs://[user]:password@host[:port]")?;
+    let (user, password) = userinfo
+        .split_once(':')
+        .ok_or("an ESL URL needs a password: fs://[user]:password@host[:port]")?;
+    if password.is_empty() {
+        return Err("the ESL password is empty".into());
+    }
+    if hostport.contains('/') {
+        return Err("an ESL URL has no path: fs://[user]:password@host[:port]".into());
+    }
+    let endpoint = parse_host_port(hostport, ESL_DEFAULT_PORT)?;
+    Ok(FsEndpoint {
+        user: (!user.is_empty()).then(|| user.to_string()),
+        password: Secret::new(password),
+        endpoint,
+    })
+}
+
+pub(crate) fn is_fs_url(s: &str) -> bool {
+    s.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("fs://"))
+}
+
+/// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128). Host bits must be zero, so a
+/// typo such as `10.1.0.0/8` is caught instead of silently meaning `10.0.0.0/8`.
+pub(crate) fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let addr: IpAddr = addr.trim().parse().map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        None => max,
+        Some(p) => match p.trim().parse::<u8>() {
+            Ok(n) if n <= max => n,
+            _ => return Err(format!("prefix length must be 0-{max}")),
+        },
+    };
+    let cidr = Cidr { addr, prefix };
+    let host_bits_zero = match addr {
+        IpAddr::V4(v4) => prefix == 32 || u32::from(v4) & (u32::MAX >> prefix) == 0,
+        IpAddr::V6(v6) => prefix == 128 || u128::from(v6) & (u128::MAX >> prefix) == 0,
+    };
+    if !host_bits_zero {
+        return Err(format!("{addr} has bits set beyond the /{prefix} prefix"));
+    }
+    Ok(cidr)
+}
+
+/// `"250ms"`, `"3s"`, `"2m"`, `"12h"` (humantime).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("not a duration ({e}); write e.g. \"250ms\", \"3s\", \"2m\", \"12h\""))
+}
+
+/// `name=capacity;name=fs://...`: every resource is kept, in order, names unique.
+pub(crate) fn parse_resources(s: &str) -> Result<Vec<LbResource>, String> {
+    let mut out: Vec<LbResource> = Vec::new();
+    for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, cap) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: a resource is name=capacity or name=fs://..."))?;
+        let name = name.trim();
+        check_resource_name(name)?;
+        if out.iter().any(|r| r.name == name) {
+            return Err(format!("resource {name:?} is listed twice"));
+        }
+        let cap = cap.trim();
+        let capacity = if is_fs_url(cap) {
+            Capacity::Fs(parse_fs_url(cap)?)
+        } else {
+            Capacity::Fixed(
+                cap.parse::<u32>().map_err(|_| format!("{name}: capacity {cap:?} is neither a count nor fs://..."))?,
+            )
+        };
+        out.push(LbResource { name: name.to_string(), capacity });
+    }
+    if out.is_empty() {
+        return Err("no resources: write e.g. \"ch=100\"".into());
+    }
+    Ok(out)
+}
+
+/// `ch;conf`: the resources one call consumes (lb_start's second argument).
+pub(crate) fn parse_resource_names(s: &str) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for name in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        check_resource_name(name)?;
+        if out.iter().any(|n| n == name) {
+            return Err(format!("resource {name:?} is listed twice"));
+        }
+        out.push(name.to_string());
+    }
+    if out.is_empty() {
+        return Err("a load_balancer route must name the resources a call uses, e.g. \"ch\"".into());
+    }
+    Ok(out)
+}
+
+fn check_resource_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return Err(format!("{name:?} is not a resource name (letters, digits, '_' and '-')"));
+    }
+    Ok(())
+}

@@ -1,0 +1,261 @@
+//! The control-plane thread of `fsroute run`: loads the config, starts the shards, then owns every
+//! slow decision: SIGHUP reloads (parse -> validate -> build -> swap, or keep the running table),
+//! admin requests, and the graceful stop on SIGTERM/SIGINT (new INVITEs get 503 + Retry-After while
+//! transactions in flight finish, bounded by a timeout). Shards never wait on it: they read the
+//! table it swaps in.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use fsroute_dataplane::shard::{DataPlane, ShardSpec};
+use fsroute_dataplane::table::RoutingTable;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::admin::{metrics_text, status_json, ReloadRecord};
+use crate::build::{build_table, AdminState, CounterStore, Stats};
+use crate::config::{self, Config};
+
+/// Exit codes of `fsroute run` (CONTRACT.md).
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_CONFIG: i32 = 1;
+pub const EXIT_RUNTIME: i32 = 2;
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub config_path: PathBuf,
+    /// How long a graceful stop waits for INVITE transactions in flight.
+    pub drain_timeout: Duration,
+}
+
+/// Everything the control thread owns.
+struct Control {
+    path: PathBuf,
+    config: Config,
+    stats: Stats,
+    admin: AdminState,
+    counters: CounterStore,
+    generation: u64,
+    table: Arc<ArcSwap<RoutingTable>>,
+    record: ReloadRecord,
+}
+
+impl Control {
+    fn rebuild(&mut self) {
+        self.generation += 1;
+        let t = build_table(&self.config, &self.stats, &self.admin, &mut self.counters, self.generation);
+        self.table.store(Arc::new(t));
+    }
+
+    /// SIGHUP: on any error the running table stays, and the error is logged and recorded.
+    fn reload(&mut self) {
+        match config::load(&self.path) {
+            Ok(new) => {
+                let restart_needed = new.proxy.listen != self.config.proxy.listen || new.proxy.shards != self.config.proxy.shards;
+                if restart_needed {
+                    tracing::warn!("listen addresses and shard count change only on restart; the running ones stay");
+                }
+                self.config = new;
+                self.rebuild();
+                self.record.reloads += 1;
+                self.record.loaded_at = Some(SystemTime::now());
+                self.record.last_error = None;
+                tracing::info!(generation = self.generation, "configuration reloaded");
+            }
+            Err(e) => {
+                self.record.reload_failures += 1;
+                self.record.last_error = Some(e.to_string());
+                tracing::error!("reload rejected, the running configuration stays:\n{e}");
+            }
+        }
+    }
+
+    fn configured_weight(&self, setid: i32, uri: &str) -> Option<String> {
+        self.config
+            .dispatcher
+            .iter()
+            .find(|d| d.setid == setid && d.destination == uri)
+            .map(|d| d.weight_display())
+    }
+}
+
+pub fn run(opts: RunOptions) -> i32 {
+    let config = match config::load(&opts.config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_CONFIG;
+        }
+    };
+    // Registered before the shards start, so a signal at any moment after this is seen.
+    let mut signals = match Signals::new([SIGHUP, SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return EXIT_RUNTIME;
+        }
+    };
+    let mut ctl = Control {
+        path: opts.config_path.clone(),
+        stats: Stats::default(),
+        admin: AdminState::default(),
+        counters: CounterStore::default(),
+        generation: 0,
+        table: Arc::new(ArcSwap::from_pointee(RoutingTable::new(0, empty_proxy(&config), Vec::new(), Vec::new()))),
+        record: ReloadRecord {
+            path: opts.config_path.display().to_string(),
+            loaded_at: Some(SystemTime::now()),
+            ..ReloadRecord::default()
+        },
+        config,
+    };
+    ctl.rebuild();
+
+    let spec = ShardSpec {
+        listeners: ctl.config.proxy.listen.clone(),
+        shards: ctl.config.proxy.shards,
+        ingress: ctl.config.proxy.ingress,
+        handoff_capacity: 8192,
+        pin: true,
+    };
+    let dp = match DataPlane::start(&spec, ctl.table.clone()) {
+        Ok(dp) => dp,
+        Err(e) => {
+            tracing::error!(error = %e, listen = ?spec.listeners, "cannot start the data plane");
+            return EXIT_RUNTIME;
+        }
+    };
+    let server = match ctl.config.control.admin {
+        Some(addr) => match tiny_http::Server::http(addr) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, %addr, "cannot bind the admin listener");
+                dp.stop();
+                return EXIT_RUNTIME;
+            }
+        },
+        None => None,
+    };
+    tracing::info!(
+        listen = ?dp.bound,
+        shards = spec.shards,
+        ingress = spec.ingress.name(),
+        admin = ?ctl.config.control.admin,
+        "fsroute running"
+    );
+
+    let mut stopping: Option<Instant> = None;
+    loop {
+        for sig in signals.pending() {
+            match sig {
+                SIGHUP => ctl.reload(),
+                SIGTERM | SIGINT if stopping.is_none() => {
+                    tracing::info!("stopping: new INVITEs get 503, calls in flight finish");
+                    dp.drain();
+                    stopping = Some(Instant::now());
+                }
+                _ => {}
+            }
+        }
+        if let Some(since) = stopping {
+            // Shards publish their pending count on their next tick.
+            if since.elapsed() > Duration::from_millis(250) && dp.pending_invites() == 0 {
+                break;
+            }
+            if since.elapsed() > opts.drain_timeout {
+                tracing::warn!(pending = dp.pending_invites(), "drain timeout reached");
+                break;
+            }
+        }
+        match &server {
+            Some(s) => {
+                if let Ok(Some(req)) = s.recv_timeout(Duration::from_millis(50)) {
+                    serve(&mut ctl, &dp, req);
+                }
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    dp.stop();
+    tracing::info!("fsroute stopped");
+    EXIT_OK
+}
+
+/// A placeholder identity for the table that exists before the first build.
+fn empty_proxy(config: &Config) -> fsroute_dataplane::table::ProxySettings {
+    let t = build_table(config, &Stats::default(), &AdminState::default(), &mut CounterStore::default(), 0);
+    t.proxy
+}
+
+fn respond(req: tiny_http::Request, code: u16, content_type: &str, body: String) {
+    let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes()).expect("static header");
+    let _ = req.respond(tiny_http::Response::from_string(body).with_status_code(code).with_header(header));
+}
+
+fn serve(ctl: &mut Control, dp: &DataPlane, mut req: tiny_http::Request) {
+    let method = req.method().clone();
+    let url = req.url().split('?').next().unwrap_or("").to_string();
+    match (method, url.as_str()) {
+        (tiny_http::Method::Get, "/status") => {
+            let table = ctl.table.load();
+            let v = status_json(&table, &dp.stats, &ctl.record, &ctl.admin, &|s, u| ctl.configured_weight(s, u));
+            respond(req, 200, "application/json", v.to_string());
+        }
+        (tiny_http::Method::Get, "/metrics") => {
+            let table = ctl.table.load();
+            let body = metrics_text(&table, &dp.stats, &ctl.record);
+            respond(req, 200, "application/openmetrics-text; version=1.0.0; charset=utf-8", body);
+        }
+        (tiny_http::Method::Post, "/dispatcher/state") => {
+            let mut body = String::new();
+            if req.as_reader().take(64 * 1024).read_to_string(&mut body).is_err() {
+                return respond(req, 400, "application/json", r#"{"error":"unreadable body"}"#.into());
+            }
+            match set_state(ctl, &body) {
+                Ok(()) => respond(req, 200, "application/json", r#"{"ok":true}"#.into()),
+                Err((code, msg)) => respond(req, code, "application/json", serde_json::json!({ "error": msg }).to_string()),
+            }
+        }
+        _ => respond(req, 404, "application/json", r#"{"error":"not found"}"#.into()),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateRequest {
+    setid: i32,
+    destination: String,
+    state: String,
+}
+
+/// `POST /dispatcher/state` (OpenSIPS ds_set_state): sticky until changed again by an admin.
+fn set_state(ctl: &mut Control, body: &str) -> Result<(), (u16, String)> {
+    let r: StateRequest = serde_json::from_str(body).map_err(|e| (400, format!("bad request body: {e}")))?;
+    let known = ctl.config.dispatcher.iter().any(|d| d.setid == r.setid && d.destination == r.destination);
+    if !known {
+        return Err((404, format!("destination {} not found in set {}", r.destination, r.setid)));
+    }
+    ctl.admin
+        .set_state_name(r.setid, &r.destination, &r.state)
+        .map_err(|e| (400, e))?;
+    tracing::info!(setid = r.setid, destination = %r.destination, state = %r.state, "admin set destination state");
+    ctl.rebuild();
+    Ok(())
+}
+
+/// Validates a config file for `fsroute check`: prints the summary or the errors.
+pub fn check(path: &Path) -> i32 {
+    match config::load(path) {
+        Ok(c) => {
+            println!("{}", c.summary());
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            EXIT_CONFIG
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Pick latency of every dispatcher algorithm at 4 and 64 destinations, plus the cost of building a
+//! `Selector` (control-plane work on each routing-table rebuild). Before measuring, it checks that picks
+//! allocate nothing, with a counting global allocator that only this bench binary installs.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use criterion::{BenchmarkId, Criterion};
+use fsroute_dataplane::dispatch::{
+    opensips_uri_keys, trim_callid, Algorithm, HashMode, Member, Selector,
+};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const SIZES: [usize; 2] = [4, 64];
+
+fn keys(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("sip:10.0.{}.{}:5060", i / 256, i % 256))
+        .collect()
+}
+
+/// Unequal weights, one inactive member: the realistic shape, not the best case.
+fn members(keys: &[String]) -> Vec<Member<'_>> {
+    keys.iter()
+        .enumerate()
+        .map(|(i, key)| Member {
+            key,
+            weight: 10 + (i as u32 * 37) % 91,
+            priority: (i % 3) as i32,
+            active: i != 1,
+        })
+        .collect()
+}
+
+fn call_ids() -> Vec<String> {
+    // Deterministic pseudo-random Call-IDs (splitmix64), so runs compare.
+    let mut x: u64 = 0x1234_5678_9abc_def0;
+    (0..1024)
+        .map(|_| {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            format!("{:016x}@pc{}.example.com", z ^ (z >> 31), z % 50)
+        })
+        .collect()
+}
+
+fn assert_picks_do_not_allocate() {
+    let ids = call_ids();
+    for n in SIZES {
+        let keys = keys(n);
+        let s = Selector::new(&members(&keys));
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let mut acc = 0usize;
+        for (i, id) in ids.iter().enumerate() {
+            let (u, h) = opensips_uri_keys(b"\"Bob\" <sip:bob@biloxi.com:5070>;tag=a6c85cf");
+            for alg in Algorithm::ALL {
+                for mode in [HashMode::Rendezvous, HashMode::Opensips] {
+                    let k = if alg == Algorithm::HashCallId {
+                        (trim_callid(id.as_bytes()), &b""[..])
+                    } else {
+                        (u, h)
+                    };
+                    acc += s
+                        .pick(alg, mode, k, i as u64, i as u64 * 0x9e37_79b9)
+                        .unwrap_or(0);
+                }
+            }
+        }
+        black_box(acc);
+        let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        assert_eq!(
+            allocated, 0,
+            "picks allocated {allocated} times at {n} members"
+        );
+    }
+    eprintln!("dispatch: picks made 0 allocations");
+}
+
+fn bench_picks(c: &mut Criterion) {
+    let ids = call_ids();
+    let mut group = c.benchmark_group("dispatch/pick");
+    for n in SIZES {
+        let keys = keys(n);
+        let s = Selector::new(&members(&keys));
+        for mode in [HashMode::Rendezvous, HashMode::Opensips] {
+            group.bench_with_input(
+                BenchmarkId::new(format!("hash-callid/{}", mode.name()), n),
+                &s,
+                |b, s| {
+                    let mut i = 0usize;
+                    b.iter(|| {
+                        i = (i + 1) & 1023;
+                        s.pick_hash(mode, trim_callid(black_box(ids[i].as_bytes())), b"")
+                    })
+                },
+            );
+            group.bench_with_input(
+                BenchmarkId::new(format!("hash-from/{}", mode.name()), n),
+                &s,
+                |b, s| {
+                    b.iter(|| {
+                        let (u, h) = opensips_uri_keys(black_box(
+                            b"\"Alice\" <sip:alice@atlanta.com:5070>;tag=1928301774",
+                        ));
+                        s.pick_hash(mode, u, h)
+                    })
+                },
+            );
+        }
+        group.bench_with_input(BenchmarkId::new("round-robin", n), &s, |b, s| {
+            let mut cursor = 0u64;
+            b.iter(|| {
+                cursor = cursor.wrapping_add(1);
+                s.pick_round_robin(black_box(cursor))
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("random", n), &s, |b, s| {
+            let mut r = 0u64;
+            b.iter(|| {
+                r = r.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                s.pick_random(black_box(r))
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("first", n), &s, |b, s| {
+            b.iter(|| black_box(s).pick_first())
+        });
+    }
+    group.finish();
+}
+
+fn bench_build(c: &mut Criterion) {
+    let mut group = c.benchmark_group("dispatch/build");
+    for n in SIZES {
+        let keys = keys(n);
+        let m = members(&keys);
+        group.bench_with_input(BenchmarkId::new("selector", n), &m, |b, m| {
+            b.iter(|| Selector::new(black_box(m)))
+        });
+        // Coprime large weights: the longest round-robin schedule (65,536 slots) is built.
+        let heavy: Vec<Member> = m
+            .iter()
+            .enumerate()
+            .map(|(i, x)| Member {
+                weight: 10_007 + 2 * i as u32,
+                ..*x
+            })
+            .collect();
+        group.bench_with_input(
+            BenchmarkId::new("selector-max-schedule", n),
+            &heavy,
+            |b, m| b.iter(|| Selector::new(black_box(m))),
+        );
+    }
+    group.finish();
+}
+
+fn main() {
+    assert_picks_do_not_allocate();
+    let mut c = Criterion::default().configure_from_args();
+    bench_picks(&mut c);
+    bench_build(&mut c);
+    c.final_summary();
+}
