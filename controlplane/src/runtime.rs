@@ -17,7 +17,7 @@ use signal_hook::iterator::Signals;
 
 use crate::admin::{metrics_text, status_json, ReloadRecord};
 use crate::build::{build_table, AdminState, CounterStore, Stats};
-use crate::config::{self, Config};
+use crate::config::{self, Config, DestState, Weight};
 
 /// Exit codes of `fsroute run` (CONTRACT.md).
 pub const EXIT_OK: i32 = 0;
@@ -77,8 +77,11 @@ impl Control {
         self.config
             .dispatcher
             .iter()
-            .find(|d| d.setid == setid && d.destination == uri)
-            .map(|d| d.weight_display())
+            .find(|d| d.setid == setid && d.uri == uri)
+            .map(|d| match &d.weight {
+                Weight::Static(w) => w.to_string(),
+                Weight::Fs(fs) => fs.to_string(),
+            })
     }
 }
 
@@ -234,13 +237,13 @@ struct StateRequest {
 /// `POST /dispatcher/state` (OpenSIPS ds_set_state): sticky until changed again by an admin.
 fn set_state(ctl: &mut Control, body: &str) -> Result<(), (u16, String)> {
     let r: StateRequest = serde_json::from_str(body).map_err(|e| (400, format!("bad request body: {e}")))?;
-    let known = ctl.config.dispatcher.iter().any(|d| d.setid == r.setid && d.destination == r.destination);
+    let known = ctl.config.dispatcher.iter().any(|d| d.setid == r.setid && d.uri == r.destination);
     if !known {
         return Err((404, format!("destination {} not found in set {}", r.destination, r.setid)));
     }
-    ctl.admin
-        .set_state_name(r.setid, &r.destination, &r.state)
-        .map_err(|e| (400, e))?;
+    let state = DestState::from_name(&r.state)
+        .ok_or_else(|| (400, format!("state must be active, inactive or probing, not {:?}", r.state)))?;
+    ctl.admin.set_dispatcher_state(r.setid, &r.destination, state);
     tracing::info!(setid = r.setid, destination = %r.destination, state = %r.state, "admin set destination state");
     ctl.rebuild();
     Ok(())

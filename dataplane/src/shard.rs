@@ -32,7 +32,7 @@ pub struct ShardSpec {
     pub ingress: Ingress,
     /// Datagrams that may wait in one shard-to-shard channel before further ones are dropped.
     pub handoff_capacity: usize,
-    /// Pin shard i to CPU i when there are at least as many CPUs as shards.
+    /// Pin shard i to the i-th allowed CPU when there are at least as many allowed CPUs as shards.
     pub pin: bool,
 }
 
@@ -88,10 +88,11 @@ impl DataPlane {
         let control = Arc::new(ShardControl::default());
         let stats: Vec<Arc<ShardStats>> = (0..shards).map(|_| Arc::new(ShardStats::default())).collect();
         let mesh = MeshBuilder::<Handoff, _>::full(shards, spec.handoff_capacity.max(1));
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cpus = crate::socket::allowed_cpus();
         let mut threads = Vec::with_capacity(shards);
         for (i, fds) in fds_by_shard.into_iter().enumerate() {
-            let placement = if spec.pin && shards <= cpus { Placement::Fixed(i) } else { Placement::Unbound };
+            // Pinned to the i-th CPU the process is allowed on; unpinned when shards outnumber them.
+            let placement = if spec.pin && shards <= cpus.len() { Placement::Fixed(cpus[i]) } else { Placement::Unbound };
             let table = table.clone();
             let control = control.clone();
             let stats = stats[i].clone();

@@ -37,11 +37,34 @@ impl Ingress {
 }
 
 /// Kernel buffer size asked for each socket; the kernel caps it at net.core.rmem_max/wmem_max
-/// (tuning/sysctl.conf raises those).
+/// (tuning/sysctl.d/90-fsroute.conf raises those).
 pub const SOCKET_BUFFER: usize = 8 << 20;
+
+/// The CPUs this process may run on (its affinity mask), in ascending order: shards are pinned to
+/// these, so `taskset`/systemd `CPUAffinity=` choose the cores.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into the set we own.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
+}
 
 /// Binds `count` sockets to `addr` in one REUSEPORT group.
 pub fn bind_group(addr: SocketAddr, count: usize, ingress: Ingress) -> io::Result<Vec<OwnedFd>> {
+    // SO_REUSEPORT lets any process of the same user join a group and silently take a share of
+    // the traffic: a second fsroute started by mistake (or one still draining) would. A plain
+    // bind first makes "address in use" an error at startup instead.
+    if addr.port() != 0 {
+        let probe = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() {
+            probe.set_only_v6(true)?;
+        }
+        probe.bind(&addr.into())?;
+    }
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
         let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -53,6 +76,15 @@ pub fn bind_group(addr: SocketAddr, count: usize, ingress: Ingress) -> io::Resul
         // Best effort: a smaller buffer is a tuning problem, not a reason to refuse to start.
         let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
         let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+        if out.is_empty() {
+            // The kernel silently caps the request at rmem_max/wmem_max (and reports double).
+            let (rcv, snd) = (s.recv_buffer_size().unwrap_or(0), s.send_buffer_size().unwrap_or(0));
+            if rcv < SOCKET_BUFFER || snd < SOCKET_BUFFER {
+                tracing::warn!(%addr, rcvbuf = rcv, sndbuf = snd, wanted = SOCKET_BUFFER, "socket buffers capped by the kernel; see tuning/sysctl.d/90-fsroute.conf");
+            } else {
+                tracing::debug!(%addr, rcvbuf = rcv, sndbuf = snd, "socket buffers");
+            }
+        }
         s.set_nonblocking(true)?;
         s.bind(&addr.into())?;
         out.push(OwnedFd::from(s));
@@ -123,6 +155,13 @@ mod tests {
             }
         }
         shares
+    }
+
+    #[test]
+    fn a_port_another_process_holds_is_refused() {
+        let held = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let err = bind_group(held.local_addr().unwrap(), 2, Ingress::Flow).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
     }
 
     #[test]

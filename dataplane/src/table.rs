@@ -157,10 +157,11 @@ impl RoutingTable {
         self.known_destinations.binary_search(addr).is_ok()
     }
 
-    /// Whether a request from `src` comes from one of the destinations (by IP and port, or by IP
-    /// alone when the box sends from another port than it listens on).
+    /// Whether a request from `src` comes from one of the destinations. By IP and port: FreeSWITCH
+    /// sends from its SIP profile's port, and matching the IP alone would mistake a caller that
+    /// shares a host (or a NAT address) with a backend for the backend.
     pub fn is_from_destination(&self, src: &SocketAddr) -> bool {
-        self.is_known_destination(src) || self.known_destinations.iter().any(|d| d.ip() == src.ip())
+        self.is_known_destination(src)
     }
 
     /// The first route whose match keys all hold.

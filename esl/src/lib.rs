@@ -1,13 +1,18 @@
-//! FreeSWITCH Event Socket (ESL): sans-IO codec, client protocol state machine, server-side serialisers.
+//! FreeSWITCH Event Socket (ESL): a sans-IO codec and client protocol state machine, the
+//! control plane's ESL connection pool, and a FreeSWITCH emulator for tests and benches.
 //!
-//! Nothing here touches a socket or a clock. Bytes go in, frames, events and load samples
-//! come out, and commands come out as bytes to write. The same codec serves the load
-//! balancer's client ([`ClientProto`]) and the FreeSWITCH emulator ([`CommandReader`] plus
-//! the [`serialize`] functions). The wire protocol is described in
-//! `design/reference/ESL.md`; section numbers in comments refer to it.
+//! The codec modules ([`frame`], [`message`], [`heartbeat`], [`command`], [`client_proto`],
+//! [`serialize`], [`server_proto`]) touch no socket and no clock: bytes go in, frames,
+//! events and load samples come out, and commands come out as bytes to write. The same
+//! codec serves the load balancer's client and the emulator. I/O lives in two places
+//! only: [`client`] ([`EslPool`], one mio poll for every FreeSWITCH box) and [`emulator`]
+//! (ESL server + SIP UAS on std threads, plus the `fsemu` binary). The wire protocol is
+//! described in `design/reference/ESL.md`; section numbers in comments refer to it.
 
+pub mod client;
 pub mod client_proto;
 pub mod command;
+pub mod emulator;
 pub mod frame;
 pub mod heartbeat;
 pub mod message;
@@ -15,6 +20,7 @@ pub mod percent;
 pub mod serialize;
 pub mod server_proto;
 
+pub use client::{ConnId, ConnStatus, EslPool, EslUrl, PoolConfig, PoolEvent, Secret, UrlError};
 pub use client_proto::{ClientConfig, ClientEvent, ClientProto, ClientState, HeartbeatFormat, ProtoError};
 pub use command::{Command, CommandError, Credentials, EventFormat, ReplyKind};
 pub use frame::{Decoder, Frame, FrameError, Headers, Limits, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES};

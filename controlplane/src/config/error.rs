@@ -33,25 +33,58 @@ pub enum ConfigError {
     /// The TOML does not parse, or does not fit the expected shape (unknown key, wrong type).
     /// Only the first one is reported: after a syntax error the rest of the file means little.
     #[error("{at}: {}: {message}", field.as_deref().unwrap_or("(file)"))]
-    Syntax { at: Position, field: Option<String>, message: String },
+    Syntax {
+        at: Position,
+        field: Option<String>,
+        message: String,
+    },
     /// A required key is absent.
     #[error("{at}: {field}: missing: {reason}")]
-    Missing { at: Position, field: String, reason: String },
+    Missing {
+        at: Position,
+        field: String,
+        reason: String,
+    },
     /// A value that is well-typed but not acceptable.
     #[error("{at}: {field}: {value}: {reason}")]
-    Invalid { at: Position, field: String, value: String, reason: String },
+    Invalid {
+        at: Position,
+        field: String,
+        value: String,
+        reason: String,
+    },
     /// The same destination, id or listener appears twice where it must be unique.
     #[error("{at}: {field}: {value}: {reason} (first at line {first_line})")]
-    Duplicate { at: Position, field: String, value: String, first_line: usize, reason: String },
+    Duplicate {
+        at: Position,
+        field: String,
+        value: String,
+        first_line: usize,
+        reason: String,
+    },
     /// A route (or row) names a set, group or resource that no row defines.
     #[error("{at}: {field}: {value}: {reason}")]
-    UnknownReference { at: Position, field: String, value: String, reason: String },
+    UnknownReference {
+        at: Position,
+        field: String,
+        value: String,
+        reason: String,
+    },
     /// Keys that cannot be combined, or a choice of which exactly one must be made.
     #[error("{at}: {field}: {reason}")]
-    Conflict { at: Position, field: String, reason: String },
+    Conflict {
+        at: Position,
+        field: String,
+        reason: String,
+    },
     /// Parsed and valid, but needs a part of fsroute this build does not have yet.
     #[error("{at}: {field}: {value}: {reason}")]
-    Unsupported { at: Position, field: String, value: String, reason: &'static str },
+    Unsupported {
+        at: Position,
+        field: String,
+        value: String,
+        reason: &'static str,
+    },
 }
 
 impl ConfigError {
@@ -152,13 +185,20 @@ impl LineIndex {
         let offset = offset.min(text.len());
         let line = self.starts.partition_point(|&s| s <= offset);
         let start = self.starts[line - 1];
-        let column = text.get(start..offset).map_or(offset - start, |s| s.chars().count()) + 1;
+        let column = text
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count())
+            + 1;
         (line, column)
     }
 
     pub(crate) fn position(&self, path: &Path, text: &str, offset: usize) -> Position {
         let (line, column) = self.locate(text, offset);
-        Position { path: path.to_path_buf(), line, column }
+        Position {
+            path: path.to_path_buf(),
+            line,
+            column,
+        }
     }
 }
 
@@ -172,7 +212,9 @@ pub fn redact(text: &str) -> String {
         out.push_str(head);
         // The URL ends at whitespace, a quote or the next URL (resource lists hold several);
         // its userinfo ends at its last '@'. Cutting too late only hides more, never less.
-        let end = tail.find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '`').unwrap_or(tail.len());
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '`')
+            .unwrap_or(tail.len());
         let end = find_ascii_ci(&tail[..end], "fs://").unwrap_or(end);
         let url = &tail[..end];
         match url.rfind('@') {
@@ -196,7 +238,9 @@ pub fn redact(text: &str) -> String {
 }
 
 fn find_ascii_ci(hay: &str, needle: &str) -> Option<usize> {
-    hay.as_bytes().windows(needle.len()).position(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+    hay.as_bytes()
+        .windows(needle.len())
+        .position(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// Best-effort field path for a TOML/serde error at `offset`: the table header in force there
@@ -223,9 +267,16 @@ pub(crate) fn field_at(text: &str, offset: usize) -> Option<String> {
     }
     // The error may sit on a header itself (e.g. a missing key is reported at the table).
     if let Some((name, array)) = header(line) {
-        return Some(if array { format!("{name}[{}]", counts.get(name).copied().unwrap_or(0)) } else { name.to_string() });
+        return Some(if array {
+            format!("{name}[{}]", counts.get(name).copied().unwrap_or(0))
+        } else {
+            name.to_string()
+        });
     }
-    let key = line.split_once('=').map(|(k, _)| k.trim()).filter(|k| is_bare_key(k));
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| is_bare_key(k));
     match (table, key) {
         (Some(t), Some(k)) => Some(format!("{t}.{k}")),
         (None, Some(k)) => Some(k.to_string()),
@@ -240,10 +291,15 @@ fn header(line: &str) -> Option<(&str, bool)> {
         let n = inner.trim();
         return is_bare_key(n).then_some((n, true));
     }
-    let inner = l.strip_prefix('[').and_then(|s| s.strip_suffix(']'))?.trim();
+    let inner = l
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))?
+        .trim();
     is_bare_key(inner).then_some((inner, false))
 }
 
 fn is_bare_key(k: &str) -> bool {
-    !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }

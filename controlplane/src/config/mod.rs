@@ -22,15 +22,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fsroute_dataplane::dispatch::{Algorithm, HashMode};
+use fsroute_dataplane::socket::Ingress;
 use fsroute_dataplane::table::RouteMatch;
 
 pub use error::{redact, ConfigError, ConfigErrors, Position};
-pub use value::{ESL_DEFAULT_PORT, SIP_DEFAULT_PORT};
+pub use value::{parse_duration, ESL_DEFAULT_PORT, SIP_DEFAULT_PORT};
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     parse(&text, path)
 }
 
@@ -120,10 +123,14 @@ impl Config {
             Weight::Fs(fs) => Some(fs),
             Weight::Static(_) => None,
         });
-        let resources = self.load_balancer.iter().flat_map(|r| &r.resources).filter_map(|res| match &res.capacity {
-            Capacity::Fs(fs) => Some(fs),
-            Capacity::Fixed(_) => None,
-        });
+        let resources = self
+            .load_balancer
+            .iter()
+            .flat_map(|r| &r.resources)
+            .filter_map(|res| match &res.capacity {
+                Capacity::Fs(fs) => Some(fs),
+                Capacity::Fixed(_) => None,
+            });
         for fs in weights.chain(resources) {
             if !out.iter().any(|o| o.key() == fs.key()) {
                 out.push(fs);
@@ -153,6 +160,8 @@ pub struct ProxyConfig {
     /// Inserted when a request has none; 1..=255.
     pub max_forwards: u8,
     pub hash: HashMode,
+    /// How datagrams spread over the shards' sockets (per flow + hand-off, or per packet).
+    pub ingress: Ingress,
     /// 404 or 503: the reply when no route matches.
     pub no_route_reply: u16,
     pub transaction_memory: Duration,
@@ -202,7 +211,11 @@ pub struct FailoverConfig {
 
 impl Default for FailoverConfig {
     fn default() -> Self {
-        FailoverConfig { codes: vec![408, 500, 503], no_answer_timeout: Duration::from_secs(2), max_attempts: 3 }
+        FailoverConfig {
+            codes: vec![408, 500, 503],
+            no_answer_timeout: Duration::from_secs(2),
+            max_attempts: 3,
+        }
     }
 }
 
@@ -427,8 +440,17 @@ pub struct RouteConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteTo {
-    Dispatcher { setid: i32, algorithm: Algorithm, failover: bool },
-    LoadBalancer { group_id: i32, resources: Vec<String>, flags: LbFlags, failover: bool },
+    Dispatcher {
+        setid: i32,
+        algorithm: Algorithm,
+        failover: bool,
+    },
+    LoadBalancer {
+        group_id: i32,
+        resources: Vec<String>,
+        flags: LbFlags,
+        failover: bool,
+    },
 }
 
 /// OpenSIPS `lb_start` flags.

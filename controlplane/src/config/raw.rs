@@ -36,6 +36,7 @@ pub(crate) struct RawProxy {
     pub record_route: Opt<bool>,
     pub max_forwards: Opt<i64>,
     pub hash: Opt<String>,
+    pub ingress: Opt<String>,
     pub no_route_reply: Opt<i64>,
     pub transaction_memory: Opt<IntOrStr>,
     pub dialog_memory: Opt<IntOrStr>,
@@ -142,7 +143,9 @@ impl<'de> Deserialize<'de> for IntOrStr {
                 Ok(IntOrStr::Int(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<IntOrStr, E> {
-                i64::try_from(v).map(IntOrStr::Int).map_err(|_| E::custom("integer out of range"))
+                i64::try_from(v)
+                    .map(IntOrStr::Int)
+                    .map_err(|_| E::custom("integer out of range"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<IntOrStr, E> {
                 Ok(IntOrStr::Str(v.to_string()))

@@ -10,30 +10,48 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
+use fsroute_dataplane::socket::Ingress;
 use fsroute_dataplane::dispatch::{Algorithm, HashMode};
 use fsroute_dataplane::table::RouteMatch;
 use toml::Spanned;
 
 use super::error::{redact, ConfigError, LineIndex, Position};
-use super::raw::{IntOrStr, Opt, RawConfig, RawControl, RawDispatcher, RawFailover, RawLoadBalancer, RawProxy, RawRoute};
+use super::raw::{
+    IntOrStr, Opt, RawConfig, RawControl, RawDispatcher, RawFailover, RawLoadBalancer, RawProxy,
+    RawRoute,
+};
 use super::value::{
-    is_fs_url, parse_cidr, parse_duration, parse_fs_url, parse_host_port, parse_resource_names, parse_resources,
-    parse_sip_destination, SIP_DEFAULT_PORT,
+    is_fs_url, parse_cidr, parse_duration, parse_fs_url, parse_host_port, parse_resource_names,
+    parse_resources, parse_sip_destination, SIP_DEFAULT_PORT,
 };
 use super::{
-    Capacity, Config, ControlConfig, DestState, DispatcherRow, FailoverConfig, FsEndpoint, FsKey, Host, HostPort,
-    LbFlags, LoadBalancerRow, ProxyConfig, RouteConfig, RouteTo, RowInfo, Weight,
+    Capacity, Config, ControlConfig, DestState, DispatcherRow, FailoverConfig, FsEndpoint, FsKey,
+    Host, HostPort, LbFlags, LoadBalancerRow, ProxyConfig, RouteConfig, RouteTo, RowInfo, Weight,
 };
 
 pub(crate) fn validate(raw: &RawConfig, text: &str, path: &Path) -> (Config, Vec<ConfigError>) {
-    let mut cx = Ctx { path, text, lines: LineIndex::new(text), errors: Vec::new(), fs_seen: HashMap::new() };
+    let mut cx = Ctx {
+        path,
+        text,
+        lines: LineIndex::new(text),
+        errors: Vec::new(),
+        fs_seen: HashMap::new(),
+    };
     let proxy = cx.proxy(raw.proxy.as_ref());
     let control = cx.control(raw.control.as_ref().map(Spanned::get_ref));
     let failover = cx.failover(raw.failover.as_ref().map(Spanned::get_ref));
     let dispatcher = cx.dispatcher_rows(&raw.dispatcher, &proxy.listen);
     let load_balancer = cx.load_balancer_rows(&raw.load_balancer, &proxy.listen);
     let routes = cx.routes(&raw.route, &dispatcher, &load_balancer);
-    let config = Config { path: path.to_path_buf(), proxy, control, failover, dispatcher, load_balancer, routes };
+    let config = Config {
+        path: path.to_path_buf(),
+        proxy,
+        control,
+        failover,
+        dispatcher,
+        load_balancer,
+        routes,
+    };
     (config, cx.errors)
 }
 
@@ -48,7 +66,8 @@ struct Ctx<'a> {
 }
 
 /// Stand-in for a value that failed validation; the config is discarded anyway.
-const PLACEHOLDER_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), SIP_DEFAULT_PORT);
+const PLACEHOLDER_ADDR: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), SIP_DEFAULT_PORT);
 
 fn quoted(s: &str) -> String {
     format!("{s:?}")
@@ -63,7 +82,13 @@ impl Ctx<'_> {
         self.lines.locate(self.text, span.start).0
     }
 
-    fn invalid(&mut self, span: &Range<usize>, field: &str, value: impl Display, reason: impl Into<String>) {
+    fn invalid(
+        &mut self,
+        span: &Range<usize>,
+        field: &str,
+        value: impl Display,
+        reason: impl Into<String>,
+    ) {
         let at = self.at(span);
         self.errors.push(ConfigError::Invalid {
             at,
@@ -75,15 +100,30 @@ impl Ctx<'_> {
 
     fn missing(&mut self, span: &Range<usize>, field: &str, reason: impl Into<String>) {
         let at = self.at(span);
-        self.errors.push(ConfigError::Missing { at, field: field.to_string(), reason: reason.into() });
+        self.errors.push(ConfigError::Missing {
+            at,
+            field: field.to_string(),
+            reason: reason.into(),
+        });
     }
 
     fn conflict(&mut self, span: &Range<usize>, field: &str, reason: impl Into<String>) {
         let at = self.at(span);
-        self.errors.push(ConfigError::Conflict { at, field: field.to_string(), reason: reason.into() });
+        self.errors.push(ConfigError::Conflict {
+            at,
+            field: field.to_string(),
+            reason: reason.into(),
+        });
     }
 
-    fn duplicate(&mut self, span: &Range<usize>, field: &str, value: impl Display, first_line: usize, reason: &str) {
+    fn duplicate(
+        &mut self,
+        span: &Range<usize>,
+        field: &str,
+        value: impl Display,
+        first_line: usize,
+        reason: &str,
+    ) {
         let at = self.at(span);
         self.errors.push(ConfigError::Duplicate {
             at,
@@ -94,31 +134,55 @@ impl Ctx<'_> {
         });
     }
 
-    fn unknown(&mut self, span: &Range<usize>, field: &str, value: impl Display, reason: impl Into<String>) {
+    fn unknown(
+        &mut self,
+        span: &Range<usize>,
+        field: &str,
+        value: impl Display,
+        reason: impl Into<String>,
+    ) {
         let at = self.at(span);
         self.errors.push(ConfigError::UnknownReference {
             at,
             field: field.to_string(),
-            value: value.to_string(),
+            value: redact(&value.to_string()),
             reason: reason.into(),
         });
     }
 
     /// An integer within `lo..=hi`, converted to `T`; `default` when absent or wrong.
-    fn ranged<T: TryFrom<i64> + Copy>(&mut self, v: &Opt<i64>, field: &str, lo: i64, hi: i64, default: T) -> T {
+    fn ranged<T: TryFrom<i64> + Copy>(
+        &mut self,
+        v: &Opt<i64>,
+        field: &str,
+        lo: i64,
+        hi: i64,
+        default: T,
+    ) -> T {
         let Some(s) = v else { return default };
         let n = *s.get_ref();
         match T::try_from(n) {
             Ok(t) if (lo..=hi).contains(&n) => t,
             _ => {
-                self.invalid(&s.span(), field, n, format!("must be between {lo} and {hi}"));
+                self.invalid(
+                    &s.span(),
+                    field,
+                    n,
+                    format!("must be between {lo} and {hi}"),
+                );
                 default
             }
         }
     }
 
     /// A required integer; `None` (after reporting) when absent or wrong.
-    fn required_i32(&mut self, v: &Opt<i64>, row: &Range<usize>, field: &str, what: &str) -> Option<i32> {
+    fn required_i32(
+        &mut self,
+        v: &Opt<i64>,
+        row: &Range<usize>,
+        field: &str,
+        what: &str,
+    ) -> Option<i32> {
         match v {
             None => {
                 self.missing(row, field, what.to_string());
@@ -127,18 +191,34 @@ impl Ctx<'_> {
             Some(s) => match i32::try_from(*s.get_ref()) {
                 Ok(n) => Some(n),
                 Err(_) => {
-                    self.invalid(&s.span(), field, s.get_ref(), "must fit a 32-bit signed integer");
+                    self.invalid(
+                        &s.span(),
+                        field,
+                        s.get_ref(),
+                        "must fit a 32-bit signed integer",
+                    );
                     None
                 }
             },
         }
     }
 
-    fn duration(&mut self, v: &Opt<IntOrStr>, field: &str, default: Duration, allow_zero: bool) -> Duration {
+    fn duration(
+        &mut self,
+        v: &Opt<IntOrStr>,
+        field: &str,
+        default: Duration,
+        allow_zero: bool,
+    ) -> Duration {
         let Some(s) = v else { return default };
         match s.get_ref() {
             IntOrStr::Int(n) => {
-                self.invalid(&s.span(), field, n, "a duration is a string with a unit, e.g. \"250ms\", \"3s\", \"12h\"");
+                self.invalid(
+                    &s.span(),
+                    field,
+                    n,
+                    "a duration is a string with a unit, e.g. \"250ms\", \"3s\", \"12h\"",
+                );
                 default
             }
             IntOrStr::Str(text) => match parse_duration(text) {
@@ -160,7 +240,11 @@ impl Ctx<'_> {
         let (p, table) = match raw {
             Some(s) => (s.get_ref(), s.span()),
             None => {
-                self.missing(&(0..0), "proxy", "a [proxy] table with listen = [\"IP:PORT\"] is required");
+                self.missing(
+                    &(0..0),
+                    "proxy",
+                    "a [proxy] table with listen = [\"IP:PORT\"] is required",
+                );
                 (&absent, 0..0)
             }
         };
@@ -168,25 +252,39 @@ impl Ctx<'_> {
         let mut listen: Vec<SocketAddr> = Vec::new();
         let mut listen_lines: Vec<usize> = Vec::new();
         match &p.listen {
-            None if raw.is_some() => {
-                self.missing(&table, "proxy.listen", "at least one UDP listener, e.g. listen = [\"0.0.0.0:5060\"]")
-            }
+            None if raw.is_some() => self.missing(
+                &table,
+                "proxy.listen",
+                "at least one UDP listener, e.g. listen = [\"0.0.0.0:5060\"]",
+            ),
             None => {}
-            Some(l) if l.get_ref().is_empty() => {
-                self.invalid(&l.span(), "proxy.listen", "[]", "at least one UDP listener is required")
-            }
+            Some(l) if l.get_ref().is_empty() => self.invalid(
+                &l.span(),
+                "proxy.listen",
+                "[]",
+                "at least one UDP listener is required",
+            ),
             Some(l) => {
                 for (i, a) in l.get_ref().iter().enumerate() {
                     let field = format!("proxy.listen[{i}]");
                     let span = a.span();
                     match a.get_ref().trim().parse::<SocketAddr>() {
-                        Ok(sa) if sa.port() == 0 => {
-                            self.invalid(&span, &field, quoted(a.get_ref()), "port 0 is not a usable port")
-                        }
+                        Ok(sa) if sa.port() == 0 => self.invalid(
+                            &span,
+                            &field,
+                            quoted(a.get_ref()),
+                            "port 0 is not a usable port",
+                        ),
                         Ok(sa) => match listen.iter().position(|x| *x == sa) {
                             Some(j) => {
                                 let first = listen_lines[j];
-                                self.duplicate(&span, &field, quoted(a.get_ref()), first, "listed twice")
+                                self.duplicate(
+                                    &span,
+                                    &field,
+                                    quoted(a.get_ref()),
+                                    first,
+                                    "listed twice",
+                                )
                             }
                             None => {
                                 listen.push(sa);
@@ -204,20 +302,32 @@ impl Ctx<'_> {
             }
         }
 
-        let placeholder = HostPort { host: Host::Ip(PLACEHOLDER_ADDR.ip()), port: SIP_DEFAULT_PORT };
+        let placeholder = HostPort {
+            host: Host::Ip(PLACEHOLDER_ADDR.ip()),
+            port: SIP_DEFAULT_PORT,
+        };
         let first = listen.first().copied();
         let advertise = match &p.advertise {
-            Some(a) => match parse_host_port(a.get_ref(), first.map_or(SIP_DEFAULT_PORT, |f| f.port())) {
-                Ok(HostPort { host: Host::Ip(ip), .. }) if ip.is_unspecified() || ip.is_multicast() => {
-                    self.invalid(&a.span(), "proxy.advertise", quoted(a.get_ref()), "peers cannot reach this address");
-                    placeholder.clone()
+            Some(a) => {
+                match parse_host_port(a.get_ref(), first.map_or(SIP_DEFAULT_PORT, |f| f.port())) {
+                    Ok(HostPort {
+                        host: Host::Ip(ip), ..
+                    }) if ip.is_unspecified() || ip.is_multicast() => {
+                        self.invalid(
+                            &a.span(),
+                            "proxy.advertise",
+                            quoted(a.get_ref()),
+                            "peers cannot reach this address",
+                        );
+                        placeholder.clone()
+                    }
+                    Ok(hp) => hp,
+                    Err(why) => {
+                        self.invalid(&a.span(), "proxy.advertise", quoted(a.get_ref()), why);
+                        placeholder.clone()
+                    }
                 }
-                Ok(hp) => hp,
-                Err(why) => {
-                    self.invalid(&a.span(), "proxy.advertise", quoted(a.get_ref()), why);
-                    placeholder.clone()
-                }
-            },
+            }
             None => match first {
                 Some(f) if f.ip().is_unspecified() => {
                     let span = p.listen.as_ref().map_or(table.clone(), Spanned::span);
@@ -228,7 +338,10 @@ impl Ctx<'_> {
                     );
                     placeholder.clone()
                 }
-                Some(f) => HostPort { host: Host::Ip(f.ip()), port: f.port() },
+                Some(f) => HostPort {
+                    host: Host::Ip(f.ip()),
+                    port: f.port(),
+                },
                 None => placeholder.clone(),
             },
         };
@@ -238,7 +351,12 @@ impl Ctx<'_> {
             for (i, a) in list.get_ref().iter().enumerate() {
                 match parse_host_port(a.get_ref(), advertise.port) {
                     Ok(hp) => aliases.push(hp),
-                    Err(why) => self.invalid(&a.span(), &format!("proxy.aliases[{i}]"), quoted(a.get_ref()), why),
+                    Err(why) => self.invalid(
+                        &a.span(),
+                        &format!("proxy.aliases[{i}]"),
+                        quoted(a.get_ref()),
+                        why,
+                    ),
                 }
             }
         }
@@ -250,21 +368,47 @@ impl Ctx<'_> {
         let hash = match &p.hash {
             None => HashMode::default(),
             Some(h) => HashMode::from_name(h.get_ref()).unwrap_or_else(|| {
-                self.invalid(&h.span(), "proxy.hash", quoted(h.get_ref()), "must be \"rendezvous\" or \"opensips\"");
+                self.invalid(
+                    &h.span(),
+                    "proxy.hash",
+                    quoted(h.get_ref()),
+                    "must be \"rendezvous\" or \"opensips\"",
+                );
                 HashMode::default()
+            }),
+        };
+        let ingress = match &p.ingress {
+            None => Ingress::default(),
+            Some(i) => Ingress::from_name(i.get_ref()).unwrap_or_else(|| {
+                self.invalid(&i.span(), "proxy.ingress", quoted(i.get_ref()), "must be \"flow\" or \"random\"");
+                Ingress::default()
             }),
         };
         let no_route_reply = match &p.no_route_reply {
             None => 404,
             Some(c) if matches!(*c.get_ref(), 404 | 503) => *c.get_ref() as u16,
             Some(c) => {
-                self.invalid(&c.span(), "proxy.no_route_reply", c.get_ref(), "must be 404 or 503");
+                self.invalid(
+                    &c.span(),
+                    "proxy.no_route_reply",
+                    c.get_ref(),
+                    "must be 404 or 503",
+                );
                 404
             }
         };
-        let transaction_memory =
-            self.duration(&p.transaction_memory, "proxy.transaction_memory", Duration::from_secs(190), false);
-        let dialog_memory = self.duration(&p.dialog_memory, "proxy.dialog_memory", Duration::from_secs(12 * 3600), true);
+        let transaction_memory = self.duration(
+            &p.transaction_memory,
+            "proxy.transaction_memory",
+            Duration::from_secs(190),
+            false,
+        );
+        let dialog_memory = self.duration(
+            &p.dialog_memory,
+            "proxy.dialog_memory",
+            Duration::from_secs(12 * 3600),
+            true,
+        );
 
         ProxyConfig {
             listen,
@@ -274,6 +418,7 @@ impl Ctx<'_> {
             record_route,
             max_forwards,
             hash,
+            ingress,
             no_route_reply,
             transaction_memory,
             dialog_memory,
@@ -307,8 +452,19 @@ impl Ctx<'_> {
         let u32max = i64::from(u32::MAX);
         ControlConfig {
             admin,
-            heartbeat_timeout: self.duration(&c.heartbeat_timeout, "control.heartbeat_timeout", d.heartbeat_timeout, false),
-            stale_weight: self.ranged(&c.stale_weight, "control.stale_weight", 0, u32max, d.stale_weight),
+            heartbeat_timeout: self.duration(
+                &c.heartbeat_timeout,
+                "control.heartbeat_timeout",
+                d.heartbeat_timeout,
+                false,
+            ),
+            stale_weight: self.ranged(
+                &c.stale_weight,
+                "control.stale_weight",
+                0,
+                u32max,
+                d.stale_weight,
+            ),
             max_freeswitch_weight: self.ranged(
                 &c.max_freeswitch_weight,
                 "control.max_freeswitch_weight",
@@ -316,7 +472,13 @@ impl Ctx<'_> {
                 u32max,
                 d.max_freeswitch_weight,
             ),
-            initial_capacity: self.ranged(&c.initial_capacity, "control.initial_capacity", 0, u32max, d.initial_capacity),
+            initial_capacity: self.ranged(
+                &c.initial_capacity,
+                "control.initial_capacity",
+                0,
+                u32max,
+                d.initial_capacity,
+            ),
             channels_per_call: self.ranged(
                 &c.channels_per_call,
                 "control.channels_per_call",
@@ -324,7 +486,12 @@ impl Ctx<'_> {
                 1000,
                 d.channels_per_call,
             ),
-            probe_interval: self.duration(&c.probe_interval, "control.probe_interval", d.probe_interval, true),
+            probe_interval: self.duration(
+                &c.probe_interval,
+                "control.probe_interval",
+                d.probe_interval,
+                true,
+            ),
             probe_failure_threshold: self.ranged(
                 &c.probe_failure_threshold,
                 "control.probe_failure_threshold",
@@ -354,7 +521,12 @@ impl Ctx<'_> {
                     let field = format!("failover.codes[{i}]");
                     let n = *c.get_ref();
                     if !(300..=699).contains(&n) {
-                        self.invalid(&c.span(), &field, n, "failover codes are final non-2xx responses, 300-699");
+                        self.invalid(
+                            &c.span(),
+                            &field,
+                            n,
+                            "failover codes are final non-2xx responses, 300-699",
+                        );
                     } else if let Some(j) = codes.iter().position(|x| i64::from(*x) == n) {
                         self.duplicate(&c.span(), &field, n, lines[j], "listed twice");
                     } else {
@@ -367,8 +539,19 @@ impl Ctx<'_> {
         };
         FailoverConfig {
             codes,
-            no_answer_timeout: self.duration(&f.no_answer_timeout, "failover.no_answer_timeout", d.no_answer_timeout, false),
-            max_attempts: self.ranged(&f.max_attempts, "failover.max_attempts", 1, 100, d.max_attempts),
+            no_answer_timeout: self.duration(
+                &f.no_answer_timeout,
+                "failover.no_answer_timeout",
+                d.no_answer_timeout,
+                false,
+            ),
+            max_attempts: self.ranged(
+                &f.max_attempts,
+                "failover.max_attempts",
+                1,
+                100,
+                d.max_attempts,
+            ),
         }
     }
 
@@ -381,7 +564,11 @@ impl Ctx<'_> {
         listen: &[SocketAddr],
     ) -> Option<(String, SocketAddr, Range<usize>)> {
         let Some(s) = v else {
-            self.missing(row, field, "the destination's URI, e.g. \"sip:10.0.0.5:5060\"");
+            self.missing(
+                row,
+                field,
+                "the destination's URI, e.g. \"sip:10.0.0.5:5060\"",
+            );
             return None;
         };
         let uri = s.get_ref().trim();
@@ -392,9 +579,18 @@ impl Ctx<'_> {
             }
             Ok(addr)
                 if listen.contains(&addr)
-                    || listen.iter().any(|l| l.ip().is_unspecified() && l.port() == addr.port() && addr.ip().is_loopback()) =>
+                    || listen.iter().any(|l| {
+                        l.ip().is_unspecified()
+                            && l.port() == addr.port()
+                            && addr.ip().is_loopback()
+                    }) =>
             {
-                self.invalid(&s.span(), field, quoted(uri), "this is one of fsroute's own listeners: calls would loop");
+                self.invalid(
+                    &s.span(),
+                    field,
+                    quoted(uri),
+                    "this is one of fsroute's own listeners: calls would loop",
+                );
                 None
             }
             Ok(addr) => Some((uri.to_string(), addr, s.span())),
@@ -408,7 +604,12 @@ impl Ctx<'_> {
             IntOrStr::Str(t) => DestState::from_name(t),
         };
         st.unwrap_or_else(|| {
-            self.invalid(&s.span(), field, s.get_ref(), "must be 0 (active), 1 (inactive) or 2 (probing)");
+            self.invalid(
+                &s.span(),
+                field,
+                s.get_ref(),
+                "must be 0 (active), 1 (inactive) or 2 (probing)",
+            );
             DestState::Active
         })
     }
@@ -436,7 +637,8 @@ impl Ctx<'_> {
 
     fn weight(&mut self, v: &Opt<IntOrStr>, field: &str) -> Weight {
         let Some(s) = v else { return Weight::Static(1) };
-        const HOW: &str = "a weight is an integer (0 or more) or \"fs://[user]:password@host[:port]\"";
+        const HOW: &str =
+            "a weight is an integer (0 or more) or \"fs://[user]:password@host[:port]\"";
         match s.get_ref() {
             IntOrStr::Int(n) => match u32::try_from(*n) {
                 Ok(w) => Weight::Static(w),
@@ -483,13 +685,25 @@ impl Ctx<'_> {
         if let Some(idv) = id {
             let n = *idv.get_ref();
             if let Some(first) = seen_ids.get(&n) {
-                self.duplicate(&idv.span(), &format!("{pre}.id"), n, *first, "row id used twice");
+                self.duplicate(
+                    &idv.span(),
+                    &format!("{pre}.id"),
+                    n,
+                    *first,
+                    "row id used twice",
+                );
             } else {
                 seen_ids.insert(n, line);
             }
         }
         let probe_mode = probe_mode.as_ref().map(|_| {
-            let m: u8 = self.ranged(probe_mode, &format!("{pre}.probe_mode"), 0, max_probe_mode, 0u8);
+            let m: u8 = self.ranged(
+                probe_mode,
+                &format!("{pre}.probe_mode"),
+                0,
+                max_probe_mode,
+                0u8,
+            );
             m
         });
         let socket = socket.as_ref().and_then(|s| {
@@ -497,8 +711,15 @@ impl Ctx<'_> {
             // OpenSIPS writes sockets as proto:ip:port; fsroute only speaks UDP.
             let addr_part = match text.split_once(':') {
                 Some((proto, rest)) if proto.eq_ignore_ascii_case("udp") => rest,
-                Some((proto, _)) if proto.chars().all(|c| c.is_ascii_alphabetic()) && proto.len() <= 4 => {
-                    self.invalid(&s.span(), &format!("{pre}.socket"), quoted(text), "fsroute only listens on UDP");
+                Some((proto, _))
+                    if proto.chars().all(|c| c.is_ascii_alphabetic()) && proto.len() <= 4 =>
+                {
+                    self.invalid(
+                        &s.span(),
+                        &format!("{pre}.socket"),
+                        quoted(text),
+                        "fsroute only listens on UDP",
+                    );
                     return None;
                 }
                 _ => text,
@@ -516,7 +737,12 @@ impl Ctx<'_> {
                     None
                 }
                 Err(_) => {
-                    self.invalid(&s.span(), &format!("{pre}.socket"), quoted(text), "expected [udp:]IP:PORT");
+                    self.invalid(
+                        &s.span(),
+                        &format!("{pre}.socket"),
+                        quoted(text),
+                        "expected [udp:]IP:PORT",
+                    );
                     None
                 }
             }
@@ -531,7 +757,11 @@ impl Ctx<'_> {
         }
     }
 
-    fn dispatcher_rows(&mut self, rows: &[Spanned<RawDispatcher>], listen: &[SocketAddr]) -> Vec<DispatcherRow> {
+    fn dispatcher_rows(
+        &mut self,
+        rows: &[Spanned<RawDispatcher>],
+        listen: &[SocketAddr],
+    ) -> Vec<DispatcherRow> {
         let mut out = Vec::new();
         let mut seen_dest: HashMap<(i32, SocketAddr), usize> = HashMap::new();
         let mut seen_ids = HashMap::new();
@@ -539,10 +769,22 @@ impl Ctx<'_> {
             let (r, span) = (row.get_ref(), row.span());
             let pre = format!("dispatcher[{i}]");
             let line = self.line(&span);
-            let setid = self.required_i32(&r.setid, &span, &format!("{pre}.setid"), "the set this row belongs to");
-            let dest = self.destination(&r.destination, &span, &format!("{pre}.destination"), listen);
+            let setid = self.required_i32(
+                &r.setid,
+                &span,
+                &format!("{pre}.setid"),
+                "the set this row belongs to",
+            );
+            let dest =
+                self.destination(&r.destination, &span, &format!("{pre}.destination"), listen);
             let weight = self.weight(&r.weight, &format!("{pre}.weight"));
-            let priority = self.ranged(&r.priority, &format!("{pre}.priority"), i64::from(i32::MIN), i64::from(i32::MAX), 0i32);
+            let priority = self.ranged(
+                &r.priority,
+                &format!("{pre}.priority"),
+                i64::from(i32::MIN),
+                i64::from(i32::MAX),
+                0i32,
+            );
             let fallback_weight = r.fallback_weight.as_ref().map(|fw| {
                 let w: u32 = self.ranged(&r.fallback_weight, &format!("{pre}.fallback_weight"), 0, i64::from(u32::MAX), 0u32);
                 if matches!(weight, Weight::Static(_)) {
@@ -567,7 +809,9 @@ impl Ctx<'_> {
                 listen,
                 &mut seen_ids,
             );
-            let (Some(setid), Some((uri, addr, dspan))) = (setid, dest) else { continue };
+            let (Some(setid), Some((uri, addr, dspan))) = (setid, dest) else {
+                continue;
+            };
             if let Some(first) = seen_dest.get(&(setid, addr)) {
                 let first = *first;
                 self.duplicate(
@@ -580,12 +824,25 @@ impl Ctx<'_> {
                 continue;
             }
             seen_dest.insert((setid, addr), self.line(&dspan));
-            out.push(DispatcherRow { setid, uri, addr, weight, priority, fallback_weight, state, info });
+            out.push(DispatcherRow {
+                setid,
+                uri,
+                addr,
+                weight,
+                priority,
+                fallback_weight,
+                state,
+                info,
+            });
         }
         out
     }
 
-    fn load_balancer_rows(&mut self, rows: &[Spanned<RawLoadBalancer>], listen: &[SocketAddr]) -> Vec<LoadBalancerRow> {
+    fn load_balancer_rows(
+        &mut self,
+        rows: &[Spanned<RawLoadBalancer>],
+        listen: &[SocketAddr],
+    ) -> Vec<LoadBalancerRow> {
         let mut out = Vec::new();
         let mut seen_dest: HashMap<(i32, SocketAddr), usize> = HashMap::new();
         let mut seen_ids = HashMap::new();
@@ -593,12 +850,20 @@ impl Ctx<'_> {
             let (r, span) = (row.get_ref(), row.span());
             let pre = format!("load_balancer[{i}]");
             let line = self.line(&span);
-            let group_id =
-                self.required_i32(&r.group_id, &span, &format!("{pre}.group_id"), "the group this row belongs to");
+            let group_id = self.required_i32(
+                &r.group_id,
+                &span,
+                &format!("{pre}.group_id"),
+                "the group this row belongs to",
+            );
             let dest = self.destination(&r.dst_uri, &span, &format!("{pre}.dst_uri"), listen);
             let resources = match &r.resources {
                 None => {
-                    self.missing(&span, &format!("{pre}.resources"), "e.g. resources = \"ch=100\"");
+                    self.missing(
+                        &span,
+                        &format!("{pre}.resources"),
+                        "e.g. resources = \"ch=100\"",
+                    );
                     None
                 }
                 Some(s) => match parse_resources(s.get_ref()) {
@@ -611,7 +876,12 @@ impl Ctx<'_> {
                         Some(list)
                     }
                     Err(why) => {
-                        self.invalid(&s.span(), &format!("{pre}.resources"), quoted(s.get_ref()), why);
+                        self.invalid(
+                            &s.span(),
+                            &format!("{pre}.resources"),
+                            quoted(s.get_ref()),
+                            why,
+                        );
                         None
                     }
                 },
@@ -629,7 +899,9 @@ impl Ctx<'_> {
                 listen,
                 &mut seen_ids,
             );
-            let (Some(group_id), Some((uri, addr, dspan)), Some(resources)) = (group_id, dest, resources) else {
+            let (Some(group_id), Some((uri, addr, dspan)), Some(resources)) =
+                (group_id, dest, resources)
+            else {
                 continue;
             };
             if let Some(first) = seen_dest.get(&(group_id, addr)) {
@@ -644,7 +916,14 @@ impl Ctx<'_> {
                 continue;
             }
             seen_dest.insert((group_id, addr), self.line(&dspan));
-            out.push(LoadBalancerRow { group_id, uri, addr, resources, state, info });
+            out.push(LoadBalancerRow {
+                group_id,
+                uri,
+                addr,
+                resources,
+                state,
+                info,
+            });
         }
         out
     }
@@ -663,7 +942,11 @@ impl Ctx<'_> {
             let failover = r.failover.as_ref().is_some_and(|b| *b.get_ref());
             let target = match (&r.to_dispatcher, &r.to_load_balancer) {
                 (None, None) => {
-                    self.conflict(&span, &pre, "a route needs exactly one of to_dispatcher or to_load_balancer");
+                    self.conflict(
+                        &span,
+                        &pre,
+                        "a route needs exactly one of to_dispatcher or to_load_balancer",
+                    );
                     None
                 }
                 (Some(_), Some(lb)) => {
@@ -675,10 +958,16 @@ impl Ctx<'_> {
                     None
                 }
                 (Some(_), None) => self.dispatcher_target(r, &pre, failover, dispatcher),
-                (None, Some(_)) => self.load_balancer_target(r, &span, &pre, failover, load_balancer),
+                (None, Some(_)) => {
+                    self.load_balancer_target(r, &span, &pre, failover, load_balancer)
+                }
             };
             if let (Some(matcher), Some(target)) = (matcher, target) {
-                out.push(RouteConfig { line: self.line(&span), matcher, target });
+                out.push(RouteConfig {
+                    line: self.line(&span),
+                    matcher,
+                    target,
+                });
             }
         }
         out
@@ -690,31 +979,58 @@ impl Ctx<'_> {
             let s = v.as_ref()?;
             let t = s.get_ref();
             if t.is_empty() || t.chars().any(char::is_whitespace) {
-                cx.invalid(&s.span(), &format!("{pre}.{key}"), quoted(t), "must be non-empty and without spaces");
+                cx.invalid(
+                    &s.span(),
+                    &format!("{pre}.{key}"),
+                    quoted(t),
+                    "must be non-empty and without spaces",
+                );
                 ok = false;
                 return None;
             }
             Some(t.clone())
         };
         let ruri_user_prefix = text_key(self, &r.ruri_user_prefix, "ruri_user_prefix");
-        let ruri_domain = text_key(self, &r.ruri_domain, "ruri_domain").map(|d| d.to_ascii_lowercase());
+        let ruri_domain =
+            text_key(self, &r.ruri_domain, "ruri_domain").map(|d| d.to_ascii_lowercase());
         let method = text_key(self, &r.method, "method");
         if let (Some(m), Some(s)) = (&method, &r.method) {
             // The table compares methods byte for byte, as SIP does (RFC 3261 7.1: case-sensitive).
-            if !m.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b"-._!%*+`'~".contains(&b)) {
-                self.invalid(&s.span(), &format!("{pre}.method"), quoted(m), "SIP methods are case-sensitive tokens: write e.g. \"INVITE\"");
+            if !m
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b"-._!%*+`'~".contains(&b))
+            {
+                self.invalid(
+                    &s.span(),
+                    &format!("{pre}.method"),
+                    quoted(m),
+                    "SIP methods are case-sensitive tokens: write e.g. \"INVITE\"",
+                );
                 ok = false;
             }
         }
-        let source = r.source.as_ref().and_then(|s| match parse_cidr(s.get_ref()) {
-            Ok(c) => Some(c),
-            Err(why) => {
-                self.invalid(&s.span(), &format!("{pre}.source"), quoted(s.get_ref()), why);
-                ok = false;
-                None
-            }
-        });
-        ok.then_some(RouteMatch { ruri_user_prefix, ruri_domain, method, source })
+        let source = r
+            .source
+            .as_ref()
+            .and_then(|s| match parse_cidr(s.get_ref()) {
+                Ok(c) => Some(c),
+                Err(why) => {
+                    self.invalid(
+                        &s.span(),
+                        &format!("{pre}.source"),
+                        quoted(s.get_ref()),
+                        why,
+                    );
+                    ok = false;
+                    None
+                }
+            });
+        ok.then_some(RouteMatch {
+            ruri_user_prefix,
+            ruri_domain,
+            method,
+            source,
+        })
     }
 
     fn dispatcher_target(
@@ -727,7 +1043,11 @@ impl Ctx<'_> {
         let to = r.to_dispatcher.as_ref()?;
         for (v, key) in [(&r.resources, "resources"), (&r.lb_flags, "lb_flags")] {
             if let Some(s) = v {
-                self.conflict(&s.span(), &format!("{pre}.{key}"), format!("{key} applies to to_load_balancer routes only"));
+                self.conflict(
+                    &s.span(),
+                    &format!("{pre}.{key}"),
+                    format!("{key} applies to to_load_balancer routes only"),
+                );
             }
         }
         let algorithm = match &r.algorithm {
@@ -739,18 +1059,40 @@ impl Ctx<'_> {
                     IntOrStr::Str(s) => Algorithm::from_name(s.trim()),
                 };
                 if alg.is_none() {
-                    let names: Vec<String> = Algorithm::ALL.iter().map(|a| format!("{} ({})", a.name(), a.number())).collect();
-                    self.invalid(&a.span(), &format!("{pre}.algorithm"), a.get_ref(), format!("unknown algorithm; one of {}", names.join(", ")));
+                    let names: Vec<String> = Algorithm::ALL
+                        .iter()
+                        .map(|a| format!("{} ({})", a.name(), a.number()))
+                        .collect();
+                    self.invalid(
+                        &a.span(),
+                        &format!("{pre}.algorithm"),
+                        a.get_ref(),
+                        format!("unknown algorithm; one of {}", names.join(", ")),
+                    );
                 }
                 alg
             }
         };
-        let setid = self.required_i32(&r.to_dispatcher, &to.span(), &format!("{pre}.to_dispatcher"), "a setid")?;
+        let setid = self.required_i32(
+            &r.to_dispatcher,
+            &to.span(),
+            &format!("{pre}.to_dispatcher"),
+            "a setid",
+        )?;
         if !dispatcher.iter().any(|d| d.setid == setid) {
-            self.unknown(&to.span(), &format!("{pre}.to_dispatcher"), setid, format!("no [[dispatcher]] row has setid {setid}"));
+            self.unknown(
+                &to.span(),
+                &format!("{pre}.to_dispatcher"),
+                setid,
+                format!("no [[dispatcher]] row has setid {setid}"),
+            );
             return None;
         }
-        Some(RouteTo::Dispatcher { setid, algorithm: algorithm?, failover })
+        Some(RouteTo::Dispatcher {
+            setid,
+            algorithm: algorithm?,
+            failover,
+        })
     }
 
     fn load_balancer_target(
@@ -783,38 +1125,78 @@ impl Ctx<'_> {
                     }
                 }
                 if !ok {
-                    self.invalid(&s.span(), &format!("{pre}.lb_flags"), quoted(s.get_ref()), "flags are r (relative), s (random tie-break), n (allow zero/negative)");
+                    self.invalid(
+                        &s.span(),
+                        &format!("{pre}.lb_flags"),
+                        quoted(s.get_ref()),
+                        "flags are r (relative), s (random tie-break), n (allow zero/negative)",
+                    );
                 }
                 ok.then_some(f)
             }
         };
         let resources = match &r.resources {
             None => {
-                self.missing(row, &format!("{pre}.resources"), "what one call consumes, e.g. resources = \"ch\"");
+                self.missing(
+                    row,
+                    &format!("{pre}.resources"),
+                    "what one call consumes, e.g. resources = \"ch\"",
+                );
                 None
             }
             Some(s) => match parse_resource_names(s.get_ref()) {
                 Ok(names) => Some((names, s.span())),
                 Err(why) => {
-                    self.invalid(&s.span(), &format!("{pre}.resources"), quoted(s.get_ref()), why);
+                    self.invalid(
+                        &s.span(),
+                        &format!("{pre}.resources"),
+                        quoted(s.get_ref()),
+                        why,
+                    );
                     None
                 }
             },
         };
-        let group_id = self.required_i32(&r.to_load_balancer, &to.span(), &format!("{pre}.to_load_balancer"), "a group_id")?;
-        let rows: Vec<&LoadBalancerRow> = load_balancer.iter().filter(|l| l.group_id == group_id).collect();
+        let group_id = self.required_i32(
+            &r.to_load_balancer,
+            &to.span(),
+            &format!("{pre}.to_load_balancer"),
+            "a group_id",
+        )?;
+        let rows: Vec<&LoadBalancerRow> = load_balancer
+            .iter()
+            .filter(|l| l.group_id == group_id)
+            .collect();
         if rows.is_empty() {
-            self.unknown(&to.span(), &format!("{pre}.to_load_balancer"), group_id, format!("no [[load_balancer]] row has group_id {group_id}"));
+            self.unknown(
+                &to.span(),
+                &format!("{pre}.to_load_balancer"),
+                group_id,
+                format!("no [[load_balancer]] row has group_id {group_id}"),
+            );
             return None;
         }
         let (resources, rspan) = resources?;
         let mut ok = true;
         for name in &resources {
-            if !rows.iter().any(|l| l.resources.iter().any(|res| &res.name == name)) {
-                self.unknown(&rspan, &format!("{pre}.resources"), quoted(name), format!("no destination of group {group_id} offers this resource"));
+            if !rows
+                .iter()
+                .any(|l| l.resources.iter().any(|res| &res.name == name))
+            {
+                self.unknown(
+                    &rspan,
+                    &format!("{pre}.resources"),
+                    quoted(name),
+                    format!("no destination of group {group_id} offers this resource"),
+                );
                 ok = false;
             }
         }
-        ok.then_some(RouteTo::LoadBalancer { group_id, resources, flags: flags?, failover })
+        ok.then_some(RouteTo::LoadBalancer {
+            group_id,
+            resources,
+            flags: flags?,
+            failover,
+        })
     }
 }

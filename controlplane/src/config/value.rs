@@ -21,22 +21,33 @@ pub(crate) fn parse_host_port(s: &str, default_port: u16) -> Result<HostPort, St
     }
     if let Some(rest) = s.strip_prefix('[') {
         let (inner, after) = rest.split_once(']').ok_or("unclosed '[' in IPv6 address")?;
-        let ip: Ipv6Addr = inner.parse().map_err(|_| format!("{inner:?} is not an IPv6 address"))?;
+        let ip: Ipv6Addr = inner
+            .parse()
+            .map_err(|_| format!("{inner:?} is not an IPv6 address"))?;
         let port = match after {
             "" => default_port,
             p => parse_port(p.strip_prefix(':').ok_or("expected ':port' after ']'")?)?,
         };
-        return Ok(HostPort { host: Host::Ip(IpAddr::V6(ip)), port });
+        return Ok(HostPort {
+            host: Host::Ip(IpAddr::V6(ip)),
+            port,
+        });
     }
     if let Ok(ip) = s.parse::<Ipv6Addr>() {
-        return Ok(HostPort { host: Host::Ip(IpAddr::V6(ip)), port: default_port });
+        return Ok(HostPort {
+            host: Host::Ip(IpAddr::V6(ip)),
+            port: default_port,
+        });
     }
     let (host, port) = match s.split_once(':') {
         Some((h, p)) if !p.contains(':') => (h, parse_port(p)?),
         Some(_) => return Err("IPv6 addresses with a port must be bracketed: [addr]:port".into()),
         None => (s, default_port),
     };
-    Ok(HostPort { host: parse_host(host)?, port })
+    Ok(HostPort {
+        host: parse_host(host)?,
+        port,
+    })
 }
 
 fn parse_port(p: &str) -> Result<u16, String> {
@@ -63,7 +74,10 @@ fn parse_host(h: &str) -> Result<Host, String> {
                 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     // A name whose last label is numeric would be a malformed IPv4 address, not a host name.
-    let looks_numeric = name.rsplit('.').next().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    let looks_numeric = name
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
     if !labels_ok || looks_numeric {
         return Err(format!("{h:?} is neither an IP address nor a host name"));
     }
@@ -105,7 +119,9 @@ pub(crate) fn parse_fs_url(s: &str) -> Result<FsEndpoint, String> {
     };
     // The password may itself hold '@' or ':', so the host starts after the last '@' and the
     // password after the first ':'.
-    let (userinfo, hostport) = rest.rsplit_once('@').ok_or("an ESL URL needs a password: fs://[user]:password@host[:port]")?;
+    let (userinfo, hostport) = rest
+        .rsplit_once('@')
+        .ok_or("an ESL URL needs a password: fs://[user]:password@host[:port]")?;
     let (user, password) = userinfo
         .split_once(':')
         .ok_or("an ESL URL needs a password: fs://[user]:password@host[:port]")?;
@@ -134,7 +150,10 @@ pub(crate) fn parse_cidr(s: &str) -> Result<Cidr, String> {
         Some((a, p)) => (a, Some(p)),
         None => (s, None),
     };
-    let addr: IpAddr = addr.trim().parse().map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let addr: IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address"))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let prefix = match prefix {
         None => max,
@@ -155,7 +174,7 @@ pub(crate) fn parse_cidr(s: &str) -> Result<Cidr, String> {
 }
 
 /// `"250ms"`, `"3s"`, `"2m"`, `"12h"` (humantime).
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("not a duration ({e}); write e.g. \"250ms\", \"3s\", \"2m\", \"12h\""))
 }
@@ -173,14 +192,18 @@ pub(crate) fn parse_resources(s: &str) -> Result<Vec<LbResource>, String> {
             return Err(format!("resource {name:?} is listed twice"));
         }
         let cap = cap.trim();
-        let capacity = if is_fs_url(cap) {
-            Capacity::Fs(parse_fs_url(cap)?)
-        } else {
-            Capacity::Fixed(
-                cap.parse::<u32>().map_err(|_| format!("{name}: capacity {cap:?} is neither a count nor fs://..."))?,
-            )
-        };
-        out.push(LbResource { name: name.to_string(), capacity });
+        let capacity =
+            if is_fs_url(cap) {
+                Capacity::Fs(parse_fs_url(cap)?)
+            } else {
+                Capacity::Fixed(cap.parse::<u32>().map_err(|_| {
+                    format!("{name}: capacity {cap:?} is neither a count nor fs://...")
+                })?)
+            };
+        out.push(LbResource {
+            name: name.to_string(),
+            capacity,
+        });
     }
     if out.is_empty() {
         return Err("no resources: write e.g. \"ch=100\"".into());
@@ -199,14 +222,22 @@ pub(crate) fn parse_resource_names(s: &str) -> Result<Vec<String>, String> {
         out.push(name.to_string());
     }
     if out.is_empty() {
-        return Err("a load_balancer route must name the resources a call uses, e.g. \"ch\"".into());
+        return Err(
+            "a load_balancer route must name the resources a call uses, e.g. \"ch\"".into(),
+        );
     }
     Ok(out)
 }
 
 fn check_resource_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-        return Err(format!("{name:?} is not a resource name (letters, digits, '_' and '-')"));
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(format!(
+            "{name:?} is not a resource name (letters, digits, '_' and '-')"
+        ));
     }
     Ok(())
 }

@@ -445,3 +445,16 @@ fn arbitrary_bytes_never_panic_the_router() {
         let _ = r.borrow_mut().handle(&t, caller(), &data, Instant::now(), &mut out.borrow_mut());
     });
 }
+
+#[test]
+fn a_caller_sharing_an_ip_with_the_backends_is_still_a_caller() {
+    let t = table_with(&[1], Algorithm::RoundRobin, 1);
+    let mut r = router();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    let sipp: SocketAddr = "127.0.0.1:49340".parse().unwrap();
+    let invite = sip("INVITE sip:service@127.0.0.1:5060 SIP/2.0|Via: SIP/2.0/UDP 127.0.0.1:49340;branch=z9hG4bK-1|From: <sip:a@127.0.0.1>;tag=1|To: <sip:service@127.0.0.1:5060>|Call-ID: shared-ip|CSeq: 1 INVITE|Content-Length: 0||");
+    let Action::Forward(dest) = r.handle(&t, sipp, &invite, now, &mut out) else { panic!() };
+    let bye = sip("BYE sip:service@127.0.0.1:5060 SIP/2.0|Via: SIP/2.0/UDP 127.0.0.1:49340;branch=z9hG4bK-2|From: <sip:a@127.0.0.1>;tag=1|To: <sip:service@127.0.0.1:5060>;tag=b|Call-ID: shared-ip|CSeq: 2 BYE|Content-Length: 0||");
+    assert_eq!(r.handle(&t, sipp, &bye, now, &mut out), Action::Forward(dest));
+}

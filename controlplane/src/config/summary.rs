@@ -1,0 +1,173 @@
+//! `fsroute check`'s one-screen summary of a validated config: what fsroute will listen on, where
+//! each set sends calls and by which rule. ESL endpoints appear as `fs://host:port` with the
+//! password replaced by `****`.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use super::{Capacity, Config, RouteConfig, RouteTo, Weight};
+
+fn dur(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+pub(crate) fn render(c: &Config) -> String {
+    let mut s = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_summary(&mut s, c);
+    s
+}
+
+fn write_summary(s: &mut String, c: &Config) -> std::fmt::Result {
+    let p = &c.proxy;
+    writeln!(s, "config {}", c.path.display())?;
+    let listen: Vec<String> = p.listen.iter().map(|a| format!("udp {a}")).collect();
+    writeln!(s, "listen      {}", listen.join(", "))?;
+    writeln!(s, "advertise   {}", p.advertise)?;
+    if !p.aliases.is_empty() {
+        let aliases: Vec<String> = p.aliases.iter().map(ToString::to_string).collect();
+        writeln!(s, "aliases     {}", aliases.join(", "))?;
+    }
+    writeln!(
+        s,
+        "proxy       shards {} (ingress {}), record_route {}, max_forwards {}, hash {}, no route -> {}",
+        p.shards,
+        p.ingress.name(),
+        if p.record_route { "on" } else { "off" },
+        p.max_forwards,
+        p.hash.name(),
+        p.no_route_reply
+    )?;
+    writeln!(
+        s,
+        "memory      transactions {}, dialogs {}",
+        dur(p.transaction_memory),
+        dur(p.dialog_memory)
+    )?;
+    let k = &c.control;
+    writeln!(
+        s,
+        "admin       {}",
+        k.admin.map_or("off".to_string(), |a| format!("http://{a}"))
+    )?;
+    let probing = if k.probe_interval.is_zero() {
+        "off".to_string()
+    } else {
+        format!(
+            "every {} (down after {}, up after {})",
+            dur(k.probe_interval),
+            k.probe_failure_threshold,
+            k.probe_success_threshold
+        )
+    };
+    writeln!(s, "probing     {probing}")?;
+    let f = &c.failover;
+    let codes: Vec<String> = f.codes.iter().map(ToString::to_string).collect();
+    writeln!(
+        s,
+        "failover    on {}; no answer {}; at most {} attempts",
+        if codes.is_empty() {
+            "no codes".to_string()
+        } else {
+            codes.join(",")
+        },
+        dur(f.no_answer_timeout),
+        f.max_attempts
+    )?;
+
+    let setids = c.setids();
+    writeln!(s, "dispatcher sets: {}", setids.len())?;
+    for setid in setids {
+        let rows: Vec<_> = c.dispatcher.iter().filter(|r| r.setid == setid).collect();
+        writeln!(s, "  set {setid}: {} destination(s)", rows.len())?;
+        for r in rows {
+            let weight = match &r.weight {
+                Weight::Static(w) => w.to_string(),
+                Weight::Fs(fs) => format!("{fs} (password ****)"),
+            };
+            writeln!(
+                s,
+                "    {:<28} weight {weight}  priority {}  {}",
+                r.uri, r.priority, r.state
+            )?;
+        }
+    }
+    let groups = c.group_ids();
+    if !groups.is_empty() {
+        writeln!(s, "load_balancer groups: {}", groups.len())?;
+        for gid in groups {
+            writeln!(s, "  group {gid}:")?;
+            for r in c.load_balancer.iter().filter(|r| r.group_id == gid) {
+                let res: Vec<String> = r
+                    .resources
+                    .iter()
+                    .map(|res| match &res.capacity {
+                        Capacity::Fixed(n) => format!("{}={n}", res.name),
+                        Capacity::Fs(fs) => format!("{}={fs} (password ****)", res.name),
+                    })
+                    .collect();
+                writeln!(s, "    {:<28} {}  {}", r.uri, res.join(";"), r.state)?;
+            }
+        }
+    }
+    writeln!(s, "routes: {} (first match wins)", c.routes.len())?;
+    for (i, r) in c.routes.iter().enumerate() {
+        writeln!(s, "  #{i} (line {}): {}", r.line, describe_route(r))?;
+    }
+    let fs = c.fs_endpoints();
+    if fs.is_empty() {
+        writeln!(s, "ESL endpoints: none (static weights only)")?;
+    } else {
+        writeln!(s, "ESL endpoints: {}", fs.len())?;
+        for e in fs {
+            let user = e.user.as_deref().unwrap_or("");
+            writeln!(s, "  fs://{user}:****@{}", e.endpoint)?;
+        }
+    }
+    Ok(())
+}
+
+fn describe_route(r: &RouteConfig) -> String {
+    let m = &r.matcher;
+    let mut conds = Vec::new();
+    if let Some(v) = &m.method {
+        conds.push(format!("method {v}"));
+    }
+    if let Some(v) = &m.ruri_user_prefix {
+        conds.push(format!("user prefix {v:?}"));
+    }
+    if let Some(v) = &m.ruri_domain {
+        conds.push(format!("domain {v}"));
+    }
+    if let Some(v) = &m.source {
+        conds.push(format!("source {}/{}", v.addr, v.prefix));
+    }
+    let when = if conds.is_empty() {
+        "any request".to_string()
+    } else {
+        conds.join(", ")
+    };
+    let to = match &r.target {
+        RouteTo::Dispatcher {
+            setid,
+            algorithm,
+            failover,
+        } => format!(
+            "dispatcher set {setid}, {} ({}){}",
+            algorithm.name(),
+            algorithm.number(),
+            if *failover { ", failover" } else { "" }
+        ),
+        RouteTo::LoadBalancer {
+            group_id,
+            resources,
+            failover,
+            ..
+        } => format!(
+            "load_balancer group {group_id}, uses {}{}",
+            resources.join(";"),
+            if *failover { ", failover" } else { "" }
+        ),
+    };
+    format!("{when} -> {to}")
+}

@@ -1,0 +1,869 @@
+//! Specs for the config file: what parses, which defaults apply, and that every rejection names
+//! the file, the line and the field.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use fsroute_dataplane::dispatch::{Algorithm, HashMode};
+
+use super::*;
+
+const PATH: &str = "/etc/fsroute/fsroute.toml";
+
+fn ok(text: &str) -> Config {
+    parse(text, Path::new(PATH)).unwrap_or_else(|e| panic!("expected the config to parse:\n{e}"))
+}
+
+fn errs(text: &str) -> ConfigErrors {
+    match parse(text, Path::new(PATH)) {
+        Ok(_) => panic!("expected errors, the config parsed"),
+        Err(e) => e,
+    }
+}
+
+/// The error naming `field`, asserting there is exactly one.
+fn only<'a>(errors: &'a ConfigErrors, field: &str) -> &'a ConfigError {
+    let hits: Vec<&ConfigError> = errors.iter().filter(|e| e.field() == Some(field)).collect();
+    assert_eq!(
+        hits.len(),
+        1,
+        "one error for {field} expected in:\n{errors}"
+    );
+    hits[0]
+}
+
+fn line_of(errors: &ConfigErrors, field: &str) -> usize {
+    only(errors, field)
+        .line()
+        .expect("errors inside the file have a line")
+}
+
+const LISTEN: &str = "[proxy]\nlisten = [\"127.0.0.1:5060\"]\n";
+
+fn with_listen(rest: &str) -> String {
+    format!("{LISTEN}{rest}")
+}
+
+#[test]
+fn the_contract_example_without_fs_and_load_balancer_parses() {
+    let c = ok(include_str!("testdata/contract.toml"));
+    let p = &c.proxy;
+    assert_eq!(p.listen, ["127.0.0.1:5060".parse::<SocketAddr>().unwrap()]);
+    assert_eq!(p.advertise.to_string(), "127.0.0.1:5060");
+    assert_eq!(p.shards, 2);
+    assert!(p.record_route);
+    assert_eq!(p.max_forwards, 70);
+    assert_eq!(p.hash, HashMode::Rendezvous);
+    assert_eq!(p.no_route_reply, 404);
+    assert_eq!(p.transaction_memory, Duration::from_secs(190));
+    assert_eq!(p.dialog_memory, Duration::from_secs(12 * 3600));
+    assert_eq!(c.control.admin, Some("127.0.0.1:9060".parse().unwrap()));
+    assert_eq!(
+        c.control,
+        ControlConfig {
+            admin: c.control.admin,
+            ..ControlConfig::default()
+        }
+    );
+    assert_eq!(c.failover, FailoverConfig::default());
+    assert_eq!(c.dispatcher.len(), 1);
+    let d = &c.dispatcher[0];
+    assert_eq!(
+        (d.setid, d.uri.as_str(), d.weight.clone(), d.priority),
+        (1, "sip:127.0.0.1:5071", Weight::Static(50), 0)
+    );
+    assert_eq!(d.addr, "127.0.0.1:5071".parse::<SocketAddr>().unwrap());
+    assert_eq!(c.routes.len(), 1);
+    assert_eq!(c.routes[0].matcher.ruri_user_prefix.as_deref(), Some("+1"));
+    assert_eq!(
+        c.routes[0].target,
+        RouteTo::Dispatcher {
+            setid: 1,
+            algorithm: Algorithm::HashCallId,
+            failover: false
+        }
+    );
+}
+
+#[test]
+fn the_tuning_example_parses() {
+    let c = ok(include_str!("../../../tuning/fsroute.toml"));
+    let uris: Vec<&str> = c.dispatcher.iter().map(|d| d.uri.as_str()).collect();
+    assert_eq!(uris, ["sip:127.0.0.1:5071", "sip:127.0.0.1:5072"]);
+    assert_eq!(
+        c.routes[0].target,
+        RouteTo::Dispatcher {
+            setid: 1,
+            algorithm: Algorithm::RoundRobin,
+            failover: false
+        }
+    );
+}
+
+#[test]
+fn defaults_apply_when_only_listen_is_given() {
+    let c = ok("[proxy]\nlisten = [\"10.0.0.1:5070\"]\n");
+    let p = &c.proxy;
+    assert_eq!(
+        p.advertise.to_string(),
+        "10.0.0.1:5070",
+        "advertise defaults to the first listener"
+    );
+    assert_eq!(
+        p.shards,
+        std::thread::available_parallelism().unwrap().get()
+    );
+    assert!(p.record_route);
+    assert_eq!(p.max_forwards, 70);
+    assert_eq!(p.hash, HashMode::Rendezvous);
+    assert_eq!(p.no_route_reply, 404);
+    assert_eq!(p.transaction_memory, Duration::from_secs(190));
+    assert_eq!(p.dialog_memory, Duration::from_secs(43_200));
+    assert!(p.aliases.is_empty());
+    let k = &c.control;
+    assert_eq!(k.admin, None, "admin is off unless configured");
+    assert_eq!(k.heartbeat_timeout, Duration::from_secs(60));
+    assert_eq!(
+        (
+            k.stale_weight,
+            k.max_freeswitch_weight,
+            k.initial_capacity,
+            k.channels_per_call
+        ),
+        (0, 100, 1000, 1)
+    );
+    assert_eq!(k.probe_interval, Duration::ZERO);
+    assert_eq!(
+        (k.probe_failure_threshold, k.probe_success_threshold),
+        (3, 1)
+    );
+    assert_eq!(c.failover.codes, [408, 500, 503]);
+    assert_eq!(c.failover.no_answer_timeout, Duration::from_secs(2));
+    assert_eq!(c.failover.max_attempts, 3);
+    assert!(c.dispatcher.is_empty() && c.routes.is_empty());
+}
+
+#[test]
+fn row_defaults_are_opensips_defaults() {
+    let c = ok(&with_listen(
+        "[[dispatcher]]\nsetid = 1\ndestination = \"sip:10.0.0.5\"\n[[route]]\nto_dispatcher = 1\n",
+    ));
+    let d = &c.dispatcher[0];
+    assert_eq!(
+        d.addr,
+        "10.0.0.5:5060".parse::<SocketAddr>().unwrap(),
+        "port 5060 when absent"
+    );
+    assert_eq!(
+        (d.weight.clone(), d.priority, d.state, d.fallback_weight),
+        (Weight::Static(1), 0, DestState::Active, None)
+    );
+    assert_eq!(d.info.line, 3);
+    assert_eq!(
+        c.routes[0].target,
+        RouteTo::Dispatcher {
+            setid: 1,
+            algorithm: Algorithm::HashCallId,
+            failover: false
+        }
+    );
+}
+
+#[test]
+fn opensips_spellings_are_accepted_numbers_names_and_string_columns() {
+    let c = ok(&with_listen(
+        r#"
+[[dispatcher]]
+id = 7
+setid = 1
+destination = "sip:[2001:db8::5]:5080"
+weight = "10"
+state = "probing"
+probe_mode = 1
+attrs = "gw=east"
+description = "fs-east"
+socket = "udp:127.0.0.1:5060"
+
+[[dispatcher]]
+setid = 1
+destination = "SIP:10.0.0.6"
+state = 1
+
+[[route]]
+to_dispatcher = 1
+algorithm = 4
+
+[[route]]
+to_dispatcher = 1
+algorithm = "8"
+
+[[route]]
+to_dispatcher = 1
+algorithm = "Random"
+"#,
+    ));
+    let d = &c.dispatcher[0];
+    assert_eq!(d.addr, "[2001:db8::5]:5080".parse::<SocketAddr>().unwrap());
+    assert_eq!(d.weight, Weight::Static(10));
+    assert_eq!(d.state, DestState::Probing);
+    assert_eq!(
+        d.info,
+        RowInfo {
+            line: 4,
+            id: Some(7),
+            probe_mode: Some(1),
+            attrs: Some("gw=east".into()),
+            description: Some("fs-east".into()),
+            socket: Some("127.0.0.1:5060".parse().unwrap()),
+        }
+    );
+    assert_eq!(c.dispatcher[1].state, DestState::Inactive);
+    let algs: Vec<Algorithm> = c
+        .routes
+        .iter()
+        .map(|r| match r.target {
+            RouteTo::Dispatcher { algorithm, .. } => algorithm,
+            RouteTo::LoadBalancer { .. } => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        algs,
+        [Algorithm::RoundRobin, Algorithm::First, Algorithm::Random]
+    );
+}
+
+#[test]
+fn route_match_keys_are_normalised() {
+    let c = ok(&with_listen(
+        r#"
+[[dispatcher]]
+setid = 1
+destination = "sip:10.0.0.5"
+
+[[route]]
+ruri_domain = "PBX.Example.COM"
+method = "INVITE"
+source = "10.0.0.0/8"
+to_dispatcher = 1
+"#,
+    ));
+    let m = &c.routes[0].matcher;
+    assert_eq!(m.ruri_domain.as_deref(), Some("pbx.example.com"));
+    let src = m.source.unwrap();
+    assert!(
+        src.contains("10.200.0.1".parse().unwrap()) && !src.contains("11.0.0.1".parse().unwrap())
+    );
+}
+
+#[test]
+fn aliases_take_the_advertise_port_unless_given() {
+    let c = ok("[proxy]\nlisten = [\"0.0.0.0:5080\"]\nadvertise = \"203.0.113.9\"\naliases = [\"LB.example.net\", \"sbc.example.net:5060\"]\n");
+    assert_eq!(c.proxy.advertise.to_string(), "203.0.113.9:5080");
+    let aliases: Vec<String> = c.proxy.aliases.iter().map(ToString::to_string).collect();
+    assert_eq!(aliases, ["lb.example.net:5080", "sbc.example.net:5060"]);
+}
+
+#[test]
+fn an_unknown_key_is_rejected_naming_file_line_and_table() {
+    let e = errs(&with_listen(
+        "\n[[dispatcher]]\nsetid = 1\ndestination = \"sip:10.0.0.5\"\nweigth = 5\n",
+    ));
+    assert_eq!(e.len(), 1, "a serde error stops at the first");
+    let err = &e.0[0];
+    assert!(matches!(err, ConfigError::Syntax { .. }), "{err:?}");
+    assert_eq!(err.line(), Some(7));
+    assert_eq!(err.field(), Some("dispatcher[0].weigth"));
+    let text = err.to_string();
+    assert!(
+        text.starts_with(
+            "/etc/fsroute/fsroute.toml:7:1: dispatcher[0].weigth: unknown field `weigth`"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unknown_table_is_rejected() {
+    let e = errs(&with_listen("[dispatchers]\nsetid = 1\n"));
+    assert_eq!(e.0[0].line(), Some(3));
+    assert!(e.to_string().contains("unknown field `dispatchers`"), "{e}");
+}
+
+#[test]
+fn a_type_error_stops_at_the_first_and_names_its_line() {
+    let e = errs(&with_listen(
+        "[control]\nstale_weight = \"zero\"\nmax_freeswitch_weight = 1.5\n",
+    ));
+    assert_eq!(e.len(), 1);
+    assert_eq!(e.0[0].line(), Some(4));
+    assert_eq!(e.0[0].field(), Some("control.stale_weight"));
+    assert!(
+        e.to_string()
+            .contains(":4:16: control.stale_weight: invalid type: string \"zero\", expected i64"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_toml_syntax_error_names_its_line() {
+    let e = errs("[proxy]\nlisten = [\"127.0.0.1:5060\"\nshards = 2\n");
+    assert!(matches!(e.0[0], ConfigError::Syntax { .. }));
+    assert_eq!(e.0[0].line(), Some(3));
+}
+
+#[test]
+fn every_validation_error_is_reported_together_one_per_line_in_file_order() {
+    let text = r#"[proxy]
+listen = ["127.0.0.1:5060"]
+max_forwards = 0
+no_route_reply = 302
+
+[[dispatcher]]
+setid = 1
+destination = "sip:fs1.example.net"
+
+[[dispatcher]]
+setid = 1
+destination = "sip:10.0.0.5:5060"
+socket = "udp:10.9.9.9:5060"
+
+[[dispatcher]]
+setid = 1
+destination = "sip:10.0.0.5"
+
+[[route]]
+to_dispatcher = 2
+
+[[route]]
+to_dispatcher = 1
+algorithm = "least-loaded"
+"#;
+    let e = errs(text);
+    let lines: Vec<String> = e.to_string().lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 7, "{e}");
+    assert_eq!(lines.len(), e.len());
+    for l in &lines {
+        assert!(l.starts_with("/etc/fsroute/fsroute.toml:"), "{l}");
+    }
+    assert_eq!(line_of(&e, "proxy.max_forwards"), 3);
+    assert_eq!(line_of(&e, "proxy.no_route_reply"), 4);
+    assert_eq!(line_of(&e, "dispatcher[0].destination"), 8);
+    assert_eq!(line_of(&e, "dispatcher[1].socket"), 13);
+    assert_eq!(line_of(&e, "dispatcher[2].destination"), 17);
+    assert_eq!(line_of(&e, "route[0].to_dispatcher"), 20);
+    assert_eq!(line_of(&e, "route[1].algorithm"), 24);
+    let sorted: Vec<usize> = e.iter().map(|x| x.line().unwrap()).collect();
+    assert!(
+        sorted.windows(2).all(|w| w[0] <= w[1]),
+        "file order: {sorted:?}"
+    );
+
+    assert_eq!(
+        lines[0],
+        "/etc/fsroute/fsroute.toml:3:16: proxy.max_forwards: 0: must be between 1 and 255"
+    );
+    assert!(
+        lines[2].contains(
+            "dispatcher[0].destination: \"sip:fs1.example.net\": the host must be an IP address"
+        ),
+        "{}",
+        lines[2]
+    );
+    assert!(matches!(
+        only(&e, "dispatcher[2].destination"),
+        ConfigError::Duplicate { first_line: 12, .. }
+    ));
+    assert!(lines[4].contains("(first at line 12)"), "{}", lines[4]);
+    assert!(matches!(
+        only(&e, "route[0].to_dispatcher"),
+        ConfigError::UnknownReference { .. }
+    ));
+    assert!(
+        lines[5].contains("no [[dispatcher]] row has setid 2"),
+        "{}",
+        lines[5]
+    );
+    assert!(
+        lines[6].contains("unknown algorithm; one of hash-callid (0)"),
+        "{}",
+        lines[6]
+    );
+    assert!(matches!(
+        only(&e, "dispatcher[1].socket"),
+        ConfigError::UnknownReference { .. }
+    ));
+}
+
+#[test]
+fn proxy_is_required_and_so_is_a_listener() {
+    let e = errs("[control]\nstale_weight = 1\n");
+    assert!(matches!(only(&e, "proxy"), ConfigError::Missing { .. }));
+    assert_eq!(line_of(&e, "proxy"), 1);
+
+    let e = errs("# comment\n[proxy]\nshards = 2\n");
+    assert!(matches!(
+        only(&e, "proxy.listen"),
+        ConfigError::Missing { .. }
+    ));
+    assert_eq!(line_of(&e, "proxy.listen"), 2);
+
+    let e = errs("[proxy]\nlisten = []\n");
+    assert_eq!(line_of(&e, "proxy.listen"), 2);
+}
+
+#[test]
+fn bad_proxy_values_are_rejected_with_their_line() {
+    let e = errs(
+        r#"[proxy]
+listen = ["127.0.0.1:5060", "localhost:5060", "127.0.0.1:5060", "127.0.0.1:0"]
+advertise = "[::1"
+aliases = ["bad host"]
+shards = 0
+hash = "maglev"
+transaction_memory = "forever"
+dialog_memory = 3600
+"#,
+    );
+    assert_eq!(line_of(&e, "proxy.listen[1]"), 2);
+    assert!(matches!(
+        only(&e, "proxy.listen[2]"),
+        ConfigError::Duplicate { first_line: 2, .. }
+    ));
+    assert_eq!(line_of(&e, "proxy.listen[3]"), 2);
+    assert_eq!(line_of(&e, "proxy.advertise"), 3);
+    assert_eq!(line_of(&e, "proxy.aliases[0]"), 4);
+    assert_eq!(line_of(&e, "proxy.shards"), 5);
+    assert_eq!(line_of(&e, "proxy.hash"), 6);
+    assert_eq!(line_of(&e, "proxy.transaction_memory"), 7);
+    assert!(only(&e, "proxy.dialog_memory")
+        .to_string()
+        .contains("a duration is a string with a unit"));
+    assert_eq!(line_of(&e, "proxy.dialog_memory"), 8);
+}
+
+#[test]
+fn a_wildcard_listener_needs_an_advertise_address() {
+    let e = errs("[proxy]\nlisten = [\"0.0.0.0:5060\"]\n");
+    assert!(matches!(
+        only(&e, "proxy.advertise"),
+        ConfigError::Missing { .. }
+    ));
+    assert_eq!(line_of(&e, "proxy.advertise"), 2);
+}
+
+#[test]
+fn bad_control_and_failover_values_are_rejected_with_their_line() {
+    let e = errs(&with_listen(
+        r#"[control]
+admin = "localhost:http"
+heartbeat_timeout = "0s"
+channels_per_call = 0
+probe_failure_threshold = 0
+
+[failover]
+codes = [408, 200, 408]
+max_attempts = 0
+no_answer_timeout = "2 fortnights"
+"#,
+    ));
+    assert_eq!(line_of(&e, "control.admin"), 4);
+    assert_eq!(line_of(&e, "control.heartbeat_timeout"), 5);
+    assert_eq!(line_of(&e, "control.channels_per_call"), 6);
+    assert_eq!(line_of(&e, "control.probe_failure_threshold"), 7);
+    assert_eq!(line_of(&e, "failover.codes[1]"), 10);
+    assert!(matches!(
+        only(&e, "failover.codes[2]"),
+        ConfigError::Duplicate { first_line: 10, .. }
+    ));
+    assert_eq!(line_of(&e, "failover.max_attempts"), 11);
+    assert_eq!(line_of(&e, "failover.no_answer_timeout"), 12);
+}
+
+#[test]
+fn an_admin_port_alone_means_loopback() {
+    let c = ok(&with_listen("[control]\nadmin = 9060\n"));
+    assert_eq!(c.control.admin, Some("127.0.0.1:9060".parse().unwrap()));
+    let c = ok(&with_listen("[control]\nadmin = \":9061\"\n"));
+    assert_eq!(c.control.admin, Some("127.0.0.1:9061".parse().unwrap()));
+}
+
+#[test]
+fn bad_dispatcher_rows_are_rejected_with_their_line() {
+    let e = errs(&with_listen(
+        r#"
+[[dispatcher]]
+destination = "sip:10.0.0.1"
+
+[[dispatcher]]
+setid = 1
+
+[[dispatcher]]
+setid = 1
+destination = "sip:127.0.0.1:5060"
+weight = -1
+state = 5
+probe_mode = 3
+fallback_weight = 4
+id = 3
+
+[[dispatcher]]
+setid = 1
+destination = "sip:user@10.0.0.9;transport=tcp"
+weight = "heavy"
+socket = "tcp:127.0.0.1:5060"
+id = 3
+"#,
+    ));
+    assert!(matches!(
+        only(&e, "dispatcher[0].setid"),
+        ConfigError::Missing { .. }
+    ));
+    assert_eq!(
+        line_of(&e, "dispatcher[0].setid"),
+        4,
+        "a missing key is reported at its row"
+    );
+    assert_eq!(line_of(&e, "dispatcher[1].destination"), 7);
+    assert!(only(&e, "dispatcher[2].destination")
+        .to_string()
+        .contains("fsroute's own listeners"));
+    assert_eq!(line_of(&e, "dispatcher[2].destination"), 12);
+    assert_eq!(line_of(&e, "dispatcher[2].weight"), 13);
+    assert_eq!(line_of(&e, "dispatcher[2].state"), 14);
+    assert_eq!(line_of(&e, "dispatcher[2].probe_mode"), 15);
+    assert!(matches!(
+        only(&e, "dispatcher[2].fallback_weight"),
+        ConfigError::Conflict { .. }
+    ));
+    assert_eq!(line_of(&e, "dispatcher[2].fallback_weight"), 16);
+    assert_eq!(line_of(&e, "dispatcher[3].destination"), 21);
+    assert_eq!(line_of(&e, "dispatcher[3].weight"), 22);
+    assert_eq!(line_of(&e, "dispatcher[3].socket"), 23);
+    assert!(matches!(
+        only(&e, "dispatcher[3].id"),
+        ConfigError::Duplicate { first_line: 10, .. }
+    ));
+}
+
+#[test]
+fn bad_routes_are_rejected_with_their_line() {
+    let e = errs(&with_listen(
+        r#"
+[[dispatcher]]
+setid = 1
+destination = "sip:10.0.0.1"
+
+[[route]]
+method = "invite"
+
+[[route]]
+source = "10.1.0.0/8"
+to_dispatcher = 1
+to_load_balancer = 1
+
+[[route]]
+to_dispatcher = 1
+resources = "ch"
+lb_flags = "r"
+ruri_user_prefix = ""
+"#,
+    ));
+    assert!(matches!(only(&e, "route[0]"), ConfigError::Conflict { .. }));
+    assert_eq!(line_of(&e, "route[0]"), 8);
+    assert_eq!(line_of(&e, "route[0].method"), 9);
+    assert_eq!(line_of(&e, "route[1].source"), 12);
+    assert!(only(&e, "route[1].source")
+        .to_string()
+        .contains("bits set beyond the /8 prefix"));
+    assert!(
+        e.iter().any(|x| matches!(x, ConfigError::Conflict { field, .. } if field == "route[1].to_load_balancer")),
+        "{e}"
+    );
+    assert_eq!(line_of(&e, "route[2].resources"), 18);
+    assert_eq!(line_of(&e, "route[2].lb_flags"), 19);
+    assert_eq!(line_of(&e, "route[2].ruri_user_prefix"), 20);
+}
+
+#[test]
+fn an_fs_weight_is_rejected_with_the_clear_message_and_no_password() {
+    let e = errs(&with_listen(
+        "\n[[dispatcher]]\nsetid = 1\ndestination = \"sip:10.0.0.1\"\nweight = \"fs://:ClueCon@10.0.0.1:8021\"\n",
+    ));
+    let err = only(&e, "dispatcher[0].weight");
+    assert!(matches!(err, ConfigError::Unsupported { .. }));
+    assert_eq!(err.line(), Some(7));
+    let text = e.to_string();
+    assert!(
+        text.contains(
+            "fs:// weights need the FreeSWITCH control plane, not available in this build"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.starts_with(
+            "/etc/fsroute/fsroute.toml:7:10: dispatcher[0].weight: \"fs://:****@10.0.0.1:8021\""
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("ClueCon"), "{text}");
+}
+
+#[test]
+fn load_balancer_rows_and_routes_are_parsed_fully_then_rejected() {
+    let text = with_listen(
+        r#"
+[[load_balancer]]
+group_id = 1
+dst_uri = "sip:127.0.0.1:5081"
+resources = "ch=fs://:ClueCon@127.0.0.1:8022;conf=10"
+
+[[route]]
+to_load_balancer = 1
+resources = "ch"
+lb_flags = "rs"
+"#,
+    );
+    let e = errs(&text);
+    assert_eq!(e.len(), 2, "{e}");
+    assert!(matches!(
+        only(&e, "load_balancer[0]"),
+        ConfigError::Unsupported { .. }
+    ));
+    assert_eq!(line_of(&e, "load_balancer[0]"), 4);
+    assert_eq!(line_of(&e, "route[0].to_load_balancer"), 10);
+    assert!(e
+        .to_string()
+        .contains("need the load_balancer data plane, not available in this build"));
+    assert!(!e.to_string().contains("ClueCon"));
+
+    // Everything the later work needs is already parsed.
+    let c = parse_ignoring_unsupported(&text, Path::new(PATH)).unwrap_or_else(|e| panic!("{e}"));
+    let row = &c.load_balancer[0];
+    assert_eq!(row.resources.len(), 2);
+    assert_eq!(
+        row.resources[1],
+        LbResource {
+            name: "conf".into(),
+            capacity: Capacity::Fixed(10)
+        }
+    );
+    match &row.resources[0].capacity {
+        Capacity::Fs(fs) => assert_eq!(
+            (fs.endpoint.to_string(), fs.password.expose()),
+            ("127.0.0.1:8022".into(), "ClueCon")
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        c.routes[0].target,
+        RouteTo::LoadBalancer {
+            group_id: 1,
+            resources: vec!["ch".into()],
+            flags: LbFlags {
+                relative: true,
+                random_tie_break: true,
+                allow_negative: false
+            },
+            failover: false,
+        }
+    );
+}
+
+#[test]
+fn load_balancer_validation_runs_even_while_the_feature_is_refused() {
+    let e = errs(&with_listen(
+        r#"
+[[load_balancer]]
+group_id = 1
+dst_uri = "sip:127.0.0.1:5081"
+resources = "ch=lots"
+
+[[route]]
+to_load_balancer = 2
+resources = "ch"
+algorithm = "round-robin"
+"#,
+    ));
+    assert_eq!(line_of(&e, "load_balancer[0].resources"), 7);
+    assert!(matches!(
+        only(&e, "route[0].algorithm"),
+        ConfigError::Conflict { .. }
+    ));
+    assert!(e.iter().any(|x| matches!(x, ConfigError::UnknownReference { field, .. } if field == "route[0].to_load_balancer")));
+}
+
+#[test]
+fn two_rows_may_not_give_one_esl_endpoint_different_passwords() {
+    let e = parse_ignoring_unsupported(
+        &with_listen(
+            r#"
+[[dispatcher]]
+setid = 1
+destination = "sip:10.0.0.1"
+weight = "fs://:one@10.0.0.1"
+
+[[dispatcher]]
+setid = 2
+destination = "sip:10.0.0.1"
+weight = "fs://:two@10.0.0.1:8021"
+"#,
+        ),
+        Path::new(PATH),
+    )
+    .unwrap_err();
+    let err = only(&e, "dispatcher[1].weight");
+    assert!(matches!(err, ConfigError::Conflict { .. }));
+    assert_eq!(err.line(), Some(12));
+    assert!(
+        err.to_string().contains("other credentials than at line 7"),
+        "{err}"
+    );
+    assert!(
+        !e.to_string().contains("one@") && !e.to_string().contains("two@"),
+        "{e}"
+    );
+}
+
+const FS_CONFIG: &str = r#"[proxy]
+listen = ["127.0.0.1:5060"]
+
+[[dispatcher]]
+setid = 1
+destination = "sip:127.0.0.1:5071"
+weight = "fs://freeswitch:S3cr3tPw@127.0.0.1:8021"
+fallback_weight = 5
+
+[[dispatcher]]
+setid = 1
+destination = "sip:127.0.0.1:5072"
+weight = 10
+
+[[route]]
+to_dispatcher = 1
+algorithm = "round-robin"
+"#;
+
+#[test]
+fn passwords_never_appear_in_summary_debug_or_display() {
+    let c =
+        parse_ignoring_unsupported(FS_CONFIG, Path::new(PATH)).unwrap_or_else(|e| panic!("{e}"));
+    let summary = c.summary();
+    let debug = format!("{c:?}");
+    let pretty = format!("{c:#?}");
+    let Weight::Fs(fs) = &c.dispatcher[0].weight else {
+        panic!("fs weight expected")
+    };
+    for shown in [
+        &summary,
+        &debug,
+        &pretty,
+        &fs.to_string(),
+        &format!("{fs:?}"),
+        &fs.password.to_string(),
+    ] {
+        assert!(!shown.contains("S3cr3tPw"), "password leaked:\n{shown}");
+    }
+    assert_eq!(fs.password.expose(), "S3cr3tPw");
+    assert_eq!(fs.user.as_deref(), Some("freeswitch"));
+    assert_eq!(fs.to_string(), "fs://127.0.0.1:8021");
+    assert!(
+        summary.contains("ESL endpoints: 1\n  fs://freeswitch:****@127.0.0.1:8021"),
+        "{summary}"
+    );
+    assert_eq!(c.fs_endpoints().len(), 1);
+}
+
+#[test]
+fn a_malformed_fs_url_is_reported_without_its_password() {
+    let e = parse_ignoring_unsupported(
+        &with_listen("[[dispatcher]]\nsetid = 1\ndestination = \"sip:10.0.0.1\"\nweight = \"fs://:Hunter2@bad host\"\n"),
+        Path::new(PATH),
+    )
+    .unwrap_err();
+    assert_eq!(line_of(&e, "dispatcher[0].weight"), 6);
+    assert!(!e.to_string().contains("Hunter2"), "{e}");
+    // A password typed into a field that only takes numbers is masked in serde's message too.
+    let e = errs(&with_listen(
+        "[control]\nstale_weight = \"fs://:Hunter2@10.0.0.1\"\n",
+    ));
+    assert!(!e.to_string().contains("Hunter2"), "{e}");
+}
+
+#[test]
+fn redact_masks_every_fs_password_and_keeps_the_rest() {
+    assert_eq!(
+        redact("fs://:ClueCon@1.2.3.4:8021"),
+        "fs://:****@1.2.3.4:8021"
+    );
+    assert_eq!(redact("x \"FS://u:p@w@h\" y"), "x \"FS://u:****@h\" y");
+    assert_eq!(
+        redact("ch=fs://:a@h1;conf=fs://:b@h2"),
+        "ch=fs://:****@h1;conf=fs://:****@h2"
+    );
+    assert_eq!(redact("fs://nopassword"), "fs://nopassword");
+    assert_eq!(redact("no url here"), "no url here");
+}
+
+#[test]
+fn the_summary_shows_listeners_sets_weights_and_routes() {
+    let c = ok(include_str!("../../../tuning/fsroute.toml"));
+    let s = c.summary();
+    for want in [
+        "listen      udp 127.0.0.1:5060",
+        "advertise   127.0.0.1:5060",
+        "shards 2",
+        "dispatcher sets: 1",
+        "set 1: 2 destination(s)",
+        "sip:127.0.0.1:5071",
+        "weight 50",
+        "routes: 2",
+        "method INVITE -> dispatcher set 1, round-robin (4)",
+        "admin       http://127.0.0.1:9060",
+        "ESL endpoints: none",
+    ] {
+        assert!(s.contains(want), "summary lacks {want:?}:\n{s}");
+    }
+    assert!(s.lines().count() <= 24, "one screen:\n{s}");
+}
+
+#[test]
+fn load_reads_the_file_and_names_it_in_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fsroute.toml");
+    std::fs::write(
+        &path,
+        "[proxy]\nlisten = [\"127.0.0.1:5060\"]\nmax_forwards = 300\n",
+    )
+    .unwrap();
+    let e = load(&path).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}:3:16: proxy.max_forwards: 300", path.display())),
+        "{e}"
+    );
+
+    std::fs::write(&path, include_str!("../../../tuning/fsroute.toml")).unwrap();
+    assert_eq!(load(&path).unwrap().path, path);
+
+    let missing = dir.path().join("nope.toml");
+    let e = load(&missing).unwrap_err();
+    assert!(matches!(e.0[0], ConfigError::Read { .. }));
+    assert!(
+        e.to_string()
+            .contains("nope.toml: cannot read the config file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn probing_and_route_failover_are_refused_until_they_exist() {
+    let text = "[proxy]\nlisten = [\"127.0.0.1:5060\"]\n[control]\nprobe_interval = \"5s\"\n[[dispatcher]]\nsetid = 1\ndestination = \"sip:127.0.0.1:5071\"\n[[route]]\nto_dispatcher = 1\nfailover = true\n";
+    let errs = parse(text, Path::new("p.toml")).unwrap_err();
+    let shown = errs.to_string();
+    assert!(shown.contains("p.toml:4:18: control.probe_interval"), "{shown}");
+    assert!(shown.contains("OPTIONS probing needs the FreeSWITCH control plane"), "{shown}");
+    assert!(shown.contains("p.toml:10:12: route[0].failover"), "{shown}");
+    let off = "[proxy]\nlisten = [\"127.0.0.1:5060\"]\n[control]\nprobe_interval = \"0s\"\n";
+    assert!(parse(off, Path::new("p.toml")).is_ok());
+}

@@ -1,0 +1,112 @@
+//! Shared helpers for the socket-level tests: start an emulator on loopback with short
+//! intervals, and a raw ESL client that reads frames with the crate's own decoder.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use fsroute_esl::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
+use fsroute_esl::{Decoder, Frame};
+
+pub fn emulator(tweak: impl FnOnce(&mut EmulatorConfig)) -> EmulatorHandle {
+    let mut cfg = EmulatorConfig {
+        heartbeat: Duration::from_millis(200),
+        answer_delay: Duration::from_millis(20),
+        ..EmulatorConfig::default()
+    };
+    tweak(&mut cfg);
+    Emulator::start(cfg).expect("emulator starts on loopback")
+}
+
+/// A bare TCP ESL client for byte-level assertions.
+pub struct Raw {
+    pub stream: TcpStream,
+    decoder: Decoder,
+}
+
+impl Raw {
+    pub fn connect(emu: &EmulatorHandle) -> Raw {
+        let stream = TcpStream::connect(emu.esl_addr()).expect("connect to emulator");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        Raw {
+            stream,
+            decoder: Decoder::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Exactly `n` bytes.
+    pub fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        self.stream.read_exact(&mut buf).unwrap();
+        buf
+    }
+
+    /// Everything until the server closes (fails after 5 s).
+    pub fn read_to_close(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.stream
+            .read_to_end(&mut out)
+            .expect("server closes the connection");
+        out
+    }
+
+    /// The next frame, or `None` if none arrives within `timeout`.
+    pub fn frame_within(&mut self, timeout: Duration) -> Option<Frame> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(f) = self.decoder.next_frame().expect("well-formed stream") {
+                return Some(f);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            self.stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            match self.stream.read(&mut buf) {
+                Ok(0) => return None,
+                Ok(n) => self.decoder.feed(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    pub fn frame(&mut self) -> Frame {
+        self.frame_within(Duration::from_secs(5))
+            .expect("a frame within 5 s")
+    }
+
+    /// Sends a command and returns the next non-event frame (its reply).
+    pub fn command(&mut self, cmd: &str) -> Frame {
+        self.send(format!("{cmd}\n\n").as_bytes());
+        loop {
+            let f = self.frame();
+            if !f.content_type().unwrap_or("").starts_with("text/event") {
+                return f;
+            }
+        }
+    }
+
+    /// Greeting plus successful `auth`.
+    pub fn login(emu: &EmulatorHandle) -> Raw {
+        let mut r = Raw::connect(emu);
+        assert_eq!(r.frame().content_type(), Some("auth/request"));
+        let reply = r.command("auth ClueCon");
+        assert_eq!(reply.reply_text(), Some("+OK accepted"));
+        r
+    }
+}
