@@ -13,6 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use crate::build::AdminState;
@@ -36,12 +37,54 @@ fn state_name(active: bool, admin: Option<&str>) -> &'static str {
     }
 }
 
+/// Per destination, what the table does not hold.
+#[derive(Clone, Debug, Default)]
+pub struct DestExtra {
+    pub configured_weight: Option<String>,
+    /// `null` for static weights.
+    pub fs: Option<Value>,
+}
+
+/// How fast the control plane turns news into routing: heartbeat read -> table visible, and the
+/// table build itself (microseconds).
+#[derive(Debug)]
+pub struct Timings {
+    pub heartbeat_visible: Histogram<u64>,
+    pub rebuild: Histogram<u64>,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        let h = || Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds");
+        Timings { heartbeat_visible: h(), rebuild: h() }
+    }
+}
+
+impl Timings {
+    pub fn record_rebuild(&mut self, d: std::time::Duration) {
+        self.rebuild.saturating_record(d.as_micros().max(1) as u64);
+    }
+    pub fn record_heartbeat_visible(&mut self, d: std::time::Duration) {
+        self.heartbeat_visible.saturating_record(d.as_micros().max(1) as u64);
+    }
+}
+
+fn summary(h: &Histogram<u64>) -> Value {
+    json!({
+        "count": h.len(),
+        "p50_us": h.value_at_quantile(0.5),
+        "p99_us": h.value_at_quantile(0.99),
+        "max_us": h.max(),
+    })
+}
+
 pub fn status_json(
     table: &RoutingTable,
     shards: &[std::sync::Arc<ShardStats>],
     reload: &ReloadRecord,
     admin: &AdminState,
-    configured_weight: &dyn Fn(i32, &str) -> Option<String>,
+    timings: &Timings,
+    extra: &dyn Fn(i32, &str) -> DestExtra,
 ) -> Value {
     let sets: Vec<Value> = table
         .sets
@@ -51,15 +94,16 @@ pub fn status_json(
                 .destinations
                 .iter()
                 .map(|d| {
+                    let x = extra(s.setid, &d.uri);
                     json!({
                         "uri": d.uri,
                         "address": d.addr.to_string(),
                         "state": state_name(d.active, admin.state_name(s.setid, &d.uri)),
                         "weight": d.weight,
-                        "configured_weight": configured_weight(s.setid, &d.uri),
+                        "configured_weight": x.configured_weight,
                         "priority": d.priority,
                         "forwarded": d.counters.forwarded.load(Ordering::Relaxed),
-                        "fs": Value::Null,
+                        "fs": x.fs,
                     })
                 })
                 .collect();
@@ -91,6 +135,10 @@ pub fn status_json(
         "load_balancer": [],
         "shards": shard_values,
         "table_generation": table.generation,
+        "control": {
+            "heartbeat_to_table": summary(&timings.heartbeat_visible),
+            "table_rebuild": summary(&timings.rebuild),
+        },
         "config": {
             "path": reload.path,
             "loaded_at": loaded_at,

@@ -238,13 +238,17 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
 }
 
 /// A row's weight now: a static weight as written; an fs:// weight from the box's last
-/// heartbeat, or the row's `fallback_weight` (else `control.stale_weight`) while the box is
-/// disconnected, silent or not heard from yet — never a frozen last value.
+/// heartbeat (or `api status` seed); `max_freeswitch_weight` before the first numbers, while the
+/// first connection is still being made; the row's `fallback_weight` (else `control.stale_weight`)
+/// once the box is disconnected or silent — never a frozen last value.
 pub fn effective_weight(row: &DispatcherRow, control: &ControlConfig, stats: &Stats) -> u32 {
     match &row.weight {
         Weight::Static(w) => *w,
         Weight::Fs(fs) => match stats.fs.get(&fs.key()) {
             Some(s) if s.is_fresh() => fs_weight(control.max_freeswitch_weight, s),
+            // Not tried yet, or connected and waiting for its first numbers.
+            None => control.max_freeswitch_weight,
+            Some(s) if s.connected && !s.stale && s.last_heartbeat.is_none() => control.max_freeswitch_weight,
             _ => row.fallback_weight.unwrap_or(control.stale_weight),
         },
     }

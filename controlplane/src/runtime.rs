@@ -15,9 +15,11 @@ use fsroute_dataplane::table::RoutingTable;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::admin::{metrics_text, status_json, ReloadRecord};
+
+use crate::admin::{metrics_text, status_json, DestExtra, ReloadRecord, Timings};
 use crate::build::{build_table, AdminState, CounterStore, Stats};
 use crate::config::{self, Config, DestState, Weight};
+use crate::freeswitch::FsMonitor;
 
 /// Exit codes of `fsroute run` (CONTRACT.md).
 pub const EXIT_OK: i32 = 0;
@@ -41,13 +43,21 @@ struct Control {
     generation: u64,
     table: Arc<ArcSwap<RoutingTable>>,
     record: ReloadRecord,
+    fs: FsMonitor,
+    timings: Timings,
 }
 
 impl Control {
     fn rebuild(&mut self) {
         self.generation += 1;
+        let started = Instant::now();
         let t = build_table(&self.config, &self.stats, &self.admin, &mut self.counters, self.generation);
         self.table.store(Arc::new(t));
+        let visible = Instant::now();
+        self.timings.record_rebuild(visible - started);
+        for arrived in self.fs.pending_visibility.drain(..) {
+            self.timings.record_heartbeat_visible(visible - arrived);
+        }
     }
 
     /// SIGHUP: on any error the running table stays, and the error is logged and recorded.
@@ -59,6 +69,8 @@ impl Control {
                     tracing::warn!("listen addresses and shard count change only on restart; the running ones stay");
                 }
                 self.config = new;
+                self.admin.retain_known(&self.config);
+                self.fs.sync(&self.config, &mut self.stats);
                 self.rebuild();
                 self.record.reloads += 1;
                 self.record.loaded_at = Some(SystemTime::now());
@@ -73,15 +85,37 @@ impl Control {
         }
     }
 
-    fn configured_weight(&self, setid: i32, uri: &str) -> Option<String> {
-        self.config
-            .dispatcher
-            .iter()
-            .find(|d| d.setid == setid && d.uri == uri)
-            .map(|d| match &d.weight {
-                Weight::Static(w) => w.to_string(),
-                Weight::Fs(fs) => fs.to_string(),
-            })
+    /// What `/status` shows of a destination beyond the table: its configured weight and, for an
+    /// fs:// weight, what its FreeSWITCH box last said.
+    fn dest_extra(&self, setid: i32, uri: &str) -> DestExtra {
+        let Some(row) = self.config.dispatcher.iter().find(|d| d.setid == setid && d.uri == uri) else {
+            return DestExtra::default();
+        };
+        match &row.weight {
+            Weight::Static(w) => DestExtra { configured_weight: Some(w.to_string()), fs: None },
+            Weight::Fs(fs) => {
+                let key = fs.key();
+                let s = self.stats.fs.get(&key).cloned().unwrap_or_default();
+                let info = self.fs.info(&key).cloned().unwrap_or_default();
+                let fresh = s.is_fresh();
+                DestExtra {
+                    configured_weight: Some(fs.to_string()),
+                    fs: Some(serde_json::json!({
+                        "url": fs.to_string(),
+                        "connected": s.connected,
+                        "idle_cpu": s.last_heartbeat.map(|_| f64::from(s.idle_cpu_micro) / 1e6),
+                        "session_count": s.last_heartbeat.map(|_| s.session_count),
+                        "max_sessions": s.last_heartbeat.map(|_| s.max_sessions),
+                        "heartbeat_age_ms": s.last_heartbeat.map(|t| t.elapsed().as_millis() as u64),
+                        "stale": !fresh && (s.stale || !s.connected),
+                        "rejected_heartbeats": info.rejected_heartbeats,
+                        "reconnects": info.reconnects,
+                        "core_uuid": info.core_uuid,
+                        "last_error": info.last_error,
+                    })),
+                }
+            }
+        }
     }
 }
 
@@ -101,7 +135,16 @@ pub fn run(opts: RunOptions) -> i32 {
             return EXIT_RUNTIME;
         }
     };
+    let fs = match FsMonitor::new(&config) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the ESL poller");
+            return EXIT_RUNTIME;
+        }
+    };
     let mut ctl = Control {
+        fs,
+        timings: Timings::default(),
         path: opts.config_path.clone(),
         stats: Stats::default(),
         admin: AdminState::default(),
@@ -173,13 +216,15 @@ pub fn run(opts: RunOptions) -> i32 {
                 break;
             }
         }
-        match &server {
-            Some(s) => {
-                if let Ok(Some(req)) = s.recv_timeout(Duration::from_millis(50)) {
-                    serve(&mut ctl, &dp, req);
-                }
+        // ESL first: a heartbeat reaches the table within one turn of this loop.
+        let wait = if server.is_some() { Duration::from_millis(10) } else { Duration::from_millis(50) };
+        if ctl.fs.poll(wait, Instant::now(), &mut ctl.stats) {
+            ctl.rebuild();
+        }
+        if let Some(s) = &server {
+            while let Ok(Some(req)) = s.try_recv() {
+                serve(&mut ctl, &dp, req);
             }
-            None => std::thread::sleep(Duration::from_millis(50)),
         }
     }
     dp.stop();
@@ -204,7 +249,7 @@ fn serve(ctl: &mut Control, dp: &DataPlane, mut req: tiny_http::Request) {
     match (method, url.as_str()) {
         (tiny_http::Method::Get, "/status") => {
             let table = ctl.table.load();
-            let v = status_json(&table, &dp.stats, &ctl.record, &ctl.admin, &|s, u| ctl.configured_weight(s, u));
+            let v = status_json(&table, &dp.stats, &ctl.record, &ctl.admin, &ctl.timings, &|s, u| ctl.dest_extra(s, u));
             respond(req, 200, "application/json", v.to_string());
         }
         (tiny_http::Method::Get, "/metrics") => {

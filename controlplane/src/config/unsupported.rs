@@ -1,17 +1,14 @@
 //! The one place that refuses config features this build parses and validates but cannot run
 //! yet. Each arrives with later work, which deletes its rule here and nothing else:
-//! `fs://` weights and OPTIONS probing (the FreeSWITCH control plane), `[[load_balancer]]` rows,
+//! OPTIONS probing (the FreeSWITCH control plane), `[[load_balancer]]` rows,
 //! `to_load_balancer` routes and route failover (the load_balancer work). A key that is accepted
 //! but does nothing would be a silent lie to an operator, so each is refused by name.
 
 use std::path::Path;
 
-use super::error::{redact, ConfigError, LineIndex};
+use super::error::{ConfigError, LineIndex};
 use super::raw::{IntOrStr, RawConfig};
-use super::value::is_fs_url;
 
-pub const FS_WEIGHT: &str =
-    "fs:// weights need the FreeSWITCH control plane, not available in this build";
 pub const LOAD_BALANCER_ROW: &str =
     "[[load_balancer]] rows need the load_balancer data plane, not available in this build";
 pub const TO_LOAD_BALANCER: &str =
@@ -24,20 +21,6 @@ pub const FAILOVER: &str = "route failover needs the load_balancer work, not ava
 pub(crate) fn reject(raw: &RawConfig, text: &str, path: &Path) -> Vec<ConfigError> {
     let lines = LineIndex::new(text);
     let mut errors = Vec::new();
-    for (i, row) in raw.dispatcher.iter().enumerate() {
-        if let Some(w) = &row.get_ref().weight {
-            if let IntOrStr::Str(s) = w.get_ref() {
-                if is_fs_url(s.trim()) {
-                    errors.push(ConfigError::Unsupported {
-                        at: lines.position(path, text, w.span().start),
-                        field: format!("dispatcher[{i}].weight"),
-                        value: redact(&format!("{s:?}")),
-                        reason: FS_WEIGHT,
-                    });
-                }
-            }
-        }
-    }
     for (i, row) in raw.load_balancer.iter().enumerate() {
         let value = row.get_ref().dst_uri.as_ref().map_or_else(
             || "[[load_balancer]]".to_string(),

@@ -1,0 +1,87 @@
+//! End-to-end specs of SIGHUP reloads under traffic: a broken file keeps the running table and is
+//! reported; a new destination takes calls without a restart; twenty reloads lose no call.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn forwarded(proxy: &Proxy) -> Vec<(String, u64)> {
+    proxy.status()["dispatcher"][0]["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["uri"].as_str().unwrap().to_string(), d["forwarded"].as_u64().unwrap()))
+        .collect()
+}
+
+fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn sighup_with_a_broken_file_keeps_calls_flowing_and_reports_the_error() {
+    let _g = serial();
+    let b1 = free_udp_port();
+    let _uas = Sipp::uas(b1, None, &[]);
+    let good = dispatcher_config(2, &[b1], "round-robin");
+    let proxy = Proxy::start(&good);
+    proxy.rewrite_config(&format!("{good}\n[[dispatcher]]\nsetid = 1\ndestination = \"sip:127.0.0.1:70000\"\n"));
+    proxy.signal(libc::SIGHUP);
+    assert!(wait_for(Duration::from_secs(5), || proxy.status()["config"]["reload_failures"] == 1));
+    let st = proxy.status();
+    let err = st["config"]["last_error"].as_str().unwrap();
+    assert!(err.contains("fsroute.toml:") && err.contains("dispatcher[1].destination"), "{err}");
+    let run = Sipp::uac(proxy.sip, None, 50, 50, &[], Duration::from_secs(20));
+    assert!(run.all_calls_succeeded(), "{}", run.explain());
+    assert!(proxy.log().contains("reload rejected"));
+}
+
+#[test]
+fn sighup_adding_a_destination_sends_it_calls_without_a_restart() {
+    let _g = serial();
+    let (b1, b2) = (free_udp_port(), free_udp_port());
+    let _uas1 = Sipp::uas(b1, None, &[]);
+    let _uas2 = Sipp::uas(b2, None, &[]);
+    let proxy = Proxy::start(&dispatcher_config(2, &[b1], "round-robin"));
+    proxy.rewrite_config(&dispatcher_config(2, &[b1, b2], "round-robin"));
+    proxy.signal(libc::SIGHUP);
+    assert!(wait_for(Duration::from_secs(5), || forwarded(&proxy).len() == 2));
+    let run = Sipp::uac(proxy.sip, None, 100, 100, &[], Duration::from_secs(20));
+    assert!(run.all_calls_succeeded(), "{}", run.explain());
+    let f = forwarded(&proxy);
+    assert!(f.iter().all(|(_, n)| *n >= 40), "{f:?}");
+    assert_eq!(proxy.status()["config"]["reloads"], 1);
+}
+
+#[test]
+fn twenty_reloads_during_a_sipp_run_lose_no_call() {
+    let _g = serial();
+    let (b1, b2) = (free_udp_port(), free_udp_port());
+    let _uas1 = Sipp::uas(b1, None, &[]);
+    let _uas2 = Sipp::uas(b2, None, &[]);
+    let config = dispatcher_config(2, &[b1, b2], "round-robin");
+    let proxy = Proxy::start(&config);
+    let target = proxy.sip;
+    let caller = std::thread::spawn(move || Sipp::uac(target, None, 1500, 300, &[], Duration::from_secs(40)));
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..20 {
+        // Alternate weights so every reload really changes the table.
+        let w = if i % 2 == 0 { 2 } else { 1 };
+        proxy.rewrite_config(&config.replacen("weight = 1", &format!("weight = {w}"), 1));
+        proxy.signal(libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let run = caller.join().unwrap();
+    assert!(run.all_calls_succeeded(), "{}\n{}", run.explain(), proxy.log());
+    assert_eq!(run.counter("Successful call"), Some(1500));
+    assert_eq!(proxy.status()["config"]["reloads"], 20);
+}
