@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use crate::build::AdminState;
+use crate::config::DestState;
 
 /// What `/status` reports about configuration loads.
 #[derive(Clone, Debug, Default)]
@@ -28,18 +28,23 @@ pub struct ReloadRecord {
     pub last_error: Option<String>,
 }
 
-fn state_name(active: bool, admin: Option<&str>) -> &'static str {
-    match admin {
-        Some("probing") => "probing",
-        Some("inactive") => "inactive",
+/// OpenSIPS's three states as an operator reads them: inactive is an admin decision; otherwise a
+/// destination that takes no calls is probing (waiting for probes or an admin to bring it back).
+fn state_name(active: bool, state: Option<DestState>) -> &'static str {
+    match state {
+        Some(DestState::Inactive) => "inactive",
         _ if active => "active",
-        _ => "inactive",
+        _ => "probing",
     }
 }
 
 /// Per destination, what the table does not hold.
 #[derive(Clone, Debug, Default)]
 pub struct DestExtra {
+    /// The admin state in force (an override, else the row's state).
+    pub state: Option<DestState>,
+    /// The OPTIONS probe verdict, when probing is on.
+    pub probe: Option<Value>,
     pub configured_weight: Option<String>,
     /// `null` for static weights.
     pub fs: Option<Value>,
@@ -82,7 +87,6 @@ pub fn status_json(
     table: &RoutingTable,
     shards: &[std::sync::Arc<ShardStats>],
     reload: &ReloadRecord,
-    admin: &AdminState,
     timings: &Timings,
     extra: &dyn Fn(i32, &str) -> DestExtra,
 ) -> Value {
@@ -98,7 +102,8 @@ pub fn status_json(
                     json!({
                         "uri": d.uri,
                         "address": d.addr.to_string(),
-                        "state": state_name(d.active, admin.state_name(s.setid, &d.uri)),
+                        "state": state_name(d.active, x.state),
+                        "probe": x.probe,
                         "weight": d.weight,
                         "configured_weight": x.configured_weight,
                         "priority": d.priority,

@@ -14,6 +14,7 @@ use fsroute_dataplane::table::{
 };
 
 use crate::config::{Config, ControlConfig, DestState, DispatcherRow, FsKey, RouteTo, Weight};
+use crate::probe::ProbeHealth;
 
 /// What one FreeSWITCH box last told us over ESL. The ESL side fills it; staleness is decided
 /// there too (it owns the clock), so building stays pure.
@@ -37,10 +38,12 @@ impl FsStats {
     }
 }
 
-/// Runtime stats per FreeSWITCH ESL endpoint.
+/// What the control plane has observed at runtime: per FreeSWITCH ESL endpoint, and per
+/// dispatcher destination the OPTIONS probe verdict (absent while probing is off).
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
     pub fs: HashMap<FsKey, FsStats>,
+    pub probes: HashMap<(i32, String), ProbeHealth>,
 }
 
 /// Runtime admin overrides (`POST /dispatcher/state`), keyed by (setid, destination URI as
@@ -134,12 +137,19 @@ pub fn build_table(
             .map(|r| {
                 live.insert((setid, r.uri.clone()));
                 let state = admin.dispatcher_state(setid, &r.uri).unwrap_or(r.state);
+                // Inactive is an admin decision and sticks; otherwise a probe verdict, when there
+                // is one, says whether the box answers.
+                let active = match (state, stats.probes.get(&(setid, r.uri.clone()))) {
+                    (DestState::Inactive, _) => false,
+                    (_, Some(h)) => h.up,
+                    (s, None) => s.is_active(),
+                };
                 Destination {
                     uri: r.uri.clone(),
                     addr: r.addr,
                     weight: effective_weight(r, &config.control, stats),
                     priority: r.priority,
-                    active: state.is_active(),
+                    active,
                     counters: counters.get_or_create(setid, &r.uri),
                 }
             })
@@ -603,7 +613,7 @@ fallback_weight = 9
     }
 
     #[test]
-    fn a_stale_or_unknown_box_weighs_its_fallback_weight_never_a_frozen_value() {
+    fn before_the_first_numbers_a_box_weighs_max_then_its_heartbeat_then_its_fallback_when_stale() {
         let c = fs_config();
         let mut stats = Stats::default();
         let weights = |stats: &Stats| -> Vec<u32> {
@@ -620,8 +630,14 @@ fallback_weight = 9
                 .map(|d| d.weight)
                 .collect()
         };
-        // Not heard from yet: stale_weight, or the row's fallback_weight.
-        assert_eq!(weights(&stats), [2, 9]);
+        // Before the first connection settles: max_freeswitch_weight, as OpenSIPS starts.
+        assert_eq!(weights(&stats), [100, 100]);
+        // Connected, still waiting for the api status seed: the same.
+        stats.fs.insert(key(8021), FsStats { connected: true, ..FsStats::default() });
+        assert_eq!(weights(&stats)[0], 100);
+        // A first attempt that failed: stale at once.
+        stats.fs.insert(key(8021), FsStats { connected: false, stale: true, ..FsStats::default() });
+        assert_eq!(weights(&stats)[0], 2);
 
         stats.fs.insert(key(8021), fresh(100_000_000, 0, 100));
         stats.fs.insert(key(8022), fresh(50_000_000, 50, 100));

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod build;
 pub mod config;
 pub mod freeswitch;
+pub mod probe;
 pub mod runtime;
 
 /// Parses `"250ms"`, `"3s"`, `"2m"`, `"12h"` as the config file does.

@@ -20,6 +20,15 @@ use crate::admin::{metrics_text, status_json, DestExtra, ReloadRecord, Timings};
 use crate::build::{build_table, AdminState, CounterStore, Stats};
 use crate::config::{self, Config, DestState, Weight};
 use crate::freeswitch::FsMonitor;
+use crate::probe::{Outgoing, ProbeSettings, ProbeSocket, Prober};
+
+fn probe_settings(c: &Config) -> ProbeSettings {
+    ProbeSettings {
+        interval: c.control.probe_interval,
+        failure_threshold: c.control.probe_failure_threshold,
+        success_threshold: c.control.probe_success_threshold,
+    }
+}
 
 /// Exit codes of `fsroute run` (CONTRACT.md).
 pub const EXIT_OK: i32 = 0;
@@ -45,6 +54,9 @@ struct Control {
     record: ReloadRecord,
     fs: FsMonitor,
     timings: Timings,
+    prober: Prober,
+    probe_sock: Option<ProbeSocket>,
+    probe_out: Vec<Outgoing>,
 }
 
 impl Control {
@@ -71,6 +83,7 @@ impl Control {
                 self.config = new;
                 self.admin.retain_known(&self.config);
                 self.fs.sync(&self.config, &mut self.stats);
+                self.sync_probes();
                 self.rebuild();
                 self.record.reloads += 1;
                 self.record.loaded_at = Some(SystemTime::now());
@@ -85,20 +98,82 @@ impl Control {
         }
     }
 
+    /// Probe targets follow the config; with probing off, verdicts are forgotten.
+    fn sync_probes(&mut self) {
+        self.prober.set_settings(probe_settings(&self.config));
+        let wanted: Vec<_> = if self.prober.enabled() {
+            self.config
+                .dispatcher
+                .iter()
+                .map(|r| ((r.setid, r.uri.clone()), r.addr, r.state == DestState::Probing))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.prober.sync(&wanted, Instant::now());
+        if self.prober.enabled() && self.probe_sock.is_none() {
+            let ip = self.config.proxy.listen.first().map(|a| a.ip()).unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+            let ip = if ip.is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { ip };
+            match ProbeSocket::bind(ip) {
+                Ok(s) => self.probe_sock = Some(s),
+                Err(e) => tracing::error!(error = %e, "cannot bind the probe socket; probing is off"),
+            }
+        }
+        self.copy_probe_health();
+    }
+
+    fn copy_probe_health(&mut self) {
+        self.stats.probes.clear();
+        for r in &self.config.dispatcher {
+            let key = (r.setid, r.uri.clone());
+            if let Some(h) = self.prober.health(&key) {
+                self.stats.probes.insert(key, h);
+            }
+        }
+    }
+
+    /// Sends due probes, reads replies; true when a verdict changed.
+    fn run_probes(&mut self) -> bool {
+        let Some(sock) = self.probe_sock.as_mut() else { return false };
+        if !self.prober.enabled() {
+            return false;
+        }
+        let mut changed = sock.drain(&mut self.prober);
+        let admin = &self.admin;
+        let config = &self.config;
+        let inactive = |k: &(i32, String)| {
+            let row_state = config.dispatcher.iter().find(|r| r.setid == k.0 && r.uri == k.1).map(|r| r.state);
+            admin.dispatcher_state(k.0, &k.1).or(row_state) == Some(DestState::Inactive)
+        };
+        self.probe_out.clear();
+        changed |= self.prober.poll(Instant::now(), sock.local, &inactive, &mut self.probe_out);
+        sock.send(&self.probe_out);
+        if changed {
+            self.copy_probe_health();
+        }
+        changed
+    }
+
     /// What `/status` shows of a destination beyond the table: its configured weight and, for an
     /// fs:// weight, what its FreeSWITCH box last said.
     fn dest_extra(&self, setid: i32, uri: &str) -> DestExtra {
         let Some(row) = self.config.dispatcher.iter().find(|d| d.setid == setid && d.uri == uri) else {
             return DestExtra::default();
         };
+        let state = self.admin.dispatcher_state(setid, uri).unwrap_or(row.state);
+        let probe = self.prober.health(&(setid, uri.to_string())).map(|h| {
+            serde_json::json!({ "up": h.up, "full": h.full, "last_status": h.last_status })
+        });
         match &row.weight {
-            Weight::Static(w) => DestExtra { configured_weight: Some(w.to_string()), fs: None },
+            Weight::Static(w) => DestExtra { configured_weight: Some(w.to_string()), fs: None, state: Some(state), probe },
             Weight::Fs(fs) => {
                 let key = fs.key();
                 let s = self.stats.fs.get(&key).cloned().unwrap_or_default();
                 let info = self.fs.info(&key).cloned().unwrap_or_default();
                 let fresh = s.is_fresh();
                 DestExtra {
+                    state: Some(state),
+                    probe,
                     configured_weight: Some(fs.to_string()),
                     fs: Some(serde_json::json!({
                         "url": fs.to_string(),
@@ -145,6 +220,9 @@ pub fn run(opts: RunOptions) -> i32 {
     let mut ctl = Control {
         fs,
         timings: Timings::default(),
+        prober: Prober::new(probe_settings(&config)),
+        probe_sock: None,
+        probe_out: Vec::new(),
         path: opts.config_path.clone(),
         stats: Stats::default(),
         admin: AdminState::default(),
@@ -158,6 +236,7 @@ pub fn run(opts: RunOptions) -> i32 {
         },
         config,
     };
+    ctl.sync_probes();
     ctl.rebuild();
 
     let spec = ShardSpec {
@@ -218,7 +297,9 @@ pub fn run(opts: RunOptions) -> i32 {
         }
         // ESL first: a heartbeat reaches the table within one turn of this loop.
         let wait = if server.is_some() { Duration::from_millis(10) } else { Duration::from_millis(50) };
-        if ctl.fs.poll(wait, Instant::now(), &mut ctl.stats) {
+        let heard = ctl.fs.poll(wait, Instant::now(), &mut ctl.stats);
+        let probed = ctl.run_probes();
+        if heard || probed {
             ctl.rebuild();
         }
         if let Some(s) = &server {
@@ -249,7 +330,7 @@ fn serve(ctl: &mut Control, dp: &DataPlane, mut req: tiny_http::Request) {
     match (method, url.as_str()) {
         (tiny_http::Method::Get, "/status") => {
             let table = ctl.table.load();
-            let v = status_json(&table, &dp.stats, &ctl.record, &ctl.admin, &ctl.timings, &|s, u| ctl.dest_extra(s, u));
+            let v = status_json(&table, &dp.stats, &ctl.record, &ctl.timings, &|s, u| ctl.dest_extra(s, u));
             respond(req, 200, "application/json", v.to_string());
         }
         (tiny_http::Method::Get, "/metrics") => {
@@ -289,6 +370,15 @@ fn set_state(ctl: &mut Control, body: &str) -> Result<(), (u16, String)> {
     let state = DestState::from_name(&r.state)
         .ok_or_else(|| (400, format!("state must be active, inactive or probing, not {:?}", r.state)))?;
     ctl.admin.set_dispatcher_state(r.setid, &r.destination, state);
+    // OpenSIPS: setting active clears the probing flags; setting probing makes the box earn its
+    // way back through probes.
+    let key = (r.setid, r.destination.clone());
+    match state {
+        DestState::Active => ctl.prober.force(&key, true),
+        DestState::Probing => ctl.prober.force(&key, false),
+        DestState::Inactive => {}
+    }
+    ctl.copy_probe_health();
     tracing::info!(setid = r.setid, destination = %r.destination, state = %r.state, "admin set destination state");
     ctl.rebuild();
     Ok(())

@@ -1,21 +1,19 @@
 //! The one place that refuses config features this build parses and validates but cannot run
 //! yet. Each arrives with later work, which deletes its rule here and nothing else:
-//! OPTIONS probing (the FreeSWITCH control plane), `[[load_balancer]]` rows,
+//! `[[load_balancer]]` rows,
 //! `to_load_balancer` routes and route failover (the load_balancer work). A key that is accepted
 //! but does nothing would be a silent lie to an operator, so each is refused by name.
 
 use std::path::Path;
 
 use super::error::{ConfigError, LineIndex};
-use super::raw::{IntOrStr, RawConfig};
+use super::raw::RawConfig;
 
 pub const LOAD_BALANCER_ROW: &str =
     "[[load_balancer]] rows need the load_balancer data plane, not available in this build";
 pub const TO_LOAD_BALANCER: &str =
     "to_load_balancer routes need the load_balancer data plane, not available in this build";
 
-pub const PROBING: &str =
-    "OPTIONS probing needs the FreeSWITCH control plane, not available in this build; use \"0s\"";
 pub const FAILOVER: &str = "route failover needs the load_balancer work, not available in this build";
 
 pub(crate) fn reject(raw: &RawConfig, text: &str, path: &Path) -> Vec<ConfigError> {
@@ -32,20 +30,6 @@ pub(crate) fn reject(raw: &RawConfig, text: &str, path: &Path) -> Vec<ConfigErro
             value,
             reason: LOAD_BALANCER_ROW,
         });
-    }
-    if let Some(iv) = raw.control.as_ref().and_then(|c| c.get_ref().probe_interval.as_ref()) {
-        let off = match iv.get_ref() {
-            IntOrStr::Int(n) => *n == 0,
-            IntOrStr::Str(s) => super::value::parse_duration(s).is_ok_and(|d| d.is_zero()),
-        };
-        if !off {
-            errors.push(ConfigError::Unsupported {
-                at: lines.position(path, text, iv.span().start),
-                field: "control.probe_interval".to_string(),
-                value: format!("{:?}", iv.get_ref()),
-                reason: PROBING,
-            });
-        }
     }
     for (i, row) in raw.route.iter().enumerate() {
         if let Some(f) = &row.get_ref().failover {
