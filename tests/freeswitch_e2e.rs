@@ -111,6 +111,15 @@ fn wrr_follows_heartbeat_weights_and_the_split_follows_a_changed_report() {
     assert!(fs["url"].as_str().unwrap().starts_with("fs://127.0.0.1:"));
     assert!(!st.to_string().contains("ClueCon"), "password leaked into /status");
     assert!(st["control"]["heartbeat_to_table"]["count"].as_u64().unwrap() > 0);
+
+    let (code, metrics) = http(proxy.admin, "GET", "/metrics", "");
+    assert_eq!(code, 200);
+    let b_label = format!("fs=\"fs://{}\"", b.esl_addr());
+    for want in ["fsroute_esl_connected{", "fsroute_fs_session_count{", "fsroute_destination_forwarded_total{", "fsroute_shard_processed_total{", "fsroute_control_latency_us{"] {
+        assert!(metrics.contains(want), "/metrics lacks {want}:\n{metrics}");
+    }
+    assert!(metrics.lines().any(|l| l.starts_with("fsroute_fs_session_count{") && l.contains(&b_label) && l.ends_with(" 900")), "{metrics}");
+    assert!(!metrics.contains("ClueCon"), "password leaked into /metrics");
 }
 
 #[test]

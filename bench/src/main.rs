@@ -1,1 +1,136 @@
-fn main() {}
+//! `fsroute-bench`: one subcommand per scenario (`throughput`, `fs-aware`, `single-peer`,
+//! `reload`), each printing a human table (or JSON with `--json`), plus the `relay` mode that
+//! the throughput scenario launches as a separate process (so /proc charges its CPU to it).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use fsroute_bench::{fs_aware, relay, reload, single_peer, throughput, Opts};
+
+#[derive(Parser)]
+#[command(name = "fsroute-bench", version, about = "fsroute's benchmark harness (loopback only)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Print the result as JSON on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Length of the main measurement (per step for searches), e.g. "2s".
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// A few seconds in total, for CI.
+    #[arg(long)]
+    smoke: bool,
+    /// Load generator threads.
+    #[arg(long, default_value_t = 1)]
+    uac_threads: usize,
+    /// Directory for pictures (fs-aware PDD CDF).
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Highest zero-failure call rate: direct, bare relay, fsroute 1 and N shards, Kamailio.
+    Throughput(Common),
+    /// Heterogeneous emulated FreeSWITCH pool: blind round-robin vs FreeSWITCH weights.
+    FsAware(Common),
+    /// All load from one source address: per-shard shares, throughput, reordering per ingress mode.
+    SinglePeer(Common),
+    /// SIGHUP every 100 ms under load: failed calls must be 0.
+    Reload(Common),
+    /// The bare UDP relay (recv + send per datagram, no parsing); runs until killed.
+    Relay {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long, required = true)]
+        backend: Vec<std::net::SocketAddr>,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mul) = if let Some(v) = s.strip_suffix("ms") {
+        (v, 0.001)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix('m') {
+        (v, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().map_err(|_| format!("bad duration {s:?} (e.g. 500ms, 3s, 1m)"))?;
+    if !(v > 0.0) {
+        return Err(format!("duration must be positive: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(v * mul))
+}
+
+fn opts(c: &Common) -> Opts {
+    Opts {
+        json: c.json,
+        duration: c.duration,
+        smoke: c.smoke,
+        uac_threads: c.uac_threads.max(1),
+        out_dir: c.out_dir.clone().unwrap_or_else(std::env::temp_dir),
+    }
+}
+
+fn emit<T: serde::Serialize>(o: &Opts, r: Result<T, String>, render: impl Fn(&T) -> String, ok: impl Fn(&T) -> bool) -> ExitCode {
+    match r {
+        Ok(v) => {
+            if o.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print!("{}", render(&v));
+            }
+            if ok(&v) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            }
+        }
+        Err(e) => {
+            eprintln!("fsroute-bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Throughput(c) => {
+            let o = opts(&c);
+            emit(&o, throughput::run(&o), throughput::render, |_| true)
+        }
+        Cmd::SinglePeer(c) => {
+            let o = opts(&c);
+            emit(&o, single_peer::run(&o), single_peer::render, |_| true)
+        }
+        Cmd::FsAware(c) => {
+            let o = opts(&c);
+            emit(&o, fs_aware::run(&o), fs_aware::render, |_| true)
+        }
+        Cmd::Reload(c) => {
+            let o = opts(&c);
+            // Exit 3 when a call failed: the scenario's requirement is zero failed calls.
+            emit(&o, reload::run(&o), reload::render, reload::ok)
+        }
+        Cmd::Relay { listen, backend, threads } => match relay::run(listen, backend, threads) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("relay: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}

@@ -161,6 +161,12 @@ struct DestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct QuantileLabels {
+    what: String,
+    quantile: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct ShardLabels {
     shard: u64,
 }
@@ -175,8 +181,70 @@ fn counter_from(c: &Counter, v: u64) {
     c.inc_by(v);
 }
 
-pub fn metrics_text(table: &RoutingTable, shards: &[std::sync::Arc<ShardStats>], reload: &ReloadRecord) -> String {
+/// One FreeSWITCH box as `/metrics` shows it.
+#[derive(Clone, Debug, Default)]
+pub struct FsMetric {
+    /// `fs://host:port`, never the password.
+    pub url: String,
+    pub connected: bool,
+    pub stale: bool,
+    pub heartbeat_age: Option<std::time::Duration>,
+    pub session_count: u32,
+    pub max_sessions: u32,
+    pub idle_cpu_micro: u32,
+    pub rejected_heartbeats: u64,
+    pub reconnects: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct FsLabels {
+    fs: String,
+}
+
+fn register_fs(reg: &mut Registry, boxes: &[FsMetric]) {
+    let gauge = |name: &str, help: &str, get: &dyn Fn(&FsMetric) -> Option<i64>, reg: &mut Registry| {
+        let fam = Family::<FsLabels, Gauge>::default();
+        for b in boxes {
+            if let Some(v) = get(b) {
+                fam.get_or_create(&FsLabels { fs: b.url.clone() }).set(v);
+            }
+        }
+        reg.register(name, help, fam);
+    };
+    gauge("esl_connected", "1 while the ESL connection is up", &|b| Some(i64::from(b.connected)), reg);
+    gauge("esl_stale", "1 while the box's numbers are not used (disconnected or silent)", &|b| Some(i64::from(b.stale)), reg);
+    gauge("esl_heartbeat_age_ms", "Milliseconds since the last heartbeat", &|b| b.heartbeat_age.map(|a| a.as_millis() as i64), reg);
+    gauge("fs_session_count", "Session-Count from the last heartbeat", &|b| Some(i64::from(b.session_count)), reg);
+    gauge("fs_max_sessions", "Max-Sessions from the last heartbeat", &|b| Some(i64::from(b.max_sessions)), reg);
+    gauge("fs_idle_cpu_millionths", "Idle-CPU from the last heartbeat, in millionths of a percent", &|b| Some(i64::from(b.idle_cpu_micro)), reg);
+    let counter = |name: &str, help: &str, get: &dyn Fn(&FsMetric) -> u64, reg: &mut Registry| {
+        let fam = Family::<FsLabels, Counter>::default();
+        for b in boxes {
+            fam.get_or_create(&FsLabels { fs: b.url.clone() }).inc_by(get(b));
+        }
+        reg.register(name, help, fam);
+    };
+    counter("esl_rejected_heartbeats", "Heartbeats with a missing or malformed field", &|b| b.rejected_heartbeats, reg);
+    counter("esl_reconnects", "ESL connections lost after being established", &|b| b.reconnects, reg);
+}
+
+pub fn metrics_text(
+    table: &RoutingTable,
+    shards: &[std::sync::Arc<ShardStats>],
+    reload: &ReloadRecord,
+    boxes: &[FsMetric],
+    timings: &Timings,
+) -> String {
     let mut reg = Registry::with_prefix("fsroute");
+    register_fs(&mut reg, boxes);
+    let t = Family::<QuantileLabels, Gauge>::default();
+    for (what, h) in [("heartbeat_to_table", &timings.heartbeat_visible), ("table_rebuild", &timings.rebuild)] {
+        for q in ["0.5", "0.99"] {
+            let v = h.value_at_quantile(q.parse().unwrap_or(0.5));
+            t.get_or_create(&QuantileLabels { what: what.to_string(), quantile: q.to_string() }).set(v as i64);
+        }
+    }
+    reg.register("control_latency_us", "Control-plane latency quantiles since start (microseconds)", t);
     let forwarded = Family::<DestLabels, Counter>::default();
     let failed = Family::<DestLabels, Counter>::default();
     let weight = Family::<DestLabels, Gauge>::default();

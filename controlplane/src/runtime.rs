@@ -16,7 +16,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 
-use crate::admin::{metrics_text, status_json, DestExtra, ReloadRecord, Timings};
+use crate::admin::{metrics_text, status_json, DestExtra, FsMetric, ReloadRecord, Timings};
 use crate::build::{build_table, AdminState, CounterStore, Stats};
 use crate::config::{self, Config, DestState, Weight};
 use crate::freeswitch::FsMonitor;
@@ -96,6 +96,29 @@ impl Control {
                 tracing::error!("reload rejected, the running configuration stays:\n{e}");
             }
         }
+    }
+
+    fn fs_metrics(&self) -> Vec<FsMetric> {
+        self.config
+            .fs_endpoints()
+            .into_iter()
+            .map(|fs| {
+                let key = fs.key();
+                let s = self.stats.fs.get(&key).cloned().unwrap_or_default();
+                let info = self.fs.info(&key).cloned().unwrap_or_default();
+                FsMetric {
+                    url: fs.to_string(),
+                    connected: s.connected,
+                    stale: !s.is_fresh() && (s.stale || !s.connected),
+                    heartbeat_age: s.last_heartbeat.map(|t| t.elapsed()),
+                    session_count: s.session_count,
+                    max_sessions: s.max_sessions,
+                    idle_cpu_micro: s.idle_cpu_micro,
+                    rejected_heartbeats: info.rejected_heartbeats,
+                    reconnects: info.reconnects,
+                }
+            })
+            .collect()
     }
 
     /// Probe targets follow the config; with probing off, verdicts are forgotten.
@@ -335,7 +358,8 @@ fn serve(ctl: &mut Control, dp: &DataPlane, mut req: tiny_http::Request) {
         }
         (tiny_http::Method::Get, "/metrics") => {
             let table = ctl.table.load();
-            let body = metrics_text(&table, &dp.stats, &ctl.record);
+            let boxes = ctl.fs_metrics();
+            let body = metrics_text(&table, &dp.stats, &ctl.record, &boxes, &ctl.timings);
             respond(req, 200, "application/openmetrics-text; version=1.0.0; charset=utf-8", body);
         }
         (tiny_http::Method::Post, "/dispatcher/state") => {
