@@ -40,6 +40,7 @@ pub fn fsroute_cfg(shards: usize, ingress: &'static str, backends: &[SocketAddr]
         algorithm: "hash-callid",
         dests: backends.iter().map(|b| Dest { addr: *b, weight: "1".into() }).collect(),
         control_extra: String::new(),
+        custom_rows: None,
     }
 }
 

@@ -5,49 +5,21 @@
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fsroute_dataplane::dispatch::{Algorithm, HashMode, Member, Selector};
+use fsroute_dataplane::dispatch::Algorithm;
 use fsroute_dataplane::router::{Action, Router};
 use fsroute_dataplane::sip;
 use fsroute_dataplane::stats::ShardStats;
-use fsroute_dataplane::table::{Destination, DispatcherSet, ProxySettings, Route, RouteMatch, RouteTarget, RoutingTable};
+use fsroute_dataplane::table::RoutingTable;
+use fsroute_dataplane::testing::one_set_table;
 
 const INVITE: &[u8] = include_bytes!("../testdata/sip-corpus/01-invite-from-sbc.sip");
 const RINGING: &[u8] = include_bytes!("../testdata/sip-corpus/03-180.sip");
 
 fn table() -> RoutingTable {
-    let destinations: Vec<Destination> = (0..4u16)
-        .map(|i| Destination {
-            uri: format!("sip:127.0.0.1:{}", 5071 + i),
-            addr: SocketAddr::from(([127, 0, 0, 1], 5071 + i)),
-            weight: 1,
-            priority: 0,
-            active: true,
-            counters: Default::default(),
-        })
-        .collect();
-    let members: Vec<Member<'_>> =
-        destinations.iter().map(|d| Member { key: &d.uri, weight: 1, priority: 0, active: true }).collect();
-    let selector = Selector::new(&members);
-    RoutingTable::new(
-        1,
-        ProxySettings {
-            advertise_host: "127.0.0.1".into(),
-            advertise_port: 5060,
-            local_names: vec![("127.0.0.1".into(), 5060)],
-            local_addrs: vec!["127.0.0.1:5060".parse().unwrap()],
-            record_route: true,
-            max_forwards: 70,
-            hash: HashMode::Rendezvous,
-            no_route_reply: 404,
-            transaction_memory: Duration::from_secs(190),
-            dialog_memory: Duration::from_secs(3600),
-        },
-        vec![DispatcherSet { setid: 1, destinations, selector }],
-        vec![Route { matcher: RouteMatch::default(), target: RouteTarget::Dispatcher { set: 0, algorithm: Algorithm::HashCallId, failover: false } }],
-    )
+    one_set_table(&[1, 1, 1, 1], Algorithm::HashCallId, 1)
 }
 
 fn bench(c: &mut Criterion) {

@@ -10,3 +10,5 @@ pub mod sip;
 pub mod socket;
 pub mod stats;
 pub mod table;
+#[doc(hidden)]
+pub mod testing;

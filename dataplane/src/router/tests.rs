@@ -1,51 +1,11 @@
 //! Router specs: one datagram in, one action and one rewritten message out, no sockets.
 
 use super::*;
-use crate::dispatch::{HashMode, Member, Selector};
+use crate::dispatch::{Member, Selector};
 use crate::sip::parse;
-use crate::table::{DispatcherSet, Destination, ProxySettings, Route, RouteMatch, RoutingTable};
 use std::time::Duration;
 
-pub(crate) fn proxy() -> ProxySettings {
-    ProxySettings {
-        advertise_host: "127.0.0.1".into(),
-        advertise_port: 5060,
-        local_names: vec![("127.0.0.1".into(), 5060), ("lb.example.net".into(), 5060)],
-        local_addrs: vec!["127.0.0.1:5060".parse().unwrap()],
-        record_route: true,
-        max_forwards: 70,
-        hash: HashMode::Rendezvous,
-        no_route_reply: 404,
-        transaction_memory: Duration::from_secs(190),
-        dialog_memory: Duration::from_secs(12 * 3600),
-    }
-}
-
-pub(crate) fn table_with(weights: &[u32], alg: Algorithm, generation: u64) -> RoutingTable {
-    let destinations: Vec<Destination> = weights
-        .iter()
-        .enumerate()
-        .map(|(i, &w)| Destination {
-            uri: format!("sip:127.0.0.1:{}", 5071 + i),
-            addr: SocketAddr::from(([127, 0, 0, 1], 5071 + i as u16)),
-            weight: w,
-            priority: 0,
-            active: true,
-            counters: Default::default(),
-        })
-        .collect();
-    let members: Vec<Member<'_>> = destinations
-        .iter()
-        .map(|d| Member { key: &d.uri, weight: d.weight, priority: d.priority, active: d.active })
-        .collect();
-    let selector = Selector::new(&members);
-    let set = DispatcherSet { setid: 1, destinations, selector };
-    let route = Route {
-        matcher: RouteMatch::default(),
-        target: RouteTarget::Dispatcher { set: 0, algorithm: alg, failover: false },
-    };
-    RoutingTable::new(generation, proxy(), vec![set], vec![route])
-}
+pub(crate) use crate::testing::one_set_table as table_with;
 
 fn caller() -> SocketAddr {
     "127.0.0.7:5060".parse().unwrap()

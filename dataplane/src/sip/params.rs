@@ -121,6 +121,7 @@ pub fn param_value<'a>(params: &'a [u8], name: &[u8]) -> Option<Option<&'a [u8]>
 }
 
 /// Splits `host[:port]`, where host may be a bracketed IPv6 reference. The host keeps its brackets.
+/// RFC 3261's COLON is `SWS ":" SWS`, so white space may stand on either side of the colon.
 pub fn host_port(s: &[u8]) -> Option<(&[u8], Option<u16>)> {
     let s = trim(s);
     if s.is_empty() {
@@ -131,11 +132,12 @@ pub fn host_port(s: &[u8]) -> Option<(&[u8], Option<u16>)> {
         (&s[..=close], &s[close + 1..])
     } else {
         match memchr::memchr(b':', s) {
-            Some(c) => (&s[..c], &s[c..]),
+            Some(c) => (trim(&s[..c]), &s[c..]),
             None => (s, &s[s.len()..]),
         }
     };
-    if host.is_empty() {
+    let rest = trim(rest);
+    if host.is_empty() || host.iter().any(|&b| is_lws(b)) {
         return None;
     }
     if rest.is_empty() {
@@ -196,8 +198,8 @@ pub(crate) fn name_addr_uri(v: &[u8]) -> Option<(&[u8], usize)> {
     Some((uri, end))
 }
 
-/// Host and port of a SIP URI (`sip:user@host:port;params?headers`), borrowing from it.
-pub fn uri_host_port(uri: &[u8]) -> Option<(&[u8], Option<u16>)> {
+/// `user@host:port` of a SIP or SIPS URI: the scheme and any `;params` or `?headers` cut off.
+fn uri_authority(uri: &[u8]) -> Option<&[u8]> {
     let rest = if uri.len() >= 4 && uri[..4].eq_ignore_ascii_case(b"sip:") {
         &uri[4..]
     } else if uri.len() >= 5 && uri[..5].eq_ignore_ascii_case(b"sips:") {
@@ -206,7 +208,12 @@ pub fn uri_host_port(uri: &[u8]) -> Option<(&[u8], Option<u16>)> {
         return None;
     };
     let end = rest.iter().position(|&b| b == b';' || b == b'?').unwrap_or(rest.len());
-    let hp = &rest[..end];
+    Some(&rest[..end])
+}
+
+/// Host and port of a SIP URI (`sip:user@host:port;params?headers`), borrowing from it.
+pub fn uri_host_port(uri: &[u8]) -> Option<(&[u8], Option<u16>)> {
+    let hp = uri_authority(uri)?;
     let hp = match memchr::memrchr(b'@', hp) {
         Some(at) => &hp[at + 1..],
         None => hp,
@@ -216,16 +223,9 @@ pub fn uri_host_port(uri: &[u8]) -> Option<(&[u8], Option<u16>)> {
 
 /// The user part of a SIP URI, if any.
 pub fn uri_user(uri: &[u8]) -> Option<&[u8]> {
-    let rest = if uri.len() >= 4 && uri[..4].eq_ignore_ascii_case(b"sip:") {
-        &uri[4..]
-    } else if uri.len() >= 5 && uri[..5].eq_ignore_ascii_case(b"sips:") {
-        &uri[5..]
-    } else {
-        return None;
-    };
-    let end = rest.iter().position(|&b| b == b';' || b == b'?').unwrap_or(rest.len());
-    let at = memchr::memrchr(b'@', &rest[..end])?;
-    let user = &rest[..at];
+    let authority = uri_authority(uri)?;
+    let at = memchr::memrchr(b'@', authority)?;
+    let user = &authority[..at];
     // user:password
     Some(match memchr::memchr(b':', user) {
         Some(c) => &user[..c],

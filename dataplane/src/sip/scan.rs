@@ -168,20 +168,9 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
                 for (a, b) in split_list(value) {
                     route_values += 1;
                     if route_values == 1 {
-                        match name_addr_uri(&value[a..b]) {
-                            Some((uri, _)) => {
-                                m.route = Some(RouteEntry {
-                                    uri,
-                                    value: Span::new(vs + a, vs + b),
-                                    line,
-                                    next_on_line: None,
-                                    more: false,
-                                    next_uri: None,
-                                })
-                            }
-                            None => {
-                                m.defect.get_or_insert(ParseError::Malformed("Route"));
-                            }
+                        m.route = route_entry(value, vs, a, b, line);
+                        if m.route.is_none() {
+                            m.defect.get_or_insert(ParseError::Malformed("Route"));
                         }
                     } else if route_values == 2 {
                         if let Some(r) = m.route.as_mut() {
@@ -197,20 +186,9 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
             Name::RecordRoute => {
                 if m.record_route.is_none() {
                     if let Some((a, b)) = split_list(value).next() {
-                        match name_addr_uri(&value[a..b]) {
-                            Some((uri, _)) => {
-                                m.record_route = Some(RouteEntry {
-                                    uri,
-                                    value: Span::new(vs + a, vs + b),
-                                    line,
-                                    next_on_line: None,
-                                    more: false,
-                                    next_uri: None,
-                                })
-                            }
-                            None => {
-                                m.defect.get_or_insert(ParseError::Malformed("Record-Route"));
-                            }
+                        m.record_route = route_entry(value, vs, a, b, line);
+                        if m.record_route.is_none() {
+                            m.defect.get_or_insert(ParseError::Malformed("Record-Route"));
                         }
                     }
                 }
@@ -266,7 +244,8 @@ fn parse_start_line(line: &[u8]) -> Result<(StartLine<'_>, bool), ParseError> {
     let first = &line[..sp1];
     let rest = &line[sp1 + 1..];
     if first.len() >= 4 && first[..4].eq_ignore_ascii_case(b"SIP/") {
-        if first != b"SIP/2.0" {
+        // RFC 3261 §7.1: the version string is case-insensitive (senders must use upper case).
+        if !first.eq_ignore_ascii_case(b"SIP/2.0") {
             // A response in a version we do not speak: nothing to answer it with.
             return Err(ParseError::BadStartLine);
         }
@@ -292,7 +271,7 @@ fn parse_start_line(line: &[u8]) -> Result<(StartLine<'_>, bool), ParseError> {
     if uri.is_empty() || uri.contains(&b' ') {
         return Err(ParseError::BadStartLine);
     }
-    let unsupported = version != b"SIP/2.0";
+    let unsupported = !version.eq_ignore_ascii_case(b"SIP/2.0");
     if unsupported && !(version.len() >= 4 && version[..4].eq_ignore_ascii_case(b"SIP/")) {
         return Err(ParseError::BadStartLine);
     }
@@ -301,6 +280,12 @@ fn parse_start_line(line: &[u8]) -> Result<(StartLine<'_>, bool), ParseError> {
 
 fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
+/// The route-list element `value[a..b]` (the header value starts at offset `vs` of the datagram).
+fn route_entry(value: &[u8], vs: usize, a: usize, b: usize, line: Span) -> Option<RouteEntry<'_>> {
+    let (uri, _) = name_addr_uri(&value[a..b])?;
+    Some(RouteEntry { uri, value: Span::new(vs + a, vs + b), line, next_on_line: None, more: false, next_uri: None })
 }
 
 /// One Via value between `a` and `b` (offsets into the datagram).

@@ -266,3 +266,20 @@ fn a_malformed_top_via_stops_the_scan() {
     let raw = msg("INVITE sip:a@127.0.0.1 SIP/2.0|v: SIP/2.0 127.0.0.1|i: x||");
     assert_eq!(parse(&raw), Err(ParseError::Malformed("Via")));
 }
+
+#[test]
+fn white_space_around_the_sent_by_colon_is_allowed() {
+    for (via, host) in [("127.0.0.7 : 5060", &b"127.0.0.7"[..]), ("[::1] :5060", b"[::1]"), ("h.example.com\t:  5060", b"h.example.com")] {
+        let raw = msg(&format!("OPTIONS sip:a@127.0.0.1 SIP/2.0|Via: SIP/2.0/UDP {via};branch=z9hG4bKsp|Call-ID: x|From: <sip:a@b>;tag=1|To: <sip:c@d>|CSeq: 1 OPTIONS||"));
+        let v = parse(&raw).unwrap().top_via.unwrap();
+        assert_eq!((v.host, v.port, v.branch), (host, Some(5060), Some(&b"z9hG4bKsp"[..])), "{via}");
+    }
+}
+
+#[test]
+fn the_sip_version_is_case_insensitive() {
+    let raw = msg("OPTIONS sip:a@127.0.0.1 sip/2.0|Via: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKv|Call-ID: x|From: <sip:a@b>;tag=1|To: <sip:c@d>|CSeq: 1 OPTIONS||");
+    parse(&raw).unwrap().validate_request().unwrap();
+    let raw = msg("sip/2.0 200 OK|Via: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKv|Call-ID: x|CSeq: 1 OPTIONS||");
+    assert_eq!(parse(&raw).unwrap().status(), Some(200));
+}

@@ -1,0 +1,56 @@
+//! Fixtures shared by the router's unit tests, the zero-allocation test and the benches: a loopback
+//! proxy identity and a one-set routing table, built the way the control plane builds them. Not
+//! part of the product's interface (hidden from docs).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::dispatch::{Algorithm, HashMode, Member, Selector};
+use crate::table::{Destination, DispatcherSet, ProxySettings, Route, RouteMatch, RouteTarget, RoutingTable};
+
+/// fsroute at 127.0.0.1:5060, also known as `lb.example.net` (the corpus's proxy name).
+pub fn loopback_proxy() -> ProxySettings {
+    ProxySettings {
+        advertise_host: "127.0.0.1".into(),
+        advertise_port: 5060,
+        local_names: vec![("127.0.0.1".into(), 5060), ("lb.example.net".into(), 5060)],
+        local_addrs: vec!["127.0.0.1:5060".parse().expect("literal address")],
+        record_route: true,
+        max_forwards: 70,
+        hash: HashMode::Rendezvous,
+        no_route_reply: 404,
+        transaction_memory: Duration::from_secs(190),
+        dialog_memory: Duration::from_secs(12 * 3600),
+    }
+}
+
+/// One dispatcher set with a destination per weight (127.0.0.1:5071, :5072, ...), all active, and
+/// one catch-all route to it with `alg`.
+pub fn one_set_table(weights: &[u32], alg: Algorithm, generation: u64) -> RoutingTable {
+    let destinations: Vec<Destination> = weights
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| {
+            let port = 5071 + i as u16;
+            Destination {
+                uri: format!("sip:127.0.0.1:{port}"),
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                weight: w,
+                priority: 0,
+                active: true,
+                counters: Default::default(),
+            }
+        })
+        .collect();
+    let members: Vec<Member<'_>> = destinations
+        .iter()
+        .map(|d| Member { key: &d.uri, weight: d.weight, priority: d.priority, active: d.active })
+        .collect();
+    let selector = Selector::new(&members);
+    let set = DispatcherSet { setid: 1, destinations, selector };
+    let route = Route {
+        matcher: RouteMatch::default(),
+        target: RouteTarget::Dispatcher { set: 0, algorithm: alg, failover: false },
+    };
+    RoutingTable::new(generation, loopback_proxy(), vec![set], vec![route])
+}
