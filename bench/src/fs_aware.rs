@@ -11,7 +11,6 @@
 //! a 503 once, at once, as an upstream carrier does. The table: 503s seen by callers, calls
 //! finally rejected, retries, retransmissions, PDD p50/p90/p99 and per-box utilisation.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -291,7 +290,7 @@ pub fn conclude(runs: &[ModeRun]) -> String {
         (Some(rr), Some(fw)) => {
             let ratio = if fw.pdd.p99_us > 0 { rr.pdd.p99_us as f64 / fw.pdd.p99_us as f64 } else { 0.0 };
             format!(
-                "At the same offered load, FreeSWITCH weights gave callers {} 503s (vs {} blind), {} rejected calls (vs {}), and p99 PDD {} vs {} ({:.1}x {}).",
+                "At the same offered load, FreeSWITCH weights gave callers {} 503s (vs {} blind), {} rejected calls (vs {}), and p99 PDD {} vs {} ({:.2}x {}).",
                 fw.responses_503,
                 rr.responses_503,
                 fw.rejected_503,

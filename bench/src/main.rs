@@ -45,6 +45,8 @@ enum Cmd {
     SinglePeer(Common),
     /// SIGHUP every 100 ms under load: failed calls must be 0.
     Reload(Common),
+    /// What `fsroute demo` runs: three unequal emulated boxes, blind vs FreeSWITCH-weighted routing (< 1 min).
+    Demo,
     /// The bare UDP relay (recv + send per datagram, no parsing); runs until killed.
     Relay {
         #[arg(long)]
@@ -68,7 +70,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         (s, 1.0)
     };
     let v: f64 = num.trim().parse().map_err(|_| format!("bad duration {s:?} (e.g. 500ms, 3s, 1m)"))?;
-    if !(v > 0.0) {
+    if v.is_nan() || v <= 0.0 {
         return Err(format!("duration must be positive: {s:?}"));
     }
     Ok(Duration::from_secs_f64(v * mul))
@@ -125,6 +127,13 @@ fn main() -> ExitCode {
             // Exit 3 when a call failed: the scenario's requirement is zero failed calls.
             emit(&o, reload::run(&o), reload::render, reload::ok)
         }
+        Cmd::Demo => match fsroute_bench::demo() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("demo: {e}");
+                ExitCode::from(2)
+            }
+        },
         Cmd::Relay { listen, backend, threads } => match relay::run(listen, backend, threads) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -166,7 +166,12 @@ pub fn fsroute_accepts(cfg: &ProxyConfig) -> Result<(), String> {
     } else {
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         let line = text.lines().find(|l| l.contains("not available") || l.contains("error")).unwrap_or(text.trim());
-        Err(line.trim().to_string())
+        // Drop the scratch file's path and position: keep the reason.
+        let reason = match line.find("not available") {
+            Some(at) => line[..at].rfind(": ").map_or(line, |p| &line[p + 2..]),
+            None => line,
+        };
+        Err(reason.trim().to_string())
     }
 }
 

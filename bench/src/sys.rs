@@ -195,9 +195,17 @@ impl SendQueue {
 
 /// Waits until one of `fds` is readable or `timeout_ms` passes; returns the readable flags.
 pub fn poll_readable(fds: &[RawFd], timeout_ms: i32, out: &mut Vec<bool>) {
+    poll_readable_ns(fds, u64::from(timeout_ms.max(0) as u32) * 1_000_000, out);
+}
+
+/// Like [`poll_readable`] with a nanosecond timeout (ppoll): the generator sleeps until its
+/// next call is due instead of spinning, which on a 2-core machine would steal the CPU the
+/// system under test needs.
+pub fn poll_readable_ns(fds: &[RawFd], timeout_ns: u64, out: &mut Vec<bool>) {
     let mut p: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
-    // SAFETY: p is a valid array of pollfd of the given length.
-    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+    let ts = libc::timespec { tv_sec: (timeout_ns / 1_000_000_000) as libc::time_t, tv_nsec: (timeout_ns % 1_000_000_000) as libc::c_long };
+    // SAFETY: p is a valid array of pollfd of the given length; ts outlives the call.
+    let r = unsafe { libc::ppoll(p.as_mut_ptr(), p.len() as libc::nfds_t, &ts, std::ptr::null()) };
     out.clear();
     out.extend(p.iter().map(|x| r > 0 && x.revents & (libc::POLLIN | libc::POLLERR) != 0));
 }

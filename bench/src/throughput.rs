@@ -47,11 +47,11 @@ pub fn fsroute_cfg(shards: usize, ingress: &'static str, backends: &[SocketAddr]
 pub fn run(o: &Opts) -> Result<ThroughputResult, String> {
     let shards_n = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
     let peers = 4;
-    let step = o.duration.unwrap_or(if o.smoke { Duration::from_millis(500) } else { Duration::from_millis(1200) });
+    let step = o.duration.unwrap_or(if o.smoke { Duration::from_millis(400) } else { Duration::from_millis(1200) });
     let hold = Duration::from_millis(if o.smoke { 50 } else { 100 });
     let timer_b = Duration::from_secs(1);
     let params = if o.smoke {
-        SearchParams { start: 200.0, cap: 400.0, max_steps: 2, precision: 0.5 }
+        SearchParams { start: 300.0, cap: 300.0, max_steps: 1, precision: 0.5 }
     } else {
         SearchParams { start: 2000.0, cap: 256_000.0, max_steps: 8, precision: 0.08 }
     };
@@ -107,7 +107,7 @@ pub fn run(o: &Opts) -> Result<ThroughputResult, String> {
     // p99 added by fsroute at half its max rate, against direct at the same rate.
     let mut half_rate_steps = Vec::new();
     let mut added_p99_us = None;
-    if fsroute_n_max > 0.0 {
+    if fsroute_n_max > 0.0 && !o.smoke {
         let half = fsroute_n_max / 2.0;
         pb.set_message(format!("latency at {half:.0}/s"));
         let d = run_step("direct (no proxy)", None, &direct_spec, half)?;
@@ -151,7 +151,7 @@ pub fn render(r: &ThroughputResult) -> String {
         t.row(vec![
             s.target.clone(),
             format!("{:.0}", s.max_rate),
-            s.first_fail.map_or("-".into(), |f| format!("{f:.0}: {}", s.steps.iter().find(|x| x.rate == f).map_or("", |x| x.why.as_str()))),
+            s.first_fail.map_or("-".into(), |f| format!("{f:.0}: {}", s.steps.iter().find(|x| x.rate == f).map_or("", |x| x.why.split(", ").next().unwrap_or("")))),
             best.map_or("-".into(), |b| format!("{:.0}", b.uac.messages_per_s)),
             if relay_max > 0.0 { format!("{:.2}x", s.max_rate / relay_max) } else { "-".into() },
             kam_max.filter(|k| *k > 0.0).map_or("-".into(), |k| format!("{:.2}x", s.max_rate / k)),

@@ -11,7 +11,11 @@
 //! `poll(2)` over N loopback listeners and their connections, speaking the protocol with the
 //! crate's own pieces (`CommandReader` for commands, `serialize` for greeting, replies, `api
 //! status` and HEARTBEAT events in the requested format), heartbeating every `MEM_HB_MS` with
-//! changing Session-Count so fsroute keeps rebuilding as in production.
+//! changing Session-Count so fsroute keeps rebuilding as in production. Boxes are phased evenly
+//! over the interval (as independent FreeSWITCH boxes are), so N boxes make N/interval heartbeats
+//! per second spread over time, not one burst. Besides memory, each configuration's fsroute CPU
+//! over the settle window and `/status` `control.heartbeat_to_table` / `table_rebuild` are
+//! printed: with N boxes that is the control thread under N heartbeats per interval.
 //!
 //! Run:
 //! ```text
@@ -41,12 +45,16 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 struct Conn {
     stream: TcpStream,
+    /// Offset of this box's heartbeats within the interval.
+    phase: Duration,
     /// Index of the box (listener) it belongs to.
     boxno: usize,
     reader: CommandReader,
     out: Vec<u8>,
     authed: bool,
     format: Option<EventFormat>,
+    /// When this box's next HEARTBEAT is due (set once subscribed).
+    next_hb: Option<Instant>,
     closed: bool,
 }
 
@@ -128,6 +136,7 @@ impl Conn {
                 ServerRequest::Event { format, .. } => {
                     let f = format.unwrap_or(EventFormat::Plain);
                     self.format = Some(f);
+                    self.next_hb.get_or_insert(Instant::now() + self.phase);
                     serialize::command_reply(&format!("+OK event listener enabled {}", f.as_str()))
                 }
                 ServerRequest::Api { command, .. } if command.eq_ignore_ascii_case("status") => {
@@ -167,7 +176,7 @@ fn responder(listeners: Vec<TcpListener>, hb_every: Duration, stop: Arc<AtomicBo
         l.set_nonblocking(true).unwrap();
     }
     let mut conns: Vec<Conn> = Vec::new();
-    let mut next_hb = Instant::now() + hb_every;
+    let nboxes = listeners.len().max(1) as u32;
     let mut seq = 0u64;
     let mut buf = vec![0u8; 16 * 1024];
     let mut fds: Vec<libc::pollfd> = Vec::new();
@@ -179,7 +188,9 @@ fn responder(listeners: Vec<TcpListener>, hb_every: Duration, stop: Arc<AtomicBo
             events: libc::POLLIN | if c.out.is_empty() { 0 } else { libc::POLLOUT },
             revents: 0,
         }));
-        let wait = next_hb.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+        let now = Instant::now();
+        let due = conns.iter().filter_map(|c| c.next_hb).min().unwrap_or(now + Duration::from_millis(100));
+        let wait = due.saturating_duration_since(now).min(Duration::from_millis(100));
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait.as_millis() as i32) };
         let session_count = seq % 900;
         if n > 0 {
@@ -190,7 +201,8 @@ fn responder(listeners: Vec<TcpListener>, hb_every: Duration, stop: Arc<AtomicBo
                 while let Ok((stream, _)) = l.accept() {
                     stream.set_nonblocking(true).unwrap();
                     stream.set_nodelay(true).unwrap();
-                    let mut c = Conn { stream, boxno: i, reader: CommandReader::new(), out: serialize::GREETING.to_vec(), authed: false, format: None, closed: false };
+                    let phase = hb_every * i as u32 / nboxes;
+                    let mut c = Conn { stream, phase, next_hb: None, boxno: i, reader: CommandReader::new(), out: serialize::GREETING.to_vec(), authed: false, format: None, closed: false };
                     c.flush();
                     conns.push(c);
                 }
@@ -222,11 +234,12 @@ fn responder(listeners: Vec<TcpListener>, hb_every: Duration, stop: Arc<AtomicBo
                 c.flush();
             }
         }
-        if Instant::now() >= next_hb {
-            next_hb += hb_every;
-            seq += 1;
-            for c in conns.iter_mut() {
-                if let (true, Some(f)) = (c.authed, c.format) {
+        let now = Instant::now();
+        for c in conns.iter_mut() {
+            if let (true, Some(f), Some(at)) = (c.authed, c.format, c.next_hb) {
+                if at <= now {
+                    c.next_hb = Some(at + hb_every);
+                    seq += 1;
                     // Different numbers per box and per beat: every heartbeat changes the table.
                     let sc = (seq * 7 + c.boxno as u64 * 13) % 900;
                     let enc = heartbeat(c.boxno, seq, sc).to_event().encode(f);
@@ -251,6 +264,16 @@ struct Sample {
     hwm: u64,
     threads: u64,
     connect_s: f64,
+    /// fsroute CPU over the settle window, % of one core.
+    cpu_pct: f64,
+    /// `control.heartbeat_to_table` and `control.table_rebuild`: (count, p50, p99) in µs.
+    hb: (u64, u64, u64),
+    rebuild: (u64, u64, u64),
+}
+
+fn figures(v: &serde_json::Value) -> (u64, u64, u64) {
+    let g = |k: &str| v[k].as_u64().unwrap_or(0);
+    (g("count"), g("p50_us"), g("p99_us"))
 }
 
 fn measure(mode: Mode, n: usize, esl: &[SocketAddr], settle: Duration) -> Sample {
@@ -278,11 +301,24 @@ fn measure(mode: Mode, n: usize, esl: &[SocketAddr], settle: Duration) -> Sample
         std::thread::sleep(Duration::from_millis(500));
     }
     let connect_s = started.elapsed().as_secs_f64();
+    let cpu0 = support::cpu_seconds(f.pid());
+    let t0 = Instant::now();
     std::thread::sleep(settle);
-    let (up, _) = fs_connected(&f.status());
-    assert_eq!(up, fs_count, "a box dropped during the settle period:\n{}", f.log());
+    let cpu_pct = 100.0 * (support::cpu_seconds(f.pid()) - cpu0) / t0.elapsed().as_secs_f64();
+    // Memory first: the /status below allocates its JSON.
     let (rss, hwm) = rss_hwm_kib(f.pid());
-    let s = Sample { rss, hwm, threads: threads(f.pid()), connect_s };
+    let st = f.status();
+    let (up, _) = fs_connected(&st);
+    assert_eq!(up, fs_count, "a box dropped during the settle period:\n{}", f.log());
+    let s = Sample {
+        rss,
+        hwm,
+        threads: threads(f.pid()),
+        connect_s,
+        cpu_pct,
+        hb: figures(&st["control"]["heartbeat_to_table"]),
+        rebuild: figures(&st["control"]["table_rebuild"]),
+    };
     f.stop();
     s
 }
@@ -290,7 +326,7 @@ fn measure(mode: Mode, n: usize, esl: &[SocketAddr], settle: Duration) -> Sample
 fn main() {
     let n: usize = env_or("MEM_N", 1000);
     let runs: usize = env_or("MEM_RUNS", 3);
-    let settle = Duration::from_secs(env_or("MEM_SETTLE_S", 5));
+    let settle = Duration::from_secs(env_or("MEM_SETTLE_S", 10));
     let hb = Duration::from_millis(env_or("MEM_HB_MS", 1000));
     let small = 100.min(n);
     let nofile = support::raise_nofile(4 * n as u64 + 1024);
@@ -308,7 +344,10 @@ fn main() {
         "fsroute control-plane memory, real binary ({}), {n} destinations, shards = 1, heartbeat every {hb:?}, settle {settle:?}, RLIMIT_NOFILE {nofile}",
         support::fsroute_bin().display()
     );
-    println!("{:>4} {:>14} {:>11} {:>11} {:>8} {:>10}", "run", "config", "VmRSS KiB", "VmHWM KiB", "threads", "ready s");
+    println!(
+        "{:>4} {:>10} {:>10} {:>10} {:>7} {:>7} {:>6} | {:>7} {:>8} {:>8} | {:>7} {:>8} {:>8}",
+        "run", "config", "VmRSS KiB", "VmHWM KiB", "threads", "ready s", "cpu%", "hb n", "hb p50", "hb p99", "rb n", "rb p50", "rb p99"
+    );
     let modes = [("static", Mode::Static), ("fs x100", Mode::Fs(small)), ("fs x all", Mode::Fs(n))];
     let mut results: Vec<Vec<Sample>> = (0..modes.len()).map(|_| Vec::new()).collect();
     for run in 0..runs {
@@ -316,7 +355,10 @@ fn main() {
         for k in 0..modes.len() {
             let m = (k + run) % modes.len();
             let s = measure(modes[m].1, n, &esl, settle);
-            println!("{:>4} {:>14} {:>11} {:>11} {:>8} {:>10.1}", run + 1, modes[m].0, s.rss, s.hwm, s.threads, s.connect_s);
+            println!(
+                "{:>4} {:>10} {:>10} {:>10} {:>7} {:>7.1} {:>6.1} | {:>7} {:>6}us {:>6}us | {:>7} {:>6}us {:>6}us",
+                run + 1, modes[m].0, s.rss, s.hwm, s.threads, s.connect_s, s.cpu_pct, s.hb.0, s.hb.1, s.hb.2, s.rebuild.0, s.rebuild.1, s.rebuild.2
+            );
             results[m].push(s);
         }
     }
@@ -330,6 +372,16 @@ fn main() {
     println!("  static weights (0 ESL):   VmRSS {rss_s:.0} KiB, VmHWM {hwm_s:.0} KiB");
     println!("  {small} fs:// (100 ESL):     VmRSS {rss_100:.0} KiB, VmHWM {hwm_100:.0} KiB");
     println!("  {n} fs:// ({n} ESL):     VmRSS {rss_n:.0} KiB, VmHWM {hwm_n:.0} KiB");
+    for (m, (name, _)) in modes.iter().enumerate() {
+        println!(
+            "  {name:>8}: fsroute CPU {:.1}% of a core; hb->table p50 {:.0} us p99 {:.0} us; rebuild p50 {:.0} us p99 {:.0} us",
+            med(m, &|s| s.cpu_pct),
+            med(m, &|s| s.hb.1 as f64),
+            med(m, &|s| s.hb.2 as f64),
+            med(m, &|s| s.rebuild.1 as f64),
+            med(m, &|s| s.rebuild.2 as f64)
+        );
+    }
     println!(
         "  per connection: (all - static)/{n} = {:.1} KiB RSS, {:.1} KiB HWM; slope (all - 100)/{} = {:.1} KiB RSS",
         (rss_n - rss_s) / n as f64,

@@ -127,6 +127,8 @@ pub fn status_json(
                 "processed": ShardStats::get(&st.processed),
                 "replied": ShardStats::get(&st.replied),
                 "handed_off": ShardStats::get(&st.handed_off),
+                "failovers": ShardStats::get(&st.failovers),
+                "absorbed": ShardStats::get(&st.absorbed),
                 "call_memory_entries": ShardStats::get(&st.memory_entries),
                 "dropped": dropped,
             })
@@ -135,9 +137,31 @@ pub fn status_json(
     let loaded_at = reload
         .loaded_at
         .map(|t| humantime::format_rfc3339_seconds(t).to_string());
+    let groups: Vec<Value> = table
+        .lb_groups
+        .iter()
+        .map(|g| {
+            let dests: Vec<Value> = g
+                .destinations
+                .iter()
+                .map(|d| {
+                    let resources: Vec<Value> = g
+                        .resource_names
+                        .iter()
+                        .zip(&d.resources)
+                        .filter_map(|(name, r)| {
+                            r.as_ref().map(|r| json!({ "name": name, "max": r.effective, "load": r.load.load(Ordering::Relaxed) }))
+                        })
+                        .collect();
+                    json!({ "uri": d.uri, "address": d.addr.to_string(), "enabled": d.enabled, "resources": resources })
+                })
+                .collect();
+            json!({ "group_id": g.group_id, "destinations": dests })
+        })
+        .collect();
     json!({
         "dispatcher": sets,
-        "load_balancer": [],
+        "load_balancer": groups,
         "shards": shard_values,
         "table_generation": table.generation,
         "control": {
@@ -158,6 +182,13 @@ pub fn status_json(
 struct DestLabels {
     setid: i64,
     uri: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct LbLabels {
+    group_id: i64,
+    uri: String,
+    resource: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -259,6 +290,20 @@ pub fn metrics_text(
         }
     }
     reg.register("destination_forwarded", "Initial requests routed to a destination", forwarded);
+    let lb_load = Family::<LbLabels, Gauge>::default();
+    let lb_max = Family::<LbLabels, Gauge>::default();
+    for g in &table.lb_groups {
+        for d in &g.destinations {
+            for (name, r) in g.resource_names.iter().zip(&d.resources) {
+                let Some(r) = r else { continue };
+                let l = LbLabels { group_id: i64::from(g.group_id), uri: d.uri.clone(), resource: name.clone() };
+                lb_load.get_or_create(&l).set(i64::from(r.load.load(Ordering::Relaxed)));
+                lb_max.get_or_create(&l).set(i64::from(r.effective));
+            }
+        }
+    }
+    reg.register("lb_load", "Calls fsroute holds on a load_balancer resource", lb_load);
+    reg.register("lb_capacity", "Calls fsroute may hold on a load_balancer resource now (capacity - others)", lb_max);
     reg.register("destination_failed", "INVITEs a destination answered with a final failure", failed);
     reg.register("destination_weight", "Effective dispatcher weight", weight);
     reg.register("destination_active", "1 when the destination takes new calls", active);
@@ -274,6 +319,8 @@ pub fn metrics_text(
     per_shard("shard_processed", "Messages the shard routed and sent", &|s| &s.processed, &mut reg);
     per_shard("shard_replied", "Replies fsroute generated", &|s| &s.replied, &mut reg);
     per_shard("shard_handed_off", "Datagrams handed to the owning shard", &|s| &s.handed_off, &mut reg);
+    per_shard("shard_failovers", "Calls moved to another destination after a failure or silence", &|s| &s.failovers, &mut reg);
+    per_shard("shard_replied", "Replies fsroute generated (404/483/503...)", &|s| &s.replied, &mut reg);
     let dropped = Family::<DropLabels, Counter>::default();
     for (i, s) in shards.iter().enumerate() {
         for r in DropReason::ALL {

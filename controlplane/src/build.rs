@@ -8,12 +8,17 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::sync::atomic::Ordering;
+
 use fsroute_dataplane::dispatch::{Member, Selector};
+use fsroute_dataplane::lb::{capacity_from_heartbeat, LbDestination, LbFlags as DpLbFlags, LbGroup, LbResource as DpLbResource, Load};
 use fsroute_dataplane::table::{
-    DestCounters, Destination, DispatcherSet, ProxySettings, Route, RouteTarget, RoutingTable,
+    DestCounters, Destination, DispatcherSet, FailoverSettings, LbWanted, ProxySettings, Route, RouteTarget, RoutingTable,
 };
 
-use crate::config::{Config, ControlConfig, DestState, DispatcherRow, FsKey, RouteTo, Weight};
+use crate::config::{
+    Capacity, Config, ControlConfig, DestState, DispatcherRow, FsKey, LbResource as ConfigLbResource, LoadBalancerRow, RouteTo, Weight,
+};
 use crate::probe::ProbeHealth;
 
 /// What one FreeSWITCH box last told us over ESL. The ESL side fills it; staleness is decided
@@ -29,6 +34,9 @@ pub struct FsStats {
     pub last_heartbeat: Option<Instant>,
     /// Connected but silent for longer than `control.heartbeat_timeout`.
     pub stale: bool,
+    /// Grows with every new set of numbers, so the load at heartbeat time (`p_hb`) is taken once
+    /// per heartbeat.
+    pub seq: u64,
 }
 
 impl FsStats {
@@ -44,6 +52,9 @@ impl FsStats {
 pub struct Stats {
     pub fs: HashMap<FsKey, FsStats>,
     pub probes: HashMap<(i32, String), ProbeHealth>,
+    /// Per load_balancer (group, destination, resource) on a FreeSWITCH box: fsroute's calls there
+    /// when the box's last heartbeat arrived (`p_hb`), with that heartbeat's `seq`.
+    pub p_hb: HashMap<(i32, String, String), (u64, u32)>,
 }
 
 /// Runtime admin overrides (`POST /dispatcher/state`), keyed by (setid, destination URI as
@@ -51,6 +62,8 @@ pub struct Stats {
 #[derive(Debug, Clone, Default)]
 pub struct AdminState {
     dispatcher: HashMap<(i32, String), DestState>,
+    /// `POST /load_balancer/status` (OpenSIPS lb_status): enabled or not, sticky (NOEN).
+    load_balancer: HashMap<(i32, String), bool>,
 }
 
 impl AdminState {
@@ -60,6 +73,14 @@ impl AdminState {
 
     pub fn dispatcher_state(&self, setid: i32, uri: &str) -> Option<DestState> {
         self.dispatcher.get(&(setid, uri.to_string())).copied()
+    }
+
+    pub fn set_lb_enabled(&mut self, group_id: i32, uri: &str, enabled: bool) {
+        self.load_balancer.insert((group_id, uri.to_string()), enabled);
+    }
+
+    pub fn lb_enabled(&self, group_id: i32, uri: &str) -> Option<bool> {
+        self.load_balancer.get(&(group_id, uri.to_string())).copied()
     }
 
     /// The override's name (`active`, `inactive`, `probing`), for `/status`.
@@ -82,10 +103,12 @@ impl AdminState {
             .collect();
         self.dispatcher
             .retain(|(setid, uri), _| known.contains(&(*setid, uri.as_str())));
+        let lb: HashSet<(i32, &str)> = config.load_balancer.iter().map(|r| (r.group_id, r.uri.as_str())).collect();
+        self.load_balancer.retain(|(g, uri), _| lb.contains(&(*g, uri.as_str())));
     }
 
     pub fn is_empty(&self) -> bool {
-        self.dispatcher.is_empty()
+        self.dispatcher.is_empty() && self.load_balancer.is_empty()
     }
 }
 
@@ -93,6 +116,9 @@ impl AdminState {
 #[derive(Debug, Default)]
 pub struct CounterStore {
     dispatcher: HashMap<(i32, String), Arc<DestCounters>>,
+    /// load_balancer loads by (group, destination, resource): the calls fsroute holds there,
+    /// shared with every shard and kept across reloads for destinations that stay.
+    lb: HashMap<(i32, String, String), Load>,
 }
 
 impl CounterStore {
@@ -110,6 +136,14 @@ impl CounterStore {
 
     pub fn is_empty(&self) -> bool {
         self.dispatcher.is_empty()
+    }
+
+    pub fn lb_load(&self, group_id: i32, uri: &str, resource: &str) -> Option<&Load> {
+        self.lb.get(&(group_id, uri.to_string(), resource.to_string()))
+    }
+
+    fn lb_load_or_create(&mut self, group_id: i32, uri: &str, resource: &str) -> Load {
+        Arc::clone(self.lb.entry((group_id, uri.to_string(), resource.to_string())).or_default())
     }
 
     fn get_or_create(&mut self, setid: i32, uri: &str) -> Arc<DestCounters> {
@@ -171,6 +205,7 @@ pub fn build_table(
         });
     }
     counters.dispatcher.retain(|k, _| live.contains(k));
+    let lb_groups = build_lb_groups(config, stats, admin, counters);
 
     let routes = config
         .routes
@@ -199,20 +234,120 @@ pub fn build_table(
                     None
                 }
             },
-            RouteTo::LoadBalancer { group_id, .. } => {
-                // config::unsupported refuses these until the data plane has a load_balancer
-                // target; whoever adds it adds the arm here.
-                tracing::error!(
-                    line = r.line,
-                    group_id,
-                    "load_balancer routes are not supported by this build; skipped"
-                );
-                None
+            RouteTo::LoadBalancer { group_id, resources, flags, .. } => {
+                let group = lb_groups.iter().position(|g| g.group_id == *group_id);
+                let Some((group, g)) = group.map(|i| (i, &lb_groups[i])) else {
+                    tracing::error!(line = r.line, group_id, "route names a load_balancer group with no destinations; skipped");
+                    return None;
+                };
+                let ids: Option<Vec<usize>> = resources.iter().map(|n| g.resource_id(n)).collect();
+                let Some(wanted) = ids.as_deref().and_then(LbWanted::new) else {
+                    tracing::error!(line = r.line, group_id, "route asks for resources the group lacks (or more than 4); skipped");
+                    return None;
+                };
+                let flags = DpLbFlags {
+                    relative: flags.relative,
+                    random_tie: flags.random_tie_break,
+                    allow_negative: flags.allow_negative,
+                };
+                Some(Route { matcher: r.matcher.clone(), target: RouteTarget::LoadBalancer { group, wanted, flags } })
             }
         })
         .collect();
 
-    RoutingTable::new(generation, proxy_settings(config), sets, routes)
+    let f = &config.failover;
+    let failover = FailoverSettings {
+        codes: f.codes.clone(),
+        no_answer_timeout: f.no_answer_timeout,
+        max_attempts: usize::try_from(f.max_attempts).unwrap_or(usize::MAX),
+    };
+    RoutingTable::new(generation, proxy_settings(config), sets, routes).with_load_balancer(lb_groups, failover)
+}
+
+/// Takes fsroute's current load as `p_hb` for every load_balancer resource whose box sent new
+/// numbers since the last build. The control plane calls it right after a heartbeat is read, so
+/// it is the load "when that heartbeat arrived"; between heartbeats `p_hb` stays fixed and every
+/// call fsroute routes or ends moves availability by exactly one.
+pub fn snapshot_p_hb(config: &Config, stats: &mut Stats, counters: &CounterStore) {
+    for row in &config.load_balancer {
+        for res in &row.resources {
+            let Capacity::Fs(fs) = &res.capacity else { continue };
+            let Some(seq) = stats.fs.get(&fs.key()).filter(|s| s.last_heartbeat.is_some()).map(|s| s.seq) else {
+                continue;
+            };
+            let key = (row.group_id, row.uri.clone(), res.name.clone());
+            if stats.p_hb.get(&key).map(|(s, _)| *s) != Some(seq) {
+                let p = counters.lb_load(row.group_id, &row.uri, &res.name).map_or(0, |l| l.load(Ordering::Relaxed));
+                stats.p_hb.insert(key, (seq, p));
+            }
+        }
+    }
+}
+
+/// The most calls fsroute may hold on one resource now: a fixed capacity as written; from the
+/// box's heartbeat `capacity − others` (ARCHITECTURE.md); `initial_capacity` before its first
+/// numbers; 0 while it is stale (a stale box takes no new calls).
+pub fn effective_capacity(row: &LoadBalancerRow, res: &ConfigLbResource, control: &ControlConfig, stats: &Stats) -> u32 {
+    match &res.capacity {
+        Capacity::Fixed(n) => *n,
+        Capacity::Fs(fs) => match stats.fs.get(&fs.key()) {
+            Some(s) if s.is_fresh() => {
+                let p_hb = stats.p_hb.get(&(row.group_id, row.uri.clone(), res.name.clone())).map_or(0, |(_, p)| *p);
+                capacity_from_heartbeat(
+                    s.idle_cpu_micro,
+                    u64::from(s.max_sessions),
+                    u64::from(s.session_count),
+                    control.channels_per_call,
+                    p_hb,
+                )
+                .effective
+            }
+            None => control.initial_capacity,
+            Some(s) if s.connected && !s.stale && s.last_heartbeat.is_none() => control.initial_capacity,
+            Some(_) => 0,
+        },
+    }
+}
+
+fn build_lb_groups(config: &Config, stats: &Stats, admin: &AdminState, counters: &mut CounterStore) -> Vec<LbGroup> {
+    let mut live: HashSet<(i32, String, String)> = HashSet::new();
+    let mut groups = Vec::new();
+    for group_id in config.group_ids() {
+        let rows: Vec<&LoadBalancerRow> = config.load_balancer.iter().filter(|r| r.group_id == group_id).collect();
+        let mut names: Vec<String> = Vec::new();
+        for r in &rows {
+            for res in &r.resources {
+                if !names.contains(&res.name) {
+                    names.push(res.name.clone());
+                }
+            }
+        }
+        let destinations = rows
+            .iter()
+            .map(|r| {
+                let resources = names
+                    .iter()
+                    .map(|n| {
+                        let res = r.resources.iter().find(|x| &x.name == n)?;
+                        live.insert((group_id, r.uri.clone(), n.clone()));
+                        Some(DpLbResource {
+                            effective: effective_capacity(r, res, &config.control, stats),
+                            load: counters.lb_load_or_create(group_id, &r.uri, n),
+                        })
+                    })
+                    .collect();
+                LbDestination {
+                    uri: r.uri.clone(),
+                    addr: r.addr,
+                    enabled: admin.lb_enabled(group_id, &r.uri).unwrap_or(r.state.is_active()),
+                    resources,
+                }
+            })
+            .collect();
+        groups.push(LbGroup { group_id, resource_names: names, destinations });
+    }
+    counters.lb.retain(|k, _| live.contains(k));
+    groups
 }
 
 /// fsroute's identity and behaviour as the data plane reads it.
@@ -495,6 +630,7 @@ to_dispatcher = 20
         assert_eq!(
             t.sets[match route.target {
                 RouteTarget::Dispatcher { set, .. } => set,
+                RouteTarget::LoadBalancer { .. } => panic!("a dispatcher route"),
             }]
             .setid,
             10
@@ -547,7 +683,7 @@ record_route = false
     }
 
     fn fs_config() -> Config {
-        config::parse_ignoring_unsupported(
+        config::parse(
             r#"
 [proxy]
 listen = ["127.0.0.1:5060"]
@@ -587,6 +723,7 @@ fallback_weight = 9
             max_sessions,
             last_heartbeat: Some(Instant::now()),
             stale: false,
+            seq: 1,
         }
     }
 
@@ -646,5 +783,98 @@ fallback_weight = 9
         stats.fs.get_mut(&key(8021)).unwrap().stale = true;
         stats.fs.get_mut(&key(8022)).unwrap().connected = false;
         assert_eq!(weights(&stats), [2, 9]);
+    }
+
+    fn lb_config() -> Config {
+        config::parse(
+            r#"
+[proxy]
+listen = ["127.0.0.1:5060"]
+
+[control]
+initial_capacity = 50
+channels_per_call = 1
+
+[[load_balancer]]
+group_id = 1
+dst_uri = "sip:127.0.0.1:5081"
+resources = "ch=fs://:ClueCon@127.0.0.1:8021;conf=10"
+
+[[load_balancer]]
+group_id = 1
+dst_uri = "sip:127.0.0.1:5082"
+resources = "ch=7"
+
+[[route]]
+to_load_balancer = 1
+resources = "ch"
+lb_flags = "s"
+"#,
+            Path::new("lb.toml"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn load_balancer_groups_keep_every_resource_with_fixed_fs_and_initial_capacities() {
+        let c = lb_config();
+        let mut counters = CounterStore::new();
+        let t = build_table(&c, &Stats::default(), &AdminState::default(), &mut counters, 1);
+        let g = &t.lb_groups[0];
+        assert_eq!(g.resource_names, ["ch", "conf"]);
+        let a = &g.destinations[0];
+        assert_eq!(a.resources[0].as_ref().unwrap().effective, 50, "initial_capacity before the first heartbeat");
+        assert_eq!(a.resources[1].as_ref().unwrap().effective, 10, "OpenSIPS drops conf=10; fsroute keeps it");
+        let b = &g.destinations[1];
+        assert_eq!(b.resources[0].as_ref().unwrap().effective, 7);
+        assert!(b.resources[1].is_none());
+        match t.routes[0].target {
+            RouteTarget::LoadBalancer { group, wanted, flags } => {
+                assert_eq!((group, wanted.ids(), flags.random_tie), (0, &[0usize][..], true));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(t.is_known_destination(&"127.0.0.1:5082".parse().unwrap()));
+    }
+
+    #[test]
+    fn fs_capacity_uses_the_load_at_heartbeat_time_and_a_stale_box_takes_no_calls() {
+        let c = lb_config();
+        let mut counters = CounterStore::new();
+        let mut stats = Stats::default();
+        let admin = AdminState::default();
+        build_table(&c, &stats, &admin, &mut counters, 1);
+        let load = counters.lb_load(1, "sip:127.0.0.1:5081", "ch").unwrap().clone();
+        // 40 of fsroute's calls are on the box when it reports 100 of 1000 sessions at 78.4 % idle.
+        load.store(40, Ordering::Relaxed);
+        let mut s = fresh(78_400_000, 100, 1000);
+        s.seq = 1;
+        stats.fs.insert(key(8021), s);
+        snapshot_p_hb(&c, &mut stats, &counters);
+        let effective = |stats: &Stats, counters: &mut CounterStore| {
+            build_table(&c, stats, &admin, counters, 2).lb_groups[0].destinations[0].resources[0].as_ref().unwrap().effective
+        };
+        // capacity 784, others 100 - 40 = 60: fsroute may hold 724, i.e. 684 more than its 40.
+        assert_eq!(effective(&stats, &mut counters), 724);
+        // Ten more calls before the next heartbeat: p_hb stays, availability falls by ten.
+        load.store(50, Ordering::Relaxed);
+        snapshot_p_hb(&c, &mut stats, &counters);
+        assert_eq!(effective(&stats, &mut counters), 724);
+        stats.fs.get_mut(&key(8021)).unwrap().stale = true;
+        assert_eq!(effective(&stats, &mut counters), 0);
+    }
+
+    #[test]
+    fn load_counters_survive_a_rebuild_and_admin_disable_is_sticky() {
+        let c = lb_config();
+        let mut counters = CounterStore::new();
+        let mut admin = AdminState::default();
+        let t1 = build_table(&c, &Stats::default(), &admin, &mut counters, 1);
+        t1.lb_groups[0].destinations[1].resources[0].as_ref().unwrap().load.store(3, Ordering::Relaxed);
+        admin.set_lb_enabled(1, "sip:127.0.0.1:5082", false);
+        let t2 = build_table(&c, &Stats::default(), &admin, &mut counters, 2);
+        let b = &t2.lb_groups[0].destinations[1];
+        assert_eq!(b.resources[0].as_ref().unwrap().load.load(Ordering::Relaxed), 3);
+        assert!(!b.enabled);
     }
 }

@@ -48,8 +48,9 @@ fn url_of(fs: &FsEndpoint) -> EslUrl {
     }
 }
 
-fn to_fs_stats(h: &HeartbeatStats, now: Instant) -> FsStats {
+fn to_fs_stats(h: &HeartbeatStats, now: Instant, seq: u64) -> FsStats {
     FsStats {
+        seq,
         connected: true,
         idle_cpu_micro: h.idle_cpu_micro,
         session_count: u32::try_from(h.session_count).unwrap_or(u32::MAX),
@@ -170,20 +171,18 @@ impl FsMonitor {
                 tracing::info!(box = %conn.info.url, "ESL connected");
                 conn.info.last_error = None;
                 // Connected but no numbers yet: counts as "before the first heartbeat".
-                *entry = FsStats { connected: true, ..FsStats::default() };
+                *entry = FsStats { connected: true, seq: entry.seq, ..FsStats::default() };
                 true
             }
             PoolEvent::Seed(_, h) | PoolEvent::Heartbeat(_, h) => {
                 if h.core_uuid.is_some() {
                     conn.info.core_uuid.clone_from(&h.core_uuid);
                 }
-                let next = to_fs_stats(h, now);
-                let changed = fs_numbers(entry) != fs_numbers(&next) || entry.stale || !entry.connected;
-                *entry = next;
-                if changed {
-                    self.pending_visibility.push(now);
-                }
-                changed
+                // Always a rebuild: even with the same numbers, a load_balancer capacity moves with
+                // fsroute's own calls at heartbeat time (`p_hb`).
+                *entry = to_fs_stats(h, now, entry.seq + 1);
+                self.pending_visibility.push(now);
+                true
             }
             PoolEvent::Rejected(_, e) => {
                 conn.info.rejected_heartbeats += 1;
@@ -221,8 +220,4 @@ impl FsMonitor {
     pub fn info(&self, key: &FsKey) -> Option<&FsInfo> {
         self.conns.get(key).map(|c| &c.info)
     }
-}
-
-fn fs_numbers(s: &FsStats) -> (u32, u32, u32) {
-    (s.idle_cpu_micro, s.session_count, s.max_sessions)
 }

@@ -63,6 +63,7 @@ impl Control {
     fn rebuild(&mut self) {
         self.generation += 1;
         let started = Instant::now();
+        crate::build::snapshot_p_hb(&self.config, &mut self.stats, &self.counters);
         let t = build_table(&self.config, &self.stats, &self.admin, &mut self.counters, self.generation);
         self.table.store(Arc::new(t));
         let visible = Instant::now();
@@ -362,6 +363,16 @@ fn serve(ctl: &mut Control, dp: &DataPlane, mut req: tiny_http::Request) {
             let body = metrics_text(&table, &dp.stats, &ctl.record, &boxes, &ctl.timings);
             respond(req, 200, "application/openmetrics-text; version=1.0.0; charset=utf-8", body);
         }
+        (tiny_http::Method::Post, "/load_balancer/status") => {
+            let mut body = String::new();
+            if req.as_reader().take(64 * 1024).read_to_string(&mut body).is_err() {
+                return respond(req, 400, "application/json", r#"{"error":"unreadable body"}"#.into());
+            }
+            match set_lb_status(ctl, &body) {
+                Ok(()) => respond(req, 200, "application/json", r#"{"ok":true}"#.into()),
+                Err((code, msg)) => respond(req, code, "application/json", serde_json::json!({ "error": msg }).to_string()),
+            }
+        }
         (tiny_http::Method::Post, "/dispatcher/state") => {
             let mut body = String::new();
             if req.as_reader().take(64 * 1024).read_to_string(&mut body).is_err() {
@@ -374,6 +385,27 @@ fn serve(ctl: &mut Control, dp: &DataPlane, mut req: tiny_http::Request) {
         }
         _ => respond(req, 404, "application/json", r#"{"error":"not found"}"#.into()),
     }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LbStatusRequest {
+    group_id: i32,
+    dst_uri: String,
+    enabled: bool,
+}
+
+/// `POST /load_balancer/status` (OpenSIPS lb_status): disabling is sticky (NOEN) until an admin
+/// enables the destination again.
+fn set_lb_status(ctl: &mut Control, body: &str) -> Result<(), (u16, String)> {
+    let r: LbStatusRequest = serde_json::from_str(body).map_err(|e| (400, format!("bad request body: {e}")))?;
+    if !ctl.config.load_balancer.iter().any(|d| d.group_id == r.group_id && d.uri == r.dst_uri) {
+        return Err((404, format!("destination {} not found in group {}", r.dst_uri, r.group_id)));
+    }
+    ctl.admin.set_lb_enabled(r.group_id, &r.dst_uri, r.enabled);
+    tracing::info!(group_id = r.group_id, dst_uri = %r.dst_uri, enabled = r.enabled, "admin set load_balancer status");
+    ctl.rebuild();
+    Ok(())
 }
 
 #[derive(serde::Deserialize)]

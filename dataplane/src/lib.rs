@@ -4,6 +4,7 @@
 
 pub mod dispatch;
 pub mod hash;
+pub mod lb;
 pub mod router;
 pub mod shard;
 pub mod sip;

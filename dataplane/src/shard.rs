@@ -167,7 +167,19 @@ impl Shard {
                     self.stats.drop_reason(DropReason::HandoffFull);
                 }
             }
-            Action::Drop(_) => {}
+            Action::Drop(_) | Action::Absorbed => {}
+        }
+        self.flush().await;
+    }
+
+    /// Sends what the router queued besides the action's own datagram (100 Trying, fsroute's ACKs
+    /// and CANCELs, a failover attempt started by a timer).
+    async fn flush(&self) {
+        loop {
+            let next = self.router.borrow_mut().poll_transmit();
+            let Some((to, buf)) = next else { break };
+            self.send(to, &buf).await;
+            self.router.borrow_mut().recycle(buf);
         }
     }
 }
@@ -250,11 +262,12 @@ async fn run_shard(
             let mut r = shard.router.borrow_mut();
             let draining = control.draining.load(Ordering::Relaxed);
             r.set_draining(draining);
-            r.tick(now);
+            r.tick(&shard.table.load(), now);
             // A scan of the memory: only worth it while a graceful stop waits on it.
             if draining { r.pending_invites(now) } else { 0 }
         };
         shard.stats.pending_invites.store(pending as u64, Ordering::Relaxed);
+        shard.flush().await;
         if control.stop.load(Ordering::Relaxed) {
             break;
         }

@@ -74,6 +74,11 @@ pub struct ShardStats {
     pub memory_entries: AtomicU64,
     /// INVITEs without a final response, published while draining.
     pub pending_invites: AtomicU64,
+    /// Calls moved to another destination after a failure or silence.
+    pub failovers: AtomicU64,
+    /// Messages a stateful transaction consumed (the caller's ACK for a failure fsroute passed on,
+    /// 100 Trying from a destination, responses to fsroute's own ACK/CANCEL...).
+    pub absorbed: AtomicU64,
     pub dropped: [AtomicU64; DropReason::ALL.len()],
 }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::dispatch::{Algorithm, HashMode, Selector};
+use crate::lb::{LbFlags, LbGroup};
 use crate::sip::uri_host_port;
 
 pub use arc_swap::ArcSwap;
@@ -86,10 +87,49 @@ pub struct RouteMatch {
     pub source: Option<Cidr>,
 }
 
+/// The resources one call consumes on a load_balancer route (ids into the group's resource
+/// names), in a fixed array so a route stays `Copy` and a pick allocates nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbWanted {
+    ids: [usize; 4],
+    len: u8,
+}
+
+impl LbWanted {
+    /// None when more than four resources are asked for (the documented limit).
+    pub fn new(ids: &[usize]) -> Option<LbWanted> {
+        if ids.len() > 4 {
+            return None;
+        }
+        let mut w = LbWanted { ids: [0; 4], len: ids.len() as u8 };
+        w.ids[..ids.len()].copy_from_slice(ids);
+        Some(w)
+    }
+    pub fn ids(&self) -> &[usize] {
+        &self.ids[..usize::from(self.len)]
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RouteTarget {
     /// Index into `RoutingTable::sets`.
     Dispatcher { set: usize, algorithm: Algorithm, failover: bool },
+    /// Index into `RoutingTable::lb_groups`; INVITEs always fail over.
+    LoadBalancer { group: usize, wanted: LbWanted, flags: LbFlags },
+}
+
+/// `[failover]`: what moves a call to the next destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailoverSettings {
+    pub codes: Vec<u16>,
+    pub no_answer_timeout: Duration,
+    pub max_attempts: usize,
+}
+
+impl Default for FailoverSettings {
+    fn default() -> Self {
+        FailoverSettings { codes: vec![408, 500, 503], no_answer_timeout: Duration::from_secs(2), max_attempts: 3 }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -139,18 +179,44 @@ pub struct RoutingTable {
     pub proxy: ProxySettings,
     pub sets: Vec<DispatcherSet>,
     pub routes: Vec<Route>,
-    /// Sorted addresses of every destination of every set, for Record-Route tokens and for telling
-    /// a request from a backend apart from one towards it.
+    /// Sorted addresses of every destination of every set and group, for Record-Route tokens and
+    /// for telling a request from a backend apart from one towards it.
     pub known_destinations: Vec<SocketAddr>,
+    pub lb_groups: Vec<LbGroup>,
+    pub failover: FailoverSettings,
 }
 
 impl RoutingTable {
     /// Sorts and deduplicates `known_destinations` from the sets.
     pub fn new(generation: u64, proxy: ProxySettings, sets: Vec<DispatcherSet>, routes: Vec<Route>) -> Self {
-        let mut known: Vec<SocketAddr> = sets.iter().flat_map(|s| s.destinations.iter().map(|d| d.addr)).collect();
+        let mut t = RoutingTable {
+            generation,
+            proxy,
+            sets,
+            routes,
+            known_destinations: Vec::new(),
+            lb_groups: Vec::new(),
+            failover: FailoverSettings::default(),
+        };
+        t.index_destinations();
+        t
+    }
+
+    /// Adds load_balancer groups and failover settings.
+    pub fn with_load_balancer(mut self, lb_groups: Vec<LbGroup>, failover: FailoverSettings) -> Self {
+        self.lb_groups = lb_groups;
+        self.failover = failover;
+        self.index_destinations();
+        self
+    }
+
+    fn index_destinations(&mut self) {
+        let sets = self.sets.iter().flat_map(|s| s.destinations.iter().map(|d| d.addr));
+        let groups = self.lb_groups.iter().flat_map(|g| g.destinations.iter().map(|d| d.addr));
+        let mut known: Vec<SocketAddr> = sets.chain(groups).collect();
         known.sort_unstable();
         known.dedup();
-        RoutingTable { generation, proxy, sets, routes, known_destinations: known }
+        self.known_destinations = known;
     }
 
     pub fn is_known_destination(&self, addr: &SocketAddr) -> bool {

@@ -54,3 +54,30 @@ pub fn one_set_table(weights: &[u32], alg: Algorithm, generation: u64) -> Routin
     };
     RoutingTable::new(generation, loopback_proxy(), vec![set], vec![route])
 }
+
+/// One load_balancer group (id 1, resource "ch") with a destination per capacity
+/// (127.0.0.1:5081, :5082, ...), and one catch-all route asking for one "ch" per call.
+pub fn one_group_table(capacities: &[u32], generation: u64) -> RoutingTable {
+    use crate::lb::{LbDestination, LbFlags, LbGroup, LbResource};
+    use crate::table::LbWanted;
+    let destinations = capacities
+        .iter()
+        .enumerate()
+        .map(|(i, &cap)| {
+            let port = 5081 + i as u16;
+            LbDestination {
+                uri: format!("sip:127.0.0.1:{port}"),
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                enabled: true,
+                resources: vec![Some(LbResource { effective: cap, load: Default::default() })],
+            }
+        })
+        .collect();
+    let group = LbGroup { group_id: 1, resource_names: vec!["ch".into()], destinations };
+    let route = Route {
+        matcher: RouteMatch::default(),
+        target: RouteTarget::LoadBalancer { group: 0, wanted: LbWanted::new(&[0]).expect("one resource"), flags: LbFlags::default() },
+    };
+    RoutingTable::new(generation, loopback_proxy(), Vec::new(), vec![route])
+        .with_load_balancer(vec![group], crate::table::FailoverSettings::default())
+}

@@ -60,7 +60,7 @@ fn routing_a_call_allocates_nothing_once_warm() {
         for c in &calls {
             r.handle(&t, src, c, now, &mut out);
         }
-        r.tick(now + Duration::from_secs(400));
+        r.tick(&t, now + Duration::from_secs(400));
         let before = ALLOCS.load(Ordering::Relaxed);
         for c in &calls[..1000] {
             assert!(matches!(r.handle(&t, src, c, now + Duration::from_secs(401), &mut out), Action::Forward(_)));

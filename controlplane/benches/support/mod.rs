@@ -202,6 +202,7 @@ pub fn threads(pid: u32) -> u64 {
 }
 
 /// Raises RLIMIT_NOFILE's soft limit to `want` (capped at the hard limit); returns the new soft limit.
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
 pub fn raise_nofile(want: u64) -> u64 {
     unsafe {
         let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };

@@ -77,14 +77,6 @@ pub enum ConfigError {
         field: String,
         reason: String,
     },
-    /// Parsed and valid, but needs a part of fsroute this build does not have yet.
-    #[error("{at}: {field}: {value}: {reason}")]
-    Unsupported {
-        at: Position,
-        field: String,
-        value: String,
-        reason: &'static str,
-    },
 }
 
 impl ConfigError {
@@ -97,8 +89,7 @@ impl ConfigError {
             | ConfigError::Invalid { at, .. }
             | ConfigError::Duplicate { at, .. }
             | ConfigError::UnknownReference { at, .. }
-            | ConfigError::Conflict { at, .. }
-            | ConfigError::Unsupported { at, .. } => Some(at),
+            | ConfigError::Conflict { at, .. } => Some(at),
         }
     }
 
@@ -111,8 +102,7 @@ impl ConfigError {
             | ConfigError::Invalid { field, .. }
             | ConfigError::Duplicate { field, .. }
             | ConfigError::UnknownReference { field, .. }
-            | ConfigError::Conflict { field, .. }
-            | ConfigError::Unsupported { field, .. } => Some(field),
+            | ConfigError::Conflict { field, .. } => Some(field),
         }
     }
 

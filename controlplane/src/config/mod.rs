@@ -2,14 +2,12 @@
 //! plane works from. The file format is the contract in CONTRACT.md; this module owns turning
 //! it into typed values with defaults applied, and rejecting anything wrong with errors that name
 //! the file, line, column and field. Layout: [`raw`] mirrors the TOML (serde, spans),
-//! `validate` checks it and builds [`Config`], `unsupported` is the single place that refuses
-//! features this build cannot run yet, `value` parses the small string languages (`sip:`,
+//! `validate` checks it and builds [`Config`], `value` parses the small string languages (`sip:`,
 //! `fs://`, CIDR, durations), `summary` renders `fsroute check`'s screen.
 
 mod error;
 pub(crate) mod raw;
 mod summary;
-mod unsupported;
 mod validate;
 mod value;
 
@@ -41,7 +39,6 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let raw = raw_from_str(text, path)?;
     let (config, mut errors) = validate::validate(&raw, text, path);
-    errors.extend(unsupported::reject(&raw, text, path));
     if errors.is_empty() {
         Ok(config)
     } else {
@@ -51,18 +48,6 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     }
 }
 
-/// Like [`parse`] but without the refusal of not-yet-supported features, so tests can exercise
-/// how such configs would look (summary, masking) before the features land.
-#[cfg(test)]
-pub(crate) fn parse_ignoring_unsupported(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-    let raw = raw_from_str(text, path)?;
-    let (config, errors) = validate::validate(&raw, text, path);
-    if errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigErrors(errors))
-    }
-}
 
 fn raw_from_str(text: &str, path: &Path) -> Result<raw::RawConfig, ConfigError> {
     toml::from_str::<raw::RawConfig>(text).map_err(|e| {

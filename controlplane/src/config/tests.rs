@@ -609,7 +609,7 @@ fn a_malformed_fs_weight_is_an_error_naming_line_and_field_without_the_password(
 }
 
 #[test]
-fn load_balancer_rows_and_routes_are_parsed_fully_then_rejected() {
+fn load_balancer_rows_keep_every_resource_and_routes_keep_their_flags() {
     let text = with_listen(
         r#"
 [[load_balancer]]
@@ -623,21 +623,9 @@ resources = "ch"
 lb_flags = "rs"
 "#,
     );
-    let e = errs(&text);
-    assert_eq!(e.len(), 2, "{e}");
-    assert!(matches!(
-        only(&e, "load_balancer[0]"),
-        ConfigError::Unsupported { .. }
-    ));
-    assert_eq!(line_of(&e, "load_balancer[0]"), 4);
-    assert_eq!(line_of(&e, "route[0].to_load_balancer"), 10);
-    assert!(e
-        .to_string()
-        .contains("need the load_balancer data plane, not available in this build"));
-    assert!(!e.to_string().contains("ClueCon"));
-
-    // Everything the later work needs is already parsed.
-    let c = parse_ignoring_unsupported(&text, Path::new(PATH)).unwrap_or_else(|e| panic!("{e}"));
+    // OpenSIPS keeps only the fs resource of such a row; fsroute keeps them all.
+    let c = parse(&text, Path::new(PATH)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!format!("{c:?}").contains("ClueCon"));
     let row = &c.load_balancer[0];
     assert_eq!(row.resources.len(), 2);
     assert_eq!(
@@ -694,7 +682,7 @@ algorithm = "round-robin"
 
 #[test]
 fn two_rows_may_not_give_one_esl_endpoint_different_passwords() {
-    let e = parse_ignoring_unsupported(
+    let e = parse(
         &with_listen(
             r#"
 [[dispatcher]]
@@ -746,7 +734,7 @@ algorithm = "round-robin"
 #[test]
 fn passwords_never_appear_in_summary_debug_or_display() {
     let c =
-        parse_ignoring_unsupported(FS_CONFIG, Path::new(PATH)).unwrap_or_else(|e| panic!("{e}"));
+        parse(FS_CONFIG, Path::new(PATH)).unwrap_or_else(|e| panic!("{e}"));
     let summary = c.summary();
     let debug = format!("{c:?}");
     let pretty = format!("{c:#?}");
@@ -775,7 +763,7 @@ fn passwords_never_appear_in_summary_debug_or_display() {
 
 #[test]
 fn a_malformed_fs_url_is_reported_without_its_password() {
-    let e = parse_ignoring_unsupported(
+    let e = parse(
         &with_listen("[[dispatcher]]\nsetid = 1\ndestination = \"sip:10.0.0.1\"\nweight = \"fs://:Hunter2@bad host\"\n"),
         Path::new(PATH),
     )
@@ -855,10 +843,3 @@ fn load_reads_the_file_and_names_it_in_errors() {
     );
 }
 
-#[test]
-fn route_failover_is_refused_until_it_exists() {
-    let text = "[proxy]\nlisten = [\"127.0.0.1:5060\"]\n[[dispatcher]]\nsetid = 1\ndestination = \"sip:127.0.0.1:5071\"\n[[route]]\nto_dispatcher = 1\nfailover = true\n";
-    let shown = parse(text, Path::new("p.toml")).unwrap_err().to_string();
-    assert!(shown.contains("p.toml:8:12: route[0].failover"), "{shown}");
-    assert!(shown.contains("route failover needs the load_balancer work"), "{shown}");
-}

@@ -10,6 +10,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::lb::Reservation;
+
 /// Keys are already well-mixed 64-bit hashes: hashing them again would only cost time.
 #[derive(Default)]
 pub struct IdentityHasher(u64);
@@ -41,10 +43,12 @@ pub struct TxnEntry {
     pub initial_invite: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct DialogEntry {
     pub dest: SocketAddr,
     pub expires: Instant,
+    /// The load_balancer units the call holds; dropped (released) when the entry goes.
+    pub reservation: Option<Reservation>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -108,8 +112,9 @@ impl CallMemory {
         self.txns.get(&key).filter(|e| e.expires > now).copied()
     }
 
-    pub fn dialog(&self, key: u64, now: Instant) -> Option<DialogEntry> {
-        self.dialogs.get(&key).filter(|e| e.expires > now).copied()
+    /// Where the dialog's requests go, while it is remembered.
+    pub fn dialog(&self, key: u64, now: Instant) -> Option<SocketAddr> {
+        self.dialogs.get(&key).filter(|e| e.expires > now).map(|e| e.dest)
     }
 
     /// Remembers (or re-arms) a transaction's destination for `ttl`.
@@ -132,12 +137,29 @@ impl CallMemory {
     }
 
     pub fn remember_dialog(&mut self, key: u64, dest: SocketAddr, now: Instant, ttl: Duration) {
+        self.remember_dialog_with(key, dest, now, ttl, None);
+    }
+
+    /// Remembers a dialog that holds load_balancer units until it ends. A call that cannot be
+    /// remembered (memory full) gives its units back at once rather than leak them.
+    pub fn remember_dialog_with(&mut self, key: u64, dest: SocketAddr, now: Instant, ttl: Duration, reservation: Option<Reservation>) {
         if self.dialogs.len() >= self.capacity && !self.dialogs.contains_key(&key) {
             return;
         }
         let expires = now + ttl;
-        self.dialogs.insert(key, DialogEntry { dest, expires });
+        let reservation = match self.dialogs.get_mut(&key) {
+            Some(old) if reservation.is_none() => old.reservation.take(),
+            _ => reservation,
+        };
+        self.dialogs.insert(key, DialogEntry { dest, expires, reservation });
         self.expiry.push(Kind::Dialog, ttl, expires, key);
+    }
+
+    /// The call ended (its BYE was answered): its load_balancer units go back now.
+    pub fn release_dialog(&mut self, key: u64) {
+        if let Some(e) = self.dialogs.get_mut(&key) {
+            drop(e.reservation.take());
+        }
     }
 
     pub fn rearm_dialog(&mut self, key: u64, now: Instant, ttl: Duration) {

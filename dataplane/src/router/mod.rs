@@ -4,6 +4,7 @@
 //! per-shard call memory that makes those decisions stick. It performs no I/O, reads time and
 //! randomness only from its arguments and its seeded generator, and never panics on input.
 
+mod fork;
 mod memory;
 pub mod rewrite;
 
@@ -15,10 +16,13 @@ pub use memory::{CallMemory, AFTER_FINAL};
 use rewrite::{forward_request, forward_response, host_ip, local_reply, parse_branch, parse_token, reply_address, RequestRewrite};
 
 use crate::dispatch::{opensips_uri_keys, trim_callid, Algorithm};
+use crate::lb;
+use fork::{Fork, ForkTarget};
+use std::collections::{HashMap, VecDeque};
 use crate::hash;
 use crate::sip::{self, uri_host_port, uri_params, uri_user, Message, Method, ParseError};
 use crate::stats::{DropReason, ShardStats};
-use crate::table::{DestCounters, RouteTarget, RoutingTable};
+use crate::table::{DestCounters, DispatcherSet, RouteTarget, RoutingTable};
 
 const SEED_OWNER: u64 = 0x6673_726f_7574_6531; // "fsroute1"
 const SEED_TXN: u64 = 0x6673_726f_7574_6532;
@@ -37,6 +41,8 @@ pub enum Action {
     /// Pass the datagram unchanged to the shard that owns its Call-ID.
     HandOff(usize),
     Drop(DropReason),
+    /// Handled by a stateful transaction, nothing to send for it (more may wait in the outbox).
+    Absorbed,
 }
 
 /// The shard that owns a Call-ID's state: every shard computes the same answer.
@@ -57,6 +63,12 @@ pub struct Router {
     memory: CallMemory,
     stats: Arc<ShardStats>,
     draining: bool,
+    /// Forked INVITE transactions (failover routes), by the caller's transaction key.
+    forks: HashMap<u64, Fork, std::hash::BuildHasherDefault<memory::IdentityHasher>>,
+    /// Datagrams beyond the one an action sends (100 Trying, fsroute's ACKs and CANCELs, the
+    /// next attempt after a timeout), drained by the shell with `poll_transmit`.
+    outbox: VecDeque<(SocketAddr, Vec<u8>)>,
+    free: Vec<Vec<u8>>,
 }
 
 impl Router {
@@ -69,7 +81,41 @@ impl Router {
             memory: CallMemory::new(DEFAULT_MEMORY_CAPACITY),
             stats,
             draining: false,
+            forks: HashMap::default(),
+            outbox: VecDeque::new(),
+            free: Vec::new(),
         }
+    }
+
+    /// The next datagram fsroute itself must send, if any. Give the buffer back with `recycle`.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.outbox.pop_front()
+    }
+
+    /// Returns a sent buffer for reuse, so steady state allocates nothing.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        buf.clear();
+        if self.free.len() < 256 {
+            self.free.push(buf);
+        }
+    }
+
+    fn take_buffer(&mut self) -> Vec<u8> {
+        self.free.pop().unwrap_or_else(|| Vec::with_capacity(2048))
+    }
+
+    fn emit(&mut self, to: SocketAddr, write: impl FnOnce(&mut Vec<u8>)) {
+        let mut buf = self.take_buffer();
+        write(&mut buf);
+        self.outbox.push_back((to, buf));
+    }
+
+    fn emit_buffer(&mut self, to: SocketAddr, buf: Vec<u8>) {
+        self.outbox.push_back((to, buf));
+    }
+
+    fn dialog_key(&self, m: &Message<'_>) -> u64 {
+        hash::hash_one(SEED_DIALOG, trim_callid(m.call_id.unwrap_or_default()))
     }
 
     pub fn stats(&self) -> &Arc<ShardStats> {
@@ -87,11 +133,13 @@ impl Router {
 
     /// INVITE transactions still without a final response.
     pub fn pending_invites(&self, now: Instant) -> usize {
-        self.memory.pending_invites(now)
+        self.memory.pending_invites(now) + self.pending_forks()
     }
 
-    /// Ages out call memory; the shell calls it periodically.
-    pub fn tick(&mut self, now: Instant) {
+    /// Runs failover timers and ages out call memory; the shell calls it periodically (and drains
+    /// `poll_transmit` afterwards).
+    pub fn tick(&mut self, table: &RoutingTable, now: Instant) {
+        self.fork_tick(table, now);
         self.memory.expire(now);
         self.stats.memory_entries.store(self.memory.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
@@ -114,6 +162,7 @@ impl Router {
             Action::Reply(_) => ShardStats::inc(&self.stats.replied),
             Action::HandOff(_) => ShardStats::inc(&self.stats.handed_off),
             Action::Drop(r) => self.stats.drop_reason(r),
+            Action::Absorbed => ShardStats::inc(&self.stats.absorbed),
         }
         action
     }
@@ -194,6 +243,11 @@ impl Router {
             .and_then(parse_token)
             .filter(|d| t.is_known_destination(d));
 
+        // A forked transaction's retransmissions, CANCEL and non-2xx ACK belong to it.
+        if let Some(a) = self.fork_request(t, m, src, tkey, now, out) {
+            return a;
+        }
+
         let mut dest = None;
         let mut chosen: Option<&Arc<DestCounters>> = None;
         let mut remember = false;
@@ -217,7 +271,7 @@ impl Router {
             // The INVITE's memory is gone (or it never passed here): the dialog memory may still
             // know the call; otherwise there is nothing to cancel (§16.10).
             match self.memory.dialog(ckey, now) {
-                Some(d) => dest = Some(d.dest),
+                Some(d) => dest = Some(d),
                 None => return self.reply(m, src, 481, "Call/Transaction Does Not Exist", &[], out),
             }
         }
@@ -235,31 +289,38 @@ impl Router {
                 let reason = if code == 503 { "Service Unavailable" } else { "Not Found" };
                 return self.reply(m, src, code, reason, &[], out);
             };
-            let RouteTarget::Dispatcher { set, algorithm, .. } = route.target;
-            let Some(ds) = t.sets.get(set) else {
-                return self.reply(m, src, 500, "Server Internal Error", &[], out);
-            };
-            if self.cursors.len() < t.sets.len() {
-                self.cursors.resize(t.sets.len(), 0);
+            match route.target {
+                RouteTarget::Dispatcher { set, algorithm, failover } => {
+                    let Some(ds) = t.sets.get(set) else {
+                        return self.reply(m, src, 500, "Server Internal Error", &[], out);
+                    };
+                    if failover && method == Method::Invite {
+                        let target = ForkTarget::Dispatcher { setid: ds.setid, algorithm };
+                        return self.fork_start(t, src, m, tkey, target, now, out);
+                    }
+                    let Some(idx) = self.dispatch_pick(t, ds, algorithm, m) else {
+                        return self.reply(m, src, 503, "Service Unavailable", &[], out);
+                    };
+                    let d = &ds.destinations[idx];
+                    dest = Some(d.addr);
+                    chosen = Some(&d.counters);
+                }
+                RouteTarget::LoadBalancer { group, wanted, flags } => {
+                    let Some(g) = t.lb_groups.get(group) else {
+                        return self.reply(m, src, 500, "Server Internal Error", &[], out);
+                    };
+                    if method == Method::Invite {
+                        let target = ForkTarget::LoadBalancer { group_id: g.group_id, wanted, flags };
+                        return self.fork_start(t, src, m, tkey, target, now, out);
+                    }
+                    // Out-of-dialog requests other than INVITE hold no call: the best box, no units.
+                    let r = self.next_random();
+                    let Some(idx) = lb::select(g, wanted.ids(), flags, 0, r) else {
+                        return self.reply(m, src, 503, "Service Unavailable", &[("Retry-After", "5")], out);
+                    };
+                    dest = Some(g.destinations[idx].addr);
+                }
             }
-            let keys = hash_keys(algorithm, m, call_id, ruri);
-            let (alg, keys) = match (algorithm, keys) {
-                // No credentials: OpenSIPS documents round-robin for alg 5 (its code sticks to the
-                // last destination instead); fsroute does what the documentation says.
-                (Algorithm::HashAuthUsername, None) => (Algorithm::RoundRobin, (&b""[..], &b""[..])),
-                (a, k) => (a, k.unwrap_or((b"", b""))),
-            };
-            let cursor = self.cursors[set];
-            if alg == Algorithm::RoundRobin {
-                self.cursors[set] = cursor.wrapping_add(1);
-            }
-            let r = if alg == Algorithm::Random { self.next_random() } else { 0 };
-            let Some(idx) = ds.selector.pick(alg, px.hash, keys, cursor, r) else {
-                return self.reply(m, src, 503, "Service Unavailable", &[], out);
-            };
-            let d = &ds.destinations[idx];
-            dest = Some(d.addr);
-            chosen = Some(&d.counters);
             remember = method != Method::Ack;
         }
         let Some(dest) = dest else {
@@ -295,6 +356,27 @@ impl Router {
         Action::Forward(dest)
     }
 
+    /// A destination index of `ds` for a new transaction, by `algorithm`.
+    fn dispatch_pick(&mut self, t: &RoutingTable, ds: &DispatcherSet, algorithm: Algorithm, m: &Message<'_>) -> Option<usize> {
+        let set = t.sets.iter().position(|s| std::ptr::eq(s, ds))?;
+        if self.cursors.len() < t.sets.len() {
+            self.cursors.resize(t.sets.len(), 0);
+        }
+        let keys = hash_keys(algorithm, m, m.call_id.unwrap_or_default(), m.request_uri().unwrap_or_default());
+        let (alg, keys) = match (algorithm, keys) {
+            // No credentials: OpenSIPS documents round-robin for alg 5 (its code sticks to the
+            // last destination instead); fsroute does what the documentation says.
+            (Algorithm::HashAuthUsername, None) => (Algorithm::RoundRobin, (&b""[..], &b""[..])),
+            (a, k) => (a, k.unwrap_or((b"", b""))),
+        };
+        let cursor = self.cursors[set];
+        if alg == Algorithm::RoundRobin {
+            self.cursors[set] = cursor.wrapping_add(1);
+        }
+        let r = if alg == Algorithm::Random { self.next_random() } else { 0 };
+        ds.selector.pick(alg, t.proxy.hash, keys, cursor, r)
+    }
+
     /// Where an in-dialog request goes (§16.4 loose routing, then fsroute's memories).
     #[allow(clippy::too_many_arguments)]
     fn in_dialog_destination(
@@ -323,7 +405,7 @@ impl Router {
         }
         token
             .or_else(|| route_next.and_then(uri_addr))
-            .or_else(|| self.memory.dialog(ckey, now).map(|d| d.dest))
+            .or_else(|| self.memory.dialog(ckey, now))
             .or(ruri)
     }
 
@@ -351,6 +433,9 @@ impl Router {
             return Action::Drop(DropReason::BadResponse);
         };
         let ckey = hash::hash_one(SEED_DIALOG, trim_callid(call_id));
+        if let Some(a) = self.fork_response(t, m, key, SocketAddr::new(ip, port), now, out) {
+            return a;
+        }
         match cseq.method {
             b"INVITE" => match code {
                 // Each provisional response restarts Timer C: a long ring keeps its CANCEL route.
@@ -379,7 +464,12 @@ impl Router {
                 }
             },
             // The dialog is over; retransmitted BYEs still find their way for 32 s.
-            b"BYE" if (200..=299).contains(&code) => self.memory.rearm_dialog(ckey, now, AFTER_FINAL),
+            // The call is over: its load_balancer units go back; retransmitted BYEs still find
+            // their way for 32 s.
+            b"BYE" if (200..=299).contains(&code) => {
+                self.memory.release_dialog(ckey);
+                self.memory.rearm_dialog(ckey, now, AFTER_FINAL);
+            }
             _ => {}
         }
         forward_response(m, px, out);

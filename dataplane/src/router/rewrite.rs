@@ -123,7 +123,7 @@ pub fn push_u32(out: &mut Vec<u8>, mut n: u32) {
     out.extend_from_slice(&tmp[i..]);
 }
 
-fn push_hex16(out: &mut Vec<u8>, v: u64) {
+pub(crate) fn push_hex16(out: &mut Vec<u8>, v: u64) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for i in (0..16).rev() {
         out.push(HEX[((v >> (i * 4)) & 0xf) as usize]);

@@ -141,12 +141,12 @@ fn a_cancel_after_a_long_ring_still_finds_the_invite() {
     // 180s every 60 s for five minutes (Timer C restarts on each provisional response).
     for i in 1..=5 {
         let at = t0 + Duration::from_secs(60 * i);
-        r.tick(at);
+        r.tick(&t, at);
         let resp = backend_response(&forwarded, RINGING);
         assert!(matches!(r.handle(&t, dest, &resp, at, &mut out), Action::Forward(_)));
     }
     let late = t0 + Duration::from_secs(320);
-    r.tick(late);
+    r.tick(&t, late);
     // Weights changed meanwhile: only memory can get this right.
     let t2 = if dest.port() == 5071 { table_with(&[0, 1], Algorithm::RoundRobin, 2) } else { table_with(&[1, 0], Algorithm::RoundRobin, 2) };
     assert_eq!(r.handle(&t2, caller(), CANCEL, late, &mut out), Action::Forward(dest));
@@ -384,7 +384,7 @@ fn a_failed_invite_ends_the_dialog_memory_after_32_seconds() {
     let Action::Forward(dest) = r.handle(&t, caller(), INVITE, t0, &mut out) else { panic!() };
     let resp = backend_response(&out.clone(), REJECTED);
     assert!(matches!(r.handle(&t, dest, &resp, t0, &mut out), Action::Forward(_)));
-    r.tick(t0 + Duration::from_secs(33));
+    r.tick(&t, t0 + Duration::from_secs(33));
     assert_eq!(r.memory().len(), 0);
 }
 
@@ -417,4 +417,171 @@ fn a_caller_sharing_an_ip_with_the_backends_is_still_a_caller() {
     let Action::Forward(dest) = r.handle(&t, sipp, &invite, now, &mut out) else { panic!() };
     let bye = sip("BYE sip:service@127.0.0.1:5060 SIP/2.0|Via: SIP/2.0/UDP 127.0.0.1:49340;branch=z9hG4bK-2|From: <sip:a@127.0.0.1>;tag=1|To: <sip:service@127.0.0.1:5060>;tag=b|Call-ID: shared-ip|CSeq: 2 BYE|Content-Length: 0||");
     assert_eq!(r.handle(&t, sipp, &bye, now, &mut out), Action::Forward(dest));
+}
+
+// ---- failover and load_balancer (transaction-stateful INVITEs) ----
+
+fn failover_table(weights: &[u32]) -> RoutingTable {
+    let mut t = table_with(weights, Algorithm::RoundRobin, 1);
+    t.routes[0].target = RouteTarget::Dispatcher { set: 0, algorithm: Algorithm::RoundRobin, failover: true };
+    t
+}
+
+fn drain(r: &mut Router) -> Vec<(SocketAddr, String)> {
+    let mut v = Vec::new();
+    while let Some((to, b)) = r.poll_transmit() {
+        v.push((to, text(&b)));
+        r.recycle(b);
+    }
+    v
+}
+
+fn status_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+#[test]
+fn failover_moves_a_503_to_the_next_destination_acks_it_and_the_caller_sees_only_the_200() {
+    let t = failover_table(&[1, 1]);
+    let mut r = router();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    let Action::Forward(first) = r.handle(&t, caller(), INVITE, now, &mut out) else { panic!() };
+    let first_invite = out.clone();
+    let sent = drain(&mut r);
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].0, status_line(&sent[0].1)), (caller(), "SIP/2.0 100 Trying"));
+
+    let rejected = backend_response(&first_invite, REJECTED);
+    let Action::Forward(second) = r.handle(&t, first, &rejected, now, &mut out) else { panic!() };
+    assert_ne!(second, first);
+    let second_invite = out.clone();
+    let m2 = parse(&second_invite).unwrap();
+    assert_eq!(m2.method(), Some(Method::Invite));
+    assert_ne!(m2.top_via.unwrap().branch, parse(&first_invite).unwrap().top_via.unwrap().branch, "a new client transaction");
+    let sent = drain(&mut r);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, first);
+    let ack = parse(sent[0].1.as_bytes()).unwrap();
+    assert_eq!(ack.method(), Some(Method::Ack));
+    assert_eq!(ack.top_via.unwrap().branch, parse(&first_invite).unwrap().top_via.unwrap().branch);
+    assert_eq!(ack.to_tag(), Some(&b"aB3dE5"[..]));
+
+    let ok = backend_response(&second_invite, OK_INVITE);
+    assert_eq!(r.handle(&t, second, &ok, now, &mut out), Action::Forward("127.0.0.7:5060".parse().unwrap()));
+    assert_eq!(parse(&out).unwrap().status(), Some(200));
+    assert_eq!(r.stats().failovers.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn silence_for_no_answer_timeout_tries_the_next_destination_and_exhaustion_answers_408() {
+    let mut t = failover_table(&[1, 1]);
+    t.failover.max_attempts = 2;
+    let mut r = router();
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    let Action::Forward(first) = r.handle(&t, caller(), INVITE, t0, &mut out) else { panic!() };
+    drain(&mut r);
+    r.tick(&t, t0 + Duration::from_millis(2100));
+    let sent = drain(&mut r);
+    assert_eq!(sent.len(), 1);
+    assert_ne!(sent[0].0, first);
+    assert!(sent[0].1.starts_with("INVITE "));
+    r.tick(&t, t0 + Duration::from_millis(4200));
+    let sent = drain(&mut r);
+    assert_eq!((sent[0].0, status_line(&sent[0].1)), (caller(), "SIP/2.0 408 Request Timeout"));
+}
+
+#[test]
+fn a_destination_that_rings_keeps_the_call_past_the_no_answer_timeout() {
+    let t = failover_table(&[1, 1]);
+    let mut r = router();
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    let Action::Forward(first) = r.handle(&t, caller(), INVITE, t0, &mut out) else { panic!() };
+    let ringing = backend_response(&out.clone(), RINGING);
+    drain(&mut r);
+    assert!(matches!(r.handle(&t, first, &ringing, t0, &mut out), Action::Forward(_)));
+    r.tick(&t, t0 + Duration::from_secs(30));
+    assert!(drain(&mut r).is_empty());
+}
+
+#[test]
+fn when_every_attempt_fails_the_caller_gets_the_last_failure_and_its_ack_is_absorbed() {
+    let mut t = failover_table(&[1, 1]);
+    t.failover.max_attempts = 2;
+    let mut r = router();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    let Action::Forward(a) = r.handle(&t, caller(), INVITE, now, &mut out) else { panic!() };
+    let rej = backend_response(&out.clone(), REJECTED);
+    let Action::Forward(b) = r.handle(&t, a, &rej, now, &mut out) else { panic!() };
+    let rej = backend_response(&out.clone(), REJECTED);
+    assert_eq!(r.handle(&t, b, &rej, now, &mut out), Action::Forward("127.0.0.7:5060".parse().unwrap()));
+    assert_eq!(parse(&out).unwrap().status(), Some(503));
+    let ack = sip("ACK sip:+15551230001@lb.example.net:5060;user=phone SIP/2.0|Via: SIP/2.0/UDP 127.0.0.7:5060;branch=z9hG4bK-524287-1---4d7a1c9e8f2b3a61;rport|Max-Forwards: 70|To: <sip:+15551230001@lb.example.net;user=phone>;tag=aB3dE5|From: \"Caller Name\" <sip:+15559870002@carrier.example.com;user=phone>;tag=4fa1c2|Call-ID: 8d3f0a4c2b1e4f6a9c7d5e3b1a2f4c6e@127.0.0.7|CSeq: 101 ACK|Content-Length: 0||");
+    assert_eq!(r.handle(&t, caller(), &ack, now, &mut out), Action::Absorbed);
+}
+
+#[test]
+fn a_cancel_during_failover_cancels_the_attempt_in_progress() {
+    let t = failover_table(&[1, 1]);
+    let mut r = router();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    let Action::Forward(a) = r.handle(&t, caller(), INVITE, now, &mut out) else { panic!() };
+    let rej = backend_response(&out.clone(), REJECTED);
+    let Action::Forward(b) = r.handle(&t, a, &rej, now, &mut out) else { panic!() };
+    let second_invite = out.clone();
+    drain(&mut r);
+    let ringing = backend_response(&second_invite, RINGING);
+    assert!(matches!(r.handle(&t, b, &ringing, now, &mut out), Action::Forward(_)));
+    assert_eq!(r.handle(&t, caller(), CANCEL, now, &mut out), Action::Forward(b));
+    let cancel = parse(&out).unwrap();
+    assert_eq!(cancel.method(), Some(Method::Cancel));
+    assert_eq!(cancel.top_via.unwrap().branch, parse(&second_invite).unwrap().top_via.unwrap().branch);
+    let sent = drain(&mut r);
+    assert_eq!((sent[0].0, status_line(&sent[0].1)), (caller(), "SIP/2.0 200 OK"));
+}
+
+#[test]
+fn load_balancer_holds_a_unit_per_call_until_bye_and_answers_503_when_full() {
+    let t = crate::testing::one_group_table(&[1], 1);
+    let load = t.lb_groups[0].destinations[0].resources[0].as_ref().unwrap().load.clone();
+    let mut r = router();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    let Action::Forward(dest) = r.handle(&t, caller(), INVITE, now, &mut out) else { panic!() };
+    let invite_out = out.clone();
+    assert_eq!(load.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // A second call finds no capacity.
+    let other = text(INVITE).replace("8d3f0a4c2b1e", "000000000000").replace("4d7a1c9e8f2b3a61", "0000000000000001");
+    r.handle(&t, caller(), other.as_bytes(), now, &mut out);
+    let s = text(&out);
+    assert!(s.starts_with("SIP/2.0 503 ") && s.contains("Retry-After:"), "{s}");
+    // Answered, then hung up: the unit comes back with the BYE's 200.
+    let ok = backend_response(&invite_out, OK_INVITE);
+    r.handle(&t, dest, &ok, now, &mut out);
+    assert_eq!(load.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let bye = sip("BYE sip:mod_sofia@127.0.0.21:5080 SIP/2.0|Via: SIP/2.0/UDP 127.0.0.7:5060;branch=z9hG4bKbye9;rport|Max-Forwards: 70|To: <sip:+15551230001@lb.example.net;user=phone>;tag=Z8Xr3gKQ1yN2c|From: <sip:+15559870002@carrier.example.com>;tag=4fa1c2|Call-ID: 8d3f0a4c2b1e4f6a9c7d5e3b1a2f4c6e@127.0.0.7|CSeq: 102 BYE|Content-Length: 0||");
+    let Action::Forward(bye_dest) = r.handle(&t, caller(), &bye, now, &mut out) else { panic!() };
+    assert_eq!(bye_dest, dest, "no Route: the dialog memory names the INVITE's box");
+    let bye_ok = backend_response(&out.clone(), &sip("SIP/2.0 200 OK|To: <sip:x@y>;tag=Z8Xr3gKQ1yN2c|From: <sip:a@b>;tag=4fa1c2|Call-ID: 8d3f0a4c2b1e4f6a9c7d5e3b1a2f4c6e@127.0.0.7|CSeq: 102 BYE|Via: SIP/2.0/UDP 127.0.0.7:5060;branch=z9hG4bKbye9;rport=5060;received=127.0.0.7|Content-Length: 0||"));
+    assert!(matches!(r.handle(&t, dest, &bye_ok, now, &mut out), Action::Forward(_)));
+    assert_eq!(load.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_failed_load_balancer_call_gives_its_unit_back() {
+    let mut t = crate::testing::one_group_table(&[1], 1);
+    t.failover.max_attempts = 1;
+    let load = t.lb_groups[0].destinations[0].resources[0].as_ref().unwrap().load.clone();
+    let mut r = router();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    let Action::Forward(dest) = r.handle(&t, caller(), INVITE, now, &mut out) else { panic!() };
+    let rej = backend_response(&out.clone(), REJECTED);
+    r.handle(&t, dest, &rej, now, &mut out);
+    assert_eq!(parse(&out).unwrap().status(), Some(503));
+    assert_eq!(load.load(std::sync::atomic::Ordering::Relaxed), 0);
 }

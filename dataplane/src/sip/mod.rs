@@ -9,7 +9,7 @@ mod params;
 mod scan;
 
 pub use params::{host_port, param_value, split_list, uri_host_port, uri_params, uri_user, ParamIter};
-pub use scan::{parse, Header, HeaderIter};
+pub use scan::{is_named, parse, Header, HeaderIter, HeaderName};
 pub(crate) use scan::{is_reply_copied, is_to, is_via};
 
 use thiserror::Error;

@@ -474,6 +474,29 @@ impl Iterator for HeaderIter<'_> {
     }
 }
 
+/// Headers other modules look for by name (full or compact form).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderName {
+    Via,
+    CallId,
+    From,
+    To,
+    CSeq,
+}
+
+/// Whether a header line's name (full or compact, any case) is `which`.
+pub fn is_named(name: &[u8], which: HeaderName) -> bool {
+    let n = classify(name);
+    matches!(
+        (which, n),
+        (HeaderName::Via, Name::Via)
+            | (HeaderName::CallId, Name::CallId)
+            | (HeaderName::From, Name::From)
+            | (HeaderName::To, Name::To)
+            | (HeaderName::CSeq, Name::CSeq)
+    )
+}
+
 /// Whether a header name (full or compact) is one a locally generated reply copies (§8.2.6.2).
 pub(crate) fn is_reply_copied(name: &[u8]) -> bool {
     matches!(classify(name), Name::Via | Name::CallId | Name::CSeq | Name::From | Name::To)

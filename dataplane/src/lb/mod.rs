@@ -1,0 +1,354 @@
+//! load_balancer core (OpenSIPS `load_balancer` + `freeswitch`, done right): groups of destinations that
+//! each provide named resources with a capacity, selection by the best minimum availability over the
+//! resources a call asks for (OpenSIPS `lb_start` with its `r`, `s`, `n` flags and `lb_next`'s tried mask),
+//! and call accounting on shared per-(destination, resource) counters that every shard reserves with
+//! compare-and-swap, so two shards never take the last unit twice. The control plane builds the
+//! immutable [`LbGroup`]s, carrying each [`Load`] from one table to the next so counts survive reloads;
+//! shards select, reserve and release on the fast path without locks and without allocating. Capacities
+//! from FreeSWITCH heartbeats are computed in [`capacity`]; randomness comes in as an argument (sans-IO).
+//!
+//! Memory ordering: every atomic operation on a [`Load`] is `Relaxed`. A load counter publishes no other
+//! memory, so no happens-before edge is needed; what keeps admission exact is that each counter has a
+//! single total modification order and a read-modify-write (the CAS in [`reserve`], the decrement in
+//! [`release`]) always acts on the latest value in that order. Two shards racing for the last unit
+//! therefore cannot both succeed, and a decrement can never be lost. The plain reads in [`select`] are a
+//! ranking snapshot only; [`reserve`] re-checks the limit atomically.
+
+pub mod capacity;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+pub use capacity::{capacity_from_heartbeat, FsCapacity, HUNDRED_PERCENT_MICRO};
+
+/// The live count of fsroute's calls holding one (destination, resource). Shared by every shard and
+/// carried by the control plane from one routing table to the next (so it survives reloads).
+pub type Load = Arc<AtomicU32>;
+
+/// The most resources one call may hold: [`Reservation`] keeps its counters in a fixed array so that
+/// holding a call costs no allocation. A route asking for more is refused by [`reserve_held`] (config
+/// validation should reject it first).
+pub const MAX_RESOURCES_PER_CALL: usize = 4;
+
+/// The `tried` mask of [`select`] has one bit per destination, so only the first 64 destinations of a
+/// group can be excluded by failover. The control plane keeps groups at or below this size.
+pub const MAX_DESTINATIONS: usize = 64;
+
+/// One resource of one destination.
+#[derive(Debug, Clone)]
+pub struct LbResource {
+    /// capacity − others, precomputed by the control plane (a static `name=N` value, `initial_capacity`
+    /// before a box's first heartbeat, 0 for a stale box, or [`FsCapacity::effective`]): the most calls
+    /// fsroute may hold here now.
+    pub effective: u32,
+    pub load: Load,
+}
+
+impl LbResource {
+    /// fsroute's calls holding this resource now (a snapshot).
+    pub fn current(&self) -> u32 {
+        self.load.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LbDestination {
+    pub uri: String,
+    pub addr: SocketAddr,
+    pub enabled: bool,
+    /// Indexed by the group's resource id; None = this destination does not provide it.
+    pub resources: Vec<Option<LbResource>>,
+}
+
+impl LbDestination {
+    pub fn resource(&self, id: usize) -> Option<&LbResource> {
+        self.resources.get(id).and_then(Option::as_ref)
+    }
+
+    /// Score per OpenSIPS `lb_route`: the minimum availability over `wanted`. None when the destination
+    /// lacks one of them, or when `wanted` is empty (a route must ask for at least one resource).
+    pub fn score(&self, wanted: &[usize], relative: bool) -> Option<i64> {
+        let mut min: Option<i64> = None;
+        for &id in wanted {
+            let a = availability(self.resource(id)?, relative);
+            min = Some(min.map_or(a, |m| m.min(a)));
+        }
+        min
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LbGroup {
+    pub group_id: i32,
+    /// Resource names in id order; a destination's `resources` is indexed by the same ids.
+    pub resource_names: Vec<String>,
+    pub destinations: Vec<LbDestination>,
+}
+
+impl LbGroup {
+    /// The id of a resource by its exact (case-sensitive, as OpenSIPS's profile names) name.
+    pub fn resource_id(&self, name: &str) -> Option<usize> {
+        self.resource_names.iter().position(|n| n == name)
+    }
+}
+
+/// OpenSIPS `lb_start` flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LbFlags {
+    /// `r`: rank by relative availability (percent free) instead of absolute free units.
+    pub relative: bool,
+    /// `s`: break ties between equally good destinations at random instead of by config order.
+    pub random_tie: bool,
+    /// `n`: a score of zero or below may still be chosen, and reservation may go over `effective`.
+    pub allow_negative: bool,
+}
+
+impl LbFlags {
+    /// Parses an `lb_start` flags string such as `"rs"`. OpenSIPS silently ignores unknown letters;
+    /// fsroute rejects them so a typo is caught when the config loads, not in production.
+    pub fn parse(s: &str) -> Result<LbFlags, String> {
+        let mut f = LbFlags::default();
+        for c in s.chars() {
+            match c {
+                'r' => f.relative = true,
+                's' => f.random_tie = true,
+                'n' => f.allow_negative = true,
+                other => {
+                    return Err(format!(
+                        "unknown load_balancer flag {other:?} in {s:?} (expected r, s or n)"
+                    ))
+                }
+            }
+        }
+        Ok(f)
+    }
+}
+
+/// Availability of one resource now: absolute `effective − load`, or relative `100 − 100·load/effective`
+/// (OpenSIPS's integer division; 0 when effective is 0). Computed in i64, so a resource holding more
+/// calls than it may (after a heartbeat lowered `effective`, or under the `n` flag) is negative, never a
+/// wrapped 4294967295 (OpenSIPS #3294). Keeping the sign lets `n` rank overloaded boxes by how far over
+/// they are; the ARCHITECTURE.md `available = max(0, effective − p)` is [`available`].
+pub fn availability(r: &LbResource, relative: bool) -> i64 {
+    let load = i64::from(r.current());
+    let effective = i64::from(r.effective);
+    if !relative {
+        effective - load
+    } else if effective == 0 {
+        0
+    } else {
+        100 - 100 * load / effective
+    }
+}
+
+/// `max(0, effective − load)`: the calls fsroute may still place on this resource (for `/status` and
+/// metrics).
+pub fn available(r: &LbResource) -> u32 {
+    r.effective.saturating_sub(r.current())
+}
+
+fn is_tried(tried: u64, i: usize) -> bool {
+    i < MAX_DESTINATIONS && (tried >> i) & 1 == 1
+}
+
+/// SplitMix64's finaliser: turns (r, tie number) into an independent-looking draw, so one caller-supplied
+/// random value drives the whole reservoir sample.
+fn mix(r: u64, n: u64) -> u64 {
+    let mut z = r.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// OpenSIPS lb_route: among enabled destinations providing ALL `wanted` resources and not in `tried`
+/// (bit i = destination i already tried), the highest score wins, score = min over wanted of
+/// [`availability`]. The score must be > 0 unless `allow_negative`. Ties go to the first in config
+/// order, or with `random_tie` to one chosen uniformly by `r` (reservoir sampling in one pass, so each
+/// destination's loads are read once). No allocation, no lock; the result is advisory until [`reserve`]
+/// succeeds.
+pub fn select(
+    group: &LbGroup,
+    wanted: &[usize],
+    flags: LbFlags,
+    tried: u64,
+    r: u64,
+) -> Option<usize> {
+    let mut best: Option<(usize, i64)> = None;
+    let mut ties = 0u64;
+    for (i, d) in group.destinations.iter().enumerate() {
+        if !d.enabled || is_tried(tried, i) {
+            continue;
+        }
+        let Some(score) = d.score(wanted, flags.relative) else {
+            continue;
+        };
+        if score <= 0 && !flags.allow_negative {
+            continue;
+        }
+        match best {
+            Some((_, b)) if score < b => {}
+            Some((_, b)) if score == b => {
+                ties += 1;
+                // Keep the n-th tie with probability 1/n: uniform over all ties at the end.
+                if flags.random_tie && mix(r, ties) % ties == 0 {
+                    best = Some((i, score));
+                }
+            }
+            _ => {
+                best = Some((i, score));
+                ties = 1;
+            }
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// Takes one unit unless the resource is exhausted (or the counter is at `u32::MAX`).
+fn take_one(r: &LbResource, allow_negative: bool) -> bool {
+    r.load
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+            if !allow_negative && cur >= r.effective {
+                None
+            } else {
+                cur.checked_add(1)
+            }
+        })
+        .is_ok()
+}
+
+/// Returns one unit; a counter already at 0 stays there (false), so a stray release cannot wrap it.
+fn give_back(load: &AtomicU32) -> bool {
+    load.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+        cur.checked_sub(1)
+    })
+    .is_ok()
+}
+
+/// Takes one unit of each wanted resource with compare-and-swap so two shards never take the last unit
+/// twice; if any one is exhausted (load >= effective, unless `allow_negative`) or missing, gives back what
+/// it took and returns false. Does not look at `enabled` ([`select`] does). A resource id listed twice
+/// takes two units. While a multi-resource reservation is being rolled back another shard may briefly
+/// see a unit as taken: admission errs on the safe side, never over `effective`.
+pub fn reserve(dest: &LbDestination, wanted: &[usize], allow_negative: bool) -> bool {
+    for (j, &id) in wanted.iter().enumerate() {
+        let taken = dest
+            .resource(id)
+            .is_some_and(|r| take_one(r, allow_negative));
+        if !taken {
+            for &undo in wanted[..j].iter().rev() {
+                if let Some(r) = dest.resource(undo) {
+                    give_back(&r.load);
+                }
+            }
+            return false;
+        }
+    }
+    true
+}
+
+/// Gives back one unit of each wanted resource that [`reserve`] took on this same table's destination.
+/// Never underflows: a counter at 0 stays 0. Returns how many units were actually given back. Prefer
+/// [`Reservation`], which holds the counters themselves and so stays correct across reloads.
+pub fn release(dest: &LbDestination, wanted: &[usize]) -> usize {
+    wanted
+        .iter()
+        .filter(|&&id| dest.resource(id).is_some_and(|r| give_back(&r.load)))
+        .count()
+}
+
+/// A held call's units, detached from any table: it owns clones of the [`Load`] `Arc`s, so a reload that
+/// drops or replaces the destination can neither leak the units nor make the call give them back to a
+/// different counter. At most [`MAX_RESOURCES_PER_CALL`] resources, in a fixed array (no allocation;
+/// cloning an `Arc` only bumps its count).
+///
+/// Release is explicit ([`Reservation::release`] when the call ends: final failure, completed CANCEL,
+/// BYE, timeout, or the failover moving on), and `Drop` is the safety net: dropping a Reservation that
+/// was not released (say, a shard discarding dialog state) gives its units back too. Each unit is taken
+/// out of its slot before it is returned, so it is given back exactly once whichever path runs.
+#[derive(Debug)]
+#[must_use = "dropping a Reservation gives its units back at once"]
+pub struct Reservation {
+    loads: [Option<Load>; MAX_RESOURCES_PER_CALL],
+}
+
+impl Reservation {
+    /// The number of units this call holds.
+    pub fn units(&self) -> usize {
+        self.loads.iter().flatten().count()
+    }
+
+    /// Gives every unit back (the call has ended). Never underflows.
+    pub fn release(mut self) {
+        self.give_all_back();
+    }
+
+    fn give_all_back(&mut self) {
+        for slot in &mut self.loads {
+            if let Some(load) = slot.take() {
+                give_back(&load);
+            }
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.give_all_back();
+    }
+}
+
+/// [`reserve`], keeping the units in a [`Reservation`] the call carries until it ends. None (and nothing
+/// taken) when a resource is exhausted or missing, or when `wanted` has more than
+/// [`MAX_RESOURCES_PER_CALL`] entries.
+pub fn reserve_held(
+    dest: &LbDestination,
+    wanted: &[usize],
+    allow_negative: bool,
+) -> Option<Reservation> {
+    if wanted.len() > MAX_RESOURCES_PER_CALL {
+        return None;
+    }
+    let mut held = Reservation {
+        loads: Default::default(),
+    };
+    for (slot, &id) in held.loads.iter_mut().zip(wanted) {
+        let r = dest.resource(id)?;
+        if !take_one(r, allow_negative) {
+            // `held` drops here and gives back what it took so far.
+            return None;
+        }
+        *slot = Some(Arc::clone(&r.load));
+    }
+    Some(held)
+}
+
+/// [`select`] then [`reserve_held`], moving on to the next best destination when another shard took
+/// the last unit between the two (or a reservation fails for any other reason). Returns the chosen
+/// index and its reservation; None when no destination can take the call (fsroute answers 503). The
+/// loop ends because every failed attempt adds a new bit to the local tried mask.
+pub fn select_and_reserve(
+    group: &LbGroup,
+    wanted: &[usize],
+    flags: LbFlags,
+    tried: u64,
+    r: u64,
+) -> Option<(usize, Reservation)> {
+    if wanted.len() > MAX_RESOURCES_PER_CALL {
+        return None;
+    }
+    let mut skip = tried;
+    loop {
+        let i = select(group, wanted, flags, skip, r)?;
+        if let Some(held) = reserve_held(&group.destinations[i], wanted, flags.allow_negative) {
+            return Some((i, held));
+        }
+        if i >= MAX_DESTINATIONS {
+            // Cannot be masked out; stop rather than pick it forever.
+            return None;
+        }
+        skip |= 1 << i;
+    }
+}

@@ -1,0 +1,459 @@
+//! Transaction-stateful INVITE handling for the routes that fail over (a dispatcher route with
+//! `failover = true`, and every load_balancer route), RFC 3261 §16.7 serial forking: each attempt
+//! is a new client transaction with its own branch; a final response in `codes`, or silence for
+//! `no_answer_timeout`, moves the call to the next destination not yet tried, up to
+//! `max_attempts`; fsroute ACKs every non-2xx final response itself and absorbs the caller's ACK
+//! for the one it passes on, so the caller sees provisionals and one final outcome. A destination
+//! that has sent a provisional keeps the call until its final response. A CANCEL from the caller
+//! is answered here and applied to the attempt in progress. Load_balancer units are held from the
+//! attempt's routing to the call's end. Everything else stays stateless (see `mod.rs`).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::rewrite::{forward_request, forward_response, local_reply, push_u32, RequestRewrite, BRANCH_PREFIX};
+use super::{Action, Router, AFTER_FINAL};
+use crate::dispatch::Algorithm;
+use crate::lb::{self, LbFlags, Reservation};
+use crate::table::LbWanted;
+use crate::sip::{self, Message};
+use crate::table::{DestCounters, RoutingTable};
+
+/// Attempts are bounded by a small array (and `tried` bit masks); `max_attempts` is clamped to it.
+pub const MAX_ATTEMPTS: usize = 8;
+
+/// What the call is being balanced over: identified by id, not index, so a reload that reorders
+/// sets does not send a failover somewhere else.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ForkTarget {
+    Dispatcher { setid: i32, algorithm: Algorithm },
+    LoadBalancer { group_id: i32, wanted: LbWanted, flags: LbFlags },
+}
+
+pub(crate) struct Fork {
+    /// The caller's INVITE as it arrived, re-sent to each destination.
+    request: Vec<u8>,
+    src: SocketAddr,
+    target: ForkTarget,
+    tried: [Option<SocketAddr>; MAX_ATTEMPTS],
+    attempt: u8,
+    dest: SocketAddr,
+    reservation: Option<Reservation>,
+    provisional: bool,
+    canceled: bool,
+    /// A final response went to the caller (or fsroute answered it).
+    finished: bool,
+    /// No-answer deadline of the current attempt; cleared by a provisional.
+    deadline: Option<Instant>,
+    /// When the memory of this transaction may go.
+    expires: Instant,
+}
+
+/// The branch of attempt `n`: attempt 0 keeps the stateless branch, so a call that never fails
+/// over looks exactly like one on a stateless route.
+pub(crate) fn attempt_branch(tkey: u64, n: u8) -> u64 {
+    tkey.wrapping_add(u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+impl Fork {
+    fn tried_contains(&self, a: SocketAddr) -> bool {
+        self.tried.iter().flatten().any(|t| *t == a)
+    }
+}
+
+impl Router {
+    /// Starts a forked INVITE: picks the first destination, forwards, answers 100 Trying.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn fork_start(
+        &mut self,
+        t: &RoutingTable,
+        src: SocketAddr,
+        m: &Message<'_>,
+        tkey: u64,
+        target: ForkTarget,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Action {
+        let mut fork = Fork {
+            request: self.take_buffer(),
+            src,
+            target,
+            tried: [None; MAX_ATTEMPTS],
+            attempt: 0,
+            dest: src,
+            reservation: None,
+            provisional: false,
+            canceled: false,
+            finished: false,
+            deadline: None,
+            expires: now + t.proxy.transaction_memory,
+        };
+        fork.request.extend_from_slice(&m.raw[..m.framed_len()]);
+        let Some((dest, counters, reservation)) = self.fork_pick(t, &fork) else {
+            self.recycle(std::mem::take(&mut fork.request));
+            return match target {
+                ForkTarget::LoadBalancer { .. } => self.reply(m, src, 503, "Service Unavailable", &[("Retry-After", "5")], out),
+                ForkTarget::Dispatcher { .. } => self.reply(m, src, 503, "Service Unavailable", &[], out),
+            };
+        };
+        if let Some(c) = counters {
+            DestCounters::bump(&c.forwarded);
+        }
+        fork.dest = dest;
+        fork.tried[0] = Some(dest);
+        fork.reservation = reservation;
+        fork.deadline = Some(now + t.failover.no_answer_timeout);
+        // A stateful proxy answers 100 itself: the caller stops retransmitting at once.
+        let trying_to = super::reply_address(m, src);
+        self.emit(trying_to, |buf| local_reply(m, src, 100, "Trying", 0, &[], buf));
+        self.memory.remember_dialog(self.dialog_key(m), dest, now, t.proxy.transaction_memory);
+        self.fork_forward(t, &fork, tkey, out);
+        self.forks.insert(tkey, fork);
+        Action::Forward(dest)
+    }
+
+    /// The next destination for `fork`, reserving load_balancer units when that is the target.
+    fn fork_pick(
+        &mut self,
+        t: &RoutingTable,
+        fork: &Fork,
+    ) -> Option<(SocketAddr, Option<std::sync::Arc<DestCounters>>, Option<Reservation>)> {
+        match fork.target {
+            ForkTarget::Dispatcher { setid, algorithm } => {
+                let ds = t.sets.iter().find(|s| s.setid == setid)?;
+                let first = fork.tried.iter().all(Option::is_none);
+                if first {
+                    let m = sip::parse(&fork.request).ok()?;
+                    let idx = self.dispatch_pick(t, ds, algorithm, &m)?;
+                    let d = &ds.destinations[idx];
+                    return Some((d.addr, Some(d.counters.clone()), None));
+                }
+                // OpenSIPS ds_next_dst: the cyclic successors of the last one tried, in set order,
+                // skipping inactive ones and those already tried.
+                let last = fork.tried.iter().flatten().last().copied();
+                let start = last
+                    .and_then(|a| ds.destinations.iter().position(|d| d.addr == a))
+                    .map_or(0, |i| i + 1);
+                let n = ds.destinations.len();
+                (0..n)
+                    .map(|k| &ds.destinations[(start + k) % n])
+                    .find(|d| d.active && !fork.tried_contains(d.addr))
+                    .map(|d| (d.addr, Some(d.counters.clone()), None))
+            }
+            ForkTarget::LoadBalancer { group_id, wanted, flags } => {
+                let g = t.lb_groups.iter().find(|g| g.group_id == group_id)?;
+                let mut tried_mask = 0u64;
+                for (i, d) in g.destinations.iter().enumerate().take(64) {
+                    if fork.tried_contains(d.addr) {
+                        tried_mask |= 1 << i;
+                    }
+                }
+                // Another shard may take the last unit between select and reserve: try again
+                // without that destination.
+                for _ in 0..g.destinations.len().min(64) {
+                    let r = self.next_random();
+                    let idx = lb::select(g, wanted.ids(), flags, tried_mask, r)?;
+                    let d = &g.destinations[idx];
+                    if let Some(res) = lb::reserve_held(d, wanted.ids(), flags.allow_negative) {
+                        return Some((d.addr, None, Some(res)));
+                    }
+                    tried_mask |= 1 << idx;
+                }
+                None
+            }
+        }
+    }
+
+    /// Writes the caller's INVITE for the current attempt into `out`.
+    fn fork_forward(&self, t: &RoutingTable, fork: &Fork, tkey: u64, out: &mut Vec<u8>) {
+        let Ok(m) = sip::parse(&fork.request) else { return };
+        let own_route = m.route.filter(|r| t.proxy.is_local_uri(r.uri)).is_some();
+        let rw = RequestRewrite {
+            branch: attempt_branch(tkey, fork.attempt),
+            record_route: t.proxy.record_route.then_some(fork.dest),
+            pop_route: own_route,
+            default_max_forwards: t.proxy.max_forwards,
+        };
+        forward_request(&m, fork.src, &t.proxy, &rw, out);
+    }
+
+    /// A retransmitted INVITE or the caller's CANCEL/ACK for a forked transaction. None when `tkey`
+    /// is not a fork.
+    pub(super) fn fork_request(&mut self, t: &RoutingTable, m: &Message<'_>, src: SocketAddr, tkey: u64, now: Instant, out: &mut Vec<u8>) -> Option<Action> {
+        let method = m.method()?;
+        let fork = self.forks.get_mut(&tkey)?;
+        match method {
+            sip::Method::Invite => {
+                if fork.finished {
+                    return Some(Action::Absorbed);
+                }
+                // The caller did not hear our 100 yet: the attempt in progress gets it again.
+                let dest = fork.dest;
+                let fork = self.forks.remove(&tkey)?;
+                self.fork_forward(t, &fork, tkey, out);
+                self.forks.insert(tkey, fork);
+                Some(Action::Forward(dest))
+            }
+            // The ACK for the failure fsroute passed on: hop-by-hop, already sent downstream.
+            sip::Method::Ack => Some(Action::Absorbed),
+            sip::Method::Cancel => {
+                let first = !fork.canceled;
+                fork.canceled = true;
+                let (dest, attempt, provisional, finished) = (fork.dest, fork.attempt, fork.provisional, fork.finished);
+                // §16.10: the CANCEL is answered here; the attempt in progress gets fsroute's own.
+                let reply_to = super::reply_address(m, src);
+                self.emit(reply_to, |buf| local_reply(m, src, 200, "OK", 0, &[], buf));
+                if finished || !first {
+                    return Some(Action::Absorbed);
+                }
+                if !provisional {
+                    // §9.1: no CANCEL before a provisional; the no-answer timer ends it instead.
+                    if let Some(f) = self.forks.get_mut(&tkey) {
+                        f.deadline = Some(now.min(f.deadline.unwrap_or(now)));
+                    }
+                    return Some(Action::Absorbed);
+                }
+                let fork = self.forks.get(&tkey)?;
+                let inv = sip::parse(&fork.request).ok()?;
+                build_cancel(&inv, &t.proxy, attempt_branch(tkey, attempt), out);
+                Some(Action::Forward(dest))
+            }
+            _ => None,
+        }
+    }
+
+    /// A response whose branch belongs to a fork. None when it does not.
+    pub(super) fn fork_response(&mut self, t: &RoutingTable, m: &Message<'_>, branch: u64, next_hop: SocketAddr, now: Instant, out: &mut Vec<u8>) -> Option<Action> {
+        let (tkey, n) = (0..MAX_ATTEMPTS as u8).find_map(|n| {
+            let k = branch.wrapping_sub(u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            self.forks.get(&k).filter(|f| f.attempt >= n).map(|_| (k, n))
+        })?;
+        let code = m.status()?;
+        if m.cseq.map(|c| c.method) != Some(&b"INVITE"[..]) {
+            // Responses to fsroute's own CANCELs end here.
+            return Some(Action::Absorbed);
+        }
+        let mut fork = self.forks.remove(&tkey)?;
+        let from_current = n == fork.attempt;
+        let action = if code < 200 {
+            if from_current && !fork.finished {
+                fork.provisional = true;
+                fork.deadline = None;
+                // Each provisional restarts Timer C.
+                fork.expires = now + t.proxy.transaction_memory;
+                if fork.canceled {
+                    // The CANCEL waited for this provisional (§9.1).
+                    if let Ok(inv) = sip::parse(&fork.request) {
+                        let dest = fork.dest;
+                        self.emit(dest, |buf| build_cancel(&inv, &t.proxy, attempt_branch(tkey, fork.attempt), buf));
+                    }
+                }
+                if code == 100 {
+                    Action::Absorbed
+                } else {
+                    forward_response(m, &t.proxy, out);
+                    Action::Forward(next_hop)
+                }
+            } else {
+                Action::Absorbed
+            }
+        } else if code < 300 {
+            // A 2xx always reaches the caller, even from an attempt given up on.
+            if from_current {
+                fork.finished = true;
+                fork.deadline = None;
+                fork.expires = now + AFTER_FINAL;
+                let ckey = self.dialog_key(m);
+                self.memory.remember_dialog_with(ckey, fork.dest, now, t.proxy.dialog_memory, fork.reservation.take());
+            }
+            forward_response(m, &t.proxy, out);
+            Action::Forward(next_hop)
+        } else {
+            // Every non-2xx final response is ACKed here (§17.1.1.3), whoever it came from.
+            let ack_to = fork.dest;
+            if let Ok(inv) = sip::parse(&fork.request) {
+                let to = if from_current { ack_to } else { fork.tried[usize::from(n)].unwrap_or(ack_to) };
+                self.emit(to, |buf| build_ack(&inv, m, buf));
+            }
+            if !from_current || fork.finished {
+                Action::Absorbed
+            } else {
+                if let Some(c) = self.dest_counters(t, &fork) {
+                    DestCounters::bump(&c.failed);
+                }
+                drop(fork.reservation.take());
+                let may_retry = !fork.canceled
+                    && t.failover.codes.contains(&code)
+                    && usize::from(fork.attempt) + 1 < t.failover.max_attempts.clamp(1, MAX_ATTEMPTS);
+                if may_retry && self.fork_next(t, &mut fork, tkey, now, out) {
+                    Action::Forward(fork.dest)
+                } else {
+                    fork.finished = true;
+                    fork.deadline = None;
+                    fork.expires = now + AFTER_FINAL;
+                    self.memory.rearm_dialog(self.dialog_key(m), now, AFTER_FINAL);
+                    forward_response(m, &t.proxy, out);
+                    Action::Forward(next_hop)
+                }
+            }
+        };
+        self.forks.insert(tkey, fork);
+        Some(action)
+    }
+
+    /// Moves `fork` to its next destination and writes the INVITE for it into `out`. False when
+    /// there is none left.
+    fn fork_next(&mut self, t: &RoutingTable, fork: &mut Fork, tkey: u64, now: Instant, out: &mut Vec<u8>) -> bool {
+        let Some((dest, counters, reservation)) = self.fork_pick(t, fork) else { return false };
+        if let Some(c) = counters {
+            DestCounters::bump(&c.forwarded);
+        }
+        fork.attempt += 1;
+        fork.tried[usize::from(fork.attempt)] = Some(dest);
+        fork.dest = dest;
+        fork.reservation = reservation;
+        fork.provisional = false;
+        fork.deadline = Some(now + t.failover.no_answer_timeout);
+        ShardStatsExt::failover(self);
+        if let Ok(m) = sip::parse(&fork.request) {
+            self.memory.remember_dialog(self.dialog_key(&m), dest, now, t.proxy.transaction_memory);
+        }
+        self.fork_forward(t, fork, tkey, out);
+        true
+    }
+
+    fn dest_counters(&self, t: &RoutingTable, fork: &Fork) -> Option<std::sync::Arc<DestCounters>> {
+        match fork.target {
+            ForkTarget::Dispatcher { setid, .. } => t
+                .sets
+                .iter()
+                .find(|s| s.setid == setid)?
+                .destinations
+                .iter()
+                .find(|d| d.addr == fork.dest)
+                .map(|d| d.counters.clone()),
+            ForkTarget::LoadBalancer { .. } => None,
+        }
+    }
+
+    /// No-answer timers: the next destination, or 408 (or 487 after a CANCEL) to the caller.
+    pub(super) fn fork_tick(&mut self, t: &RoutingTable, now: Instant) {
+        let due: Vec<u64> = self
+            .forks
+            .iter()
+            .filter(|(_, f)| !f.finished && f.deadline.is_some_and(|d| d <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for tkey in due {
+            let Some(mut fork) = self.forks.remove(&tkey) else { continue };
+            drop(fork.reservation.take());
+            let retry = !fork.canceled && usize::from(fork.attempt) + 1 < t.failover.max_attempts.clamp(1, MAX_ATTEMPTS);
+            let mut out = self.take_buffer();
+            if retry && self.fork_next(t, &mut fork, tkey, now, &mut out) {
+                let dest = fork.dest;
+                self.emit_buffer(dest, out);
+            } else {
+                self.recycle(out);
+                fork.finished = true;
+                fork.deadline = None;
+                fork.expires = now + AFTER_FINAL;
+                if let Ok(m) = sip::parse(&fork.request) {
+                    let (code, reason) = if fork.canceled { (487, "Request Terminated") } else { (408, "Request Timeout") };
+                    let to = super::reply_address(&m, fork.src);
+                    let src = fork.src;
+                    self.emit(to, |buf| local_reply(&m, src, code, reason, 0, &[], buf));
+                    self.memory.rearm_dialog(self.dialog_key(&m), now, AFTER_FINAL);
+                }
+            }
+            self.forks.insert(tkey, fork);
+        }
+        let mut gone = Vec::new();
+        for (k, f) in &self.forks {
+            if f.expires <= now {
+                gone.push(*k);
+            }
+        }
+        for k in gone {
+            if let Some(mut f) = self.forks.remove(&k) {
+                self.recycle(std::mem::take(&mut f.request));
+            }
+        }
+    }
+
+    /// Forks waiting for a final response, for a graceful stop.
+    pub(super) fn pending_forks(&self) -> usize {
+        self.forks.values().filter(|f| !f.finished).count()
+    }
+}
+
+/// Keeps failover counting next to the other per-shard counters.
+trait ShardStatsExt {
+    fn failover(&self);
+}
+
+impl ShardStatsExt for Router {
+    fn failover(&self) {
+        crate::stats::ShardStats::inc(&self.stats.failovers);
+    }
+}
+
+/// §9.1: a CANCEL for an attempt: the INVITE's Request-URI, Call-ID, From, To and CSeq number, and a
+/// single Via with the attempt's branch.
+fn build_cancel(inv: &Message<'_>, px: &crate::table::ProxySettings, branch: u64, out: &mut Vec<u8>) {
+    out.clear();
+    let raw = inv.raw;
+    out.extend_from_slice(b"CANCEL ");
+    out.extend_from_slice(inv.request_uri().unwrap_or(b"sip:invalid"));
+    out.extend_from_slice(b" SIP/2.0\r\n");
+    push_via(out, px, branch);
+    copy_headers(inv, raw, out);
+    out.extend_from_slice(b"CSeq: ");
+    push_u32(out, inv.cseq.map_or(1, |c| c.number));
+    out.extend_from_slice(b" CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
+}
+
+/// §17.1.1.3: the ACK for a non-2xx final response: the INVITE's Request-URI, Call-ID, From and
+/// CSeq number, the response's To (with its tag), and the attempt's Via.
+fn build_ack(inv: &Message<'_>, resp: &Message<'_>, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(b"ACK ");
+    out.extend_from_slice(inv.request_uri().unwrap_or(b"sip:invalid"));
+    out.extend_from_slice(b" SIP/2.0\r\nVia: ");
+    out.extend_from_slice(resp.top_via.map_or(&b""[..], |v| v.span.get(resp.raw)));
+    out.extend_from_slice(b"\r\n");
+    for h in sip::HeaderIter::new(inv.raw, inv.headers_start as usize).map_while(Result::ok) {
+        let name = h.name.get(inv.raw);
+        if sip::is_named(name, sip::HeaderName::From) || sip::is_named(name, sip::HeaderName::CallId) {
+            out.extend_from_slice(h.line.get(inv.raw));
+        }
+    }
+    for h in sip::HeaderIter::new(resp.raw, resp.headers_start as usize).map_while(Result::ok) {
+        if sip::is_named(h.name.get(resp.raw), sip::HeaderName::To) {
+            out.extend_from_slice(h.line.get(resp.raw));
+        }
+    }
+    out.extend_from_slice(b"CSeq: ");
+    push_u32(out, inv.cseq.map_or(1, |c| c.number));
+    out.extend_from_slice(b" ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
+}
+
+fn push_via(out: &mut Vec<u8>, px: &crate::table::ProxySettings, branch: u64) {
+    out.extend_from_slice(b"Via: SIP/2.0/UDP ");
+    out.extend_from_slice(px.advertise_host.as_bytes());
+    out.push(b':');
+    push_u32(out, u32::from(px.advertise_port));
+    out.extend_from_slice(b";branch=");
+    out.extend_from_slice(BRANCH_PREFIX);
+    super::rewrite::push_hex16(out, branch);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// From, To and Call-ID lines of the INVITE, as they are (a CANCEL's must match, §9.1).
+fn copy_headers(inv: &Message<'_>, raw: &[u8], out: &mut Vec<u8>) {
+    for h in sip::HeaderIter::new(raw, inv.headers_start as usize).map_while(Result::ok) {
+        let name = h.name.get(raw);
+        if sip::is_named(name, sip::HeaderName::From) || sip::is_named(name, sip::HeaderName::To) || sip::is_named(name, sip::HeaderName::CallId) {
+            out.extend_from_slice(h.line.get(raw));
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Proof that the load_balancer fast path allocates nothing: a counting global allocator wraps the
+//! system one, then selecting, reserving (raw and held), failing over and releasing thousands of calls
+//! must not allocate. It lives in its own test binary, not in `no_alloc.rs`, because the counter is
+//! process-wide and the table built here would be counted by that file's test running in parallel.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use fsroute_dataplane::lb::{
+    release, reserve, reserve_held, select, select_and_reserve, LbDestination, LbFlags, LbGroup,
+    LbResource,
+};
+
+struct Counting;
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn group() -> LbGroup {
+    let destinations = (0..8u8)
+        .map(|i| LbDestination {
+            uri: format!("sip:fs{i}.example.com"),
+            addr: SocketAddr::from(([10, 0, 0, i], 5060)),
+            enabled: i != 3,
+            resources: vec![
+                Some(LbResource {
+                    effective: 500 + u32::from(i),
+                    load: Arc::new(AtomicU32::new(0)),
+                }),
+                (i % 2 == 0).then(|| LbResource {
+                    effective: 300,
+                    load: Arc::new(AtomicU32::new(0)),
+                }),
+            ],
+        })
+        .collect();
+    LbGroup {
+        group_id: 1,
+        resource_names: vec!["ch".into(), "conf".into()],
+        destinations,
+    }
+}
+
+#[test]
+fn selecting_reserving_failing_over_and_releasing_allocate_nothing() {
+    let g = group();
+    let flags = [
+        LbFlags::default(),
+        LbFlags::parse("r").unwrap(),
+        LbFlags::parse("s").unwrap(),
+        LbFlags::parse("rsn").unwrap(),
+    ];
+    let wanted: [&[usize]; 2] = [&[0], &[0, 1]];
+    // Calls in flight live in a pre-sized Vec, as a shard's dialog slab would.
+    let mut calls = Vec::with_capacity(4096);
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for i in 0..4000u64 {
+        let (f, w) = (flags[(i % 4) as usize], wanted[(i % 2) as usize]);
+        let Some((d, held)) = select_and_reserve(&g, w, f, 0, i) else {
+            continue;
+        };
+        if i % 5 == 0 {
+            // Failover: give the first box back and move on.
+            held.release();
+            if let Some((_, next)) = select_and_reserve(&g, w, f, 1 << d, i) {
+                calls.push(next);
+            }
+        } else {
+            calls.push(held);
+        }
+        if let Some(d) = select(&g, w, f, 0, i) {
+            if reserve(&g.destinations[d], w, f.allow_negative) {
+                release(&g.destinations[d], w);
+            }
+        }
+        if i % 3 == 0 {
+            if let Some(h) = reserve_held(&g.destinations[0], w, false) {
+                drop(h);
+            }
+        }
+        if calls.len() > 1500 {
+            calls.swap_remove((i % 1500) as usize).release();
+        }
+    }
+    let held = calls.len();
+    calls.drain(..).for_each(|h| h.release());
+    let after = ALLOCS.load(Ordering::Relaxed);
+    assert!(held > 100, "the run must actually hold calls ({held})");
+    assert_eq!(
+        after - before,
+        0,
+        "{} allocations on the load_balancer fast path",
+        after - before
+    );
+    for d in &g.destinations {
+        assert!(
+            d.resources
+                .iter()
+                .flatten()
+                .all(|r| r.load.load(Ordering::Relaxed) == 0),
+            "{} leaked",
+            d.uri
+        );
+    }
+}
