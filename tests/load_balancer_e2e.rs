@@ -119,3 +119,23 @@ fn calls_routed_between_two_heartbeats_spread_instead_of_piling_onto_one_box() {
     assert_eq!(pa + pb, 40);
     assert!(pa.abs_diff(pb) <= 4, "calls piled up: {pa} vs {pb}");
 }
+
+#[test]
+fn an_admin_disabled_destination_takes_no_calls_until_enabled_again() {
+    let _g = serial();
+    let (a, b) = (emulator(Duration::from_millis(5), Duration::from_secs(20)), emulator(Duration::from_millis(5), Duration::from_secs(20)));
+    let proxy = Proxy::start(&lb_config(&[(a.sip_addr(), "ch=100".into()), (b.sip_addr(), "ch=100".into())], ""));
+    let body = format!(r#"{{"group_id":1,"dst_uri":"sip:{}","enabled":false}}"#, a.sip_addr());
+    assert_eq!(http(proxy.admin, "POST", "/load_balancer/status", &body).0, 200);
+    let run = Sipp::uac(proxy.sip, None, 20, 50, &[], Duration::from_secs(20));
+    assert!(run.all_calls_succeeded(), "{}", run.explain());
+    assert_eq!((a.calls_answered(), b.calls_answered()), (0, 20));
+    assert_eq!(proxy.status()["load_balancer"][0]["destinations"][0]["enabled"], false);
+    let body = body.replace("false", "true");
+    assert_eq!(http(proxy.admin, "POST", "/load_balancer/status", &body).0, 200);
+    let run = Sipp::uac(proxy.sip, None, 20, 50, &[], Duration::from_secs(20));
+    assert!(run.all_calls_succeeded(), "{}", run.explain());
+    assert!(a.calls_answered() > 0);
+    let unknown = r#"{"group_id":1,"dst_uri":"sip:127.0.0.1:1","enabled":false}"#;
+    assert_eq!(http(proxy.admin, "POST", "/load_balancer/status", unknown).0, 404);
+}

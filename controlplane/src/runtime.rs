@@ -348,7 +348,7 @@ fn respond(req: tiny_http::Request, code: u16, content_type: &str, body: String)
     let _ = req.respond(tiny_http::Response::from_string(body).with_status_code(code).with_header(header));
 }
 
-fn serve(ctl: &mut Control, dp: &DataPlane, mut req: tiny_http::Request) {
+fn serve(ctl: &mut Control, dp: &DataPlane, req: tiny_http::Request) {
     let method = req.method().clone();
     let url = req.url().split('?').next().unwrap_or("").to_string();
     match (method, url.as_str()) {
@@ -363,27 +363,21 @@ fn serve(ctl: &mut Control, dp: &DataPlane, mut req: tiny_http::Request) {
             let body = metrics_text(&table, &dp.stats, &ctl.record, &boxes, &ctl.timings);
             respond(req, 200, "application/openmetrics-text; version=1.0.0; charset=utf-8", body);
         }
-        (tiny_http::Method::Post, "/load_balancer/status") => {
-            let mut body = String::new();
-            if req.as_reader().take(64 * 1024).read_to_string(&mut body).is_err() {
-                return respond(req, 400, "application/json", r#"{"error":"unreadable body"}"#.into());
-            }
-            match set_lb_status(ctl, &body) {
-                Ok(()) => respond(req, 200, "application/json", r#"{"ok":true}"#.into()),
-                Err((code, msg)) => respond(req, code, "application/json", serde_json::json!({ "error": msg }).to_string()),
-            }
-        }
-        (tiny_http::Method::Post, "/dispatcher/state") => {
-            let mut body = String::new();
-            if req.as_reader().take(64 * 1024).read_to_string(&mut body).is_err() {
-                return respond(req, 400, "application/json", r#"{"error":"unreadable body"}"#.into());
-            }
-            match set_state(ctl, &body) {
-                Ok(()) => respond(req, 200, "application/json", r#"{"ok":true}"#.into()),
-                Err((code, msg)) => respond(req, code, "application/json", serde_json::json!({ "error": msg }).to_string()),
-            }
-        }
+        (tiny_http::Method::Post, "/load_balancer/status") => post(ctl, req, set_lb_status),
+        (tiny_http::Method::Post, "/dispatcher/state") => post(ctl, req, set_state),
         _ => respond(req, 404, "application/json", r#"{"error":"not found"}"#.into()),
+    }
+}
+
+/// An admin command: a JSON body (64 KiB at most) in, `{"ok":true}` or `{"error":...}` out.
+fn post(ctl: &mut Control, mut req: tiny_http::Request, handler: fn(&mut Control, &str) -> Result<(), (u16, String)>) {
+    let mut body = String::new();
+    if req.as_reader().take(64 * 1024).read_to_string(&mut body).is_err() {
+        return respond(req, 400, "application/json", r#"{"error":"unreadable body"}"#.into());
+    }
+    match handler(ctl, &body) {
+        Ok(()) => respond(req, 200, "application/json", r#"{"ok":true}"#.into()),
+        Err((code, msg)) => respond(req, code, "application/json", serde_json::json!({ "error": msg }).to_string()),
     }
 }
 

@@ -2,39 +2,16 @@
 //! `Selector` (control-plane work on each routing-table rebuild). Before measuring, it checks that picks
 //! allocate nothing, with a counting global allocator that only this bench binary installs.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use fsroute_dataplane::testing::{allocations, CountingAlloc};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{BenchmarkId, Criterion};
 use fsroute_dataplane::dispatch::{
     opensips_uri_keys, trim_callid, Algorithm, HashMode, Member, Selector,
 };
 
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 const SIZES: [usize; 2] = [4, 64];
 
@@ -76,7 +53,7 @@ fn assert_picks_do_not_allocate() {
     for n in SIZES {
         let keys = keys(n);
         let s = Selector::new(&members(&keys));
-        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let before = allocations();
         let mut acc = 0usize;
         for (i, id) in ids.iter().enumerate() {
             let (u, h) = opensips_uri_keys(b"\"Bob\" <sip:bob@biloxi.com:5070>;tag=a6c85cf");
@@ -94,7 +71,7 @@ fn assert_picks_do_not_allocate() {
             }
         }
         black_box(acc);
-        let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        let allocated = allocations() - before;
         assert_eq!(
             allocated, 0,
             "picks allocated {allocated} times at {n} members"

@@ -81,3 +81,30 @@ pub fn one_group_table(capacities: &[u32], generation: u64) -> RoutingTable {
     RoutingTable::new(generation, loopback_proxy(), Vec::new(), vec![route])
         .with_load_balancer(vec![group], crate::table::FailoverSettings::default())
 }
+
+/// A global allocator that counts allocations, for the tests and benches that prove the fast path
+/// allocates nothing. A binary opts in with
+/// `#[global_allocator] static GLOBAL: CountingAlloc = CountingAlloc;` and reads `allocations()`.
+pub struct CountingAlloc;
+
+static ALLOCATIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Allocations (and reallocations) so far in this process, when `CountingAlloc` is the allocator.
+pub fn allocations() -> usize {
+    ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; only a counter is added.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, n: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.realloc(p, l, n) }
+    }
+}

@@ -3,9 +3,9 @@
 //! must not allocate. It lives in its own test binary, not in `no_alloc.rs`, because the counter is
 //! process-wide and the table built here would be counted by that file's test running in parallel.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use fsroute_dataplane::testing::{allocations, CountingAlloc};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use fsroute_dataplane::lb::{
@@ -13,25 +13,8 @@ use fsroute_dataplane::lb::{
     LbResource,
 };
 
-struct Counting;
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 fn group() -> LbGroup {
     let destinations = (0..8u8)
@@ -70,7 +53,7 @@ fn selecting_reserving_failing_over_and_releasing_allocate_nothing() {
     let wanted: [&[usize]; 2] = [&[0], &[0, 1]];
     // Calls in flight live in a pre-sized Vec, as a shard's dialog slab would.
     let mut calls = Vec::with_capacity(4096);
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = allocations();
     for i in 0..4000u64 {
         let (f, w) = (flags[(i % 4) as usize], wanted[(i % 2) as usize]);
         let Some((d, held)) = select_and_reserve(&g, w, f, 0, i) else {
@@ -101,7 +84,7 @@ fn selecting_reserving_failing_over_and_releasing_allocate_nothing() {
     }
     let held = calls.len();
     calls.drain(..).for_each(|h| h.release());
-    let after = ALLOCS.load(Ordering::Relaxed);
+    let after = allocations();
     assert!(held > 100, "the run must actually hold calls ({held})");
     assert_eq!(
         after - before,

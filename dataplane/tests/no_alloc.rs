@@ -2,9 +2,8 @@
 //! system one, the router is warmed up (its buffers and maps grow once), then scanning, routing and
 //! rewriting a 900-byte INVITE, its 180, 200 and ACK must not allocate at all.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use fsroute_dataplane::testing::{allocations, CountingAlloc};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,25 +13,8 @@ use fsroute_dataplane::stats::ShardStats;
 use fsroute_dataplane::table::RoutingTable;
 use fsroute_dataplane::testing::one_set_table;
 
-struct Counting;
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 fn table(alg: Algorithm) -> RoutingTable {
     one_set_table(&[1, 2, 3, 4], alg, 1)
@@ -61,11 +43,11 @@ fn routing_a_call_allocates_nothing_once_warm() {
             r.handle(&t, src, c, now, &mut out);
         }
         r.tick(&t, now + Duration::from_secs(400));
-        let before = ALLOCS.load(Ordering::Relaxed);
+        let before = allocations();
         for c in &calls[..1000] {
             assert!(matches!(r.handle(&t, src, c, now + Duration::from_secs(401), &mut out), Action::Forward(_)));
         }
-        let after = ALLOCS.load(Ordering::Relaxed);
+        let after = allocations();
         assert_eq!(after - before, 0, "{alg:?}: {} allocations for 1000 INVITEs", after - before);
     }
 }
