@@ -130,6 +130,8 @@ struct Shard {
     table: Arc<ArcSwap<RoutingTable>>,
     stats: Arc<ShardStats>,
     sockets: Vec<UdpSocket>,
+    /// Each socket's address family, read once at start (not a getsockname per datagram).
+    socket_is_v4: Vec<bool>,
     senders: Senders<Handoff>,
 }
 
@@ -138,8 +140,9 @@ impl Shard {
     fn socket_for(&self, to: SocketAddr) -> &UdpSocket {
         self.sockets
             .iter()
-            .find(|s| s.local_addr().map(|a| a.is_ipv4() == to.is_ipv4()).unwrap_or(false))
-            .unwrap_or(&self.sockets[0])
+            .zip(&self.socket_is_v4)
+            .find(|(_, v4)| **v4 == to.is_ipv4())
+            .map_or(&self.sockets[0], |(s, _)| s)
     }
 
     async fn send(&self, to: SocketAddr, bytes: &[u8]) {
@@ -209,12 +212,14 @@ async fn run_shard(
         // Lets a receive loop notice a stop request even when no traffic arrives.
         let _ = s.set_read_timeout(Some(TICK * 2));
     }
+    let socket_is_v4: Vec<bool> = sockets.iter().map(|s| s.local_addr().map_or(true, |a| a.is_ipv4())).collect();
     let seed = 0x5eed_0000 ^ (index as u64) << 32 ^ std::process::id() as u64;
     let shard = Rc::new(Shard {
         router: RefCell::new(Router::new(index, shards, seed, stats.clone())),
         table,
         stats,
         sockets,
+        socket_is_v4,
         senders,
     });
     tracing::debug!(shard = index, "shard started");

@@ -116,6 +116,26 @@ impl Ctx<'_> {
         });
     }
 
+    /// Records a (set or group, address) pair; false (and a Duplicate error pointing at the first
+    /// row) when the set or group already has a destination there.
+    fn first_destination(
+        &mut self,
+        seen: &mut HashMap<(i32, SocketAddr), usize>,
+        key: (i32, SocketAddr),
+        span: &Range<usize>,
+        field: &str,
+        uri: &str,
+        kind: &str,
+    ) -> bool {
+        if let Some(&first) = seen.get(&key) {
+            let reason = format!("{kind} {} already has a destination at {}", key.0, key.1);
+            self.duplicate(span, field, quoted(uri), first, &reason);
+            return false;
+        }
+        seen.insert(key, self.line(span));
+        true
+    }
+
     fn duplicate(
         &mut self,
         span: &Range<usize>,
@@ -812,18 +832,9 @@ impl Ctx<'_> {
             let (Some(setid), Some((uri, addr, dspan))) = (setid, dest) else {
                 continue;
             };
-            if let Some(first) = seen_dest.get(&(setid, addr)) {
-                let first = *first;
-                self.duplicate(
-                    &dspan,
-                    &format!("{pre}.destination"),
-                    quoted(&uri),
-                    first,
-                    &format!("set {setid} already has a destination at {addr}"),
-                );
+            if !self.first_destination(&mut seen_dest, (setid, addr), &dspan, &format!("{pre}.destination"), &uri, "set") {
                 continue;
             }
-            seen_dest.insert((setid, addr), self.line(&dspan));
             out.push(DispatcherRow {
                 setid,
                 uri,
@@ -904,18 +915,9 @@ impl Ctx<'_> {
             else {
                 continue;
             };
-            if let Some(first) = seen_dest.get(&(group_id, addr)) {
-                let first = *first;
-                self.duplicate(
-                    &dspan,
-                    &format!("{pre}.dst_uri"),
-                    quoted(&uri),
-                    first,
-                    &format!("group {group_id} already has a destination at {addr}"),
-                );
+            if !self.first_destination(&mut seen_dest, (group_id, addr), &dspan, &format!("{pre}.dst_uri"), &uri, "group") {
                 continue;
             }
-            seen_dest.insert((group_id, addr), self.line(&dspan));
             out.push(LoadBalancerRow {
                 group_id,
                 uri,

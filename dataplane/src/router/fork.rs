@@ -52,8 +52,11 @@ pub(crate) struct Fork {
 /// The branch of attempt `n`: attempt 0 keeps the stateless branch, so a call that never fails
 /// over looks exactly like one on a stateless route.
 pub(crate) fn attempt_branch(tkey: u64, n: u8) -> u64 {
-    tkey.wrapping_add(u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    tkey.wrapping_add(u64::from(n).wrapping_mul(ATTEMPT_STRIDE))
 }
+
+/// Spaces attempt branches apart; `fork_response` subtracts it to find the transaction.
+const ATTEMPT_STRIDE: u64 = 0x9E37_79B9_7F4A_7C15;
 
 impl Fork {
     fn tried_contains(&self, a: SocketAddr) -> bool {
@@ -120,11 +123,12 @@ impl Router {
     ) -> Option<(SocketAddr, Option<std::sync::Arc<DestCounters>>, Option<Reservation>)> {
         match fork.target {
             ForkTarget::Dispatcher { setid, algorithm } => {
-                let ds = t.sets.iter().find(|s| s.setid == setid)?;
+                let set = t.sets.iter().position(|s| s.setid == setid)?;
+                let ds = &t.sets[set];
                 let first = fork.tried.iter().all(Option::is_none);
                 if first {
                     let m = sip::parse(&fork.request).ok()?;
-                    let idx = self.dispatch_pick(t, ds, algorithm, &m)?;
+                    let idx = self.dispatch_pick(t, set, algorithm, &m)?;
                     let d = &ds.destinations[idx];
                     return Some((d.addr, Some(d.counters.clone()), None));
                 }
@@ -224,8 +228,12 @@ impl Router {
 
     /// A response whose branch belongs to a fork. None when it does not.
     pub(super) fn fork_response(&mut self, t: &RoutingTable, m: &Message<'_>, branch: u64, next_hop: SocketAddr, now: Instant, out: &mut Vec<u8>) -> Option<Action> {
+        // Stateless routes never create forks: their responses skip the search.
+        if self.forks.is_empty() {
+            return None;
+        }
         let (tkey, n) = (0..MAX_ATTEMPTS as u8).find_map(|n| {
-            let k = branch.wrapping_sub(u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let k = branch.wrapping_sub(u64::from(n).wrapping_mul(ATTEMPT_STRIDE));
             self.forks.get(&k).filter(|f| f.attempt >= n).map(|_| (k, n))
         })?;
         let code = m.status()?;

@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use crate::hash;
 use crate::sip::{self, uri_host_port, uri_params, uri_user, Message, Method, ParseError};
 use crate::stats::{DropReason, ShardStats};
-use crate::table::{DestCounters, DispatcherSet, RouteTarget, RoutingTable};
+use crate::table::{DestCounters, RouteTarget, RoutingTable};
 
 const SEED_OWNER: u64 = 0x6673_726f_7574_6531; // "fsroute1"
 const SEED_TXN: u64 = 0x6673_726f_7574_6532;
@@ -298,7 +298,7 @@ impl Router {
                         let target = ForkTarget::Dispatcher { setid: ds.setid, algorithm };
                         return self.fork_start(t, src, m, tkey, target, now, out);
                     }
-                    let Some(idx) = self.dispatch_pick(t, ds, algorithm, m) else {
+                    let Some(idx) = self.dispatch_pick(t, set, algorithm, m) else {
                         return self.reply(m, src, 503, "Service Unavailable", &[], out);
                     };
                     let d = &ds.destinations[idx];
@@ -357,8 +357,8 @@ impl Router {
     }
 
     /// A destination index of `ds` for a new transaction, by `algorithm`.
-    fn dispatch_pick(&mut self, t: &RoutingTable, ds: &DispatcherSet, algorithm: Algorithm, m: &Message<'_>) -> Option<usize> {
-        let set = t.sets.iter().position(|s| std::ptr::eq(s, ds))?;
+    fn dispatch_pick(&mut self, t: &RoutingTable, set: usize, algorithm: Algorithm, m: &Message<'_>) -> Option<usize> {
+        let ds = t.sets.get(set)?;
         if self.cursors.len() < t.sets.len() {
             self.cursors.resize(t.sets.len(), 0);
         }
