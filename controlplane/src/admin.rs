@@ -88,6 +88,7 @@ pub fn status_json(
     shards: &[std::sync::Arc<ShardStats>],
     reload: &ReloadRecord,
     timings: &Timings,
+    boxes: &[FsMetric],
     extra: &dyn Fn(i32, &str) -> DestExtra,
 ) -> Value {
     let sets: Vec<Value> = table
@@ -150,7 +151,15 @@ pub fn status_json(
                         .iter()
                         .zip(&d.resources)
                         .filter_map(|(name, r)| {
-                            r.as_ref().map(|r| json!({ "name": name, "max": r.effective, "load": r.load.load(Ordering::Relaxed) }))
+                            r.as_ref().map(|r| {
+                                let load = r.load.load(Ordering::Relaxed);
+                                // A box-backed resource has no fixed max: its load plus what the box can still take.
+                                let max = match &r.fs {
+                                    Some(b) => u64::from(load) + b.available(std::time::Instant::now()),
+                                    None => u64::from(r.effective),
+                                };
+                                json!({ "name": name, "max": max, "load": load })
+                            })
                         })
                         .collect();
                     json!({ "uri": d.uri, "address": d.addr.to_string(), "enabled": d.enabled, "resources": resources })
@@ -162,6 +171,7 @@ pub fn status_json(
     json!({
         "dispatcher": sets,
         "load_balancer": groups,
+        "freeswitch": boxes.iter().map(FsMetric::to_json).collect::<Vec<_>>(),
         "shards": shard_values,
         "table_generation": table.generation,
         "control": {
@@ -225,6 +235,73 @@ pub struct FsMetric {
     pub idle_cpu_micro: u32,
     pub rejected_heartbeats: u64,
     pub reconnects: u64,
+    /// `running`, `connecting`, `stale`, `shutdown_requested` or `paused`.
+    pub lifecycle: &'static str,
+    /// The headroom model's view (None under `capacity_model = "opensips"`).
+    pub headroom: Option<BoxHeadroom>,
+    pub restarts: u64,
+    pub max_sessions_shrunk: u64,
+}
+
+/// One box's admission under the headroom model, for `/status` and `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct BoxHeadroom {
+    /// Calls by each limit at the last numbers.
+    pub sessions: u64,
+    pub cpu: u64,
+    /// Calls per rate window, and how many of them are taken now.
+    pub rate: Option<(u32, usize)>,
+    /// Calls the box may still take now (sessions and CPU, live).
+    pub available: u64,
+    /// `sessions`, `cpu`, `rate`, `initial` or `closed`.
+    pub binding: &'static str,
+    pub cpu_cost_micro: u64,
+    /// `prior` or `fit`.
+    pub cost_source: &'static str,
+    pub background_cpu_micro: Option<u64>,
+    pub sps_limit: Option<u64>,
+    pub min_idle_cpu_micro: u32,
+    /// 503s from the box, and admissions refused by its rate window.
+    pub refusals: u64,
+    pub rate_limited: u64,
+    /// Calls fsroute routed there, ever (this boot).
+    pub started: u64,
+}
+
+impl FsMetric {
+    pub fn to_json(&self) -> Value {
+        let h = self.headroom.as_ref().map(|h| {
+            json!({
+                "available": h.available,
+                "binding": h.binding,
+                "by_limit": { "sessions": h.sessions, "cpu": h.cpu, "rate_per_window": h.rate.map(|r| r.0) },
+                "rate_window_used": h.rate.map(|r| r.1),
+                "cpu_cost_per_session": h.cpu_cost_micro as f64 / 1e6,
+                "cpu_cost_source": h.cost_source,
+                "background_cpu": h.background_cpu_micro.map(|b| b as f64 / 1e6),
+                "sps_limit": h.sps_limit,
+                "min_idle_cpu": f64::from(h.min_idle_cpu_micro) / 1e6,
+                "refusals": h.refusals,
+                "rate_limited": h.rate_limited,
+                "calls_started": h.started,
+            })
+        });
+        json!({
+            "url": self.url,
+            "lifecycle": self.lifecycle,
+            "connected": self.connected,
+            "stale": self.stale,
+            "session_count": self.session_count,
+            "max_sessions": self.max_sessions,
+            "idle_cpu": f64::from(self.idle_cpu_micro) / 1e6,
+            "heartbeat_age_ms": self.heartbeat_age.map(|a| a.as_millis() as u64),
+            "headroom": h,
+            "restarts": self.restarts,
+            "max_sessions_shrunk": self.max_sessions_shrunk,
+            "rejected_heartbeats": self.rejected_heartbeats,
+            "reconnects": self.reconnects,
+        })
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -257,6 +334,33 @@ fn register_fs(reg: &mut Registry, boxes: &[FsMetric]) {
     };
     counter("esl_rejected_heartbeats", "Heartbeats with a missing or malformed field", &|b| b.rejected_heartbeats, reg);
     counter("esl_reconnects", "ESL connections lost after being established", &|b| b.reconnects, reg);
+    counter("fs_restarts", "FreeSWITCH restarts seen (new Core-UUID or Uptime-msec going backwards)", &|b| b.restarts, reg);
+    counter("fs_max_sessions_shrunk", "Times a box's Max-Sessions fell between two readings", &|b| b.max_sessions_shrunk, reg);
+    gauge("fs_draining", "1 while the box drains (shutdown requested or inbound paused)", &|b| Some(i64::from(matches!(b.lifecycle, "shutdown_requested" | "paused"))), reg);
+    let h = |f: fn(&BoxHeadroom) -> Option<i64>| move |b: &FsMetric| b.headroom.as_ref().and_then(f);
+    gauge("fs_headroom_available", "Calls the box may still take now (headroom model)", &h(|h| i64::try_from(h.available).ok()), reg);
+    gauge("fs_headroom_sessions", "Calls the box could take by Max-Sessions at its last numbers", &h(|h| i64::try_from(h.sessions).ok()), reg);
+    gauge("fs_headroom_cpu", "Calls the box could take by CPU at its last numbers", &h(|h| i64::try_from(h.cpu).ok()), reg);
+    gauge("fs_rate_budget", "Calls the box may start per rate window (sessions-per-second − 1 − others)", &h(|h| h.rate.map(|r| i64::from(r.0))), reg);
+    gauge("fs_cpu_cost_millionths", "Idle-CPU one session costs the box, learned or prior (millionths of a percent)", &h(|h| i64::try_from(h.cpu_cost_micro).ok()), reg);
+    let fam = Family::<BindingLabels, Gauge>::default();
+    for b in boxes {
+        if let Some(h) = &b.headroom {
+            for limit in ["sessions", "cpu", "rate", "initial", "closed"] {
+                fam.get_or_create(&BindingLabels { fs: b.url.clone(), limit: limit.to_string() }).set(i64::from(h.binding == limit));
+            }
+        }
+    }
+    reg.register("fs_binding_limit", "1 for the limit that binds the box now", fam);
+    let hc = |f: fn(&BoxHeadroom) -> u64| move |b: &FsMetric| b.headroom.as_ref().map_or(0, f);
+    counter("fs_refusals", "503s from the box although fsroute's numbers said it had room", &hc(|h| h.refusals), reg);
+    counter("fs_rate_limited", "Calls kept from the box by its rate window", &hc(|h| h.rate_limited), reg);
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct BindingLabels {
+    fs: String,
+    limit: String,
 }
 
 pub fn metrics_text(

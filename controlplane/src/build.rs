@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use std::sync::atomic::Ordering;
 
+use fsroute_dataplane::admission::{BoxAdmission, BoxGate, RateLog};
 use fsroute_dataplane::dispatch::{Member, Selector};
 use fsroute_dataplane::lb::{capacity_from_heartbeat, LbDestination, LbFlags as DpLbFlags, LbGroup, LbResource as DpLbResource, Load};
 use fsroute_dataplane::table::{
@@ -17,8 +18,9 @@ use fsroute_dataplane::table::{
 };
 
 use crate::config::{
-    Capacity, Config, ControlConfig, DestState, DispatcherRow, FsKey, LbResource as ConfigLbResource, LoadBalancerRow, RouteTo, Weight,
+    Capacity, CapacityModel, Config, ControlConfig, DestState, DispatcherRow, FsKey, LbResource as ConfigLbResource, LoadBalancerRow, RouteTo, Weight,
 };
+use crate::headroom::{self, BoxReport, CostSource, CpuCostFit, Headroom, Knobs};
 use crate::probe::ProbeHealth;
 
 /// What one FreeSWITCH box last told us over ESL. The ESL side fills it; staleness is decided
@@ -37,6 +39,21 @@ pub struct FsStats {
     /// Grows with every new set of numbers, so the load at heartbeat time (`p_hb`) is taken once
     /// per heartbeat.
     pub seq: u64,
+    /// Configured `sessions-per-second` and `min-idle-cpu`, from `api status`.
+    pub sps_limit: Option<u64>,
+    pub min_idle_cpu_micro: u32,
+    pub session_since_startup: Option<u64>,
+    pub uptime_msec: Option<u64>,
+    pub core_uuid: Option<String>,
+    /// Grows each time the box restarts (new Core-UUID, or Uptime-msec going backwards): its
+    /// accounting starts again.
+    pub boot: u64,
+    /// `SHUTDOWN_REQUESTED` seen (an elegant shutdown waits for the balancer to stop sending).
+    pub shutdown_requested: bool,
+    /// `fsctl pause_check inbound` said true.
+    pub paused: bool,
+    /// (Session-Count, Idle-CPU) history for the per-session CPU cost.
+    pub cpu_fit: CpuCostFit,
 }
 
 impl FsStats {
@@ -44,6 +61,62 @@ impl FsStats {
     pub fn is_fresh(&self) -> bool {
         self.connected && !self.stale && self.last_heartbeat.is_some()
     }
+
+    /// Stale: disconnected, or silent past `heartbeat_timeout` (never while numbers are fresh).
+    pub fn is_stale(&self) -> bool {
+        !self.is_fresh() && (self.stale || !self.connected)
+    }
+
+    /// Connected and waiting for its first numbers.
+    pub fn awaiting_numbers(&self) -> bool {
+        self.connected && !self.stale && self.last_heartbeat.is_none()
+    }
+
+    /// Why the box takes no new calls although it is up: it is draining.
+    pub fn draining(&self) -> Option<&'static str> {
+        if self.shutdown_requested {
+            Some("shutdown_requested")
+        } else if self.paused {
+            Some("paused")
+        } else {
+            None
+        }
+    }
+
+    /// The box's lifecycle as `/status` names it.
+    pub fn lifecycle(&self) -> &'static str {
+        match (self.draining(), self.is_stale()) {
+            (Some(why), _) => why,
+            (None, true) => "stale",
+            (None, false) if self.is_fresh() => "running",
+            _ => "connecting",
+        }
+    }
+
+    pub fn report(&self) -> BoxReport {
+        BoxReport {
+            session_count: u64::from(self.session_count),
+            max_sessions: u64::from(self.max_sessions),
+            idle_cpu_micro: self.idle_cpu_micro,
+            sps_limit: self.sps_limit,
+            min_idle_cpu_micro: self.min_idle_cpu_micro,
+        }
+    }
+}
+
+/// fsroute's own counts on one box when its numbers for `seq` arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoxSnapshot {
+    pub seq: u64,
+    pub boot: u64,
+    /// The gate's `used` then: the base the new headroom is added to.
+    pub used: u64,
+    /// The gate's `started` and the box's Session-Since-Startup then, and when.
+    pub started: u64,
+    pub since_startup: Option<u64>,
+    pub at: Instant,
+    /// Sessions per second others start on the box, from the last two snapshots.
+    pub others_sps: u64,
 }
 
 /// What the control plane has observed at runtime: per FreeSWITCH ESL endpoint, and per
@@ -53,8 +126,10 @@ pub struct Stats {
     pub fs: HashMap<FsKey, FsStats>,
     pub probes: HashMap<(i32, String), ProbeHealth>,
     /// Per load_balancer (group, destination, resource) on a FreeSWITCH box: fsroute's calls there
-    /// when the box's last heartbeat arrived (`p_hb`), with that heartbeat's `seq`.
+    /// when the box's last heartbeat arrived (`p_hb`), with that heartbeat's `seq` (`opensips` model).
     pub p_hb: HashMap<(i32, String, String), (u64, u32)>,
+    /// Per box, the headroom model's base counts at its last numbers.
+    pub boxes: HashMap<FsKey, BoxSnapshot>,
 }
 
 /// Runtime admin overrides (`POST /dispatcher/state`), keyed by (setid, destination URI as
@@ -119,6 +194,16 @@ pub struct CounterStore {
     /// load_balancer loads by (group, destination, resource): the calls fsroute holds there,
     /// shared with every shard and kept across reloads for destinations that stay.
     lb: HashMap<(i32, String, String), Load>,
+    /// Per FreeSWITCH box: its admission gate for the current boot, and its rate log.
+    gates: HashMap<FsKey, BoxCounters>,
+}
+
+/// The shared counters of one box (headroom model), kept across builds.
+#[derive(Debug)]
+pub struct BoxCounters {
+    pub boot: u64,
+    pub gate: Arc<BoxGate>,
+    pub rate: Option<Arc<RateLog>>,
 }
 
 impl CounterStore {
@@ -146,6 +231,21 @@ impl CounterStore {
         Arc::clone(self.lb.entry((group_id, uri.to_string(), resource.to_string())).or_default())
     }
 
+    /// The box's counters for boot `boot`: a restarted box gets fresh ones, so the calls fsroute
+    /// held on its previous boot can no longer count against (or be given back to) the new one.
+    fn box_counters(&mut self, key: &FsKey, boot: u64) -> &mut BoxCounters {
+        let fresh = || BoxCounters { boot, gate: Arc::new(BoxGate::default()), rate: None };
+        let c = self.gates.entry(key.clone()).or_insert_with(fresh);
+        if c.boot != boot {
+            *c = fresh();
+        }
+        c
+    }
+
+    pub fn box_gate(&self, key: &FsKey) -> Option<&BoxCounters> {
+        self.gates.get(key)
+    }
+
     fn get_or_create(&mut self, setid: i32, uri: &str) -> Arc<DestCounters> {
         Arc::clone(self.dispatcher.entry((setid, uri.to_string())).or_default())
     }
@@ -161,6 +261,10 @@ pub fn build_table(
     generation: u64,
 ) -> RoutingTable {
     let mut live: HashSet<(i32, String)> = HashSet::new();
+    let boxes = match config.control.capacity_model {
+        CapacityModel::Headroom => box_admissions(config, stats, counters),
+        CapacityModel::Opensips => HashMap::new(),
+    };
     let setids = config.setids();
     let mut sets = Vec::with_capacity(setids.len());
     for &setid in &setids {
@@ -178,6 +282,11 @@ pub fn build_table(
                     (_, Some(h)) => h.up,
                     (s, None) => s.is_active(),
                 };
+                // A stale box has no gate: its weight (stale_weight) decides, as it always has.
+                let fs = match &r.weight {
+                    Weight::Fs(fs) => boxes.get(&fs.key()).filter(|(_, s)| !s.is_stale()).map(|(b, _)| Arc::clone(b)),
+                    Weight::Static(_) => None,
+                };
                 Destination {
                     uri: r.uri.clone(),
                     addr: r.addr,
@@ -185,9 +294,14 @@ pub fn build_table(
                     priority: r.priority,
                     active,
                     counters: counters.get_or_create(setid, &r.uri),
+                    fs,
                 }
             })
             .collect();
+        let mut destinations = destinations;
+        if config.control.capacity_model == CapacityModel::Headroom {
+            headroom_weights(config, setid, &mut destinations);
+        }
         let members: Vec<Member<'_>> = destinations
             .iter()
             .map(|d| Member {
@@ -205,7 +319,7 @@ pub fn build_table(
         });
     }
     counters.dispatcher.retain(|k, _| live.contains(k));
-    let lb_groups = build_lb_groups(config, stats, admin, counters);
+    let lb_groups = build_lb_groups(config, stats, admin, counters, &boxes);
 
     let routes = config
         .routes
@@ -260,6 +374,9 @@ pub fn build_table(
         codes: f.codes.clone(),
         no_answer_timeout: f.no_answer_timeout,
         max_attempts: usize::try_from(f.max_attempts).unwrap_or(usize::MAX),
+        exhausted_reply: f.exhausted_reply,
+        exhausted_retry_after: (!f.exhausted_retry_after.is_zero()).then_some(f.exhausted_retry_after),
+        refused_cooldown: f.refused_cooldown,
     };
     RoutingTable::new(generation, proxy_settings(config), sets, routes).with_load_balancer(lb_groups, failover)
 }
@@ -309,7 +426,121 @@ pub fn effective_capacity(row: &LoadBalancerRow, res: &ConfigLbResource, control
     }
 }
 
-fn build_lb_groups(config: &Config, stats: &Stats, admin: &AdminState, counters: &mut CounterStore) -> Vec<LbGroup> {
+/// Per box, the CPU cost in use: learned from its heartbeats once they have spread, else the prior.
+pub fn cpu_cost(control: &ControlConfig, s: &FsStats) -> (u64, CostSource) {
+    s.cpu_fit.cost_micro(control.cpu_cost_prior_micro, control.cpu_cost_floor_micro)
+}
+
+/// A box's headroom now, from its last numbers (docs/ADMISSION.md).
+pub fn box_headroom(control: &ControlConfig, s: &FsStats, snap: Option<&BoxSnapshot>) -> Headroom {
+    let knobs = Knobs { channels_per_call: control.channels_per_call, cpu_margin_micro: control.cpu_margin_micro };
+    let others = snap.map_or(0, |b| b.others_sps);
+    headroom::headroom(&s.report(), &knobs, cpu_cost(control, s).0, others)
+}
+
+/// The headroom model's per-box admissions for this build, with the stats they came from. Each box
+/// named anywhere in the config gets one, shared by every row that names it.
+fn box_admissions(config: &Config, stats: &Stats, counters: &mut CounterStore) -> HashMap<FsKey, (Arc<BoxAdmission>, FsStats)> {
+    let control = &config.control;
+    let mut out = HashMap::new();
+    let mut live = HashSet::new();
+    for fs in config.fs_endpoints() {
+        let key = fs.key();
+        live.insert(key.clone());
+        let s = stats.fs.get(&key).cloned().unwrap_or_default();
+        let snap = stats.boxes.get(&key).filter(|b| b.boot == s.boot);
+        let c = counters.box_counters(&key, s.boot);
+        let gate = Arc::clone(&c.gate);
+        let adm = if s.is_fresh() && s.draining().is_none() {
+            let h = box_headroom(control, &s, snap);
+            let base = snap.filter(|b| b.seq == s.seq).map_or_else(|| gate.used(), |b| b.used);
+            let rate = h.rate.map(|budget| {
+                let log = match &c.rate {
+                    Some(l) if l.capacity() >= budget as usize => Arc::clone(l),
+                    // A limit that grew (fsctl sps) needs a longer log; the new one starts empty.
+                    _ => Arc::new(RateLog::new((budget as usize).clamp(1, 1 << 16))),
+                };
+                c.rate = Some(Arc::clone(&log));
+                (budget, log)
+            });
+            BoxAdmission { gate, limit: base.saturating_add(h.calls), headroom: h.calls, rate, seq: s.seq, accepting: true }
+        } else if (s.awaiting_numbers() || !stats.fs.contains_key(&key)) && s.draining().is_none() {
+            // Before the first numbers: initial_capacity, as OpenSIPS's initial_freeswitch_load.
+            let base = gate.used();
+            let initial = u64::from(control.initial_capacity);
+            BoxAdmission { gate, limit: base + initial, headroom: initial, rate: None, seq: s.seq, accepting: initial > 0 }
+        } else {
+            BoxAdmission::closed(gate, s.seq)
+        };
+        out.insert(key, (Arc::new(adm), s));
+    }
+    counters.gates.retain(|k, _| live.contains(k));
+    out
+}
+
+/// Dispatcher weights under the headroom model: each fresh box weighs in proportion to the calls it
+/// can still take (the largest in the set weighs `max_freeswitch_weight`); a draining box weighs 0.
+/// Shards then admit against the same headroom call by call, so the weights only spread the calls.
+fn headroom_weights(config: &Config, setid: i32, dests: &mut [Destination]) {
+    let max_w = u64::from(config.control.max_freeswitch_weight);
+    let rows: Vec<&DispatcherRow> = config.dispatcher.iter().filter(|r| r.setid == setid).collect();
+    let room = |d: &Destination| d.fs.as_ref().filter(|b| b.accepting).map(|b| b.headroom);
+    let top = dests.iter().filter_map(room).max().unwrap_or(0);
+    for (d, r) in dests.iter_mut().zip(rows) {
+        if !matches!(r.weight, Weight::Fs(_)) {
+            continue;
+        }
+        match d.fs.as_ref() {
+            Some(b) if !b.accepting => d.weight = 0,
+            Some(b) if top > 0 => {
+                let w = (max_w * b.headroom + top / 2) / top;
+                d.weight = u32::try_from(w.max(u64::from(b.headroom > 0))).unwrap_or(u32::MAX);
+            }
+            Some(_) => d.weight = 0,
+            None => {}
+        }
+    }
+}
+
+/// After new numbers from a box: fsroute's counts at that moment, the base the new headroom is added
+/// to, and the sessions others started there since the previous numbers.
+pub fn snapshot_boxes(config: &Config, stats: &mut Stats, counters: &CounterStore, now: Instant) {
+    for fs in config.fs_endpoints() {
+        let key = fs.key();
+        let Some(s) = stats.fs.get(&key).filter(|s| s.last_heartbeat.is_some()) else { continue };
+        let Some(c) = counters.gates.get(&key).filter(|c| c.boot == s.boot) else { continue };
+        let prev = stats.boxes.get(&key).copied().filter(|b| b.boot == s.boot);
+        if prev.is_some_and(|b| b.seq == s.seq) {
+            continue;
+        }
+        let started = c.gate.started();
+        let others_sps = match (prev, prev.and_then(|b| b.since_startup), s.session_since_startup) {
+            (Some(p), Some(before), Some(after)) => {
+                let ms = u64::try_from(now.saturating_duration_since(p.at).as_millis()).unwrap_or(u64::MAX);
+                // Too short an interval says nothing about a rate; keep the last estimate.
+                if ms < 500 {
+                    p.others_sps
+                } else {
+                    headroom::others_sps(after.saturating_sub(before), started.saturating_sub(p.started), config.control.channels_per_call, ms)
+                }
+            }
+            _ => 0,
+        };
+        stats.boxes.insert(
+            key,
+            BoxSnapshot { seq: s.seq, boot: s.boot, used: c.gate.used(), started, since_startup: s.session_since_startup, at: now, others_sps },
+        );
+    }
+    stats.boxes.retain(|k, _| stats.fs.contains_key(k));
+}
+
+fn build_lb_groups(
+    config: &Config,
+    stats: &Stats,
+    admin: &AdminState,
+    counters: &mut CounterStore,
+    boxes: &HashMap<FsKey, (Arc<BoxAdmission>, FsStats)>,
+) -> Vec<LbGroup> {
     let mut live: HashSet<(i32, String, String)> = HashSet::new();
     let mut groups = Vec::new();
     for group_id in config.group_ids() {
@@ -330,9 +561,14 @@ fn build_lb_groups(config: &Config, stats: &Stats, admin: &AdminState, counters:
                     .map(|n| {
                         let res = r.resources.iter().find(|x| &x.name == n)?;
                         live.insert((group_id, r.uri.clone(), n.clone()));
-                        Some(DpLbResource {
-                            effective: effective_capacity(r, res, &config.control, stats),
-                            load: counters.lb_load_or_create(group_id, &r.uri, n),
+                        let load = counters.lb_load_or_create(group_id, &r.uri, n);
+                        let fs = match &res.capacity {
+                            Capacity::Fs(fs) => boxes.get(&fs.key()).map(|(b, _)| Arc::clone(b)),
+                            Capacity::Fixed(_) => None,
+                        };
+                        Some(match fs {
+                            Some(b) => DpLbResource { effective: u32::MAX, load, fs: Some(b) },
+                            None => DpLbResource::fixed(effective_capacity(r, res, &config.control, stats), load),
                         })
                     })
                     .collect();
@@ -422,6 +658,7 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use fsroute_dataplane::dispatch::{Algorithm, HashMode};
+    use fsroute_dataplane::lb;
 
     use super::*;
     use crate::config::{self, Host, HostPort};
@@ -689,6 +926,7 @@ record_route = false
 listen = ["127.0.0.1:5060"]
 
 [control]
+capacity_model = "opensips"
 stale_weight = 2
 max_freeswitch_weight = 100
 
@@ -724,6 +962,7 @@ fallback_weight = 9
             last_heartbeat: Some(Instant::now()),
             stale: false,
             seq: 1,
+            ..FsStats::default()
         }
     }
 
@@ -792,6 +1031,7 @@ fallback_weight = 9
 listen = ["127.0.0.1:5060"]
 
 [control]
+capacity_model = "opensips"
 initial_capacity = 50
 channels_per_call = 1
 
@@ -876,5 +1116,181 @@ lb_flags = "s"
         let b = &t2.lb_groups[0].destinations[1];
         assert_eq!(b.resources[0].as_ref().unwrap().load.load(Ordering::Relaxed), 3);
         assert!(!b.enabled);
+    }
+
+    fn headroom_config(extra_control: &str) -> Config {
+        config::parse(
+            &format!(
+                r#"
+[proxy]
+listen = ["127.0.0.1:5060"]
+
+[control]
+cpu_cost_prior = 0.5
+cpu_margin = 0
+{extra_control}
+
+[[load_balancer]]
+group_id = 1
+dst_uri = "sip:127.0.0.1:5081"
+resources = "ch=fs://:ClueCon@127.0.0.1:8021"
+
+[[dispatcher]]
+setid = 1
+destination = "sip:127.0.0.1:5081"
+weight = "fs://:ClueCon@127.0.0.1:8021"
+
+[[dispatcher]]
+setid = 1
+destination = "sip:127.0.0.1:5082"
+weight = "fs://:ClueCon@127.0.0.1:8022"
+
+[[route]]
+to_load_balancer = 1
+resources = "ch"
+"#
+            ),
+            Path::new("headroom.toml"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn lb_box(t: &RoutingTable) -> &fsroute_dataplane::lb::LbDestination {
+        &t.lb_groups[0].destinations[0]
+    }
+
+    #[test]
+    fn headroom_model_admits_exactly_the_box_headroom_between_heartbeats_counting_each_call_once() {
+        let c = headroom_config("");
+        let mut counters = CounterStore::new();
+        let mut stats = Stats::default();
+        let admin = AdminState::default();
+        // 90 of 100 sessions at 60 % idle: OpenSIPS's floor(0.6 × 100) − 90 would say 0; sessions
+        // leave 10, CPU (60 − 0) / 0.5 = 120: 10 calls.
+        stats.fs.insert(key(8021), fresh(60_000_000, 90, 100));
+        build_table(&c, &stats, &admin, &mut counters, 1);
+        snapshot_boxes(&c, &mut stats, &counters, Instant::now());
+        let t = build_table(&c, &stats, &admin, &mut counters, 2);
+        let d = lb_box(&t);
+        let now = Instant::now();
+        let mut held: Vec<_> = (0..10).map(|_| lb::reserve_held(d, &[0], false, now).expect("room")).collect();
+        assert!(lb::reserve_held(d, &[0], false, now).is_none(), "the 11th call would overfill the box");
+        // The dispatcher row naming the same box sees the same headroom: nothing left.
+        assert!(!t.sets[0].destinations[0].admit(now));
+        // The next heartbeat counts fsroute's 10 calls in Session-Count: still full, not 10 more.
+        let mut s = fresh(55_000_000, 100, 100);
+        s.seq = 2;
+        stats.fs.insert(key(8021), s);
+        snapshot_boxes(&c, &mut stats, &counters, Instant::now());
+        let t = build_table(&c, &stats, &admin, &mut counters, 3);
+        assert!(lb::reserve_held(lb_box(&t), &[0], false, now).is_none());
+        // Three calls end: three more, at once, before any heartbeat.
+        held.truncate(7);
+        assert_eq!((0..5).filter(|_| lb::reserve_held(lb_box(&t), &[0], false, now).map(std::mem::forget).is_some()).count(), 3);
+    }
+
+    #[test]
+    fn a_box_whose_cpu_binds_first_takes_what_its_cpu_allows() {
+        let c = headroom_config("");
+        let mut counters = CounterStore::new();
+        let mut stats = Stats::default();
+        // 10 of 1000 sessions but only 5 % idle above nothing: 5 / 0.5 = 10 calls.
+        let mut s = fresh(5_000_000, 10, 1000);
+        s.min_idle_cpu_micro = 0;
+        stats.fs.insert(key(8021), s);
+        let t = build_table(&c, &stats, &AdminState::default(), &mut counters, 1);
+        let b = lb_box(&t).resources[0].as_ref().unwrap().fs.clone().unwrap();
+        assert_eq!(b.headroom, 10);
+        let h = box_headroom(&c.control, &stats.fs[&key(8021)], None);
+        assert_eq!(h.binding, crate::headroom::Binding::Cpu);
+    }
+
+    #[test]
+    fn a_box_whose_sps_limit_binds_gets_a_rate_window_of_sps_minus_one() {
+        let c = headroom_config("");
+        let mut counters = CounterStore::new();
+        let mut stats = Stats::default();
+        let mut s = fresh(100_000_000, 0, 1000);
+        s.sps_limit = Some(5);
+        stats.fs.insert(key(8021), s);
+        let t = build_table(&c, &stats, &AdminState::default(), &mut counters, 1);
+        let now = Instant::now();
+        let admitted = (0..20).filter(|_| lb::reserve_held(lb_box(&t), &[0], false, now).map(std::mem::forget).is_some()).count();
+        assert_eq!(admitted, 4, "FreeSWITCH lets sps − 1 through per second");
+    }
+
+    #[test]
+    fn a_paused_or_shutting_down_box_drains_and_a_restart_resets_its_accounting() {
+        let c = headroom_config("");
+        let mut counters = CounterStore::new();
+        let mut stats = Stats::default();
+        let admin = AdminState::default();
+        stats.fs.insert(key(8021), fresh(100_000_000, 0, 100));
+        let t = build_table(&c, &stats, &admin, &mut counters, 1);
+        let now = Instant::now();
+        let held = lb::reserve_held(lb_box(&t), &[0], false, now).unwrap();
+        assert_eq!(counters.box_gate(&key(8021)).unwrap().gate.used(), 1);
+        for drain in ["paused", "shutdown"] {
+            let mut s = stats.fs[&key(8021)].clone();
+            s.paused = drain == "paused";
+            s.shutdown_requested = drain == "shutdown";
+            let mut st = stats.clone();
+            st.fs.insert(key(8021), s);
+            let t = build_table(&c, &st, &admin, &mut counters, 2);
+            assert!(lb::reserve_held(lb_box(&t), &[0], false, now).is_none(), "{drain}");
+            assert_eq!(t.sets[0].destinations[0].weight, 0, "{drain}");
+        }
+        // The box restarts: its old calls are gone; fsroute's count for it starts again at 0.
+        let mut s = fresh(100_000_000, 0, 100);
+        s.boot = 1;
+        stats.fs.insert(key(8021), s);
+        let t = build_table(&c, &stats, &admin, &mut counters, 3);
+        assert_eq!(counters.box_gate(&key(8021)).unwrap().gate.used(), 0);
+        drop(held);
+        assert_eq!(counters.box_gate(&key(8021)).unwrap().gate.used(), 0, "an old call's end does not touch the new boot");
+        assert!(lb::reserve_held(lb_box(&t), &[0], false, now).is_some());
+    }
+
+    #[test]
+    fn dispatcher_fs_weights_follow_headroom_and_a_stale_box_keeps_its_stale_weight() {
+        let c = headroom_config("stale_weight = 3");
+        let mut counters = CounterStore::new();
+        let mut stats = Stats::default();
+        stats.fs.insert(key(8021), fresh(100_000_000, 0, 100));
+        stats.fs.insert(key(8022), fresh(100_000_000, 75, 100));
+        let t = build_table(&c, &stats, &AdminState::default(), &mut counters, 1);
+        let w: Vec<u32> = t.sets[0].destinations.iter().map(|d| d.weight).collect();
+        assert_eq!(w, [100, 25]);
+        stats.fs.get_mut(&key(8022)).unwrap().connected = false;
+        let t = build_table(&c, &stats, &AdminState::default(), &mut counters, 2);
+        let d = &t.sets[0].destinations[1];
+        assert_eq!((d.weight, d.fs.is_none()), (3, true));
+    }
+
+    #[test]
+    fn dispatcher_routes_to_fs_sets_fail_over_by_default() {
+        let c = cfg(r#"
+[proxy]
+listen = ["127.0.0.1:5060"]
+
+[[dispatcher]]
+setid = 1
+destination = "sip:127.0.0.1:5081"
+weight = "fs://:ClueCon@127.0.0.1:8021"
+
+[[dispatcher]]
+setid = 2
+destination = "sip:127.0.0.1:5082"
+
+[[route]]
+method = "INVITE"
+to_dispatcher = 1
+
+[[route]]
+to_dispatcher = 2
+"#);
+        let t = build(&c, &AdminState::default(), &mut CounterStore::new());
+        assert!(matches!(t.routes[0].target, RouteTarget::Dispatcher { failover: true, .. }));
+        assert!(matches!(t.routes[1].target, RouteTarget::Dispatcher { failover: false, .. }));
     }
 }

@@ -20,6 +20,12 @@ pub struct FsInfo {
     pub reconnects: u64,
     pub last_error: Option<String>,
     pub core_uuid: Option<String>,
+    /// Restarts seen (new Core-UUID or Uptime-msec going backwards).
+    pub restarts: u64,
+    /// Times Max-Sessions fell between two readings (`fsctl max_sessions`, or FreeSWITCH lowering
+    /// it itself after a thread-launch failure).
+    pub max_sessions_shrunk: u64,
+    pub shutdown_requests: u64,
 }
 
 pub struct FsMonitor {
@@ -29,10 +35,13 @@ pub struct FsMonitor {
     events: Vec<PoolEvent>,
     /// Heartbeat arrival instants not yet visible in a table, for the latency figure.
     pub pending_visibility: Vec<Instant>,
+    status_interval: Option<Duration>,
 }
 
 struct Conn {
     id: ConnId,
+    /// When `api status` and `fsctl pause_check inbound` are next due.
+    next_status: Option<Instant>,
     /// Credentials as configured; a change reconnects.
     user: Option<String>,
     password: String,
@@ -48,15 +57,52 @@ fn url_of(fs: &FsEndpoint) -> EslUrl {
     }
 }
 
-fn to_fs_stats(h: &HeartbeatStats, now: Instant, seq: u64) -> FsStats {
-    FsStats {
-        seq,
-        connected: true,
-        idle_cpu_micro: h.idle_cpu_micro,
-        session_count: u32::try_from(h.session_count).unwrap_or(u32::MAX),
-        max_sessions: u32::try_from(h.max_sessions).unwrap_or(u32::MAX),
-        last_heartbeat: Some(now),
-        stale: false,
+/// The command whose answer says whether inbound calls are paused (ESL.md §4; `true` = paused).
+pub const PAUSE_CHECK: &str = "fsctl pause_check inbound";
+
+/// Folds one set of numbers (a HEARTBEAT, or an `api status` reading) into a box's stats: a restart
+/// resets its accounting, a shrinking Max-Sessions is counted, the CPU-cost history grows.
+fn apply_numbers(entry: &mut FsStats, info: &mut FsInfo, h: &HeartbeatStats, now: Instant) {
+    let new_uuid = matches!((&entry.core_uuid, &h.core_uuid), (Some(a), Some(b)) if a != b);
+    let uptime_back = matches!((entry.uptime_msec, h.uptime_msec), (Some(a), Some(b)) if b < a);
+    if new_uuid || uptime_back {
+        info.restarts += 1;
+        tracing::warn!(box = %info.url, new_uuid, uptime_back, "FreeSWITCH restarted: its accounting starts again");
+        entry.boot += 1;
+        entry.cpu_fit.clear();
+        entry.shutdown_requested = false;
+        entry.paused = false;
+        entry.session_since_startup = None;
+    }
+    let max_sessions = u32::try_from(h.max_sessions).unwrap_or(u32::MAX);
+    if entry.last_heartbeat.is_some() && max_sessions < entry.max_sessions && !(new_uuid || uptime_back) {
+        info.max_sessions_shrunk += 1;
+        tracing::warn!(box = %info.url, from = entry.max_sessions, to = max_sessions, "Max-Sessions shrank");
+    }
+    entry.seq += 1;
+    entry.connected = true;
+    entry.stale = false;
+    entry.last_heartbeat = Some(now);
+    entry.idle_cpu_micro = h.idle_cpu_micro;
+    entry.session_count = u32::try_from(h.session_count).unwrap_or(u32::MAX);
+    entry.max_sessions = max_sessions;
+    entry.cpu_fit.push(h.session_count, h.idle_cpu_micro);
+    // Only `api status` carries these; a heartbeat keeps the last reading.
+    if h.sessions_per_sec_limit.is_some() {
+        entry.sps_limit = h.sessions_per_sec_limit;
+    }
+    if let Some(m) = h.min_idle_cpu_micro {
+        entry.min_idle_cpu_micro = m;
+    }
+    if h.session_since_startup.is_some() {
+        entry.session_since_startup = h.session_since_startup;
+    }
+    if h.uptime_msec.is_some() {
+        entry.uptime_msec = h.uptime_msec;
+    }
+    if h.core_uuid.is_some() {
+        entry.core_uuid.clone_from(&h.core_uuid);
+        info.core_uuid.clone_from(&h.core_uuid);
     }
 }
 
@@ -67,6 +113,7 @@ impl FsMonitor {
             heartbeat_timeout: control.heartbeat_timeout,
             recycle_after: Some(control.heartbeat_timeout * 2),
             format: HeartbeatFormat::Json,
+            extra_events: vec!["SHUTDOWN_REQUESTED".to_owned()],
             ..PoolConfig::default()
         })?;
         let mut m = FsMonitor {
@@ -75,6 +122,7 @@ impl FsMonitor {
             by_id: HashMap::new(),
             events: Vec::new(),
             pending_visibility: Vec::new(),
+            status_interval: Some(control.status_interval),
         };
         m.sync(config, &mut Stats::default());
         Ok(m)
@@ -91,6 +139,7 @@ impl FsMonitor {
     /// Opens connections for new boxes, closes those for boxes the config no longer names, and
     /// keeps the rest (and their stats) as they are.
     pub fn sync(&mut self, config: &Config, stats: &mut Stats) {
+        self.status_interval = Some(config.control.status_interval);
         let wanted: Vec<&FsEndpoint> = config.fs_endpoints();
         let keys: Vec<FsKey> = wanted.iter().map(|f| f.key()).collect();
         let gone: Vec<FsKey> = self.conns.keys().filter(|k| !keys.contains(k)).cloned().collect();
@@ -124,6 +173,7 @@ impl FsMonitor {
                 key,
                 Conn {
                     id,
+                    next_status: None,
                     user: fs.user.clone(),
                     password: fs.password.expose().to_string(),
                     info: FsInfo { url: masked, ..FsInfo::default() },
@@ -135,6 +185,7 @@ impl FsMonitor {
     /// Drives every ESL connection for at most `timeout` and folds what happened into `stats`.
     /// Returns whether the routing table must be rebuilt.
     pub fn poll(&mut self, timeout: Duration, now: Instant, stats: &mut Stats) -> bool {
+        self.poll_status(now, stats);
         self.events.clear();
         if let Err(e) = self.pool.poll(Some(timeout), now, &mut self.events) {
             tracing::warn!(error = %e, "ESL poll failed");
@@ -152,6 +203,30 @@ impl FsMonitor {
         changed
     }
 
+    /// Re-reads `api status` (limits change live: `fsctl sps`, `fsctl max_sessions`) and whether
+    /// inbound calls are paused, every `status_interval`, on every connected box.
+    fn poll_status(&mut self, now: Instant, stats: &Stats) {
+        let Some(every) = self.status_interval.filter(|d| !d.is_zero()) else { return };
+        for (key, c) in &mut self.conns {
+            let connected = stats.fs.get(key).is_some_and(|s| s.connected);
+            if !connected {
+                c.next_status = None;
+                continue;
+            }
+            match c.next_status {
+                // The seed `api status` has just been read: the next one is a whole interval away.
+                None => c.next_status = Some(now + every),
+                Some(at) if at <= now => {
+                    // At most two of ours unanswered: a box that stopped answering is not sent more.
+                    self.pool.api(c.id, "status", 4);
+                    self.pool.api(c.id, PAUSE_CHECK, 4);
+                    c.next_status = Some(now + every);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
     fn apply(&mut self, ev: &PoolEvent, now: Instant, stats: &mut Stats) -> bool {
         let id = match ev {
             PoolEvent::Connected(id)
@@ -161,7 +236,10 @@ impl FsMonitor {
             | PoolEvent::Stale(id)
             | PoolEvent::Disconnected(id, _)
             | PoolEvent::ConnectFailed(id, _)
-            | PoolEvent::AuthFailed(id) => *id,
+            | PoolEvent::AuthFailed(id)
+            | PoolEvent::Status(id, _)
+            | PoolEvent::Api(id, _, _)
+            | PoolEvent::Event(id, _, _) => *id,
         };
         let Some(key) = self.by_id.get(&id).cloned() else { return false };
         let Some(conn) = self.conns.get_mut(&key) else { return false };
@@ -170,19 +248,52 @@ impl FsMonitor {
             PoolEvent::Connected(_) => {
                 tracing::info!(box = %conn.info.url, "ESL connected");
                 conn.info.last_error = None;
-                // Connected but no numbers yet: counts as "before the first heartbeat".
-                *entry = FsStats { connected: true, seq: entry.seq, ..FsStats::default() };
+                conn.next_status = None;
+                // Connected but no numbers yet: counts as "before the first heartbeat". What the box
+                // said before (its boot, its limits, its CPU history) stays until it says otherwise.
+                entry.connected = true;
+                entry.stale = false;
+                entry.last_heartbeat = None;
                 true
             }
-            PoolEvent::Seed(_, h) | PoolEvent::Heartbeat(_, h) => {
-                if h.core_uuid.is_some() {
-                    conn.info.core_uuid.clone_from(&h.core_uuid);
+            PoolEvent::Seed(_, h) | PoolEvent::Heartbeat(_, h) | PoolEvent::Status(_, h) => {
+                // Always a rebuild: even with the same numbers, a capacity moves with fsroute's own
+                // calls at heartbeat time.
+                apply_numbers(entry, &mut conn.info, h, now);
+                if !matches!(ev, PoolEvent::Status(..)) {
+                    self.pending_visibility.push(now);
                 }
-                // Always a rebuild: even with the same numbers, a load_balancer capacity moves with
-                // fsroute's own calls at heartbeat time (`p_hb`).
-                *entry = to_fs_stats(h, now, entry.seq + 1);
-                self.pending_visibility.push(now);
                 true
+            }
+            PoolEvent::Api(_, command, body) => {
+                if command.strip_prefix("api ") != Some(PAUSE_CHECK) {
+                    return false;
+                }
+                let text = String::from_utf8_lossy(body);
+                let paused = match text.trim() {
+                    t if t.starts_with("true") => true,
+                    t if t.starts_with("false") => false,
+                    other => {
+                        tracing::debug!(box = %conn.info.url, reply = %other, "unreadable pause_check reply");
+                        return false;
+                    }
+                };
+                if paused != entry.paused {
+                    tracing::warn!(box = %conn.info.url, paused, "inbound calls paused on the box: draining");
+                    entry.paused = paused;
+                    return true;
+                }
+                false
+            }
+            PoolEvent::Event(_, name, info) => {
+                if name != "SHUTDOWN_REQUESTED" {
+                    return false;
+                }
+                conn.info.shutdown_requests += 1;
+                tracing::warn!(box = %conn.info.url, info = ?info, "FreeSWITCH shutdown requested: draining the box");
+                let changed = !entry.shutdown_requested;
+                entry.shutdown_requested = true;
+                changed
             }
             PoolEvent::Rejected(_, e) => {
                 conn.info.rejected_heartbeats += 1;
@@ -219,5 +330,53 @@ impl FsMonitor {
     /// Per box: its masked URL and counters, for `/status` and `/metrics`.
     pub fn info(&self, key: &FsKey) -> Option<&FsInfo> {
         self.conns.get(key).map(|c| &c.info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(uuid: &str, uptime_ms: u64, s: u64, m: u64) -> HeartbeatStats {
+        HeartbeatStats {
+            idle_cpu_micro: 90_000_000,
+            session_count: s,
+            max_sessions: m,
+            core_uuid: Some(uuid.to_owned()),
+            uptime_msec: Some(uptime_ms),
+            session_since_startup: Some(s),
+            ..HeartbeatStats::default()
+        }
+    }
+
+    #[test]
+    fn a_new_core_uuid_or_uptime_going_backwards_is_a_restart_that_resets_the_accounting() {
+        let (mut s, mut info) = (FsStats::default(), FsInfo::default());
+        let t = Instant::now();
+        apply_numbers(&mut s, &mut info, &hb("a", 10_000, 5, 100), t);
+        s.paused = true;
+        apply_numbers(&mut s, &mut info, &hb("a", 11_000, 6, 100), t);
+        assert_eq!((s.boot, info.restarts, s.cpu_fit.len()), (0, 0, 2));
+        apply_numbers(&mut s, &mut info, &hb("b", 500, 0, 100), t);
+        assert_eq!((s.boot, info.restarts, s.cpu_fit.len(), s.paused), (1, 1, 1, false));
+        // Same Core-UUID, uptime back to zero (a restart the UUID did not show).
+        apply_numbers(&mut s, &mut info, &hb("b", 100, 0, 100), t);
+        assert_eq!((s.boot, info.restarts), (2, 2));
+        assert_eq!(s.seq, 4);
+    }
+
+    #[test]
+    fn a_shrinking_max_sessions_is_counted_and_status_limits_are_kept_across_heartbeats() {
+        let (mut s, mut info) = (FsStats::default(), FsInfo::default());
+        let t = Instant::now();
+        let mut status = hb("a", 1_000, 0, 100);
+        status.sessions_per_sec_limit = Some(30);
+        status.min_idle_cpu_micro = Some(10_000_000);
+        apply_numbers(&mut s, &mut info, &status, t);
+        apply_numbers(&mut s, &mut info, &hb("a", 2_000, 0, 60), t);
+        assert_eq!((info.max_sessions_shrunk, s.max_sessions), (1, 60));
+        assert_eq!((s.sps_limit, s.min_idle_cpu_micro), (Some(30), 10_000_000), "a heartbeat does not carry them");
+        apply_numbers(&mut s, &mut info, &hb("a", 3_000, 0, 80), t);
+        assert_eq!(info.max_sessions_shrunk, 1, "growing is not shrinking");
     }
 }

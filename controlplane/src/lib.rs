@@ -5,6 +5,7 @@ pub mod admin;
 pub mod build;
 pub mod config;
 pub mod freeswitch;
+pub mod headroom;
 pub mod probe;
 pub mod runtime;
 

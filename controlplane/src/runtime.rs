@@ -16,9 +16,10 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 
-use crate::admin::{metrics_text, status_json, DestExtra, FsMetric, ReloadRecord, Timings};
-use crate::build::{build_table, AdminState, CounterStore, Stats};
-use crate::config::{self, Config, DestState, Weight};
+use crate::admin::{metrics_text, status_json, BoxHeadroom, DestExtra, FsMetric, ReloadRecord, Timings};
+use crate::build::{box_headroom, build_table, cpu_cost, AdminState, CounterStore, Stats};
+use crate::config::{self, CapacityModel, Config, DestState, Weight};
+use crate::headroom::{Binding, CostSource};
 use crate::freeswitch::FsMonitor;
 use crate::probe::{Outgoing, ProbeSettings, ProbeSocket, Prober};
 
@@ -64,6 +65,7 @@ impl Control {
         self.generation += 1;
         let started = Instant::now();
         crate::build::snapshot_p_hb(&self.config, &mut self.stats, &self.counters);
+        crate::build::snapshot_boxes(&self.config, &mut self.stats, &self.counters, started);
         let t = build_table(&self.config, &self.stats, &self.admin, &mut self.counters, self.generation);
         self.table.store(Arc::new(t));
         let visible = Instant::now();
@@ -110,16 +112,67 @@ impl Control {
                 FsMetric {
                     url: fs.to_string(),
                     connected: s.connected,
-                    stale: !s.is_fresh() && (s.stale || !s.connected),
+                    stale: s.is_stale(),
                     heartbeat_age: s.last_heartbeat.map(|t| t.elapsed()),
                     session_count: s.session_count,
                     max_sessions: s.max_sessions,
                     idle_cpu_micro: s.idle_cpu_micro,
                     rejected_heartbeats: info.rejected_heartbeats,
                     reconnects: info.reconnects,
+                    lifecycle: s.lifecycle(),
+                    headroom: self.box_headroom(&key, &s),
+                    restarts: info.restarts,
+                    max_sessions_shrunk: info.max_sessions_shrunk,
                 }
             })
             .collect()
+    }
+
+    /// What the headroom model makes of one box now (None under the `opensips` model).
+    fn box_headroom(&self, key: &config::FsKey, s: &crate::build::FsStats) -> Option<BoxHeadroom> {
+        if self.config.control.capacity_model != CapacityModel::Headroom {
+            return None;
+        }
+        let control = &self.config.control;
+        let gate = self.counters.box_gate(key)?;
+        let table = self.table.load();
+        // The admission the shards use now: any row naming the box carries the same one.
+        let adm = table
+            .lb_groups
+            .iter()
+            .flat_map(|g| &g.destinations)
+            .flat_map(|d| d.resources.iter().flatten())
+            .filter_map(|r| r.fs.as_ref())
+            .chain(table.sets.iter().flat_map(|s| &s.destinations).filter_map(|d| d.fs.as_ref()))
+            .find(|b| std::sync::Arc::ptr_eq(&b.gate, &gate.gate))
+            .cloned();
+        let now = Instant::now();
+        let (cost, source) = cpu_cost(control, s);
+        let h = s.is_fresh().then(|| box_headroom(control, s, self.stats.boxes.get(key)));
+        let binding = match (&adm, h) {
+            (Some(b), _) if !b.accepting => Binding::Closed,
+            (Some(b), _) if !b.rate_open(now) => Binding::Rate,
+            (_, Some(h)) => h.binding,
+            _ => Binding::Initial,
+        };
+        Some(BoxHeadroom {
+            sessions: h.map_or(0, |h| h.sessions),
+            cpu: h.map_or(0, |h| h.cpu),
+            rate: adm.as_ref().and_then(|b| b.rate_used(now)),
+            available: adm.as_ref().map_or(0, |b| b.available(now)),
+            binding: binding.name(),
+            cpu_cost_micro: cost,
+            cost_source: match source {
+                CostSource::Prior => "prior",
+                CostSource::Fit => "fit",
+            },
+            background_cpu_micro: s.cpu_fit.background_micro(),
+            sps_limit: s.sps_limit,
+            min_idle_cpu_micro: s.min_idle_cpu_micro,
+            refusals: gate.gate.refusals(),
+            rate_limited: gate.gate.rate_limited(),
+            started: gate.gate.started(),
+        })
     }
 
     /// Probe targets follow the config; with probing off, verdicts are forgotten.
@@ -194,7 +247,6 @@ impl Control {
                 let key = fs.key();
                 let s = self.stats.fs.get(&key).cloned().unwrap_or_default();
                 let info = self.fs.info(&key).cloned().unwrap_or_default();
-                let fresh = s.is_fresh();
                 DestExtra {
                     state: Some(state),
                     probe,
@@ -206,7 +258,8 @@ impl Control {
                         "session_count": s.last_heartbeat.map(|_| s.session_count),
                         "max_sessions": s.last_heartbeat.map(|_| s.max_sessions),
                         "heartbeat_age_ms": s.last_heartbeat.map(|t| t.elapsed().as_millis() as u64),
-                        "stale": !fresh && (s.stale || !s.connected),
+                        "stale": s.is_stale(),
+                        "lifecycle": s.lifecycle(),
                         "rejected_heartbeats": info.rejected_heartbeats,
                         "reconnects": info.reconnects,
                         "core_uuid": info.core_uuid,
@@ -354,7 +407,8 @@ fn serve(ctl: &mut Control, dp: &DataPlane, req: tiny_http::Request) {
     match (method, url.as_str()) {
         (tiny_http::Method::Get, "/status") => {
             let table = ctl.table.load();
-            let v = status_json(&table, &dp.stats, &ctl.record, &ctl.timings, &|s, u| ctl.dest_extra(s, u));
+            let boxes = ctl.fs_metrics();
+            let v = status_json(&table, &dp.stats, &ctl.record, &ctl.timings, &boxes, &|s, u| ctl.dest_extra(s, u));
             respond(req, 200, "application/json", v.to_string());
         }
         (tiny_http::Method::Get, "/metrics") => {

@@ -2,6 +2,7 @@
 //! algorithms, the immutable routing table the control plane swaps in, and the glommio shard shell
 //! that binds one UDP socket per core and drives the router.
 
+pub mod admission;
 pub mod dispatch;
 pub mod hash;
 pub mod lb;

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admission::BoxAdmission;
 use crate::dispatch::{Algorithm, HashMode, Selector};
 use crate::lb::{LbFlags, LbGroup};
 use crate::sip::uri_host_port;
@@ -25,6 +26,22 @@ pub struct Destination {
     pub priority: i32,
     pub active: bool,
     pub counters: Arc<DestCounters>,
+    /// For an fs:// weight under the headroom model: the box's live admission. A destination
+    /// whose box has no room is passed over (docs/ADMISSION.md); None = no gate (static weight,
+    /// a stale box, or the `opensips` model).
+    pub fs: Option<Arc<BoxAdmission>>,
+}
+
+impl Destination {
+    /// Whether the box behind this destination takes one more call now (and counts it if so).
+    pub fn admit(&self, now: std::time::Instant) -> bool {
+        self.fs.as_ref().is_none_or(|b| b.try_admit(now, false))
+    }
+
+    /// Calls the destination may still take now; `u64::MAX` without a gate.
+    pub fn available(&self, now: std::time::Instant) -> u64 {
+        self.fs.as_ref().map_or(u64::MAX, |b| if b.rate_open(now) { b.available(now) } else { 0 })
+    }
 }
 
 /// Counters that outlive table swaps, keyed by destination identity in the control plane.
@@ -124,11 +141,37 @@ pub struct FailoverSettings {
     pub codes: Vec<u16>,
     pub no_answer_timeout: Duration,
     pub max_attempts: usize,
+    /// What fsroute answers when no destination is left (all tried, all full): 503 or 500
+    /// (RFC 3261 §16.7 step 6). A backend's own 503 is never relayed: its `Retry-After: 300` would
+    /// make an upstream carrier avoid the whole balancer for five minutes.
+    pub exhausted_reply: u16,
+    /// `Retry-After` on fsroute's own 503 (None = no header).
+    pub exhausted_retry_after: Option<Duration>,
+    /// How long a box that answered 503 stays closed, unless its next heartbeat comes first.
+    pub refused_cooldown: Duration,
 }
 
 impl Default for FailoverSettings {
     fn default() -> Self {
-        FailoverSettings { codes: vec![408, 500, 503], no_answer_timeout: Duration::from_secs(2), max_attempts: 3 }
+        FailoverSettings {
+            codes: vec![408, 500, 503],
+            no_answer_timeout: Duration::from_secs(2),
+            max_attempts: 3,
+            exhausted_reply: 503,
+            exhausted_retry_after: Some(Duration::from_secs(5)),
+            refused_cooldown: Duration::from_secs(1),
+        }
+    }
+}
+
+impl FailoverSettings {
+    /// The status line and `Retry-After` value (decimal seconds, in a fixed buffer) of fsroute's own
+    /// answer when every destination is exhausted.
+    pub fn exhausted(&self) -> (u16, &'static str, Option<u64>) {
+        match self.exhausted_reply {
+            500 => (500, "Server Internal Error", None),
+            _ => (503, "Service Unavailable", self.exhausted_retry_after.map(|d| d.as_secs().max(1))),
+        }
     }
 }
 

@@ -39,6 +39,7 @@ pub fn one_set_table(weights: &[u32], alg: Algorithm, generation: u64) -> Routin
                 priority: 0,
                 active: true,
                 counters: Default::default(),
+                fs: None,
             }
         })
         .collect();
@@ -69,7 +70,7 @@ pub fn one_group_table(capacities: &[u32], generation: u64) -> RoutingTable {
                 uri: format!("sip:127.0.0.1:{port}"),
                 addr: SocketAddr::from(([127, 0, 0, 1], port)),
                 enabled: true,
-                resources: vec![Some(LbResource { effective: cap, load: Default::default() })],
+                resources: vec![Some(LbResource::fixed(cap, Default::default()))],
             }
         })
         .collect();

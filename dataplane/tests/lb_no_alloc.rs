@@ -23,14 +23,8 @@ fn group() -> LbGroup {
             addr: SocketAddr::from(([10, 0, 0, i], 5060)),
             enabled: i != 3,
             resources: vec![
-                Some(LbResource {
-                    effective: 500 + u32::from(i),
-                    load: Arc::new(AtomicU32::new(0)),
-                }),
-                (i % 2 == 0).then(|| LbResource {
-                    effective: 300,
-                    load: Arc::new(AtomicU32::new(0)),
-                }),
+                Some(LbResource::fixed(500 + u32::from(i), Arc::new(AtomicU32::new(0)))),
+                (i % 2 == 0).then(|| LbResource::fixed(300, Arc::new(AtomicU32::new(0)))),
             ],
         })
         .collect();
@@ -44,6 +38,7 @@ fn group() -> LbGroup {
 #[test]
 fn selecting_reserving_failing_over_and_releasing_allocate_nothing() {
     let g = group();
+    let now = std::time::Instant::now();
     let flags = [
         LbFlags::default(),
         LbFlags::parse("r").unwrap(),
@@ -56,25 +51,25 @@ fn selecting_reserving_failing_over_and_releasing_allocate_nothing() {
     let before = allocations();
     for i in 0..4000u64 {
         let (f, w) = (flags[(i % 4) as usize], wanted[(i % 2) as usize]);
-        let Some((d, held)) = select_and_reserve(&g, w, f, 0, i) else {
+        let Some((d, held)) = select_and_reserve(&g, w, f, 0, i, now) else {
             continue;
         };
         if i % 5 == 0 {
             // Failover: give the first box back and move on.
             held.release();
-            if let Some((_, next)) = select_and_reserve(&g, w, f, 1 << d, i) {
+            if let Some((_, next)) = select_and_reserve(&g, w, f, 1 << d, i, now) {
                 calls.push(next);
             }
         } else {
             calls.push(held);
         }
-        if let Some(d) = select(&g, w, f, 0, i) {
+        if let Some(d) = select(&g, w, f, 0, i, now) {
             if reserve(&g.destinations[d], w, f.allow_negative) {
                 release(&g.destinations[d], w);
             }
         }
         if i % 3 == 0 {
-            if let Some(h) = reserve_held(&g.destinations[0], w, false) {
+            if let Some(h) = reserve_held(&g.destinations[0], w, false, now) {
                 drop(h);
             }
         }

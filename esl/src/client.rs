@@ -198,6 +198,8 @@ pub struct PoolConfig {
     pub keepalive: Duration,
     /// Codec limits per connection; a heartbeat connection never needs 16 MiB frames.
     pub limits: Limits,
+    /// Events subscribed to besides HEARTBEAT, reported as [`PoolEvent::Event`].
+    pub extra_events: Vec<String>,
 }
 
 impl Default for PoolConfig {
@@ -215,6 +217,7 @@ impl Default for PoolConfig {
                 max_header_bytes: 64 * 1024,
                 max_body_bytes: 1024 * 1024,
             },
+            extra_events: Vec::new(),
         }
     }
 }
@@ -267,6 +270,14 @@ pub enum PoolEvent {
     ConnectFailed(ConnId, String),
     /// Credentials refused. Retried with backoff like any other failure.
     AuthFailed(ConnId),
+    /// The answer to an `api` command sent with [`EslPool::api`]: load figures when the command
+    /// was `status` and its body could be read (a periodic re-read: limits change live).
+    Status(ConnId, HeartbeatStats),
+    /// Any other `api` answer: the command as sent and the body.
+    Api(ConnId, String, Vec<u8>),
+    /// A subscribed event other than HEARTBEAT (`PoolConfig::extra_events`): its name and its
+    /// `Event-Info` header.
+    Event(ConnId, String, Option<String>),
 }
 
 /// A snapshot of one connection.
@@ -787,6 +798,7 @@ impl EslPool {
                     };
                     let mut config = ClientConfig::new(credentials, self.cfg.format);
                     config.limits = self.cfg.limits;
+                    config.extra_events.clone_from(&self.cfg.extra_events);
                     tracing::debug!(conn = %id, url = %conn.url, "ESL TCP connected, awaiting greeting");
                     conn.phase = Phase::Session(Box::new(Session {
                         stream,
@@ -933,13 +945,42 @@ impl EslPool {
                 ClientEvent::EventRejected(e) => {
                     tracing::debug!(conn = %id, url = %conn.url, error = %e, "ESL event unreadable");
                 }
-                ClientEvent::Event(_)
-                | ClientEvent::EventXml(_)
-                | ClientEvent::CommandOk { .. }
-                | ClientEvent::ApiResponse { .. }
-                | ClientEvent::Unsolicited(_) => {}
+                ClientEvent::ApiResponse { command, body } => {
+                    let status = (command == "api status")
+                        .then(|| HeartbeatStats::from_status(&body))
+                        .and_then(Result::ok);
+                    out.push(match status {
+                        Some(stats) => PoolEvent::Status(id, stats),
+                        None => PoolEvent::Api(id, command, body),
+                    });
+                }
+                ClientEvent::Event(ev) => {
+                    if let Some(name) = ev.name() {
+                        out.push(PoolEvent::Event(id, name.to_owned(), ev.get("Event-Info").map(str::to_owned)));
+                    }
+                }
+                ClientEvent::EventXml(_) | ClientEvent::CommandOk { .. } | ClientEvent::Unsolicited(_) => {}
             }
         }
+    }
+
+    /// Sends `api <command>` on an authenticated connection; the answer comes back as
+    /// [`PoolEvent::Status`] or [`PoolEvent::Api`]. False (nothing sent) when the connection is not
+    /// ready or already has `max_pending` commands unanswered: a box that does not answer is not
+    /// sent more.
+    pub fn api(&mut self, id: ConnId, command: &str, max_pending: usize) -> bool {
+        let Some(conn) = self.conns.get_mut(&id) else { return false };
+        let Phase::Session(s) = &mut conn.phase else { return false };
+        if !s.proto.is_ready() || s.proto.pending_commands() >= max_pending {
+            return false;
+        }
+        if s.proto.send(crate::command::Command::api(command)).is_err() {
+            return false;
+        }
+        if let Err(e) = self.flush(id) {
+            tracing::debug!(conn = %id, error = %e, "ESL write failed; the read side will notice");
+        }
+        true
     }
 
     fn flush(&mut self, id: ConnId) -> Result<(), String> {

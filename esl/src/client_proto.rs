@@ -38,11 +38,14 @@ pub struct ClientConfig {
     /// heartbeat, which can be a whole interval away (ESL.md §6.11).
     pub seed_with_status: bool,
     pub limits: Limits,
+    /// Events to subscribe to besides HEARTBEAT (e.g. `SHUTDOWN_REQUESTED`); they surface as
+    /// [`ClientEvent::Event`].
+    pub extra_events: Vec<String>,
 }
 
 impl ClientConfig {
     pub fn new(credentials: Credentials, format: HeartbeatFormat) -> ClientConfig {
-        ClientConfig { credentials, format, seed_with_status: true, limits: Limits::default() }
+        ClientConfig { credentials, format, seed_with_status: true, limits: Limits::default(), extra_events: Vec::new() }
     }
 }
 
@@ -313,7 +316,8 @@ impl ClientProto {
             Purpose::Auth => {
                 if reply.is_ok() {
                     self.events.push_back(ClientEvent::Authenticated);
-                    let names = vec!["HEARTBEAT".to_owned()];
+                    let mut names = vec!["HEARTBEAT".to_owned()];
+                    names.extend(self.config.extra_events.iter().filter(|n| *n != "HEARTBEAT").cloned());
                     self.queue(Command::Event { format: self.config.format.into(), names }, Purpose::Subscribe)?;
                     self.state = ClientState::Subscribing;
                 } else {

@@ -38,6 +38,7 @@ fn table() -> RoutingTable {
             priority: 0,
             active: true,
             counters: Default::default(),
+            fs: None,
         })
         .collect();
     let members: Vec<Member<'_>> = destinations.iter().map(|d| Member { key: &d.uri, weight: 1, priority: 0, active: true }).collect();

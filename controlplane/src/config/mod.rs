@@ -167,6 +167,46 @@ pub struct ControlConfig {
     pub probe_interval: Duration,
     pub probe_failure_threshold: u32,
     pub probe_success_threshold: u32,
+    /// How a FreeSWITCH box's numbers become capacity (docs/ADMISSION.md).
+    pub capacity_model: CapacityModel,
+    /// Idle-CPU (millionths of a percent) one session costs a box before its own heartbeats have
+    /// told (`cpu_cost_prior`, in percent points).
+    pub cpu_cost_prior_micro: u64,
+    /// The least a session is ever taken to cost (`cpu_cost_floor`).
+    pub cpu_cost_floor_micro: u64,
+    /// Idle-CPU kept free above the box's `min-idle-cpu` (`cpu_margin`).
+    pub cpu_margin_micro: u32,
+    /// How often each box's `api status` and `fsctl pause_check inbound` are re-read; zero = never.
+    pub status_interval: Duration,
+}
+
+/// `control.capacity_model`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CapacityModel {
+    /// Per-box headroom by sessions, CPU and rate, live between heartbeats (the default).
+    #[default]
+    Headroom,
+    /// OpenSIPS's arithmetic: `floor(Idle × M / k) − sessions` for load_balancer capacities and
+    /// `round(max_w × (1 − S/M) × Idle)` for dispatcher weights. Counts each call twice; kept for
+    /// operators whose numbers depend on it.
+    Opensips,
+}
+
+impl CapacityModel {
+    pub fn from_name(s: &str) -> Option<CapacityModel> {
+        match s {
+            "headroom" => Some(CapacityModel::Headroom),
+            "opensips" => Some(CapacityModel::Opensips),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CapacityModel::Headroom => "headroom",
+            CapacityModel::Opensips => "opensips",
+        }
+    }
 }
 
 impl Default for ControlConfig {
@@ -181,6 +221,11 @@ impl Default for ControlConfig {
             probe_interval: Duration::ZERO,
             probe_failure_threshold: 3,
             probe_success_threshold: 1,
+            capacity_model: CapacityModel::Headroom,
+            cpu_cost_prior_micro: 100_000,
+            cpu_cost_floor_micro: 5_000,
+            cpu_margin_micro: 2_000_000,
+            status_interval: Duration::from_secs(5),
         }
     }
 }
@@ -192,6 +237,12 @@ pub struct FailoverConfig {
     pub codes: Vec<u16>,
     pub no_answer_timeout: Duration,
     pub max_attempts: u32,
+    /// fsroute's own answer when no destination is left: 503 or 500 (RFC 3261 §16.7 step 6).
+    pub exhausted_reply: u16,
+    /// `Retry-After` on that 503; zero = none.
+    pub exhausted_retry_after: Duration,
+    /// How long a box that answered 503 is skipped, unless its next heartbeat comes first.
+    pub refused_cooldown: Duration,
 }
 
 impl Default for FailoverConfig {
@@ -200,6 +251,9 @@ impl Default for FailoverConfig {
             codes: vec![408, 500, 503],
             no_answer_timeout: Duration::from_secs(2),
             max_attempts: 3,
+            exhausted_reply: 503,
+            exhausted_retry_after: Duration::from_secs(5),
+            refused_cooldown: Duration::from_secs(1),
         }
     }
 }

@@ -54,6 +54,11 @@ pub(crate) struct RawControl {
     pub probe_interval: Opt<IntOrStr>,
     pub probe_failure_threshold: Opt<i64>,
     pub probe_success_threshold: Opt<i64>,
+    pub capacity_model: Opt<String>,
+    pub cpu_cost_prior: Opt<Number>,
+    pub cpu_cost_floor: Opt<Number>,
+    pub cpu_margin: Opt<Number>,
+    pub status_interval: Opt<IntOrStr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +67,9 @@ pub(crate) struct RawFailover {
     pub codes: Opt<Vec<Spanned<i64>>>,
     pub no_answer_timeout: Opt<IntOrStr>,
     pub max_attempts: Opt<i64>,
+    pub exhausted_reply: Opt<i64>,
+    pub exhausted_retry_after: Opt<IntOrStr>,
+    pub refused_cooldown: Opt<IntOrStr>,
 }
 
 /// A row of OpenSIPS's `dispatcher` table, plus fsroute's `fallback_weight`.
@@ -120,6 +128,32 @@ pub(crate) struct RawRoute {
 pub(crate) enum IntOrStr {
     Int(i64),
     Str(String),
+}
+
+/// A number written as an integer or a float (`cpu_margin = 2` or `2.5`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Number {
+    Int(i64),
+    Float(f64),
+}
+
+impl Number {
+    pub fn value(&self) -> f64 {
+        match self {
+            Number::Int(i) => *i as f64,
+            Number::Float(f) => *f,
+        }
+    }
+}
+
+impl fmt::Display for Number {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Number::Int(i) => write!(f, "{i}"),
+            Number::Float(x) => write!(f, "{x}"),
+        }
+    }
 }
 
 impl fmt::Display for IntOrStr {

@@ -17,7 +17,7 @@ use toml::Spanned;
 
 use super::error::{redact, ConfigError, LineIndex, Position};
 use super::raw::{
-    IntOrStr, Opt, RawConfig, RawControl, RawDispatcher, RawFailover, RawLoadBalancer, RawProxy,
+    IntOrStr, Number, Opt, RawConfig, RawControl, RawDispatcher, RawFailover, RawLoadBalancer, RawProxy,
     RawRoute,
 };
 use super::value::{
@@ -25,7 +25,7 @@ use super::value::{
     parse_resources, parse_sip_destination, SIP_DEFAULT_PORT,
 };
 use super::{
-    Capacity, Config, ControlConfig, DestState, DispatcherRow, FailoverConfig, FsEndpoint, FsKey,
+    Capacity, CapacityModel, Config, ControlConfig, DestState, DispatcherRow, FailoverConfig, FsEndpoint, FsKey,
     Host, HostPort, LbFlags, LoadBalancerRow, ProxyConfig, RouteConfig, RouteTo, RowInfo, Weight,
 };
 
@@ -526,6 +526,29 @@ impl Ctx<'_> {
                 1000,
                 d.probe_success_threshold,
             ),
+            capacity_model: match &c.capacity_model {
+                None => d.capacity_model,
+                Some(m) => CapacityModel::from_name(m.get_ref().trim()).unwrap_or_else(|| {
+                    self.invalid(&m.span(), "control.capacity_model", quoted(m.get_ref()), "must be \"headroom\" or \"opensips\"");
+                    d.capacity_model
+                }),
+            },
+            cpu_cost_prior_micro: self.percent_micro(&c.cpu_cost_prior, "control.cpu_cost_prior", 0.0001, 100.0, d.cpu_cost_prior_micro),
+            cpu_cost_floor_micro: self.percent_micro(&c.cpu_cost_floor, "control.cpu_cost_floor", 0.0001, 100.0, d.cpu_cost_floor_micro),
+            cpu_margin_micro: self.percent_micro(&c.cpu_margin, "control.cpu_margin", 0.0, 100.0, u64::from(d.cpu_margin_micro)) as u32,
+            status_interval: self.duration(&c.status_interval, "control.status_interval", d.status_interval, true),
+        }
+    }
+
+    /// A percentage written as a number of points (`0.1` = 0.1 %), in millionths of a percent.
+    fn percent_micro(&mut self, v: &Opt<Number>, field: &str, lo: f64, hi: f64, default: u64) -> u64 {
+        let Some(s) = v else { return default };
+        let x = s.get_ref().value();
+        if x.is_finite() && (lo..=hi).contains(&x) {
+            (x * 1e6).round() as u64
+        } else {
+            self.invalid(&s.span(), field, s.get_ref(), format!("must be a number of percent points between {lo} and {hi}"));
+            default
         }
     }
 
@@ -572,6 +595,16 @@ impl Ctx<'_> {
                 100,
                 d.max_attempts,
             ),
+            exhausted_reply: match &f.exhausted_reply {
+                None => d.exhausted_reply,
+                Some(c) if matches!(*c.get_ref(), 500 | 503) => *c.get_ref() as u16,
+                Some(c) => {
+                    self.invalid(&c.span(), "failover.exhausted_reply", c.get_ref(), "must be 503 (with Retry-After) or 500 (RFC 3261 §16.7 step 6)");
+                    d.exhausted_reply
+                }
+            },
+            exhausted_retry_after: self.duration(&f.exhausted_retry_after, "failover.exhausted_retry_after", d.exhausted_retry_after, true),
+            refused_cooldown: self.duration(&f.refused_cooldown, "failover.refused_cooldown", d.refused_cooldown, true),
         }
     }
 
@@ -941,7 +974,7 @@ impl Ctx<'_> {
             let (r, span) = (row.get_ref(), row.span());
             let pre = format!("route[{i}]");
             let matcher = self.route_match(r, &pre);
-            let failover = r.failover.as_ref().is_some_and(|b| *b.get_ref());
+            let failover = r.failover.as_ref().map(|b| *b.get_ref());
             let target = match (&r.to_dispatcher, &r.to_load_balancer) {
                 (None, None) => {
                     self.conflict(
@@ -961,7 +994,7 @@ impl Ctx<'_> {
                 }
                 (Some(_), None) => self.dispatcher_target(r, &pre, failover, dispatcher),
                 (None, Some(_)) => {
-                    self.load_balancer_target(r, &span, &pre, failover, load_balancer)
+                    self.load_balancer_target(r, &span, &pre, failover.unwrap_or(false), load_balancer)
                 }
             };
             if let (Some(matcher), Some(target)) = (matcher, target) {
@@ -1039,7 +1072,7 @@ impl Ctx<'_> {
         &mut self,
         r: &RawRoute,
         pre: &str,
-        failover: bool,
+        failover: Option<bool>,
         dispatcher: &[DispatcherRow],
     ) -> Option<RouteTo> {
         let to = r.to_dispatcher.as_ref()?;
@@ -1090,10 +1123,13 @@ impl Ctx<'_> {
             );
             return None;
         }
+        // A set driven by FreeSWITCH numbers fails over by default: a box may still refuse a call
+        // its numbers said it could take, and that call should move on (docs/ADMISSION.md).
+        let fs_driven = dispatcher.iter().any(|d| d.setid == setid && matches!(d.weight, Weight::Fs(_)));
         Some(RouteTo::Dispatcher {
             setid,
             algorithm: algorithm?,
-            failover,
+            failover: failover.unwrap_or(fs_driven),
         })
     }
 

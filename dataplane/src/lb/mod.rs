@@ -21,6 +21,9 @@ mod tests;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
+
+use crate::admission::{BoxAdmission, BoxGate};
 
 pub use capacity::{capacity_from_heartbeat, FsCapacity, HUNDRED_PERCENT_MICRO};
 
@@ -45,9 +48,18 @@ pub struct LbResource {
     /// fsroute may hold here now.
     pub effective: u32,
     pub load: Load,
+    /// For a resource whose capacity is a FreeSWITCH box under the headroom model: the box's live
+    /// admission, shared with every other row naming the box. It replaces `effective` as the limit
+    /// (which the control plane then sets to `u32::MAX`); `load` still counts this row's calls.
+    pub fs: Option<Arc<BoxAdmission>>,
 }
 
 impl LbResource {
+    /// A resource with a fixed capacity (or one computed by the `opensips` model).
+    pub fn fixed(effective: u32, load: Load) -> LbResource {
+        LbResource { effective, load, fs: None }
+    }
+
     /// fsroute's calls holding this resource now (a snapshot).
     pub fn current(&self) -> u32 {
         self.load.load(Ordering::Relaxed)
@@ -70,10 +82,10 @@ impl LbDestination {
 
     /// Score per OpenSIPS `lb_route`: the minimum availability over `wanted`. None when the destination
     /// lacks one of them, or when `wanted` is empty (a route must ask for at least one resource).
-    pub fn score(&self, wanted: &[usize], relative: bool) -> Option<i64> {
+    pub fn score(&self, wanted: &[usize], relative: bool, now: Instant) -> Option<i64> {
         let mut min: Option<i64> = None;
         for &id in wanted {
-            let a = availability(self.resource(id)?, relative);
+            let a = availability(self.resource(id)?, relative, now);
             min = Some(min.map_or(a, |m| m.min(a)));
         }
         min
@@ -132,7 +144,19 @@ impl LbFlags {
 /// calls than it may (after a heartbeat lowered `effective`, or under the `n` flag) is negative, never a
 /// wrapped 4294967295 (OpenSIPS #3294). Keeping the sign lets `n` rank overloaded boxes by how far over
 /// they are; the ARCHITECTURE.md `available = max(0, effective − p)` is [`available`].
-pub fn availability(r: &LbResource, relative: bool) -> i64 {
+pub fn availability(r: &LbResource, relative: bool, now: Instant) -> i64 {
+    if let Some(b) = &r.fs {
+        // A box closed by its rate window ranks as full: trying it would only cost a round trip.
+        let free = if b.rate_open(now) { b.available(now) } else { 0 };
+        let free = i64::try_from(free).unwrap_or(i64::MAX);
+        return if !relative {
+            free
+        } else if b.headroom == 0 {
+            0
+        } else {
+            100 * free / i64::try_from(b.headroom).unwrap_or(i64::MAX).max(1)
+        };
+    }
     let load = i64::from(r.current());
     let effective = i64::from(r.effective);
     if !relative {
@@ -146,8 +170,11 @@ pub fn availability(r: &LbResource, relative: bool) -> i64 {
 
 /// `max(0, effective − load)`: the calls fsroute may still place on this resource (for `/status` and
 /// metrics).
-pub fn available(r: &LbResource) -> u32 {
-    r.effective.saturating_sub(r.current())
+pub fn available(r: &LbResource, now: Instant) -> u32 {
+    match &r.fs {
+        Some(b) => u32::try_from(b.available(now)).unwrap_or(u32::MAX),
+        None => r.effective.saturating_sub(r.current()),
+    }
 }
 
 fn is_tried(tried: u64, i: usize) -> bool {
@@ -175,6 +202,7 @@ pub fn select(
     flags: LbFlags,
     tried: u64,
     r: u64,
+    now: Instant,
 ) -> Option<usize> {
     let mut best: Option<(usize, i64)> = None;
     let mut ties = 0u64;
@@ -182,7 +210,7 @@ pub fn select(
         if !d.enabled || is_tried(tried, i) {
             continue;
         }
-        let Some(score) = d.score(wanted, flags.relative) else {
+        let Some(score) = d.score(wanted, flags.relative, now) else {
             continue;
         };
         if score <= 0 && !flags.allow_negative {
@@ -271,7 +299,7 @@ pub fn release(dest: &LbDestination, wanted: &[usize]) -> usize {
 #[derive(Debug)]
 #[must_use = "dropping a Reservation gives its units back at once"]
 pub struct Reservation {
-    loads: [Option<Load>; MAX_RESOURCES_PER_CALL],
+    loads: [Option<(Load, Option<Arc<BoxGate>>)>; MAX_RESOURCES_PER_CALL],
 }
 
 impl Reservation {
@@ -287,10 +315,18 @@ impl Reservation {
 
     fn give_all_back(&mut self) {
         for slot in &mut self.loads {
-            if let Some(load) = slot.take() {
+            if let Some((load, gate)) = slot.take() {
                 give_back(&load);
+                if let Some(g) = gate {
+                    g.release();
+                }
             }
         }
+    }
+
+    /// The FreeSWITCH boxes this call holds headroom on (for marking one full after its 503).
+    pub fn gates(&self) -> impl Iterator<Item = &Arc<BoxGate>> {
+        self.loads.iter().flatten().filter_map(|(_, g)| g.as_ref())
     }
 }
 
@@ -307,6 +343,7 @@ pub fn reserve_held(
     dest: &LbDestination,
     wanted: &[usize],
     allow_negative: bool,
+    now: Instant,
 ) -> Option<Reservation> {
     if wanted.len() > MAX_RESOURCES_PER_CALL {
         return None;
@@ -316,11 +353,21 @@ pub fn reserve_held(
     };
     for (slot, &id) in held.loads.iter_mut().zip(wanted) {
         let r = dest.resource(id)?;
-        if !take_one(r, allow_negative) {
+        // The box first: its gate is the limit that matters, and a refusal there takes nothing.
+        let gate = match &r.fs {
+            Some(b) if !b.try_admit(now, allow_negative) => return None,
+            Some(b) => Some(Arc::clone(&b.gate)),
+            None => None,
+        };
+        if r.fs.is_none() && !take_one(r, allow_negative) {
             // `held` drops here and gives back what it took so far.
             return None;
         }
-        *slot = Some(Arc::clone(&r.load));
+        if r.fs.is_some() {
+            // Counted for `/status` only; the gate holds the limit.
+            r.load.fetch_add(1, Ordering::Relaxed);
+        }
+        *slot = Some((Arc::clone(&r.load), gate));
     }
     Some(held)
 }
@@ -335,14 +382,15 @@ pub fn select_and_reserve(
     flags: LbFlags,
     tried: u64,
     r: u64,
+    now: Instant,
 ) -> Option<(usize, Reservation)> {
     if wanted.len() > MAX_RESOURCES_PER_CALL {
         return None;
     }
     let mut skip = tried;
     loop {
-        let i = select(group, wanted, flags, skip, r)?;
-        if let Some(held) = reserve_held(&group.destinations[i], wanted, flags.allow_negative) {
+        let i = select(group, wanted, flags, skip, r, now)?;
+        if let Some(held) = reserve_held(&group.destinations[i], wanted, flags.allow_negative, now) {
             return Some((i, held));
         }
         if i >= MAX_DESTINATIONS {

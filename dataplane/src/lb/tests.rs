@@ -4,16 +4,14 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Barrier};
+use std::time::Instant;
 
 use proptest::prelude::*;
 
 use super::*;
 
 fn res(effective: u32, load: u32) -> Option<LbResource> {
-    Some(LbResource {
-        effective,
-        load: Arc::new(AtomicU32::new(load)),
-    })
+    Some(LbResource::fixed(effective, Arc::new(AtomicU32::new(load))))
 }
 
 fn dest(n: usize, resources: Vec<Option<LbResource>>) -> LbDestination {
@@ -67,20 +65,20 @@ fn architecture_vector_availability_684_falls_to_674_after_ten_more_calls() {
     let cap = capacity_from_heartbeat(78_400_000, 1000, 100, 1, 40);
     let g = group(&["ch"], vec![vec![res(cap.effective, 40)]]);
     let r = g.destinations[0].resource(0).unwrap();
-    assert_eq!(availability(r, false), 684);
+    assert_eq!(availability(r, false, Instant::now()), 684);
     for _ in 0..10 {
         assert!(reserve(&g.destinations[0], CH, false));
     }
-    assert_eq!(availability(r, false), 674);
-    assert_eq!(available(r), cap.available(50));
+    assert_eq!(availability(r, false, Instant::now()), 674);
+    assert_eq!(available(r, Instant::now()), cap.available(50));
 }
 
 #[test]
 fn architecture_vector_full_half_idle_box_is_never_selected() {
     let cap = capacity_from_heartbeat(50_000_000, 20, 20, 1, 0);
     let g = group(&["ch"], vec![vec![res(cap.effective, 0)]]);
-    assert_eq!(available(g.destinations[0].resource(0).unwrap()), 0);
-    assert_eq!(select(&g, CH, ABS, 0, 0), None);
+    assert_eq!(available(g.destinations[0].resource(0).unwrap(), Instant::now()), 0);
+    assert_eq!(select(&g, CH, ABS, 0, 0, Instant::now()), None);
     assert!(!reserve(&g.destinations[0], CH, false));
 }
 
@@ -91,10 +89,10 @@ fn before_the_first_heartbeat_initial_capacity_is_the_effective_capacity() {
     let initial_capacity = 3;
     let g = group(&["ch"], vec![vec![res(initial_capacity, 1)]]);
     assert_eq!(
-        availability(g.destinations[0].resource(0).unwrap(), false),
+        availability(g.destinations[0].resource(0).unwrap(), false, Instant::now()),
         2
     );
-    assert_eq!(select(&g, CH, ABS, 0, 0), Some(0));
+    assert_eq!(select(&g, CH, ABS, 0, 0, Instant::now()), Some(0));
     assert!(reserve(&g.destinations[0], CH, false));
     assert!(reserve(&g.destinations[0], CH, false));
     assert!(!reserve(&g.destinations[0], CH, false));
@@ -104,7 +102,7 @@ fn before_the_first_heartbeat_initial_capacity_is_the_effective_capacity() {
 #[test]
 fn stale_box_built_with_zero_effective_takes_no_new_calls_but_keeps_its_count() {
     let g = group(&["ch"], vec![vec![res(0, 7)], vec![res(10, 0)]]);
-    assert_eq!(select(&g, CH, ABS, 0, 0), Some(1));
+    assert_eq!(select(&g, CH, ABS, 0, 0, Instant::now()), Some(1));
     assert!(!reserve(&g.destinations[0], CH, false));
     assert_eq!(load(&g, 0, 0), 7);
 }
@@ -118,18 +116,18 @@ fn negative_availability_never_wraps_when_a_box_reports_more_sessions_than_max()
     assert_eq!(cap.effective, 0);
     let g = group(&["ch"], vec![vec![res(cap.effective, 5)]]);
     let r = g.destinations[0].resource(0).unwrap();
-    assert_eq!(availability(r, false), -5);
-    assert_eq!(availability(r, true), 0, "relative with effective 0 is 0");
-    assert_eq!(available(r), 0);
-    assert_eq!(select(&g, CH, ABS, 0, 0), None);
-    assert_eq!(select(&g, CH, REL, 0, 0), None);
+    assert_eq!(availability(r, false, Instant::now()), -5);
+    assert_eq!(availability(r, true, Instant::now()), 0, "relative with effective 0 is 0");
+    assert_eq!(available(r, Instant::now()), 0);
+    assert_eq!(select(&g, CH, ABS, 0, 0, Instant::now()), None);
+    assert_eq!(select(&g, CH, REL, 0, 0, Instant::now()), None);
 
     let over = group(&["ch"], vec![vec![res(4, 10)]]);
     let r = over.destinations[0].resource(0).unwrap();
-    assert_eq!(availability(r, false), -6);
-    assert_eq!(availability(r, true), 100 - 250);
-    assert_eq!(available(r), 0);
-    assert_eq!(select(&over, CH, ABS, 0, 0), None);
+    assert_eq!(availability(r, false, Instant::now()), -6);
+    assert_eq!(availability(r, true, Instant::now()), 100 - 250);
+    assert_eq!(available(r, Instant::now()), 0);
+    assert_eq!(select(&over, CH, ABS, 0, 0, Instant::now()), None);
 }
 
 /// OpenSIPS's `lb_update_max_loads` per timer tick, with its float arithmetic truncated into an unsigned:
@@ -154,11 +152,11 @@ fn between_two_heartbeats_every_routed_call_moves_availability_by_exactly_one_an
 
     let mut admitted = 0;
     for _ in 0..200 {
-        let before = availability(r, false);
-        match select(&g, CH, ABS, 0, 0) {
+        let before = availability(r, false, Instant::now());
+        match select(&g, CH, ABS, 0, 0, Instant::now()) {
             Some(0) => {
                 assert!(reserve(&g.destinations[0], CH, false));
-                assert_eq!(availability(r, false), before - 1, "one call, one unit");
+                assert_eq!(availability(r, false, Instant::now()), before - 1, "one call, one unit");
                 admitted += 1;
             }
             other => {
@@ -181,14 +179,14 @@ fn between_two_heartbeats_every_routed_call_moves_availability_by_exactly_one_an
     );
     // Ending a call between heartbeats gives back exactly one too.
     assert_eq!(release(&g.destinations[0], CH), 1);
-    assert_eq!(availability(r, false), 1);
+    assert_eq!(availability(r, false, Instant::now()), 1);
 }
 
 #[test]
 fn calls_between_heartbeats_spread_across_boxes_instead_of_piling_onto_the_best() {
     let g = group(&["ch"], vec![vec![res(12, 0)], vec![res(8, 0)]]);
     let (mut picks, mut calls) = (Vec::new(), Vec::new());
-    while let Some((i, held)) = select_and_reserve(&g, CH, ABS, 0, 0) {
+    while let Some((i, held)) = select_and_reserve(&g, CH, ABS, 0, 0, Instant::now()) {
         picks.push(i);
         calls.push(held); // the calls stay up
     }
@@ -205,8 +203,8 @@ fn relative_opensips_vector_max_736_with_40_calls_is_95() {
     // OPENSIPS.md §6: 78.4 %, 100/1000, p = 40 → max_load 736; 100 − 4000/736 = 100 − 5.
     let g = group(&["ch"], vec![vec![res(736, 40)]]);
     let r = g.destinations[0].resource(0).unwrap();
-    assert_eq!(availability(r, true), 95);
-    assert_eq!(availability(r, false), 696);
+    assert_eq!(availability(r, true, Instant::now()), 95);
+    assert_eq!(availability(r, false, Instant::now()), 696);
 }
 
 #[test]
@@ -215,14 +213,14 @@ fn relative_vector_adapted_to_fsroutes_formula_is_95_with_684_absolute() {
     assert_eq!(cap.effective, 724);
     let g = group(&["ch"], vec![vec![res(cap.effective, 40)]]);
     let r = g.destinations[0].resource(0).unwrap();
-    assert_eq!(availability(r, true), 100 - 4000 / 724);
-    assert_eq!(availability(r, true), 95);
-    assert_eq!(availability(r, false), 684);
+    assert_eq!(availability(r, true, Instant::now()), 100 - 4000 / 724);
+    assert_eq!(availability(r, true, Instant::now()), 95);
+    assert_eq!(availability(r, false, Instant::now()), 684);
 }
 
 #[test]
 fn relative_availability_uses_opensips_integer_division() {
-    let at = |effective, load| availability(&res(effective, load).unwrap(), true);
+    let at = |effective, load| availability(&res(effective, load).unwrap(), true, Instant::now());
     assert_eq!(at(3, 0), 100);
     assert_eq!(at(3, 1), 67, "100 − 33");
     assert_eq!(at(3, 2), 34, "100 − 66");
@@ -237,20 +235,20 @@ fn relative_availability_uses_opensips_integer_division() {
 fn relative_flag_prefers_the_box_with_the_larger_free_share() {
     // A: 500 of 1000 free (50 %); B: 90 of 100 free (90 %).
     let g = group(&["ch"], vec![vec![res(1000, 500)], vec![res(100, 10)]]);
-    assert_eq!(select(&g, CH, ABS, 0, 0), Some(0));
-    assert_eq!(select(&g, CH, REL, 0, 0), Some(1));
+    assert_eq!(select(&g, CH, ABS, 0, 0, Instant::now()), Some(0));
+    assert_eq!(select(&g, CH, REL, 0, 0, Instant::now()), Some(1));
 }
 
 #[test]
 fn relative_flag_skips_a_box_under_one_percent_free_unless_n() {
     // A full box is at 100 − 100·1000/1000 = 0 percent free: not eligible without n.
     let g = group(&["ch"], vec![vec![res(1000, 1000)]]);
-    assert_eq!(select(&g, CH, REL, 0, 0), None);
+    assert_eq!(select(&g, CH, REL, 0, 0, Instant::now()), None);
     let n = LbFlags {
         allow_negative: true,
         ..REL
     };
-    assert_eq!(select(&g, CH, n, 0, 0), Some(0));
+    assert_eq!(select(&g, CH, n, 0, 0, Instant::now()), Some(0));
 }
 
 // ---------------------------------------------------------------- score and flags
@@ -265,10 +263,10 @@ fn highest_minimum_availability_over_the_wanted_resources_wins() {
             vec![res(50, 45), res(90, 0)], // min 5
         ],
     );
-    assert_eq!(g.destinations[0].score(&[0, 1], false), Some(2));
-    assert_eq!(select(&g, &[0, 1], ABS, 0, 0), Some(1));
+    assert_eq!(g.destinations[0].score(&[0, 1], false, Instant::now()), Some(2));
+    assert_eq!(select(&g, &[0, 1], ABS, 0, 0, Instant::now()), Some(1));
     // Asking only for ch, the first box has the most.
-    assert_eq!(select(&g, &[0], ABS, 0, 0), Some(0));
+    assert_eq!(select(&g, &[0], ABS, 0, 0, Instant::now()), Some(0));
 }
 
 #[test]
@@ -277,11 +275,11 @@ fn a_destination_missing_a_wanted_resource_is_skipped_however_free_it_is() {
         &["ch", "conf"],
         vec![vec![res(1000, 0), None], vec![res(5, 0), res(5, 0)]],
     );
-    assert_eq!(select(&g, &[0, 1], ABS, 0, 0), Some(1));
-    assert_eq!(select(&g, &[0], ABS, 0, 0), Some(0));
-    assert_eq!(select(&g, &[1], ABS, 0, 0), Some(1));
+    assert_eq!(select(&g, &[0, 1], ABS, 0, 0, Instant::now()), Some(1));
+    assert_eq!(select(&g, &[0], ABS, 0, 0, Instant::now()), Some(0));
+    assert_eq!(select(&g, &[1], ABS, 0, 0, Instant::now()), Some(1));
     // An id beyond every destination's resources (a route naming an unknown resource) matches nobody.
-    assert_eq!(select(&g, &[2], ABS, 0, 0), None);
+    assert_eq!(select(&g, &[2], ABS, 0, 0, Instant::now()), None);
     assert!(!reserve(&g.destinations[0], &[0, 1], false));
     assert_eq!(
         load(&g, 0, 0),
@@ -294,9 +292,9 @@ fn a_destination_missing_a_wanted_resource_is_skipped_however_free_it_is() {
 fn a_disabled_destination_is_skipped() {
     let mut g = group(&["ch"], vec![vec![res(100, 0)], vec![res(10, 0)]]);
     g.destinations[0].enabled = false;
-    assert_eq!(select(&g, CH, ABS, 0, 0), Some(1));
+    assert_eq!(select(&g, CH, ABS, 0, 0, Instant::now()), Some(1));
     g.destinations[1].enabled = false;
-    assert_eq!(select(&g, CH, NEG, 0, 0), None);
+    assert_eq!(select(&g, CH, NEG, 0, 0, Instant::now()), None);
 }
 
 #[test]
@@ -305,11 +303,11 @@ fn tried_bits_skip_destinations_for_failover() {
         &["ch"],
         vec![vec![res(30, 0)], vec![res(20, 0)], vec![res(10, 0)]],
     );
-    assert_eq!(select(&g, CH, ABS, 0, 0), Some(0));
-    assert_eq!(select(&g, CH, ABS, 0b001, 0), Some(1));
-    assert_eq!(select(&g, CH, ABS, 0b011, 0), Some(2));
-    assert_eq!(select(&g, CH, ABS, 0b101, 0), Some(1));
-    assert_eq!(select(&g, CH, ABS, 0b111, 0), None);
+    assert_eq!(select(&g, CH, ABS, 0, 0, Instant::now()), Some(0));
+    assert_eq!(select(&g, CH, ABS, 0b001, 0, Instant::now()), Some(1));
+    assert_eq!(select(&g, CH, ABS, 0b011, 0, Instant::now()), Some(2));
+    assert_eq!(select(&g, CH, ABS, 0b101, 0, Instant::now()), Some(1));
+    assert_eq!(select(&g, CH, ABS, 0b111, 0, Instant::now()), None);
 }
 
 #[test]
@@ -318,9 +316,9 @@ fn zero_or_negative_scores_are_eligible_only_with_n_and_rank_by_how_far_over() {
         &["ch"],
         vec![vec![res(5, 5)], vec![res(5, 8)], vec![res(5, 6)]],
     );
-    assert_eq!(select(&g, CH, ABS, 0, 0), None);
-    assert_eq!(select(&g, CH, NEG, 0, 0), Some(0), "0 beats −1 and −3");
-    assert_eq!(select(&g, CH, NEG, 0b001, 0), Some(2), "−1 beats −3");
+    assert_eq!(select(&g, CH, ABS, 0, 0, Instant::now()), None);
+    assert_eq!(select(&g, CH, NEG, 0, 0, Instant::now()), Some(0), "0 beats −1 and −3");
+    assert_eq!(select(&g, CH, NEG, 0b001, 0, Instant::now()), Some(2), "−1 beats −3");
     assert!(!reserve(&g.destinations[0], CH, false));
     assert!(reserve(&g.destinations[0], CH, true));
     assert_eq!(load(&g, 0, 0), 6);
@@ -333,7 +331,7 @@ fn ties_go_to_the_first_in_config_order_without_s_whatever_r_is() {
         vec![vec![res(5, 0)], vec![res(9, 4)], vec![res(5, 0)]],
     );
     for r in [0, 1, 2, 3, u64::MAX, 0xdead_beef] {
-        assert_eq!(select(&g, CH, ABS, 0, r), Some(0));
+        assert_eq!(select(&g, CH, ABS, 0, r, Instant::now()), Some(0));
     }
 }
 
@@ -356,7 +354,7 @@ fn s_flag_spreads_ties_over_r_but_never_picks_a_worse_destination() {
     );
     let mut counts = [0usize; 5];
     for r in 0..3000u64 {
-        counts[select(&g, CH, s, 0, r).unwrap()] += 1;
+        counts[select(&g, CH, s, 0, r, Instant::now()).unwrap()] += 1;
     }
     assert_eq!((counts[1], counts[4]), (0, 0));
     for i in [0, 2, 3] {
@@ -369,7 +367,7 @@ fn s_flag_spreads_ties_over_r_but_never_picks_a_worse_destination() {
     // Two-way tie after excluding one.
     let mut two = [0usize; 5];
     for r in 0..1000u64 {
-        two[select(&g, CH, s, 0b1000, r).unwrap()] += 1;
+        two[select(&g, CH, s, 0b1000, r, Instant::now()).unwrap()] += 1;
     }
     assert!(two[0] > 400 && two[2] > 400, "{two:?}");
 }
@@ -380,18 +378,18 @@ fn no_capacity_anywhere_selects_nothing() {
         &["ch"],
         vec![vec![res(3, 3)], vec![res(0, 0)], vec![res(2, 2)]],
     );
-    assert_eq!(select(&g, CH, ABS, 0, 0), None);
-    assert_eq!(select(&g, CH, REL, 0, 0), None);
-    assert!(select_and_reserve(&g, CH, ABS, 0, 0).is_none());
+    assert_eq!(select(&g, CH, ABS, 0, 0, Instant::now()), None);
+    assert_eq!(select(&g, CH, REL, 0, 0, Instant::now()), None);
+    assert!(select_and_reserve(&g, CH, ABS, 0, 0, Instant::now()).is_none());
     let empty = group(&["ch"], vec![]);
-    assert_eq!(select(&empty, CH, NEG, 0, 0), None);
+    assert_eq!(select(&empty, CH, NEG, 0, 0, Instant::now()), None);
 }
 
 #[test]
 fn a_route_asking_for_no_resource_matches_nothing() {
     let g = group(&["ch"], vec![vec![res(3, 0)]]);
-    assert_eq!(g.destinations[0].score(&[], false), None);
-    assert_eq!(select(&g, &[], NEG, 0, 0), None);
+    assert_eq!(g.destinations[0].score(&[], false, Instant::now()), None);
+    assert_eq!(select(&g, &[], NEG, 0, 0, Instant::now()), None);
 }
 
 #[test]
@@ -441,7 +439,7 @@ fn reserve_rolls_back_when_any_wanted_resource_is_exhausted() {
     );
     assert!(!reserve(&g.destinations[0], &[0, 1, 2], false));
     assert_eq!((load(&g, 0, 0), load(&g, 0, 1), load(&g, 0, 2)), (3, 0, 2));
-    assert!(reserve_held(&g.destinations[0], &[0, 1, 2], false).is_none());
+    assert!(reserve_held(&g.destinations[0], &[0, 1, 2], false, Instant::now()).is_none());
     assert_eq!((load(&g, 0, 0), load(&g, 0, 1), load(&g, 0, 2)), (3, 0, 2));
 }
 
@@ -476,8 +474,8 @@ fn a_resource_asked_for_twice_takes_two_units_and_select_and_reserve_moves_on_wh
         ],
     );
     let wanted = &[0, 0, 1];
-    assert_eq!(select(&g, wanted, ABS, 0, 0), Some(0));
-    let (i, held) = select_and_reserve(&g, wanted, ABS, 0, 0).unwrap();
+    assert_eq!(select(&g, wanted, ABS, 0, 0, Instant::now()), Some(0));
+    let (i, held) = select_and_reserve(&g, wanted, ABS, 0, 0, Instant::now()).unwrap();
     assert_eq!(i, 2);
     assert_eq!(held.units(), 3);
     let loads = |g: &LbGroup| [0, 1, 2].map(|d| (load(g, d, 0), load(g, d, 1)));
@@ -490,8 +488,8 @@ fn a_resource_asked_for_twice_takes_two_units_and_select_and_reserve_moves_on_wh
 fn a_reservation_gives_its_units_back_exactly_once_by_release_or_by_drop() {
     let g = group(&["ch", "conf"], vec![vec![res(5, 0), res(5, 0)]]);
     let d = &g.destinations[0];
-    let a = reserve_held(d, &[0, 1], false).unwrap();
-    let b = reserve_held(d, &[0], false).unwrap();
+    let a = reserve_held(d, &[0, 1], false, Instant::now()).unwrap();
+    let b = reserve_held(d, &[0], false, Instant::now()).unwrap();
     assert_eq!((a.units(), b.units()), (2, 1));
     assert_eq!((load(&g, 0, 0), load(&g, 0, 1)), (2, 1));
     a.release(); // explicit; its Drop then finds nothing left to give back
@@ -504,17 +502,17 @@ fn a_reservation_gives_its_units_back_exactly_once_by_release_or_by_drop() {
 fn reserve_held_refuses_more_than_four_resources_and_takes_nothing() {
     let names = ["a", "b", "c", "d", "e"];
     let g = group(&names, vec![(0..5).map(|_| res(9, 0)).collect()]);
-    assert!(reserve_held(&g.destinations[0], &[0, 1, 2, 3, 4], false).is_none());
-    assert!(select_and_reserve(&g, &[0, 1, 2, 3, 4], ABS, 0, 0).is_none());
+    assert!(reserve_held(&g.destinations[0], &[0, 1, 2, 3, 4], false, Instant::now()).is_none());
+    assert!(select_and_reserve(&g, &[0, 1, 2, 3, 4], ABS, 0, 0, Instant::now()).is_none());
     assert!((0..5).all(|r| load(&g, 0, r) == 0));
-    let four = reserve_held(&g.destinations[0], &[0, 1, 2, 3], false).unwrap();
+    let four = reserve_held(&g.destinations[0], &[0, 1, 2, 3], false, Instant::now()).unwrap();
     assert_eq!(four.units(), MAX_RESOURCES_PER_CALL);
 }
 
 #[test]
 fn a_held_call_survives_a_reload_and_the_removal_of_its_destination() {
     let old = group(&["ch"], vec![vec![res(5, 0)], vec![res(5, 0)]]);
-    let (i, held) = select_and_reserve(&old, CH, ABS, 0, 0).unwrap();
+    let (i, held) = select_and_reserve(&old, CH, ABS, 0, 0, Instant::now()).unwrap();
     assert_eq!(i, 0);
     let kept = Arc::clone(&old.destinations[0].resources[0].as_ref().unwrap().load);
     // Reload: box 0 stays (its Load is carried over, its capacity changed), box 1 is new.
@@ -527,7 +525,7 @@ fn a_held_call_survives_a_reload_and_the_removal_of_its_destination() {
 
     // Removal: the call keeps the only reference to the counter and still releases into it, never into
     // whatever box takes the old slot.
-    let (_, held) = select_and_reserve(&new, CH, ABS, 0, 0).unwrap();
+    let (_, held) = select_and_reserve(&new, CH, ABS, 0, 0, Instant::now()).unwrap();
     let replaced = group(&["ch"], vec![vec![res(5, 0)]]);
     drop(new);
     held.release();
@@ -629,7 +627,7 @@ proptest! {
                     match op {
                         ThreadOp::Route { mask, r } => {
                             let n = wanted_from_mask(mask, RES, &mut w);
-                            if let Some((d, h)) = select_and_reserve(&g, &w[..n], flags, 0, r) {
+                            if let Some((d, h)) = select_and_reserve(&g, &w[..n], flags, 0, r, Instant::now()) {
                                 w[..n].iter().for_each(|&id| mine[d][id] += 1);
                                 held.push((d, w, n, h));
                             }
@@ -637,7 +635,7 @@ proptest! {
                         ThreadOp::Direct { dest, mask } => {
                             let d = dest % g.destinations.len();
                             let n = wanted_from_mask(mask, RES, &mut w);
-                            if let Some(h) = reserve_held(&g.destinations[d], &w[..n], flags.allow_negative) {
+                            if let Some(h) = reserve_held(&g.destinations[d], &w[..n], flags.allow_negative, Instant::now()) {
                                 w[..n].iter().for_each(|&id| mine[d][id] += 1);
                                 held.push((d, w, n, h));
                             }
@@ -770,10 +768,7 @@ impl Model {
                 self.current[d]
                     .iter()
                     .map(|&(idx, eff)| {
-                        eff.map(|effective| LbResource {
-                            effective,
-                            load: Arc::clone(&self.counters[idx].0),
-                        })
+                        eff.map(|effective| LbResource::fixed(effective, Arc::clone(&self.counters[idx].0)))
                     })
                     .collect()
             })
@@ -832,7 +827,7 @@ impl Model {
     ) -> Option<Call> {
         let expect = self.best(&wanted[..n], flags, tried);
         let g = self.table();
-        let got = select_and_reserve(&g, &wanted[..n], flags, tried, r);
+        let got = select_and_reserve(&g, &wanted[..n], flags, tried, r, Instant::now());
         match (&got, expect.first()) {
             (None, None) => return None,
             (Some((d, _)), Some(&first)) => {

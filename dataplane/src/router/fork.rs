@@ -92,12 +92,9 @@ impl Router {
             expires: now + t.proxy.transaction_memory,
         };
         fork.request.extend_from_slice(&m.raw[..m.framed_len()]);
-        let Some((dest, counters, reservation)) = self.fork_pick(t, &fork) else {
+        let Some((dest, counters, reservation)) = self.fork_pick(t, &fork, now) else {
             self.recycle(std::mem::take(&mut fork.request));
-            return match target {
-                ForkTarget::LoadBalancer { .. } => self.reply(m, src, 503, "Service Unavailable", &[("Retry-After", "5")], out),
-                ForkTarget::Dispatcher { .. } => self.reply(m, src, 503, "Service Unavailable", &[], out),
-            };
+            return self.reply_exhausted(t, m, src, out);
         };
         if let Some(c) = counters {
             DestCounters::bump(&c.forwarded);
@@ -115,11 +112,13 @@ impl Router {
         Action::Forward(dest)
     }
 
-    /// The next destination for `fork`, reserving load_balancer units when that is the target.
+    /// The next destination for `fork`, reserving load_balancer units when that is the target. A
+    /// destination whose FreeSWITCH box has no room now is passed over like one already tried.
     fn fork_pick(
         &mut self,
         t: &RoutingTable,
         fork: &Fork,
+        now: Instant,
     ) -> Option<(SocketAddr, Option<std::sync::Arc<DestCounters>>, Option<Reservation>)> {
         match fork.target {
             ForkTarget::Dispatcher { setid, algorithm } => {
@@ -129,11 +128,12 @@ impl Router {
                 if first {
                     let m = sip::parse(&fork.request).ok()?;
                     let idx = self.dispatch_pick(t, set, algorithm, &m)?;
+                    let idx = super::admit_in_set(ds, idx, now)?;
                     let d = &ds.destinations[idx];
                     return Some((d.addr, Some(d.counters.clone()), None));
                 }
                 // OpenSIPS ds_next_dst: the cyclic successors of the last one tried, in set order,
-                // skipping inactive ones and those already tried.
+                // skipping inactive ones, those already tried and those whose box is full.
                 let last = fork.tried.iter().flatten().last().copied();
                 let start = last
                     .and_then(|a| ds.destinations.iter().position(|d| d.addr == a))
@@ -141,29 +141,44 @@ impl Router {
                 let n = ds.destinations.len();
                 (0..n)
                     .map(|k| &ds.destinations[(start + k) % n])
-                    .find(|d| d.active && !fork.tried_contains(d.addr))
+                    .find(|d| d.active && !fork.tried_contains(d.addr) && d.admit(now))
                     .map(|d| (d.addr, Some(d.counters.clone()), None))
             }
             ForkTarget::LoadBalancer { group_id, wanted, flags } => {
                 let g = t.lb_groups.iter().find(|g| g.group_id == group_id)?;
                 let mut tried_mask = 0u64;
-                for (i, d) in g.destinations.iter().enumerate().take(64) {
+                for (i, d) in g.destinations.iter().enumerate().take(lb::MAX_DESTINATIONS) {
                     if fork.tried_contains(d.addr) {
                         tried_mask |= 1 << i;
                     }
                 }
-                // Another shard may take the last unit between select and reserve: try again
-                // without that destination.
-                for _ in 0..g.destinations.len().min(64) {
-                    let r = self.next_random();
-                    let idx = lb::select(g, wanted.ids(), flags, tried_mask, r)?;
-                    let d = &g.destinations[idx];
-                    if let Some(res) = lb::reserve_held(d, wanted.ids(), flags.allow_negative) {
-                        return Some((d.addr, None, Some(res)));
+                let r = self.next_random();
+                let (idx, held) = lb::select_and_reserve(g, wanted.ids(), flags, tried_mask, r, now)?;
+                Some((g.destinations[idx].addr, None, Some(held)))
+            }
+        }
+    }
+
+    /// A box answered 503 although fsroute believed it had room: it is full until its next
+    /// heartbeat or the cool-down (docs/ADMISSION.md, "When a box refuses anyway").
+    fn mark_refused(&self, t: &RoutingTable, fork: &Fork, now: Instant) {
+        let cooldown = t.failover.refused_cooldown;
+        match fork.target {
+            ForkTarget::Dispatcher { setid, .. } => {
+                let boxes = t.sets.iter().filter(|s| s.setid == setid).flat_map(|s| &s.destinations);
+                for d in boxes.filter(|d| d.addr == fork.dest) {
+                    if let Some(b) = &d.fs {
+                        b.mark_refused(now, cooldown);
                     }
-                    tried_mask |= 1 << idx;
                 }
-                None
+            }
+            ForkTarget::LoadBalancer { group_id, .. } => {
+                let dests = t.lb_groups.iter().filter(|g| g.group_id == group_id).flat_map(|g| &g.destinations);
+                for d in dests.filter(|d| d.addr == fork.dest) {
+                    for b in d.resources.iter().flatten().filter_map(|r| r.fs.as_ref()) {
+                        b.mark_refused(now, cooldown);
+                    }
+                }
             }
         }
     }
@@ -289,6 +304,9 @@ impl Router {
                 if let Some(c) = self.dest_counters(t, &fork) {
                     DestCounters::bump(&c.failed);
                 }
+                if code == 503 {
+                    self.mark_refused(t, &fork, now);
+                }
                 drop(fork.reservation.take());
                 let may_retry = !fork.canceled
                     && t.failover.codes.contains(&code)
@@ -300,8 +318,13 @@ impl Router {
                     fork.deadline = None;
                     fork.expires = now + AFTER_FINAL;
                     self.memory.rearm_dialog(self.dialog_key(m), now, AFTER_FINAL);
-                    forward_response(m, &t.proxy, out);
-                    Action::Forward(next_hop)
+                    if code == 503 && !fork.canceled {
+                        // Never the box's own 503 and its Retry-After: 300 (docs/ADMISSION.md).
+                        self.answer_exhausted(t, &fork, out)
+                    } else {
+                        forward_response(m, &t.proxy, out);
+                        Action::Forward(next_hop)
+                    }
                 }
             }
         };
@@ -312,7 +335,7 @@ impl Router {
     /// Moves `fork` to its next destination and writes the INVITE for it into `out`. False when
     /// there is none left.
     fn fork_next(&mut self, t: &RoutingTable, fork: &mut Fork, tkey: u64, now: Instant, out: &mut Vec<u8>) -> bool {
-        let Some((dest, counters, reservation)) = self.fork_pick(t, fork) else { return false };
+        let Some((dest, counters, reservation)) = self.fork_pick(t, fork, now) else { return false };
         if let Some(c) = counters {
             DestCounters::bump(&c.forwarded);
         }
@@ -341,6 +364,15 @@ impl Router {
                 .find(|d| d.addr == fork.dest)
                 .map(|d| d.counters.clone()),
             ForkTarget::LoadBalancer { .. } => None,
+        }
+    }
+
+    /// fsroute's own final answer to the caller's INVITE when no destination is left.
+    fn answer_exhausted(&mut self, t: &RoutingTable, fork: &Fork, out: &mut Vec<u8>) -> Action {
+        out.clear();
+        match sip::parse(&fork.request) {
+            Ok(inv) => self.reply_exhausted(t, &inv, fork.src, out),
+            Err(_) => Action::Absorbed,
         }
     }
 

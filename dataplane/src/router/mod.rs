@@ -202,6 +202,18 @@ impl Router {
         Action::Reply(reply_address(m, src))
     }
 
+    /// fsroute's own final answer when no destination can take a new call (all tried, all full):
+    /// `[failover] exhausted_reply`, with a short `Retry-After` on a 503.
+    fn reply_exhausted(&self, t: &RoutingTable, m: &Message<'_>, src: SocketAddr, out: &mut Vec<u8>) -> Action {
+        let (code, reason, retry_after) = t.failover.exhausted();
+        let mut digits = [0u8; 20];
+        let retry = retry_after.map(|s| rewrite::format_u64(s, &mut digits));
+        match retry {
+            Some(v) => self.reply(m, src, code, reason, &[("Retry-After", v)], out),
+            None => self.reply(m, src, code, reason, &[], out),
+        }
+    }
+
     fn request(&mut self, t: &RoutingTable, src: SocketAddr, m: &Message<'_>, now: Instant, out: &mut Vec<u8>) -> Action {
         let method = m.method().unwrap_or(Method::Other);
         if let Err(e) = m.validate_request() {
@@ -298,8 +310,9 @@ impl Router {
                         let target = ForkTarget::Dispatcher { setid: ds.setid, algorithm };
                         return self.fork_start(t, src, m, tkey, target, now, out);
                     }
-                    let Some(idx) = self.dispatch_pick(t, set, algorithm, m) else {
-                        return self.reply(m, src, 503, "Service Unavailable", &[], out);
+                    let picked = self.dispatch_pick(t, set, algorithm, m);
+                    let Some(idx) = picked.and_then(|i| admit_in_set(ds, i, now)) else {
+                        return self.reply_exhausted(t, m, src, out);
                     };
                     let d = &ds.destinations[idx];
                     dest = Some(d.addr);
@@ -315,8 +328,8 @@ impl Router {
                     }
                     // Out-of-dialog requests other than INVITE hold no call: the best box, no units.
                     let r = self.next_random();
-                    let Some(idx) = lb::select(g, wanted.ids(), flags, 0, r) else {
-                        return self.reply(m, src, 503, "Service Unavailable", &[("Retry-After", "5")], out);
+                    let Some(idx) = lb::select(g, wanted.ids(), flags, 0, r, now) else {
+                        return self.reply_exhausted(t, m, src, out);
                     };
                     dest = Some(g.destinations[idx].addr);
                 }
@@ -475,6 +488,32 @@ impl Router {
         forward_response(m, px, out);
         Action::Forward(SocketAddr::new(ip, port))
     }
+}
+
+/// The destination of `ds` that takes a new call: `picked` if its box admits it, else the active
+/// destination whose box has the most room now, which is then admitted. None when no box in the
+/// set has room. Destinations without a gate (static weights, stale boxes) always admit, so a set
+/// without fs:// headroom behaves exactly as its selector says.
+pub(crate) fn admit_in_set(ds: &crate::table::DispatcherSet, picked: usize, now: Instant) -> Option<usize> {
+    if ds.destinations.get(picked)?.admit(now) {
+        return Some(picked);
+    }
+    // A failed admission leaves that box with no room, so the ranking moves on; the bound only
+    // matters when shards race for the last unit.
+    for _ in 0..ds.destinations.len() {
+        let (best, _) = ds
+            .destinations
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.active)
+            .map(|(i, d)| (i, d.available(now)))
+            .filter(|&(_, a)| a > 0)
+            .max_by_key(|&(i, a)| (a, std::cmp::Reverse(i)))?;
+        if ds.destinations[best].admit(now) {
+            return Some(best);
+        }
+    }
+    None
 }
 
 /// Key of a request's transaction: the same for an INVITE, its retransmissions, its CANCEL and its

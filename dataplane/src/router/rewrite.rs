@@ -109,6 +109,20 @@ fn render(insert: Insert, eol: &[u8], adv: (&str, u16), out: &mut Vec<u8>) {
     }
 }
 
+/// `n` in decimal, written into `buf` (20 digits hold any u64).
+pub fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
+}
+
 pub fn push_u32(out: &mut Vec<u8>, mut n: u32) {
     let mut tmp = [0u8; 10];
     let mut i = tmp.len();

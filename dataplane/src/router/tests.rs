@@ -507,7 +507,7 @@ fn a_destination_that_rings_keeps_the_call_past_the_no_answer_timeout() {
 }
 
 #[test]
-fn when_every_attempt_fails_the_caller_gets_the_last_failure_and_its_ack_is_absorbed() {
+fn when_every_attempt_fails_with_503_fsroute_answers_its_own_503_never_the_boxes_and_absorbs_the_ack() {
     let mut t = failover_table(&[1, 1]);
     t.failover.max_attempts = 2;
     let mut r = router();
@@ -517,10 +517,44 @@ fn when_every_attempt_fails_the_caller_gets_the_last_failure_and_its_ack_is_abso
     let rej = backend_response(&out.clone(), REJECTED);
     let Action::Forward(b) = r.handle(&t, a, &rej, now, &mut out) else { panic!() };
     let rej = backend_response(&out.clone(), REJECTED);
-    assert_eq!(r.handle(&t, b, &rej, now, &mut out), Action::Forward("127.0.0.7:5060".parse().unwrap()));
-    assert_eq!(parse(&out).unwrap().status(), Some(503));
+    assert_eq!(r.handle(&t, b, &rej, now, &mut out), Action::Reply("127.0.0.7:5060".parse().unwrap()));
+    let reply = text(&out);
+    assert_eq!(status_line(&reply), "SIP/2.0 503 Service Unavailable");
+    // docs/ADMISSION.md: the box's `Retry-After: 300` would keep an upstream carrier away from the
+    // whole balancer for five minutes; fsroute's own answer carries the configured short one.
+    assert!(reply.contains("\r\nRetry-After: 5\r\n"), "{reply}");
+    assert!(!reply.contains("Retry-After: 300"), "{reply}");
     let ack = sip("ACK sip:+15551230001@lb.example.net:5060;user=phone SIP/2.0|Via: SIP/2.0/UDP 127.0.0.7:5060;branch=z9hG4bK-524287-1---4d7a1c9e8f2b3a61;rport|Max-Forwards: 70|To: <sip:+15551230001@lb.example.net;user=phone>;tag=aB3dE5|From: \"Caller Name\" <sip:+15559870002@carrier.example.com;user=phone>;tag=4fa1c2|Call-ID: 8d3f0a4c2b1e4f6a9c7d5e3b1a2f4c6e@127.0.0.7|CSeq: 101 ACK|Content-Length: 0||");
     assert_eq!(r.handle(&t, caller(), &ack, now, &mut out), Action::Absorbed);
+}
+
+#[test]
+fn exhausted_reply_500_follows_rfc3261_16_7_step_6_when_configured() {
+    let mut t = failover_table(&[1]);
+    t.failover.max_attempts = 1;
+    t.failover.exhausted_reply = 500;
+    let mut r = router();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    let Action::Forward(a) = r.handle(&t, caller(), INVITE, now, &mut out) else { panic!() };
+    let rej = backend_response(&out.clone(), REJECTED);
+    assert!(matches!(r.handle(&t, a, &rej, now, &mut out), Action::Reply(_)));
+    let reply = text(&out);
+    assert_eq!(status_line(&reply), "SIP/2.0 500 Server Internal Error");
+    assert!(!reply.contains("Retry-After"), "{reply}");
+}
+
+#[test]
+fn a_final_failure_other_than_503_still_reaches_the_caller_as_the_box_sent_it() {
+    let mut t = failover_table(&[1]);
+    t.failover.max_attempts = 1;
+    let mut r = router();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    let Action::Forward(a) = r.handle(&t, caller(), INVITE, now, &mut out) else { panic!() };
+    let busy = text(&backend_response(&out.clone(), REJECTED)).replace("503 Service Unavailable", "486 Busy Here");
+    assert!(matches!(r.handle(&t, a, busy.as_bytes(), now, &mut out), Action::Forward(_)));
+    assert_eq!(parse(&out).unwrap().status(), Some(486));
 }
 
 #[test]
@@ -584,4 +618,45 @@ fn a_failed_load_balancer_call_gives_its_unit_back() {
     r.handle(&t, dest, &rej, now, &mut out);
     assert_eq!(parse(&out).unwrap().status(), Some(503));
     assert_eq!(load.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+fn gate(limit: u64) -> Arc<crate::admission::BoxAdmission> {
+    let gate = Arc::new(crate::admission::BoxGate::default());
+    Arc::new(crate::admission::BoxAdmission { gate, limit, headroom: limit, rate: None, seq: 1, accepting: true })
+}
+
+#[test]
+fn a_dispatcher_box_without_headroom_is_passed_over_and_when_none_has_room_fsroute_answers_503() {
+    let mut t = table_with(&[1, 1], Algorithm::RoundRobin, 1);
+    t.sets[0].destinations[0].fs = Some(gate(0));
+    t.sets[0].destinations[1].fs = Some(gate(2));
+    let second = t.sets[0].destinations[1].addr;
+    let mut r = router();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    for n in 0..2u32 {
+        let invite = text(INVITE).replace("Call-ID: ", &format!("Call-ID: gate{n}-"));
+        assert_eq!(r.handle(&t, caller(), invite.as_bytes(), now, &mut out), Action::Forward(second), "call {n}");
+    }
+    let invite = text(INVITE).replace("Call-ID: ", "Call-ID: gate-full-");
+    assert!(matches!(r.handle(&t, caller(), invite.as_bytes(), now, &mut out), Action::Reply(_)));
+    assert_eq!(status_line(&text(&out)), "SIP/2.0 503 Service Unavailable");
+}
+
+#[test]
+fn a_503_from_a_box_fsroute_thought_had_room_closes_it_until_the_cooldown() {
+    let mut t = failover_table(&[1, 1]);
+    t.sets[0].destinations[0].fs = Some(gate(100));
+    t.sets[0].destinations[1].fs = Some(gate(100));
+    let mut r = router();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    let Action::Forward(a) = r.handle(&t, caller(), INVITE, now, &mut out) else { panic!() };
+    let rej = backend_response(&out.clone(), REJECTED);
+    let Action::Forward(b) = r.handle(&t, a, &rej, now, &mut out) else { panic!() };
+    assert_ne!(a, b);
+    let refused = t.sets[0].destinations.iter().find(|d| d.addr == a).unwrap();
+    assert_eq!(refused.available(now), 0, "full after its 503");
+    assert_eq!(refused.fs.as_ref().unwrap().gate.refusals(), 1);
+    assert!(refused.available(now + t.failover.refused_cooldown) > 0, "open again after the cool-down");
 }
