@@ -16,6 +16,8 @@ fn emulator_on(sip: SocketAddr) -> EmulatorHandle {
         esl: "127.0.0.1:0".parse().unwrap(),
         hold: Duration::from_secs(120),
         answer_delay: Duration::from_millis(5),
+        // These specs drive SIPp at up to 100 calls/s: above FreeSWITCH's default sps of 30.
+        sessions_per_second: 10_000,
         ..EmulatorConfig::default()
     })
     .expect("start emulator")

@@ -1,15 +1,18 @@
-//! `fs-aware`: the claim fsroute exists for. Three emulated FreeSWITCH boxes of unequal size
-//! (Max-Sessions 400/200/100, the middle one also busy with 50% background CPU), offered
-//! 85% of their total capacity, routed three ways: blind round-robin with static equal
-//! weights; the dispatcher with FreeSWITCH weights (`weight = "fs://..."`: each box's
-//! heartbeat sets its weight); and the load_balancer with FreeSWITCH capacities. A mode this
-//! build rejects (`fsroute check` fails) is reported as not available, never guessed.
+//! `fs-aware`: the claim fsroute exists for. Three emulated FreeSWITCH boxes, each bound by a
+//! different limit FreeSWITCH enforces (docs/ADMISSION.md): one by Max-Sessions, one by CPU (it is
+//! busy with other work and has `min-idle-cpu` set), one by `sessions-per-second`; the boxes are a
+//! one-way network delay away, so a refused INVITE costs a real round trip. They are offered a share
+//! (85 %) of what the pool can really hold, routed four ways: blind round-robin *with failover*
+//! (how a carrier configures the incumbents), the dispatcher with FreeSWITCH weights, the
+//! load_balancer with FreeSWITCH capacity (the headroom model), and the load_balancer with
+//! `capacity_model = "opensips"`; each at every heartbeat interval asked for. A mode this build
+//! rejects (`fsroute check` fails) is reported as not available, never guessed.
 //!
-//! The boxes are the ESL crate's emulator in-process: its capacity model answers 503 when
-//! full and answers later as it fills (answer delay × (1 + 4·load²), ringing at a fifth of
-//! it), and its heartbeats report the same story (Idle-CPU falling with load). Callers retry
-//! a 503 once, at once, as an upstream carrier does. The table: 503s seen by callers, calls
-//! finally rejected, retries, retransmissions, PDD p50/p90/p99 and per-box utilisation.
+//! The boxes are the ESL crate's emulator in-process, enforcing FreeSWITCH's admission (503
+//! Maximum Calls In Progress + Retry-After: 300) and reporting the same story over ESL. Callers do
+//! not retry: a call the caller did not get answered is lost. The table: calls lost, INVITEs the
+//! boxes refused (each a wasted round trip), PDD p50/p90/p99, per-box utilisation of its real
+//! capacity, and what the boxes refused by reason (which limit bound).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -26,19 +29,53 @@ use crate::uac::{self, UacConfig, UacReport};
 /// One emulated box.
 #[derive(Clone, Debug, Serialize)]
 pub struct BoxSpec {
+    /// Which limit is meant to bind it (for the table).
+    pub binds: &'static str,
     pub max_sessions: u64,
     pub background_cpu: u32,
+    /// Idle-CPU points one session costs.
+    pub cpu_per_session: f64,
+    pub min_idle_cpu: f64,
+    pub sessions_per_second: u64,
+}
+
+impl BoxSpec {
+    /// Sessions the box admits by CPU: Idle = 100 − background − cost × S stays ≥ min-idle-cpu.
+    pub fn cpu_sessions(&self) -> u64 {
+        let spare = 100.0 - f64::from(self.background_cpu) - self.min_idle_cpu;
+        if self.cpu_per_session <= 0.0 {
+            return u64::MAX;
+        }
+        (spare.max(0.0) / self.cpu_per_session).floor() as u64
+    }
+
+    /// Calls per second the box can really carry with calls occupying it `occupancy` each: the
+    /// least of Max-Sessions and CPU over the occupancy, and the sps budget (sps − 1 per second).
+    pub fn real_rate(&self, occupancy: f64) -> f64 {
+        let concurrent = self.max_sessions.min(self.cpu_sessions()) as f64;
+        (concurrent / occupancy).min(self.sessions_per_second.saturating_sub(1) as f64)
+    }
+
+    /// The same as concurrent calls (what utilisation is measured against).
+    pub fn real_concurrent(&self, occupancy: f64) -> f64 {
+        self.real_rate(occupancy) * occupancy
+    }
 }
 
 /// Everything that sizes an fs-aware run (the scenario and `fsroute demo` use different sizes).
 #[derive(Clone, Debug, Serialize)]
 pub struct Params {
     pub boxes: Vec<BoxSpec>,
-    /// Share of total capacity offered (0.85 = 85%).
+    /// Share of the pool's real capacity offered (0.85 = 85%).
     pub load: f64,
     pub hold: Duration,
     pub answer_delay: Duration,
-    pub heartbeat: Duration,
+    /// Heartbeat intervals to run every mode at.
+    pub heartbeats: Vec<Duration>,
+    /// One-way delay between fsroute and each box.
+    pub network_delay: Duration,
+    /// The emulator's `cpu-idle-smoothing-depth` (FreeSWITCH's default is 30).
+    pub idle_cpu_smoothing: u32,
     pub duration: Duration,
     pub shards: usize,
 }
@@ -47,37 +84,56 @@ impl Params {
     pub fn scenario(o: &Opts) -> Params {
         let smoke = o.smoke;
         Params {
-            boxes: [(400, 5), (200, 50), (100, 5)]
-                .into_iter()
-                .map(|(m, bg)| BoxSpec { max_sessions: if smoke { m / 10 } else { m }, background_cpu: bg })
-                .collect(),
+            boxes: pool(if smoke { 4 } else { 1 }),
             load: 0.85,
-            hold: if smoke { Duration::from_millis(500) } else { Duration::from_secs(4) },
-            answer_delay: Duration::from_millis(100),
-            heartbeat: Duration::from_secs(1),
+            hold: if smoke { Duration::from_millis(1500) } else { Duration::from_secs(3) },
+            answer_delay: Duration::from_millis(50),
+            heartbeats: if smoke { vec![Duration::from_secs(1)] } else { vec![Duration::from_secs(1), Duration::from_secs(20)] },
+            network_delay: Duration::from_millis(10),
+            idle_cpu_smoothing: 3,
             duration: o.duration.unwrap_or(if smoke { Duration::from_secs(3) } else { Duration::from_secs(20) }),
             shards: 2,
         }
     }
 
-    /// Offered calls/s: load × capacity / (time a call holds a session: answer delay + hold).
-    pub fn rate(&self) -> f64 {
-        let cap: u64 = self.boxes.iter().map(|b| b.max_sessions).sum();
-        // The answer delay at ~85% load is about 1 + 4·0.85² ≈ 3.9 times the idle one.
-        let occupancy = self.hold.as_secs_f64() + self.answer_delay.as_secs_f64() * 3.9;
-        self.load * cap as f64 / occupancy
+    /// How long a call occupies a session: ringing and answer at the box's base delay, plus the hold.
+    pub fn occupancy(&self) -> f64 {
+        self.hold.as_secs_f64() + self.answer_delay.as_secs_f64() * 2.0 + 4.0 * self.network_delay.as_secs_f64()
     }
+
+    /// The pool's real capacity in calls/s.
+    pub fn capacity_rate(&self) -> f64 {
+        self.boxes.iter().map(|b| b.real_rate(self.occupancy())).sum()
+    }
+
+    /// Offered calls/s.
+    pub fn rate(&self) -> f64 {
+        self.load * self.capacity_rate()
+    }
+}
+
+/// The three boxes: Max-Sessions binds the first, CPU the second (50 % busy with other work,
+/// min-idle-cpu 10), sessions-per-second the third. `shrink` divides the session limits (smoke).
+pub fn pool(shrink: u64) -> Vec<BoxSpec> {
+    vec![
+        BoxSpec { binds: "sessions", max_sessions: 60 / shrink, background_cpu: 5, cpu_per_session: 0.05, min_idle_cpu: 0.0, sessions_per_second: 100 },
+        BoxSpec { binds: "cpu", max_sessions: 1000, background_cpu: 50, cpu_per_session: 0.8 * shrink as f64, min_idle_cpu: 10.0, sessions_per_second: 100 },
+        BoxSpec { binds: "sps", max_sessions: 1000, background_cpu: 5, cpu_per_session: 0.05, min_idle_cpu: 0.0, sessions_per_second: 6 },
+    ]
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct BoxUse {
     pub sip: String,
-    pub max_sessions: u64,
-    pub background_cpu: u32,
+    pub binds: &'static str,
     pub answered: u64,
-    pub rejected_503: u64,
+    /// INVITEs the box refused, by reason.
+    pub refused: u64,
+    pub refused_sessions: u64,
+    pub refused_cpu: u64,
+    pub refused_sps: u64,
     pub peak_calls: u64,
-    /// Mean active calls / Max-Sessions over the load window.
+    /// Mean and peak active calls over the box's real capacity in concurrent calls.
     pub mean_utilisation: f64,
     pub peak_utilisation: f64,
 }
@@ -85,6 +141,7 @@ pub struct BoxUse {
 #[derive(Clone, Debug, Serialize)]
 pub struct ModeRun {
     pub mode: String,
+    pub heartbeat_s: f64,
     /// None when this build cannot run the mode; then `unavailable` says why.
     pub uac: Option<UacReport>,
     pub unavailable: Option<String>,
@@ -108,46 +165,54 @@ enum Mode {
     RoundRobin,
     FsWeights,
     LoadBalancer,
+    LoadBalancerOpensips,
 }
 
 impl Mode {
+    const ALL: [Mode; 4] = [Mode::RoundRobin, Mode::FsWeights, Mode::LoadBalancer, Mode::LoadBalancerOpensips];
+
     fn name(self) -> &'static str {
         match self {
-            Mode::RoundRobin => "blind round-robin (equal weights)",
-            Mode::FsWeights => "dispatcher + FreeSWITCH weights",
-            Mode::LoadBalancer => "load_balancer + FreeSWITCH capacity",
+            Mode::RoundRobin => "blind round-robin + failover",
+            Mode::FsWeights => "dispatcher + fs weights",
+            Mode::LoadBalancer => "load_balancer + fs capacity",
+            Mode::LoadBalancerOpensips => "load_balancer, opensips model",
         }
     }
 }
 
-fn proxy_cfg(mode: Mode, p: &Params, emus: &[EmulatorHandle]) -> ProxyConfig {
+fn proxy_cfg(mode: Mode, p: &Params, emus: &[EmulatorHandle], heartbeat: Duration) -> ProxyConfig {
     let fs = |e: &EmulatorHandle| format!("fs://:ClueCon@{}", e.esl_addr());
-    let custom_rows = (mode == Mode::LoadBalancer).then(|| {
-        let mut s = String::new();
-        for e in emus {
-            s.push_str(&format!(
-                "[[load_balancer]]\ngroup_id = 1\ndst_uri = \"sip:{}\"\nresources = \"ch={}\"\n\n",
-                e.sip_addr(),
-                fs(e)
-            ));
+    let failover = "[failover]\ncodes = [408, 500, 503]\nmax_attempts = 3\nno_answer_timeout = \"2s\"\n\n";
+    let mut rows = String::from(failover);
+    match mode {
+        Mode::LoadBalancer | Mode::LoadBalancerOpensips => {
+            for e in emus {
+                rows.push_str(&format!("[[load_balancer]]\ngroup_id = 1\ndst_uri = \"sip:{}\"\nresources = \"ch={}\"\n\n", e.sip_addr(), fs(e)));
+            }
+            rows.push_str("[[route]]\nto_load_balancer = 1\nresources = \"ch\"\n");
         }
-        s.push_str("[[route]]\nto_load_balancer = 1\nresources = \"ch\"\n");
-        s
-    });
+        Mode::RoundRobin | Mode::FsWeights => {
+            for e in emus {
+                let w = if mode == Mode::FsWeights { format!("\"{}\"", fs(e)) } else { "1".into() };
+                rows.push_str(&format!("[[dispatcher]]\nsetid = 1\ndestination = \"sip:{}\"\nweight = {w}\n\n", e.sip_addr()));
+            }
+            rows.push_str("[[route]]\nto_dispatcher = 1\nalgorithm = \"round-robin\"\nfailover = true\n");
+        }
+    }
+    let model = if mode == Mode::LoadBalancerOpensips { "opensips" } else { "headroom" };
     ProxyConfig {
         shards: p.shards,
         ingress: "flow",
         algorithm: "round-robin",
-        dests: emus
-            .iter()
-            .map(|e| Dest { addr: e.sip_addr(), weight: if mode == Mode::FsWeights { format!("\"{}\"", fs(e)) } else { "1".into() } })
-            .collect(),
-        control_extra: String::new(),
-        custom_rows,
+        dests: emus.iter().map(|e| Dest { addr: e.sip_addr(), weight: "1".into() }).collect(),
+        // Stale after three missed heartbeats, as an operator would set it.
+        control_extra: format!("capacity_model = \"{model}\"\nheartbeat_timeout = \"{}ms\"\n", (heartbeat * 3).as_millis()),
+        custom_rows: Some(rows),
     }
 }
 
-fn start_boxes(p: &Params) -> Result<Vec<EmulatorHandle>, String> {
+fn start_boxes(p: &Params, heartbeat: Duration) -> Result<Vec<EmulatorHandle>, String> {
     p.boxes
         .iter()
         .enumerate()
@@ -155,9 +220,14 @@ fn start_boxes(p: &Params) -> Result<Vec<EmulatorHandle>, String> {
             Emulator::start(EmulatorConfig {
                 max_sessions: b.max_sessions,
                 background_cpu: b.background_cpu,
+                cpu_per_session: b.cpu_per_session,
+                min_idle_cpu: b.min_idle_cpu,
+                sessions_per_second: b.sessions_per_second,
+                idle_cpu_smoothing: p.idle_cpu_smoothing,
+                network_delay: p.network_delay,
                 // The caller hangs up (BYE after `hold`); the box's own hangup comes much later.
                 hold: p.hold + Duration::from_secs(60),
-                heartbeat: p.heartbeat,
+                heartbeat,
                 answer_delay: p.answer_delay,
                 hostname: format!("fsemu{}", i + 1),
                 ..EmulatorConfig::default()
@@ -167,15 +237,14 @@ fn start_boxes(p: &Params) -> Result<Vec<EmulatorHandle>, String> {
         .collect()
 }
 
-/// Waits until fsroute reports every fs:// destination connected (bounded), so the run does
-/// not start on stale weights.
+/// Waits until fsroute has numbers from every box (bounded), so a run does not start before
+/// the boxes have spoken.
 fn wait_fs_connected(peer: &Peer, limit: Duration) {
     let start = Instant::now();
     while start.elapsed() < limit {
         if let Some(st) = peer.status() {
-            let dests = st["dispatcher"][0]["destinations"].as_array().cloned().unwrap_or_default();
-            let lb = st["load_balancer"].as_array().is_some_and(|a| !a.is_empty());
-            if lb || (!dests.is_empty() && dests.iter().all(|d| d["fs"]["connected"].as_bool() == Some(true) && d["fs"]["stale"].as_bool() != Some(true))) {
+            let boxes = st["freeswitch"].as_array().cloned().unwrap_or_default();
+            if !boxes.is_empty() && boxes.iter().all(|b| b["connected"].as_bool() == Some(true) && b["heartbeat_age_ms"].is_u64()) {
                 return;
             }
         }
@@ -183,13 +252,15 @@ fn wait_fs_connected(peer: &Peer, limit: Duration) {
     }
 }
 
-fn run_mode(mode: Mode, p: &Params) -> Result<ModeRun, String> {
-    let emus = start_boxes(p)?;
-    let cfg = proxy_cfg(mode, p, &emus);
+fn run_mode(mode: Mode, p: &Params, heartbeat: Duration) -> Result<ModeRun, String> {
+    let emus = start_boxes(p, heartbeat)?;
+    let cfg = proxy_cfg(mode, p, &emus, heartbeat);
     let rate = p.rate();
+    let hb = heartbeat.as_secs_f64();
     if let Err(e) = crate::peers::fsroute_accepts(&cfg) {
         return Ok(ModeRun {
             mode: mode.name().into(),
+            heartbeat_s: hb,
             uac: None,
             unavailable: Some(format!("not available in this build: {e}")),
             boxes: Vec::new(),
@@ -198,9 +269,7 @@ fn run_mode(mode: Mode, p: &Params) -> Result<ModeRun, String> {
         });
     }
     let peer = Peer::fsroute(&cfg)?;
-    if mode != Mode::RoundRobin {
-        wait_fs_connected(&peer, Duration::from_secs(5) + p.heartbeat * 2);
-    }
+    wait_fs_connected(&peer, Duration::from_secs(5));
     let ucfg = UacConfig {
         targets: vec![peer.sip],
         sockets: 2,
@@ -208,10 +277,9 @@ fn run_mode(mode: Mode, p: &Params) -> Result<ModeRun, String> {
         rate,
         duration: p.duration,
         hold: p.hold,
-        // Long enough for the slowest answer (5 x the idle delay) plus retries.
         timer_b: Duration::from_secs(8),
         drain: Duration::from_millis(500),
-        retry_503: true,
+        retry_503: false,
         backends: emus.iter().map(EmulatorHandle::sip_addr).collect(),
         run_id: next_run_id(),
     };
@@ -239,38 +307,47 @@ fn run_mode(mode: Mode, p: &Params) -> Result<ModeRun, String> {
     .map_err(|e| format!("generator: {e}"))?;
     let cpu = peer.cpu_secs() - cpu0;
     let samples = samples.into_inner().unwrap_or_default();
+    let occ = p.occupancy();
     let boxes = emus
         .iter()
         .zip(&p.boxes)
         .zip(&samples)
         .map(|((e, b), smp)| {
+            // The first second is the ramp: utilisation is measured once the load is on.
+            let smp = if smp.len() > 20 { &smp[10..] } else { &smp[..] };
             let mean = if smp.is_empty() { 0.0 } else { smp.iter().sum::<u64>() as f64 / smp.len() as f64 };
+            let cap = b.real_concurrent(occ).max(1.0);
+            let r = e.refusals();
             BoxUse {
                 sip: e.sip_addr().to_string(),
-                max_sessions: b.max_sessions,
-                background_cpu: b.background_cpu,
+                binds: b.binds,
                 answered: e.calls_answered(),
-                rejected_503: e.calls_rejected(),
+                refused: r.sessions + r.sps + r.cpu + r.paused + r.shutdown,
+                refused_sessions: r.sessions,
+                refused_cpu: r.cpu,
+                refused_sps: r.sps,
                 peak_calls: e.peak_calls(),
-                mean_utilisation: mean / b.max_sessions.max(1) as f64,
-                peak_utilisation: e.peak_calls() as f64 / b.max_sessions.max(1) as f64,
+                mean_utilisation: mean / cap,
+                peak_utilisation: e.peak_calls() as f64 / cap,
             }
         })
         .collect();
-    Ok(ModeRun { mode: mode.name().into(), uac: Some(report), unavailable: None, boxes, proxy_cpu_s: Some(cpu), offered_rate: rate })
+    Ok(ModeRun { mode: mode.name().into(), heartbeat_s: hb, uac: Some(report), unavailable: None, boxes, proxy_cpu_s: Some(cpu), offered_rate: rate })
 }
 
 /// Runs the comparison with the given sizes; `pb_label` names the progress bar.
 pub fn run_with(p: &Params, out_dir: &std::path::Path, pb_label: &str) -> Result<FsAwareResult, String> {
-    let modes = [Mode::RoundRobin, Mode::FsWeights, Mode::LoadBalancer];
     let per = p.duration + p.hold + Duration::from_secs(3);
-    let pb = progress(per * 3, pb_label);
+    let runs_n = (Mode::ALL.len() * p.heartbeats.len()) as u32;
+    let pb = progress(per * runs_n, pb_label);
     let t0 = Instant::now();
     let mut runs = Vec::new();
-    for m in modes {
-        pb.set_message(format!("{pb_label}: {}", m.name()));
-        runs.push(run_mode(m, p)?);
-        pb.set_position(t0.elapsed().as_secs());
+    for &hb in &p.heartbeats {
+        for m in Mode::ALL {
+            pb.set_message(format!("{pb_label}: {} (heartbeat {} s)", m.name(), hb.as_secs_f64()));
+            runs.push(run_mode(m, p, hb)?);
+            pb.set_position(t0.elapsed().as_secs());
+        }
     }
     pb.finish_and_clear();
     let plot = crate::plot::pdd_cdf(&runs, &out_dir.join(format!("fsroute-bench-pdd-cdf-{}.svg", std::process::id()))).ok();
@@ -282,77 +359,99 @@ pub fn run(o: &Opts) -> Result<FsAwareResult, String> {
     run_with(&Params::scenario(o), &o.out_dir, "fs-aware")
 }
 
-/// One line saying what the table shows, computed from the numbers (never a fixed claim).
+/// INVITEs the boxes refused, over calls offered.
+pub fn refused_share(m: &ModeRun) -> f64 {
+    let refused: u64 = m.boxes.iter().map(|b| b.refused).sum();
+    m.uac.as_ref().map_or(0.0, |u| refused as f64 / u.attempted.max(1) as f64)
+}
+
+/// Calls the caller did not get answered.
+pub fn lost(u: &UacReport) -> u64 {
+    u.attempted.saturating_sub(u.answered)
+}
+
+/// One line saying what the table shows, computed from the numbers (never a fixed claim): the
+/// load_balancer with FreeSWITCH capacity against blind round-robin with failover, at the
+/// shortest heartbeat interval that ran.
 pub fn conclude(runs: &[ModeRun]) -> String {
-    let rr = runs.iter().find(|r| r.mode == Mode::RoundRobin.name()).and_then(|r| r.uac.as_ref());
-    let fw = runs.iter().find(|r| r.mode == Mode::FsWeights.name()).and_then(|r| r.uac.as_ref());
-    match (rr, fw) {
-        (Some(rr), Some(fw)) => {
-            let ratio = if fw.pdd.p99_us > 0 { rr.pdd.p99_us as f64 / fw.pdd.p99_us as f64 } else { 0.0 };
+    let Some(hb) = runs.iter().map(|r| r.heartbeat_s).reduce(f64::min) else { return "no mode ran".into() };
+    let find = |m: Mode| runs.iter().find(|r| r.mode == m.name() && r.heartbeat_s == hb).filter(|r| r.uac.is_some());
+    match (find(Mode::RoundRobin), find(Mode::LoadBalancer)) {
+        (Some(rr), Some(lb)) => {
+            let (ru, lu) = (rr.uac.as_ref().unwrap(), lb.uac.as_ref().unwrap());
+            let ratio = if lu.pdd.p99_us > 0 { ru.pdd.p99_us as f64 / lu.pdd.p99_us as f64 } else { 0.0 };
+            let verdict = if lu.answered >= ru.answered && refused_share(lb) < refused_share(rr) && ratio >= 1.0 {
+                "FreeSWITCH-aware admission beat blind round-robin"
+            } else {
+                "FreeSWITCH-aware admission did NOT beat blind round-robin on every count"
+            };
             format!(
-                "At the same offered load, FreeSWITCH weights gave callers {} 503s (vs {} blind), {} rejected calls (vs {}), and p99 PDD {} vs {} ({:.2}x {}).",
-                fw.responses_503,
-                rr.responses_503,
-                fw.rejected_503,
-                rr.rejected_503,
-                us(fw.pdd.p99_us),
-                us(rr.pdd.p99_us),
+                "{verdict} at {hb} s heartbeats: the load_balancer answered {} of {} calls (blind: {} of {}), its boxes refused {:.1}% of INVITEs (blind: {:.1}%), p99 PDD {} vs {} ({:.2}x {}).",
+                lu.answered,
+                lu.attempted,
+                ru.answered,
+                ru.attempted,
+                refused_share(lb) * 100.0,
+                refused_share(rr) * 100.0,
+                us(lu.pdd.p99_us),
+                us(ru.pdd.p99_us),
                 if ratio >= 1.0 { ratio } else if ratio > 0.0 { 1.0 / ratio } else { 0.0 },
                 if ratio >= 1.0 { "lower" } else { "HIGHER" }
             )
         }
-        (Some(rr), None) => format!(
-            "Only blind round-robin could run in this build: callers saw {} 503s and p99 PDD {}; FreeSWITCH-weighted modes are not available yet.",
-            rr.responses_503,
-            us(rr.pdd.p99_us)
-        ),
+        (Some(rr), None) => format!("Only blind round-robin could run in this build: it answered {} of {} calls.", rr.uac.as_ref().unwrap().answered, rr.uac.as_ref().unwrap().attempted),
         _ => "no mode ran".into(),
     }
 }
 
 pub fn render(r: &FsAwareResult) -> String {
     let p = &r.params;
-    let boxes: Vec<String> =
-        p.boxes.iter().map(|b| format!("{}{}", b.max_sessions, if b.background_cpu > 10 { format!(" (+{}% bg CPU)", b.background_cpu) } else { String::new() })).collect();
+    let occ = p.occupancy();
+    let boxes: Vec<String> = p
+        .boxes
+        .iter()
+        .map(|b| format!("{} ({:.1} calls/s; M={}, bg {}%, {}/session, min-idle {}, sps {})", b.binds, b.real_rate(occ), b.max_sessions, b.background_cpu, b.cpu_per_session, b.min_idle_cpu, b.sessions_per_second))
+        .collect();
     let mut t = Table::new(
         format!(
-            "fs-aware: {} emulated FreeSWITCH boxes, Max-Sessions {}; offered {:.0}% of capacity = {:.0} calls/s for {:.0} s, hold {:.1} s, heartbeat {:.0} s; fsroute {} shards, 2 peers ({})",
-            p.boxes.len(),
-            boxes.join("/"),
+            "fs-aware: 3 emulated FreeSWITCH boxes bound by {}; offered {:.0}% of {:.1} calls/s = {:.1} calls/s for {:.0} s, hold {:.1} s, boxes {} ms away, Idle-CPU smoothing {}; fsroute {} shards, api status every 5 s; {}",
+            boxes.join(", "),
             p.load * 100.0,
+            p.capacity_rate(),
             p.rate(),
             p.duration.as_secs_f64(),
             p.hold.as_secs_f64(),
-            p.heartbeat.as_secs_f64(),
+            p.network_delay.as_millis(),
+            p.idle_cpu_smoothing,
             p.shards,
             r.machine
         ),
-        &["mode", "calls", "answered", "503 seen", "rejected", "retries", "retransmit", "timed out", "PDD p50", "PDD p90", "PDD p99", "utilisation mean/peak per box"],
+        &["mode", "hb", "calls", "answered", "lost", "refused by boxes", "PDD p50", "PDD p90", "PDD p99", "utilisation mean/peak per box", "refusals by reason per box"],
     );
     for m in &r.modes {
         match &m.uac {
-            None => t.row(vec![m.mode.clone(), "n/a".into()]),
+            None => t.row(vec![m.mode.clone(), format!("{} s", m.heartbeat_s), "n/a".into()]),
             Some(u) => t.row(vec![
                 m.mode.clone(),
+                format!("{} s", m.heartbeat_s),
                 u.attempted.to_string(),
                 u.answered.to_string(),
-                u.responses_503.to_string(),
-                u.rejected_503.to_string(),
-                u.retries.to_string(),
-                (u.invite_retransmissions + u.bye_retransmissions).to_string(),
-                u.timed_out.to_string(),
+                lost(u).to_string(),
+                format!("{} ({:.1}%)", m.boxes.iter().map(|b| b.refused).sum::<u64>(), refused_share(m) * 100.0),
                 us(u.pdd.p50_us),
                 us(u.pdd.p90_us),
                 us(u.pdd.p99_us),
+                m.boxes.iter().map(|b| format!("{:.0}/{:.0}%", b.mean_utilisation * 100.0, b.peak_utilisation * 100.0)).collect::<Vec<_>>().join("  "),
                 m.boxes
                     .iter()
-                    .map(|b| format!("{:.0}/{:.0}%", b.mean_utilisation * 100.0, b.peak_utilisation * 100.0))
+                    .map(|b| format!("{}:{}s/{}c/{}r", b.binds, b.refused_sessions, b.refused_cpu, b.refused_sps))
                     .collect::<Vec<_>>()
-                    .join("  "),
+                    .join(" "),
             ]),
         }
     }
     let mut s = t.render();
+    s.push_str("refusals by reason: s = Max-Sessions, c = min-idle-cpu, r = sessions-per-second\n");
     for m in &r.modes {
         if let Some(reason) = &m.unavailable {
             s.push_str(&format!("{}: {reason}\n", m.mode));

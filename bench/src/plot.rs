@@ -23,7 +23,7 @@ pub fn pdd_cdf(runs: &[ModeRun], path: &Path) -> Result<String, String> {
                     (h.value_at_quantile(q) as f64 / 1000.0, q)
                 })
                 .collect();
-            Some((r.mode.clone(), pts))
+            Some((format!("{} ({} s hb)", r.mode, r.heartbeat_s), pts))
         })
         .collect();
     if series.is_empty() {

@@ -421,10 +421,9 @@ pub fn metrics_text(
     };
     per_shard("shard_received", "Datagrams read from the shard's socket", &|s| &s.received, &mut reg);
     per_shard("shard_processed", "Messages the shard routed and sent", &|s| &s.processed, &mut reg);
-    per_shard("shard_replied", "Replies fsroute generated", &|s| &s.replied, &mut reg);
+    per_shard("shard_replied", "Replies fsroute generated (404/483/503...)", &|s| &s.replied, &mut reg);
     per_shard("shard_handed_off", "Datagrams handed to the owning shard", &|s| &s.handed_off, &mut reg);
     per_shard("shard_failovers", "Calls moved to another destination after a failure or silence", &|s| &s.failovers, &mut reg);
-    per_shard("shard_replied", "Replies fsroute generated (404/483/503...)", &|s| &s.replied, &mut reg);
     let dropped = Family::<DropLabels, Counter>::default();
     for (i, s) in shards.iter().enumerate() {
         for r in DropReason::ALL {
@@ -454,4 +453,33 @@ pub fn metrics_text(
         let _ = writeln!(out, "# encoding failed");
     }
     out
+}
+
+#[cfg(test)]
+mod metrics_tests {
+    use std::collections::HashSet;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::build::{build_table, AdminState, CounterStore, Stats};
+
+    #[test]
+    fn every_metric_family_is_registered_once_so_an_openmetrics_parser_accepts_the_scrape() {
+        let c = crate::config::parse(
+            "[proxy]\nlisten = [\"127.0.0.1:5060\"]\n\n[[dispatcher]]\nsetid = 1\ndestination = \"sip:127.0.0.1:5071\"\nweight = \"fs://:ClueCon@127.0.0.1:8021\"\n",
+            Path::new("metrics.toml"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let t = build_table(&c, &Stats::default(), &AdminState::default(), &mut CounterStore::new(), 1);
+        let shards = vec![Arc::new(ShardStats::default()), Arc::new(ShardStats::default())];
+        let boxes = vec![FsMetric { url: "fs://127.0.0.1:8021".into(), lifecycle: "running", headroom: Some(BoxHeadroom::default()), ..FsMetric::default() }];
+        let text = metrics_text(&t, &shards, &ReloadRecord::default(), &boxes, &Timings::default());
+        let mut seen = HashSet::new();
+        for name in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split_whitespace().next()) {
+            assert!(seen.insert(name.to_string()), "{name} is registered twice:\n{text}");
+        }
+        assert!(seen.contains("fsroute_shard_replied") && seen.contains("fsroute_fs_headroom_available"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
 }

@@ -61,18 +61,28 @@ fn write_summary(s: &mut String, c: &Config) -> std::fmt::Result {
         )
     };
     writeln!(s, "probing     {probing}")?;
+    writeln!(
+        s,
+        "capacity    {} model; {} channel(s) per call; CPU cost prior {} points, margin {}; status every {}",
+        k.capacity_model.name(),
+        k.channels_per_call,
+        k.cpu_cost_prior_micro as f64 / 1e6,
+        f64::from(k.cpu_margin_micro) / 1e6,
+        dur(k.status_interval)
+    )?;
     let f = &c.failover;
     let codes: Vec<String> = f.codes.iter().map(ToString::to_string).collect();
     writeln!(
         s,
-        "failover    on {}; no answer {}; at most {} attempts",
+        "failover    on {}; no answer {}; at most {} attempts; exhausted: {}",
         if codes.is_empty() {
             "no codes".to_string()
         } else {
             codes.join(",")
         },
         dur(f.no_answer_timeout),
-        f.max_attempts
+        f.max_attempts,
+        if f.exhausted_reply == 500 { "500".to_string() } else { format!("503, Retry-After {}", dur(f.exhausted_retry_after)) }
     )?;
 
     let setids = c.setids();

@@ -843,3 +843,30 @@ fn load_reads_the_file_and_names_it_in_errors() {
     );
 }
 
+
+#[test]
+fn admission_keys_default_to_the_headroom_model_and_parse_points_and_durations() {
+    let c = ok(LISTEN);
+    assert_eq!(c.control.capacity_model, CapacityModel::Headroom);
+    assert_eq!((c.control.cpu_cost_prior_micro, c.control.cpu_margin_micro), (100_000, 2_000_000));
+    assert_eq!((c.failover.exhausted_reply, c.failover.exhausted_retry_after), (503, Duration::from_secs(5)));
+    let c = ok(&with_listen(
+        "[control]\ncapacity_model = \"opensips\"\ncpu_cost_prior = 0.25\ncpu_cost_floor = 1\ncpu_margin = 0\nstatus_interval = \"0s\"\n\n[failover]\nexhausted_reply = 500\nexhausted_retry_after = \"0s\"\nrefused_cooldown = \"250ms\"\n",
+    ));
+    assert_eq!(c.control.capacity_model, CapacityModel::Opensips);
+    assert_eq!((c.control.cpu_cost_prior_micro, c.control.cpu_cost_floor_micro, c.control.cpu_margin_micro), (250_000, 1_000_000, 0));
+    assert_eq!(c.control.status_interval, Duration::ZERO);
+    assert_eq!((c.failover.exhausted_reply, c.failover.refused_cooldown), (500, Duration::from_millis(250)));
+}
+
+#[test]
+fn bad_admission_keys_are_rejected_naming_the_field_and_line() {
+    let e = errs(&with_listen(
+        "[control]\ncapacity_model = \"least-loaded\"\ncpu_cost_prior = 0\ncpu_margin = -1\n\n[failover]\nexhausted_reply = 486\n",
+    ));
+    assert_eq!(line_of(&e, "control.capacity_model"), 4);
+    assert!(only(&e, "control.capacity_model").to_string().contains("\"headroom\" or \"opensips\""));
+    assert_eq!(line_of(&e, "control.cpu_cost_prior"), 5);
+    assert_eq!(line_of(&e, "control.cpu_margin"), 6);
+    assert!(only(&e, "failover.exhausted_reply").to_string().contains("503"));
+}

@@ -1,5 +1,6 @@
-//! FreeSWITCH heartbeat → load_balancer capacity, counted in calls (ARCHITECTURE.md, "load_balancer
-//! capacity from heartbeats"). Pure integer arithmetic: Idle-CPU arrives as fixed-point millionths of a
+//! FreeSWITCH heartbeat → load_balancer capacity under `capacity_model = "opensips"`, counted in
+//! calls: OpenSIPS's idea, which counts each call twice (docs/ADMISSION.md, "Why not OpenSIPS's
+//! formula"); the default model lives in `controlplane/src/headroom.rs` and `crate::admission`. Pure integer arithmetic: Idle-CPU arrives as fixed-point millionths of a
 //! percent, so 78.400000 % of 1000 sessions is exactly 784 calls (a float gives 783.99… and truncates to
 //! 783), and nothing here can wrap the way OpenSIPS's negative float → unsigned conversion does (#3294).
 
