@@ -290,6 +290,8 @@ fn session_count_in_the_next_heartbeat_matches_active_calls() {
         c.channels_per_call = 2;
         c.max_sessions = 20;
         c.background_cpu = 0;
+        c.cpu_per_session = 3.0;
+        c.idle_cpu_smoothing = 1;
         c.heartbeat = Duration::from_millis(100);
     });
     let uac = Uac::new(&emu);
@@ -302,8 +304,17 @@ fn session_count_in_the_next_heartbeat_matches_active_calls() {
     let s = HeartbeatStats::from_event(&Event::parse_plain(&f.body).unwrap()).unwrap();
     assert_eq!(s.session_count, 6, "3 calls × 2 channels");
     assert_eq!(s.max_sessions, 20);
-    assert_eq!(s.idle_cpu_micro, emu.model().idle_cpu_micro(3));
-    assert_eq!(s.idle_cpu_micro, 82_000_000, "100 − 60 × 6/20");
+    // Idle-CPU moves on the box's 1 s sample: wait for the first one taken with 6 sessions.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let idle = loop {
+        let f = esl.frame();
+        let s = HeartbeatStats::from_event(&Event::parse_plain(&f.body).unwrap()).unwrap();
+        if s.idle_cpu_micro != 100_000_000 || Instant::now() > deadline {
+            break s.idle_cpu_micro;
+        }
+    };
+    assert_eq!(idle, emu.model().idle_sample(6) * 1_000_000);
+    assert_eq!(idle, 82_000_000, "100 − 3 × 6 sessions");
     assert_eq!(esl.command("api show calls count").body, b"\n3 total.\n");
 }
 
