@@ -93,8 +93,7 @@ fn api(c: &mut Raw, cmd: &str) -> String {
 }
 
 #[test]
-fn sps_budget_admits_n_minus_one_per_box_second_and_refuses_the_rest_with_503_retry_after_300()
-{
+fn sps_budget_admits_n_minus_one_per_box_second_and_refuses_the_rest_with_503_retry_after_300() {
     let emu = emulator(|c| {
         c.sessions_per_second = 5;
         c.hold = Duration::from_secs(30);
@@ -186,7 +185,11 @@ fn min_idle_cpu_refuses_a_box_busy_with_background_work() {
             ..Refusals::default()
         }
     );
-    assert_eq!(ping(&uac, "cpu-opt"), Some(200), "sofia's pre-check ignores CPU");
+    assert_eq!(
+        ping(&uac, "cpu-opt"),
+        Some(200),
+        "sofia's pre-check ignores CPU"
+    );
     emu.set_min_idle_cpu(30.0);
     uac.send(&uac.invite("cpu2", ""));
     assert_eq!(uac.recv().status(), Some(100));
@@ -200,7 +203,11 @@ fn pause_inbound_refuses_and_pause_check_reports_it() {
     assert_eq!(api(&mut esl, "fsctl pause_check inbound"), "false");
     assert_eq!(api(&mut esl, "fsctl pause inbound"), "+OK\n");
     assert_eq!(api(&mut esl, "fsctl pause_check inbound"), "true");
-    assert_eq!(api(&mut esl, "fsctl pause_check"), "false", "pause all is its own flag");
+    assert_eq!(
+        api(&mut esl, "fsctl pause_check"),
+        "false",
+        "pause all is its own flag"
+    );
     uac.send(&uac.invite("p1", ""));
     assert_sofia_503(&uac.recv());
     assert_eq!(ping(&uac, "p-opt"), Some(503));
@@ -295,12 +302,12 @@ fn api_status_lines_5_and_7_carry_the_configured_sps_and_min_idle_cpu_and_fsctl_
         "{status}"
     );
     assert_eq!(lines[6], "min idle cpu 12.50/100.00", "{status}");
-    assert_eq!(
-        api(&mut esl, "fsctl sps 9"),
-        "+OK sessions per second: 9\n"
-    );
+    assert_eq!(api(&mut esl, "fsctl sps 9"), "+OK sessions per second: 9\n");
     assert_eq!(api(&mut esl, "fsctl sps"), "+OK sessions per second: 9\n");
-    assert_eq!(api(&mut esl, "fsctl max_sessions 5"), "+OK max sessions: 5\n");
+    assert_eq!(
+        api(&mut esl, "fsctl max_sessions 5"),
+        "+OK max sessions: 5\n"
+    );
     assert_eq!(
         api(&mut esl, "fsctl min_idle_cpu 7"),
         "+OK min idle cpu: 7.00%\n"
@@ -401,7 +408,11 @@ fn network_delay_delays_sip_by_twice_the_delay_and_esl_writes_by_the_delay() {
     let uac = Uac::new(&emu);
     let t0 = Instant::now();
     assert_eq!(ping(&uac, "nd-opt"), Some(200));
-    assert!(t0.elapsed() >= 2 * d, "OPTIONS round trip {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= 2 * d,
+        "OPTIONS round trip {:?}",
+        t0.elapsed()
+    );
     let t0 = Instant::now();
     let ok = uac.call("nd-call");
     assert_eq!(ok.status(), Some(200));
