@@ -3,84 +3,11 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use common::{emulator, Raw};
-use fsroute_esl::emulator::sip::SipMessage;
-use fsroute_esl::emulator::EmulatorHandle;
+use common::{emulator, recv, Raw, Uac};
 use fsroute_esl::{Event, HeartbeatStats};
-
-struct Uac {
-    sock: UdpSocket,
-    uas: SocketAddr,
-}
-
-impl Uac {
-    fn new(emu: &EmulatorHandle) -> Uac {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        Uac {
-            sock,
-            uas: emu.sip_addr(),
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.sock.local_addr().unwrap()
-    }
-
-    fn send(&self, msg: &str) {
-        self.sock.send_to(msg.as_bytes(), self.uas).unwrap();
-    }
-
-    fn recv_within(&self, timeout: Duration) -> Option<SipMessage> {
-        recv(&self.sock, timeout)
-    }
-
-    fn recv(&self) -> SipMessage {
-        self.recv_within(Duration::from_secs(3))
-            .expect("a SIP message within 3 s")
-    }
-
-    fn invite(&self, call_id: &str, extra: &str) -> String {
-        format!(
-            "INVITE sip:100@{uas} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{call_id};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:caller@{me}>;tag=ft-{call_id}\r\nTo: <sip:100@{uas}>\r\n\
-             Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{me}>\r\n{extra}\
-             Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n",
-            uas = self.uas,
-            me = self.addr()
-        )
-    }
-
-    fn in_dialog(&self, method: &str, call_id: &str, to_tag: &str, cseq: u32) -> String {
-        format!(
-            "{method} sip:fsemu@{uas} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{method}-{call_id}\r\n\
-             From: <sip:caller@{me}>;tag=ft-{call_id}\r\nTo: <sip:100@{uas}>;tag={to_tag}\r\n\
-             Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
-            uas = self.uas,
-            me = self.addr()
-        )
-    }
-
-    /// INVITE until 200; returns the 200.
-    fn call(&self, call_id: &str) -> SipMessage {
-        self.send(&self.invite(call_id, ""));
-        loop {
-            let m = self.recv();
-            if m.status() == Some(200) {
-                return m;
-            }
-        }
-    }
-}
-
-fn recv(sock: &UdpSocket, timeout: Duration) -> Option<SipMessage> {
-    sock.set_read_timeout(Some(timeout)).unwrap();
-    let mut buf = [0u8; 8192];
-    let (n, _) = sock.recv_from(&mut buf).ok()?;
-    Some(SipMessage::parse(&buf[..n]).expect("the UAS sends well-formed SIP"))
-}
 
 #[test]
 fn invite_gets_100_180_then_200_with_sdp_and_ack_then_bye_gets_200() {
@@ -290,6 +217,8 @@ fn session_count_in_the_next_heartbeat_matches_active_calls() {
         c.channels_per_call = 2;
         c.max_sessions = 20;
         c.background_cpu = 0;
+        c.cpu_per_session = 3.0;
+        c.idle_cpu_smoothing = 1;
         c.heartbeat = Duration::from_millis(100);
     });
     let uac = Uac::new(&emu);
@@ -302,8 +231,17 @@ fn session_count_in_the_next_heartbeat_matches_active_calls() {
     let s = HeartbeatStats::from_event(&Event::parse_plain(&f.body).unwrap()).unwrap();
     assert_eq!(s.session_count, 6, "3 calls × 2 channels");
     assert_eq!(s.max_sessions, 20);
-    assert_eq!(s.idle_cpu_micro, emu.model().idle_cpu_micro(3));
-    assert_eq!(s.idle_cpu_micro, 82_000_000, "100 − 60 × 6/20");
+    // Idle-CPU moves on the box's 1 s sample: wait for the first one taken with 6 sessions.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let idle = loop {
+        let f = esl.frame();
+        let s = HeartbeatStats::from_event(&Event::parse_plain(&f.body).unwrap()).unwrap();
+        if s.idle_cpu_micro != 100_000_000 || Instant::now() > deadline {
+            break s.idle_cpu_micro;
+        }
+    };
+    assert_eq!(idle, emu.model().idle_sample(6) * 1_000_000);
+    assert_eq!(idle, 82_000_000, "100 − 3 × 6 sessions");
     assert_eq!(esl.command("api show calls count").body, b"\n3 total.\n");
 }
 

@@ -2,9 +2,12 @@
 //! mod_event_socket, reading commands with [`CommandReader`] and answering with the
 //! byte-exact frames of [`crate::serialize`]; plus the HEARTBEAT ticker that broadcasts to
 //! every connection, each of which keeps only what its subscription and filters allow.
-//! Fault knobs (split, stall, garbage, drop, kill, shutdown notice) live here too.
+//! Fault knobs (split, stall, garbage, drop, kill, shutdown notice) live here too, as do
+//! the box's own shutdown (SHUTDOWN_REQUESTED, then the notice once no session is left)
+//! and the network delay on everything the box writes (a per-connection queue of frames
+//! with their departure times, drained by the connection's own loop).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -13,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{lock, uuid_v4, Fault, Shared, VERSION, VERSION_HUMAN};
+use super::{fsctl, lock, uuid_v4, Fault, Shared, ShutdownMode, VERSION, VERSION_HUMAN};
 use crate::command::EventFormat;
 use crate::serialize::{self, OutEvent, GOODBYE, GREETING};
 use crate::server_proto::{CommandReader, FilterOp, ServerCommand, ServerRequest};
@@ -163,6 +166,66 @@ pub(crate) fn drop_connections(shared: &Shared, notice: Option<&'static [u8]>) {
     if notice.is_none() {
         inner.conns.clear();
     }
+}
+
+/// The box shut itself down: the listener closes (the port refuses connections) and
+/// every connection gets its queued events, the 31-byte shutdown notice, then a close.
+pub(crate) fn shutdown(shared: &Shared) {
+    let listener = lock(&shared.esl.inner).listener.take();
+    if let Some((stop, handle)) = listener {
+        stop.store(true, Ordering::Relaxed);
+        // The accept thread only polls; joining it from a connection thread is safe.
+        let _ = handle.join();
+    }
+    drop_connections(shared, Some(serialize::SHUTDOWN_NOTICE));
+}
+
+/// The 13 headers every FreeSWITCH event starts with (ESL.md §3.5, rows 1–13).
+fn common_event(
+    shared: &Shared,
+    name: &str,
+    file: &str,
+    function: &str,
+    line: u32,
+) -> OutEvent {
+    let hb = shared.heartbeat_params(Instant::now());
+    let ts = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let secs = i64::try_from(ts / 1_000_000).unwrap_or(0);
+    OutEvent::new()
+        .header("Event-Name", name)
+        .header("Core-UUID", hb.core_uuid.as_str())
+        .header("FreeSWITCH-Hostname", hb.hostname.as_str())
+        .header("FreeSWITCH-Switchname", hb.switchname.as_str())
+        .header("FreeSWITCH-IPv4", hb.ipv4.as_str())
+        .header("FreeSWITCH-IPv6", hb.ipv6.as_str())
+        .header("Event-Date-Local", serialize::format_date_local(secs, 0))
+        .header("Event-Date-GMT", serialize::format_date_gmt(secs))
+        .header("Event-Date-Timestamp", ts.to_string())
+        .header("Event-Calling-File", file)
+        .header("Event-Calling-Function", function)
+        .header("Event-Calling-Line-Number", line.to_string())
+        .header("Event-Sequence", hb.sequence.to_string())
+}
+
+/// SHUTDOWN_REQUESTED as `switch_core_session_ctl` fires it: the common headers plus
+/// `Event-Info: elegant` or `ASAP`. The calling line number is a guess (not read from a
+/// 1.10.12 tree).
+pub(crate) fn fire_shutdown_requested(shared: &Shared, mode: ShutdownMode) {
+    let info = match mode {
+        ShutdownMode::Elegant => "elegant",
+        ShutdownMode::Asap => "ASAP",
+    };
+    let ev = common_event(
+        shared,
+        "SHUTDOWN_REQUESTED",
+        "switch_core.c",
+        "switch_core_session_ctl",
+        2906,
+    )
+    .header("Event-Info", info);
+    broadcast(shared, ev);
 }
 
 fn broadcast(shared: &Shared, event: OutEvent) {
@@ -385,6 +448,9 @@ struct Connection<'a> {
     sub: Subscription,
     logging: bool,
     garbage_sent: bool,
+    /// Bytes waiting for their departure time (only with a network delay).
+    delayed: VecDeque<(Instant, Vec<u8>)>,
+    read_timeout: Duration,
 }
 
 impl<'a> Connection<'a> {
@@ -412,6 +478,8 @@ impl<'a> Connection<'a> {
             },
             logging: false,
             garbage_sent: false,
+            delayed: VecDeque::new(),
+            read_timeout: POLL,
         }
     }
 
@@ -419,9 +487,56 @@ impl<'a> Connection<'a> {
         self.closing.load(Ordering::Relaxed) || self.shared.shutdown.load(Ordering::Relaxed)
     }
 
+    /// Writes now, or queues the bytes to leave one network delay from now. Order is kept:
+    /// once anything waits, everything after it waits too.
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let delay = self.shared.cfg.network_delay;
+        if delay.is_zero() && self.delayed.is_empty() {
+            return self.write_now(bytes);
+        }
+        self.delayed.push_back((Instant::now() + delay, bytes.to_vec()));
+        self.flush_due()
+    }
+
+    /// Writes every queued piece whose departure time has come.
+    fn flush_due(&mut self) -> io::Result<()> {
+        let now = Instant::now();
+        while self.delayed.front().is_some_and(|(due, _)| *due <= now) {
+            if let Some((_, bytes)) = self.delayed.pop_front() {
+                self.write_now(&bytes)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits out and writes everything queued (before a close).
+    fn flush_all(&mut self) -> io::Result<()> {
+        while let Some((due, bytes)) = self.delayed.pop_front() {
+            let wait = due.saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+            self.write_now(&bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Reads wake up in time for the next queued departure.
+    fn adjust_read_timeout(&mut self) -> io::Result<()> {
+        let want = self.delayed.front().map_or(POLL, |(due, _)| {
+            due.saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), POLL)
+        });
+        if want != self.read_timeout {
+            self.stream.set_read_timeout(Some(want))?;
+            self.read_timeout = want;
+        }
+        Ok(())
+    }
+
     /// Honours the split fault: each piece is its own write, so with TCP_NODELAY its own
     /// segment.
-    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+    fn write_now(&mut self, bytes: &[u8]) -> io::Result<()> {
         if self.shared.fault() != Fault::Split {
             return self.stream.write_all(bytes);
         }
@@ -444,6 +559,7 @@ impl<'a> Connection<'a> {
     /// Sends the notice and closes, letting the client read what was written first.
     fn goodbye(&mut self, notice: &[u8]) -> io::Result<()> {
         self.send(&serialize::disconnect_notice(notice))?;
+        self.flush_all()?;
         let _ = self.stream.shutdown(Shutdown::Write);
         let _ = self
             .stream
@@ -482,9 +598,13 @@ impl<'a> Connection<'a> {
                 return Ok(End::Killed);
             }
             if self.close_mode.load(Ordering::Relaxed) == CLOSE_SHUTDOWN_NOTICE {
+                // What was fired before the shutdown (SHUTDOWN_REQUESTED) still goes out.
+                self.deliver_events()?;
                 self.goodbye(serialize::SHUTDOWN_NOTICE)?;
                 return Ok(End::Shutdown);
             }
+            self.flush_due()?;
+            self.adjust_read_timeout()?;
             match self.shared.fault() {
                 Fault::Stall => {
                     std::thread::sleep(POLL);
@@ -524,15 +644,20 @@ impl<'a> Connection<'a> {
                 self.goodbye(GOODBYE)?;
                 return Ok(End::AuthTimeout);
             }
-            while let Ok(event) = self.events.try_recv() {
-                if self.authed && self.sub.wants(&event) {
-                    let encoded = event.encode(self.sub.format);
-                    // Envelope and body are two sends, as in FreeSWITCH.
-                    self.send(&encoded.envelope)?;
-                    self.send(&encoded.body)?;
-                }
+            self.deliver_events()?;
+        }
+    }
+
+    fn deliver_events(&mut self) -> io::Result<()> {
+        while let Ok(event) = self.events.try_recv() {
+            if self.authed && self.sub.wants(&event) {
+                let encoded = event.encode(self.sub.format);
+                // Envelope and body are two sends, as in FreeSWITCH.
+                self.send(&encoded.envelope)?;
+                self.send(&encoded.body)?;
             }
         }
+        Ok(())
     }
 
     fn handle(&mut self, cmd: &ServerCommand) -> io::Result<Option<End>> {
@@ -707,8 +832,9 @@ impl<'a> Connection<'a> {
             "status" => self.shared.status_params(now).body(),
             "show" => {
                 let s = self.shared.snapshot(now);
+                let k = lock(&self.shared.counters).model.channels_per_call.max(1);
                 match arg.to_ascii_lowercase().as_str() {
-                    "calls count" => serialize::show_count(s.session_count.div_ceil(self.shared.model.channels_per_call)),
+                    "calls count" => serialize::show_count(s.session_count.div_ceil(k)),
                     "channels count" => serialize::show_count(s.session_count),
                     _ => b"-USAGE: codec|endpoint|application|api|dialplan|file|timer|calls [count]|channels [count|like <match string>]|calls|detailed_calls|bridged_calls|detailed_bridged_calls|aliases|complete|chat|management|modules|nat_map|say|interfaces|interface_types|tasks|limits|status\n".to_vec(),
                 }
@@ -723,6 +849,7 @@ impl<'a> Connection<'a> {
                 format!("{n}\n").into_bytes()
             }
             "hostname" => self.shared.cfg.hostname.clone().into_bytes(),
+            "fsctl" => fsctl::run(self.shared, arg),
             "version" if arg == "short" => b"1.10.12\n".to_vec(),
             "version" => format!("FreeSWITCH Version {VERSION} ({VERSION_HUMAN})\n").into_bytes(),
             _ => serialize::api_not_found(command),
@@ -736,26 +863,14 @@ impl<'a> Connection<'a> {
         arg: Option<&str>,
         body: Vec<u8>,
     ) -> OutEvent {
-        let hb = self.shared.heartbeat_params(Instant::now());
-        let ts = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        let secs = i64::try_from(ts / 1_000_000).unwrap_or(0);
-        let mut ev = OutEvent::new()
-            .header("Event-Name", "BACKGROUND_JOB")
-            .header("Core-UUID", hb.core_uuid.as_str())
-            .header("FreeSWITCH-Hostname", hb.hostname.as_str())
-            .header("FreeSWITCH-Switchname", hb.switchname.as_str())
-            .header("FreeSWITCH-IPv4", hb.ipv4.as_str())
-            .header("FreeSWITCH-IPv6", hb.ipv6.as_str())
-            .header("Event-Date-Local", serialize::format_date_local(secs, 0))
-            .header("Event-Date-GMT", serialize::format_date_gmt(secs))
-            .header("Event-Date-Timestamp", ts.to_string())
-            .header("Event-Calling-File", "mod_event_socket.c")
-            .header("Event-Calling-Function", "api_exec")
-            .header("Event-Calling-Line-Number", "1572")
-            .header("Event-Sequence", hb.sequence.to_string())
-            .header("Job-UUID", uuid)
+        let mut ev = common_event(
+            self.shared,
+            "BACKGROUND_JOB",
+            "mod_event_socket.c",
+            "api_exec",
+            1572,
+        )
+        .header("Job-UUID", uuid)
             .header("Job-Command", command);
         if let Some(a) = arg.filter(|a| !a.is_empty()) {
             ev.push("Job-Command-Arg", a);

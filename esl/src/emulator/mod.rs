@@ -1,11 +1,14 @@
 //! A FreeSWITCH box for tests and benchmarks: an ESL server (ESL.md §9) and a SIP UAS on
-//! UDP that share one capacity model, so what the box reports over ESL is what its SIP
-//! side does. It is a test tool, not the product: plain std threads, a mutex around the
-//! counters. [`Emulator::start`] binds both sockets and returns an [`EmulatorHandle`]
-//! through which tests change the reported numbers, inject faults, kill or restart the
-//! ESL side and read call counters, with no control plane involved.
+//! UDP that share one admission and load model, so what the box reports over ESL is what
+//! its SIP side does, and what it refuses is what a real FreeSWITCH refuses
+//! (ADMISSION.md). It is a test tool, not the product: plain std threads, a mutex around
+//! the counters. [`Emulator::start`] binds both sockets and returns an [`EmulatorHandle`]
+//! through which tests change the reported numbers, drive `fsctl`-like controls (pause,
+//! sps, max sessions, shutdown), inject faults, kill or restart the ESL side and read call
+//! and refusal counters, with no control plane involved.
 
 pub mod esl_server;
+mod fsctl;
 pub mod model;
 pub mod sip;
 pub mod uas;
@@ -16,7 +19,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-pub use model::{CapacityModel, Counters, Reported};
+pub use model::{
+    BootLimits, CapacityModel, Counters, Refusal, Refusals, Reported, ShutdownMode,
+    DEFAULT_CPU_PER_SESSION, DEFAULT_IDLE_CPU_SMOOTHING,
+};
 
 use crate::serialize::{HeartbeatParams, StatusParams};
 
@@ -49,7 +55,8 @@ impl std::str::FromStr for Fault {
 /// When the UAS answers INVITE and OPTIONS with 503.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Respond503 {
-    /// Like FreeSWITCH: once Session-Count reaches Max-Sessions.
+    /// Like FreeSWITCH: by its admission rules (Max-Sessions, sessions per second,
+    /// min-idle-cpu, pause, shutdown; see [`model`]).
     #[default]
     WhenFull,
     Always,
@@ -85,10 +92,24 @@ pub struct EmulatorConfig {
     pub heartbeat: Duration,
     /// Answer delay of an idle box; grows with load.
     pub answer_delay: Duration,
+    /// CPU percent busy with other work: Idle-CPU never rises above `100 − this`.
     pub background_cpu: u32,
+    /// Idle-CPU points one session costs (default [`DEFAULT_CPU_PER_SESSION`], a fixed
+    /// figure, not derived from `max_sessions`).
+    pub cpu_per_session: f64,
+    /// FreeSWITCH's `min-idle-cpu` in percent; 0 leaves it unset.
+    pub min_idle_cpu: f64,
+    /// FreeSWITCH's `cpu-idle-smoothing-depth`: Idle-CPU is the mean of this many
+    /// one-second samples (0 is taken as 1).
+    pub idle_cpu_smoothing: u32,
     pub channels_per_call: u64,
-    /// FreeSWITCH's `sessions-per-second`, reported only.
+    /// FreeSWITCH's `sessions-per-second`: only N − 1 new sessions get through per
+    /// box-second.
     pub sessions_per_second: u64,
+    /// One-way network delay: every SIP datagram is handled this long after it arrived
+    /// and leaves this long after it was produced; ESL frames the box writes leave this
+    /// late too.
+    pub network_delay: Duration,
     pub hostname: String,
     pub fault: Fault,
     pub respond_503: Respond503,
@@ -105,7 +126,13 @@ impl std::fmt::Debug for EmulatorConfig {
             .field("heartbeat", &self.heartbeat)
             .field("answer_delay", &self.answer_delay)
             .field("background_cpu", &self.background_cpu)
+            .field("cpu_per_session", &self.cpu_per_session)
+            .field("min_idle_cpu", &self.min_idle_cpu)
+            .field("idle_cpu_smoothing", &self.idle_cpu_smoothing)
             .field("channels_per_call", &self.channels_per_call)
+            .field("sessions_per_second", &self.sessions_per_second)
+            .field("network_delay", &self.network_delay)
+            .field("hostname", &self.hostname)
             .field("fault", &self.fault)
             .field("respond_503", &self.respond_503)
             .finish()
@@ -124,8 +151,12 @@ impl Default for EmulatorConfig {
             heartbeat: Duration::from_secs(20),
             answer_delay: Duration::from_millis(50),
             background_cpu: 5,
+            cpu_per_session: DEFAULT_CPU_PER_SESSION,
+            min_idle_cpu: 0.0,
+            idle_cpu_smoothing: DEFAULT_IDLE_CPU_SMOOTHING,
             channels_per_call: 1,
             sessions_per_second: 30,
+            network_delay: Duration::ZERO,
             hostname: "fsemu".to_owned(),
             fault: Fault::None,
             respond_503: Respond503::WhenFull,
@@ -139,7 +170,21 @@ impl EmulatorConfig {
             max_sessions: self.max_sessions,
             channels_per_call: self.channels_per_call.max(1),
             background_cpu: self.background_cpu.min(100),
+            cpu_per_session: if self.cpu_per_session.is_finite() {
+                self.cpu_per_session
+            } else {
+                DEFAULT_CPU_PER_SESSION
+            },
             answer_delay: self.answer_delay,
+        }
+    }
+
+    /// What every boot starts from; `fsctl` changes the live copy only.
+    pub fn boot_limits(&self) -> BootLimits {
+        BootLimits {
+            sps_limit: self.sessions_per_second,
+            min_idle_cpu_micro: model::percent_to_micro(self.min_idle_cpu),
+            idle_cpu_smoothing: self.idle_cpu_smoothing.max(1),
         }
     }
 }
@@ -152,7 +197,7 @@ pub(crate) struct Boot {
 
 pub(crate) struct Shared {
     pub cfg: EmulatorConfig,
-    pub model: CapacityModel,
+    /// Limits, flags and counters; the live load model lives inside.
     pub counters: Mutex<Counters>,
     pub reported: Mutex<Option<Reported>>,
     pub boot: Mutex<Boot>,
@@ -216,10 +261,15 @@ pub struct Snapshot {
     pub session_since_startup: u64,
     pub session_peak_max: u64,
     pub session_peak_five_min: u64,
+    /// Session-Per-Sec: the budget left in the current box-second.
     pub sps_remaining: u64,
     pub sps_last: u64,
     pub sps_max: u64,
     pub sps_five_min: u64,
+    /// The configured (live) `sessions-per-second`.
+    pub sps_limit: u64,
+    /// `min-idle-cpu` in millionths of a percent (0: unset).
+    pub min_idle_cpu_micro: u32,
 }
 
 impl Shared {
@@ -242,11 +292,11 @@ impl Shared {
 
     pub fn snapshot(&self, now: Instant) -> Snapshot {
         let mut c = lock(&self.counters);
-        c.tick(now, &self.model);
+        c.tick(now);
         let live = Reported {
-            session_count: self.model.session_count(c.active_calls),
-            max_sessions: self.model.max_sessions,
-            idle_cpu_micro: self.model.idle_cpu_micro(c.active_calls),
+            session_count: c.session_count(),
+            max_sessions: c.model.max_sessions,
+            idle_cpu_micro: c.idle_cpu_micro(),
         };
         let r = lock(&self.reported).unwrap_or(live);
         Snapshot {
@@ -257,11 +307,79 @@ impl Shared {
             session_since_startup: c.session_since_startup,
             session_peak_max: c.session_peak_max.max(r.session_count),
             session_peak_five_min: c.session_peak_five_min().max(r.session_count),
-            sps_remaining: c.sps_remaining(self.cfg.sessions_per_second),
+            sps_remaining: c.sps_remaining(),
             sps_last: c.sps_last,
             sps_max: c.sps_max,
             sps_five_min: c.sps_five_min(),
+            sps_limit: c.sps_limit,
+            min_idle_cpu_micro: c.min_idle_cpu_micro,
         }
+    }
+
+    /// Runs admission for a new INVITE under the current 503 policy; on success returns
+    /// the answer delay at the new load.
+    pub fn admit_call(&self, now: Instant) -> Result<Duration, Option<Refusal>> {
+        let mut c = lock(&self.counters);
+        match self.respond_503() {
+            Respond503::Always => {
+                c.tick(now);
+                c.calls_rejected += 1;
+                Err(None)
+            }
+            Respond503::Never => {
+                c.admit_unchecked(now);
+                Ok(c.model.answer_delay_at(c.active_calls))
+            }
+            Respond503::WhenFull => c
+                .admit(now)
+                .map(|()| c.model.answer_delay_at(c.active_calls))
+                .map_err(Some),
+        }
+    }
+
+    /// Whether OPTIONS gets 503: sofia's pre-check (full, paused, stopping) answers
+    /// OPTIONS as it answers INVITE, without spending any budget.
+    pub fn options_refused(&self, now: Instant) -> bool {
+        match self.respond_503() {
+            Respond503::Always => true,
+            Respond503::Never => false,
+            Respond503::WhenFull => {
+                let mut c = lock(&self.counters);
+                c.tick(now);
+                c.precheck().is_err()
+            }
+        }
+    }
+
+    /// A call's session(s) ended; finishes a pending shutdown when it was the last.
+    pub fn release_call(&self, now: Instant) {
+        let done = lock(&self.counters).release(now);
+        if done {
+            self.go_down();
+        }
+    }
+
+    /// The box has shut down: SIP falls silent (see [`uas`]).
+    pub fn is_down(&self) -> bool {
+        lock(&self.counters).down
+    }
+
+    /// `fsctl shutdown elegant|asap`: SHUTDOWN_REQUESTED to subscribers, then down at
+    /// once if no session is left.
+    pub fn request_shutdown(&self, mode: ShutdownMode) {
+        if self.is_down() {
+            return;
+        }
+        esl_server::fire_shutdown_requested(self, mode);
+        let done = lock(&self.counters).request_shutdown(mode);
+        if done {
+            self.go_down();
+        }
+    }
+
+    fn go_down(&self) {
+        tracing::info!(core_uuid = %lock(&self.boot).core_uuid, "fsemu shut down: no sessions left");
+        esl_server::shutdown(self);
     }
 
     fn uptime_us(&self, now: Instant) -> (String, u64) {
@@ -324,11 +442,11 @@ impl Shared {
             session_peak_max: s.session_peak_max,
             session_peak_five_min: s.session_peak_five_min,
             session_per_sec_last: s.sps_last,
-            sessions_per_sec_limit: self.cfg.sessions_per_second,
+            sessions_per_sec_limit: s.sps_limit,
             session_per_sec_max: s.sps_max,
             session_per_sec_five_min: s.sps_five_min,
             max_sessions: s.max_sessions,
-            min_idle_cpu_micro: 0,
+            min_idle_cpu_micro: s.min_idle_cpu_micro,
             idle_cpu_micro: s.idle_cpu_micro,
             stack_size_kib: 240,
             stack_max_kib: 8192,
@@ -350,8 +468,7 @@ impl Emulator {
         let esl_addr = listener.local_addr()?;
         let now = Instant::now();
         let shared = Arc::new(Shared {
-            model: cfg.model(),
-            counters: Mutex::new(Counters::new(now)),
+            counters: Mutex::new(Counters::new(now, cfg.model(), cfg.boot_limits())),
             reported: Mutex::new(None),
             boot: Mutex::new(Boot {
                 core_uuid: uuid_v4(),
@@ -416,8 +533,61 @@ impl EmulatorHandle {
         self.sip_addr
     }
 
+    /// The load model, with the live Max-Sessions.
     pub fn model(&self) -> CapacityModel {
-        self.shared.model
+        lock(&self.shared.counters).model
+    }
+
+    /// Time on the box's own clock: its 1 s ticks fall on whole seconds of this.
+    pub fn uptime(&self) -> Duration {
+        lock(&self.shared.counters).uptime(Instant::now())
+    }
+
+    /// INVITEs refused by the admission rules, per reason (forced `Respond503::Always`
+    /// refusals are only in [`EmulatorHandle::calls_rejected`]).
+    pub fn refusals(&self) -> Refusals {
+        lock(&self.shared.counters).refusals
+    }
+
+    /// `fsctl pause inbound` (true) or `fsctl resume inbound` (false).
+    pub fn pause_inbound(&self, pause: bool) {
+        lock(&self.shared.counters).no_new_inbound = pause;
+    }
+
+    /// `fsctl sps N`: the live sessions-per-second limit, used from the next tick on (as
+    /// FreeSWITCH, which refills the budget only on its tick). 0 is ignored, as there.
+    pub fn set_sps(&self, sps: u64) {
+        if sps > 0 {
+            lock(&self.shared.counters).sps_limit = sps;
+        }
+    }
+
+    /// `fsctl max_sessions N`; 0 is ignored, as FreeSWITCH does.
+    pub fn set_max_sessions(&self, max_sessions: u64) {
+        if max_sessions > 0 {
+            lock(&self.shared.counters).model.max_sessions = max_sessions;
+        }
+    }
+
+    /// `fsctl min_idle_cpu PCT` (0 disables).
+    pub fn set_min_idle_cpu(&self, percent: f64) {
+        lock(&self.shared.counters).min_idle_cpu_micro = model::percent_to_micro(percent);
+    }
+
+    /// `fsctl shutdown elegant`: SHUTDOWN_REQUESTED (`Event-Info: elegant`), calls are
+    /// still accepted, and the box shuts down once Session-Count reaches 0.
+    pub fn shutdown_elegant(&self) {
+        self.shared.request_shutdown(ShutdownMode::Elegant);
+    }
+
+    /// `fsctl shutdown asap`: like elegant, but new calls are refused at once.
+    pub fn shutdown_asap(&self) {
+        self.shared.request_shutdown(ShutdownMode::Asap);
+    }
+
+    /// Whether a requested shutdown has completed (ESL closed, SIP silent).
+    pub fn is_down(&self) -> bool {
+        self.shared.is_down()
     }
 
     pub fn core_uuid(&self) -> String {
@@ -475,7 +645,8 @@ impl EmulatorHandle {
     }
 
     /// A FreeSWITCH restart: kill (if still running), then listen again on the same
-    /// address with a new Core-UUID, Event-Sequence and uptime from zero.
+    /// address with a new Core-UUID, Event-Sequence and uptime from zero; limits, pause
+    /// and shutdown state go back to the configuration (a shut-down box comes back).
     pub fn restart(&self) -> std::io::Result<()> {
         esl_server::kill(&self.shared);
         let now = Instant::now();
@@ -484,7 +655,11 @@ impl EmulatorHandle {
             started: now,
         };
         self.shared.sequence.store(0, Ordering::Relaxed);
-        lock(&self.shared.counters).reset_boot(now, &self.shared.model);
+        lock(&self.shared.counters).reset_boot(
+            now,
+            self.shared.cfg.max_sessions,
+            self.shared.cfg.boot_limits(),
+        );
         let listener = TcpListener::bind(self.esl_addr)?;
         esl_server::start_listener(&self.shared, listener)?;
         tracing::info!(esl = %self.esl_addr, core_uuid = %self.core_uuid(), "fsemu ESL restarted");

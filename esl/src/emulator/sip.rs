@@ -341,7 +341,21 @@ pub fn response(
     extra: &[(&str, String)],
     body: Option<(&str, &[u8])>,
 ) -> Vec<u8> {
-    let mut s = format!("SIP/2.0 {code} {}\r\n", reason_phrase(code));
+    response_with_reason(req, code, reason_phrase(code), to_tag, record_route, extra, body)
+}
+
+/// [`response`] with a reason phrase of the caller's choosing (sofia's 503 says
+/// `Maximum Calls In Progress`).
+pub fn response_with_reason(
+    req: &SipMessage,
+    code: u16,
+    reason: &str,
+    to_tag: Option<&str>,
+    record_route: bool,
+    extra: &[(&str, String)],
+    body: Option<(&str, &[u8])>,
+) -> Vec<u8> {
+    let mut s = format!("SIP/2.0 {code} {reason}\r\n");
     for (name, value) in &req.headers {
         let copy = matches!(name.as_str(), "Via" | "From" | "Call-ID" | "CSeq")
             || (record_route && name == "Record-Route");

@@ -6,23 +6,32 @@
 //! UAS hangs up itself with a BYE routed through the learned route set. One thread
 //! owns all call state; the shared counters are what the ESL side reports.
 //!
+//! Admission is the model's (FreeSWITCH's rules); every refusal is sofia's
+//! `503 Maximum Calls In Progress` with `Retry-After: 300`, for OPTIONS too when sofia's
+//! pre-check (full, paused, stopping) fails. A box that has shut down answers nothing.
+//!
 //! Responses go to the request's source address (the `rport` behaviour), which is
-//! where every client on loopback and every proxy expects them.
+//! where every client on loopback and every proxy expects them. A network delay is two
+//! FIFO queues in this thread (constant delay keeps arrival order): datagrams in, handled
+//! when their time comes, and datagrams out, sent when theirs does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::sip::{self, SipMessage};
-use super::{lock, Respond503, Shared};
+use super::{lock, Shared};
 
 const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);
 /// 64·T1: how long a transaction is retransmitted, and how long a finished call is
 /// remembered to absorb retransmissions.
 const TX_LIFETIME: Duration = Duration::from_secs(32);
+/// sofia's refusal, whatever the limit that bound.
+const REFUSAL_REASON: &str = "Maximum Calls In Progress";
+const REFUSAL_RETRY_AFTER: &str = "300";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -87,18 +96,30 @@ pub(crate) fn run(shared: Arc<Shared>, sock: UdpSocket) {
         calls: HashMap::new(),
         out: Vec::new(),
     };
+    let delay = shared.cfg.network_delay;
+    let mut inbox: VecDeque<(Instant, Vec<u8>, SocketAddr)> = VecDeque::new();
+    let mut outbox: VecDeque<(Instant, Vec<u8>, SocketAddr)> = VecDeque::new();
     let mut buf = vec![0u8; 65_536];
     while !shared.shutdown.load(Ordering::Relaxed) {
         let now = Instant::now();
-        let wait = uas
-            .next_timer()
-            .map_or(Duration::from_millis(20), |t| {
-                t.saturating_duration_since(now)
-            })
+        let next = [
+            uas.next_timer(),
+            inbox.front().map(|m| m.0),
+            outbox.front().map(|m| m.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let wait = next
+            .map_or(Duration::from_millis(20), |t| t.saturating_duration_since(now))
             .clamp(Duration::from_millis(1), Duration::from_millis(20));
         let _ = sock.set_read_timeout(Some(wait));
+        let down = shared.is_down();
         match sock.recv_from(&mut buf) {
-            Ok((n, src)) => uas.on_datagram(&buf[..n], src, Instant::now()),
+            // A box that has shut down reads and forgets: nothing answers.
+            Ok(_) if down => {}
+            Ok((n, src)) if delay.is_zero() => uas.on_datagram(&buf[..n], src, Instant::now()),
+            Ok((n, src)) => inbox.push_back((Instant::now() + delay, buf[..n].to_vec(), src)),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -106,13 +127,53 @@ pub(crate) fn run(shared: Arc<Shared>, sock: UdpSocket) {
                 ) => {}
             Err(e) => tracing::debug!(error = %e, "fsemu: SIP receive error"),
         }
-        uas.on_timers(Instant::now());
+        let now = Instant::now();
+        while inbox.front().is_some_and(|m| m.0 <= now) {
+            if let Some((_, bytes, src)) = inbox.pop_front() {
+                if !down {
+                    uas.on_datagram(&bytes, src, now);
+                }
+            }
+        }
+        if down {
+            uas.out.clear();
+            outbox.clear();
+            continue;
+        }
+        uas.on_timers(now);
         for (bytes, dest) in uas.out.drain(..) {
-            if let Err(e) = sock.send_to(&bytes, dest) {
-                tracing::debug!(error = %e, %dest, "fsemu: SIP send failed");
+            if delay.is_zero() {
+                send_now(&sock, &bytes, dest);
+            } else {
+                outbox.push_back((now + delay, bytes, dest));
+            }
+        }
+        let now = Instant::now();
+        while outbox.front().is_some_and(|m| m.0 <= now) {
+            if let Some((_, bytes, dest)) = outbox.pop_front() {
+                send_now(&sock, &bytes, dest);
             }
         }
     }
+}
+
+fn send_now(sock: &UdpSocket, bytes: &[u8], dest: SocketAddr) {
+    if let Err(e) = sock.send_to(bytes, dest) {
+        tracing::debug!(error = %e, %dest, "fsemu: SIP send failed");
+    }
+}
+
+/// sofia's reply to a request it will not take.
+fn refusal(msg: &SipMessage, to_tag: &str) -> Vec<u8> {
+    sip::response_with_reason(
+        msg,
+        503,
+        REFUSAL_REASON,
+        Some(to_tag),
+        false,
+        &[("Retry-After", REFUSAL_RETRY_AFTER.to_owned())],
+        None,
+    )
 }
 
 fn random_token() -> String {
@@ -140,28 +201,17 @@ impl Uas {
         .into_bytes()
     }
 
-    fn full(&self) -> bool {
-        match self.shared.respond_503() {
-            Respond503::Always => true,
-            Respond503::Never => false,
-            Respond503::WhenFull => self
-                .shared
-                .model
-                .is_full(lock(&self.shared.counters).active_calls),
-        }
-    }
-
-    fn release(&mut self, call_id: &str) {
+    fn release(&mut self, call_id: &str, now: Instant) {
         let Some(call) = self.calls.get_mut(call_id) else {
             return;
         };
         if std::mem::take(&mut call.admitted) {
-            lock(&self.shared.counters).release();
+            self.shared.release_call(now);
         }
     }
 
     fn finish(&mut self, call_id: &str, now: Instant) {
-        self.release(call_id);
+        self.release(call_id, now);
         if let Some(call) = self.calls.get_mut(call_id) {
             call.state = State::Done;
             call.ring_at = None;
@@ -187,12 +237,16 @@ impl Uas {
             Some("BYE") => self.on_bye(&msg, src, now),
             Some("CANCEL") => self.on_cancel(&msg, src, now),
             Some("OPTIONS") => {
-                let code = if self.full() { 503 } else { 200 };
-                let extra = [
-                    ("Allow", ALLOW.to_owned()),
-                    ("Accept", "application/sdp".to_owned()),
-                ];
-                let r = sip::response(&msg, code, Some(&random_token()), false, &extra, None);
+                let tag = random_token();
+                let r = if self.shared.options_refused(now) {
+                    refusal(&msg, &tag)
+                } else {
+                    let extra = [
+                        ("Allow", ALLOW.to_owned()),
+                        ("Accept", "application/sdp".to_owned()),
+                    ];
+                    sip::response(&msg, 200, Some(&tag), false, &extra, None)
+                };
                 self.send(r, src);
             }
             Some("INFO" | "UPDATE" | "NOTIFY") if self.calls.contains_key(msg.call_id()) => {
@@ -247,16 +301,10 @@ impl Uas {
             return;
         }
         let to_tag = random_token();
-        if self.full() {
-            let r = sip::response(
-                &msg,
-                503,
-                Some(&to_tag),
-                false,
-                &[("Retry-After", "5".to_owned())],
-                None,
-            );
-            lock(&self.shared.counters).calls_rejected += 1;
+        let admitted = self.shared.admit_call(now);
+        if let Err(reason) = admitted {
+            tracing::trace!(?reason, call_id = %call_id, "fsemu: INVITE refused");
+            let r = refusal(&msg, &to_tag);
             self.send(r.clone(), src);
             self.calls.insert(
                 call_id,
@@ -276,11 +324,7 @@ impl Uas {
             );
             return;
         }
-        let delay = {
-            let mut c = lock(&self.shared.counters);
-            c.admit(now, &self.shared.model);
-            self.shared.model.answer_delay_at(c.active_calls)
-        };
+        let delay = admitted.unwrap_or_default();
         let trying = sip::response(&msg, 100, None, false, &[], None);
         self.send(trying.clone(), src);
         // Ringing comes after a fifth of the answer delay, so post-dial delay also
@@ -437,7 +481,7 @@ impl Uas {
             return;
         };
         if call.purge_at.is_some_and(|t| t <= now) {
-            self.release(call_id);
+            self.release(call_id, now);
             self.calls.remove(call_id);
             return;
         }
@@ -557,7 +601,7 @@ impl Uas {
         call.hangup_at = None;
         call.retransmit = Some(Retransmit::new(bytes.clone(), dest, now));
         // The channel is gone the moment FreeSWITCH hangs up.
-        self.release(call_id);
+        self.release(call_id, now);
         self.send(bytes, dest);
     }
 }

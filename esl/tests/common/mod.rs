@@ -1,11 +1,13 @@
 //! Shared helpers for the socket-level tests: start an emulator on loopback with short
-//! intervals, and a raw ESL client that reads frames with the crate's own decoder.
+//! intervals, a raw ESL client that reads frames with the crate's own decoder, and a
+//! bare UDP caller for the SIP side.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
+use fsroute_esl::emulator::sip::SipMessage;
 use fsroute_esl::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
 use fsroute_esl::{Decoder, Frame};
 
@@ -109,4 +111,76 @@ impl Raw {
         assert_eq!(reply.reply_text(), Some("+OK accepted"));
         r
     }
+}
+
+/// A caller on a plain UDP socket.
+pub struct Uac {
+    pub sock: UdpSocket,
+    pub uas: SocketAddr,
+}
+
+impl Uac {
+    pub fn new(emu: &EmulatorHandle) -> Uac {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Uac {
+            sock,
+            uas: emu.sip_addr(),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.sock.local_addr().unwrap()
+    }
+
+    pub fn send(&self, msg: &str) {
+        self.sock.send_to(msg.as_bytes(), self.uas).unwrap();
+    }
+
+    pub fn recv_within(&self, timeout: Duration) -> Option<SipMessage> {
+        recv(&self.sock, timeout)
+    }
+
+    pub fn recv(&self) -> SipMessage {
+        self.recv_within(Duration::from_secs(3))
+            .expect("a SIP message within 3 s")
+    }
+
+    pub fn invite(&self, call_id: &str, extra: &str) -> String {
+        format!(
+            "INVITE sip:100@{uas} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{call_id};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:caller@{me}>;tag=ft-{call_id}\r\nTo: <sip:100@{uas}>\r\n\
+             Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{me}>\r\n{extra}\
+             Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n",
+            uas = self.uas,
+            me = self.addr()
+        )
+    }
+
+    pub fn in_dialog(&self, method: &str, call_id: &str, to_tag: &str, cseq: u32) -> String {
+        format!(
+            "{method} sip:fsemu@{uas} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{method}-{call_id}\r\n\
+             From: <sip:caller@{me}>;tag=ft-{call_id}\r\nTo: <sip:100@{uas}>;tag={to_tag}\r\n\
+             Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+            uas = self.uas,
+            me = self.addr()
+        )
+    }
+
+    /// INVITE until 200; returns the 200.
+    pub fn call(&self, call_id: &str) -> SipMessage {
+        self.send(&self.invite(call_id, ""));
+        loop {
+            let m = self.recv();
+            if m.status() == Some(200) {
+                return m;
+            }
+        }
+    }
+}
+
+pub fn recv(sock: &UdpSocket, timeout: Duration) -> Option<SipMessage> {
+    sock.set_read_timeout(Some(timeout)).unwrap();
+    let mut buf = [0u8; 8192];
+    let (n, _) = sock.recv_from(&mut buf).ok()?;
+    Some(SipMessage::parse(&buf[..n]).expect("the UAS sends well-formed SIP"))
 }
