@@ -107,7 +107,9 @@ fn a_box_busy_with_other_work_fills_by_cpu_its_cost_learned_and_its_neighbour_ta
     // 45 calls of 20 s at 5 calls/s: more than the busy box's 20 and the small box's 30 alone.
     let run = Sipp::uac(proxy.sip, None, 45, 5, &["-d", "20000", "-l", "45"], Duration::from_secs(60));
     assert!(run.all_calls_succeeded(), "{}\n{}", run.explain(), proxy.log());
-    assert!(busy.peak_calls() <= 20);
+    // FreeSWITCH samples Idle-CPU once a second, so within a second a box may take a few calls
+    // past its CPU limit before it refuses; at 5 calls/s that is at most 5.
+    assert!(busy.peak_calls() <= 25, "peak {} on a box whose CPU holds 20", busy.peak_calls());
     assert!(busy.calls_answered() >= 10, "the busy box takes what its CPU allows: {}", busy.calls_answered());
     let st = proxy.status();
     let h = &fs_box(&st, &busy)["headroom"];

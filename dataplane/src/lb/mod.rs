@@ -324,10 +324,6 @@ impl Reservation {
         }
     }
 
-    /// The FreeSWITCH boxes this call holds headroom on (for marking one full after its 503).
-    pub fn gates(&self) -> impl Iterator<Item = &Arc<BoxGate>> {
-        self.loads.iter().flatten().filter_map(|(_, g)| g.as_ref())
-    }
 }
 
 impl Drop for Reservation {
@@ -353,20 +349,17 @@ pub fn reserve_held(
     };
     for (slot, &id) in held.loads.iter_mut().zip(wanted) {
         let r = dest.resource(id)?;
-        // The box first: its gate is the limit that matters, and a refusal there takes nothing.
+        // `held` drops on any refusal below and gives back what it took so far.
         let gate = match &r.fs {
-            Some(b) if !b.try_admit(now, allow_negative) => return None,
-            Some(b) => Some(Arc::clone(&b.gate)),
-            None => None,
+            // A box's gate is the limit; the row's own counter only shows its calls in `/status`.
+            Some(b) if b.try_admit(now, allow_negative) => {
+                r.load.fetch_add(1, Ordering::Relaxed);
+                Some(Arc::clone(&b.gate))
+            }
+            Some(_) => return None,
+            None if take_one(r, allow_negative) => None,
+            None => return None,
         };
-        if r.fs.is_none() && !take_one(r, allow_negative) {
-            // `held` drops here and gives back what it took so far.
-            return None;
-        }
-        if r.fs.is_some() {
-            // Counted for `/status` only; the gate holds the limit.
-            r.load.fetch_add(1, Ordering::Relaxed);
-        }
         *slot = Some((Arc::clone(&r.load), gate));
     }
     Some(held)

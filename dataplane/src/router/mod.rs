@@ -311,7 +311,9 @@ impl Router {
                         return self.fork_start(t, src, m, tkey, target, now, out);
                     }
                     let picked = self.dispatch_pick(t, set, algorithm, m);
-                    let Some(idx) = picked.and_then(|i| admit_in_set(ds, i, now)) else {
+                    // Only a new call costs a box a session; other requests go where the set says.
+                    let admitted = if method == Method::Invite { picked.and_then(|i| admit_in_set(ds, i, now)) } else { picked };
+                    let Some(idx) = admitted else {
                         return self.reply_exhausted(t, m, src, out);
                     };
                     let d = &ds.destinations[idx];
