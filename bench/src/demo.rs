@@ -14,12 +14,13 @@ pub fn demo_params() -> Params {
     Params {
         boxes: fs_aware::pool(1),
         load: 0.85,
-        hold: Duration::from_secs(2),
-        answer_delay: Duration::from_millis(50),
+        hold: Duration::from_millis(1500),
+        answer_delay: Duration::from_millis(10),
         heartbeats: vec![Duration::from_secs(1)],
         network_delay: Duration::from_millis(10),
         idle_cpu_smoothing: 3,
-        duration: Duration::from_secs(7),
+        warmup: Duration::from_secs(3),
+        duration: Duration::from_secs(5),
         shards: 2,
     }
 }

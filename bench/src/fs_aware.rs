@@ -76,6 +76,10 @@ pub struct Params {
     pub network_delay: Duration,
     /// The emulator's `cpu-idle-smoothing-depth` (FreeSWITCH's default is 30).
     pub idle_cpu_smoothing: u32,
+    /// The same load, unmeasured, before the measured run: boxes in production have carried calls
+    /// before (and fsroute learns their CPU cost from that); a pool that has never seen a call
+    /// measures a cold start instead.
+    pub warmup: Duration,
     pub duration: Duration,
     pub shards: usize,
 }
@@ -87,10 +91,11 @@ impl Params {
             boxes: pool(if smoke { 4 } else { 1 }),
             load: 0.85,
             hold: if smoke { Duration::from_millis(1500) } else { Duration::from_secs(3) },
-            answer_delay: Duration::from_millis(50),
+            answer_delay: Duration::from_millis(10),
             heartbeats: if smoke { vec![Duration::from_secs(1)] } else { vec![Duration::from_secs(1), Duration::from_secs(20)] },
             network_delay: Duration::from_millis(10),
             idle_cpu_smoothing: 3,
+            warmup: if smoke { Duration::from_secs(1) } else { Duration::from_secs(10) },
             duration: o.duration.unwrap_or(if smoke { Duration::from_secs(3) } else { Duration::from_secs(20) }),
             shards: 2,
         }
@@ -270,6 +275,24 @@ fn run_mode(mode: Mode, p: &Params, heartbeat: Duration) -> Result<ModeRun, Stri
     }
     let peer = Peer::fsroute(&cfg)?;
     wait_fs_connected(&peer, Duration::from_secs(5));
+    if !p.warmup.is_zero() {
+        let warm = UacConfig {
+            targets: vec![peer.sip],
+            sockets: 2,
+            threads: 1,
+            rate,
+            duration: p.warmup,
+            hold: p.hold,
+            timer_b: Duration::from_secs(8),
+            drain: Duration::from_millis(500),
+            retry_503: false,
+            backends: emus.iter().map(EmulatorHandle::sip_addr).collect(),
+            run_id: next_run_id(),
+        };
+        uac::run(&warm).map_err(|e| format!("generator (warm-up): {e}"))?;
+    }
+    // What the boxes did during the warm-up is not part of the measurement.
+    let before: Vec<_> = emus.iter().map(|e| (e.refusals(), e.calls_answered())).collect();
     let ucfg = UacConfig {
         targets: vec![peer.sip],
         sockets: 2,
@@ -312,23 +335,27 @@ fn run_mode(mode: Mode, p: &Params, heartbeat: Duration) -> Result<ModeRun, Stri
         .iter()
         .zip(&p.boxes)
         .zip(&samples)
-        .map(|((e, b), smp)| {
-            // The first second is the ramp: utilisation is measured once the load is on.
-            let smp = if smp.len() > 20 { &smp[10..] } else { &smp[..] };
-            let mean = if smp.is_empty() { 0.0 } else { smp.iter().sum::<u64>() as f64 / smp.len() as f64 };
+        .zip(&before)
+        .map(|(((e, b), smp), (r0, a0))| {
+            // Utilisation once the load is on: the first hold time is the ramp from an empty pool.
+            let ramp = ((p.hold.as_secs_f64() * 10.0) as usize).min(smp.len() / 2);
+            let steady = &smp[ramp..];
+            let mean = if steady.is_empty() { 0.0 } else { steady.iter().sum::<u64>() as f64 / steady.len() as f64 };
+            let peak = smp.iter().copied().max().unwrap_or(0);
             let cap = b.real_concurrent(occ).max(1.0);
             let r = e.refusals();
+            let (sessions, cpu, sps) = (r.sessions - r0.sessions, r.cpu - r0.cpu, r.sps - r0.sps);
             BoxUse {
                 sip: e.sip_addr().to_string(),
                 binds: b.binds,
-                answered: e.calls_answered(),
-                refused: r.sessions + r.sps + r.cpu + r.paused + r.shutdown,
-                refused_sessions: r.sessions,
-                refused_cpu: r.cpu,
-                refused_sps: r.sps,
-                peak_calls: e.peak_calls(),
+                answered: e.calls_answered() - a0,
+                refused: r.total() - r0.total(),
+                refused_sessions: sessions,
+                refused_cpu: cpu,
+                refused_sps: sps,
+                peak_calls: peak,
                 mean_utilisation: mean / cap,
-                peak_utilisation: e.peak_calls() as f64 / cap,
+                peak_utilisation: peak as f64 / cap,
             }
         })
         .collect();
@@ -337,7 +364,7 @@ fn run_mode(mode: Mode, p: &Params, heartbeat: Duration) -> Result<ModeRun, Stri
 
 /// Runs the comparison with the given sizes; `pb_label` names the progress bar.
 pub fn run_with(p: &Params, out_dir: &std::path::Path, pb_label: &str) -> Result<FsAwareResult, String> {
-    let per = p.duration + p.hold + Duration::from_secs(3);
+    let per = p.warmup + p.duration + p.hold * 2 + Duration::from_secs(3);
     let runs_n = (Mode::ALL.len() * p.heartbeats.len()) as u32;
     let pb = progress(per * runs_n, pb_label);
     let t0 = Instant::now();
@@ -414,12 +441,13 @@ pub fn render(r: &FsAwareResult) -> String {
         .collect();
     let mut t = Table::new(
         format!(
-            "fs-aware: 3 emulated FreeSWITCH boxes bound by {}; offered {:.0}% of {:.1} calls/s = {:.1} calls/s for {:.0} s, hold {:.1} s, boxes {} ms away, Idle-CPU smoothing {}; fsroute {} shards, api status every 5 s; {}",
+            "fs-aware: 3 emulated FreeSWITCH boxes bound by {}; offered {:.0}% of {:.1} calls/s = {:.1} calls/s for {:.0} s after a {:.0} s warm-up, hold {:.1} s, boxes {} ms away, Idle-CPU smoothing {}; fsroute {} shards, api status every 5 s; {}",
             boxes.join(", "),
             p.load * 100.0,
             p.capacity_rate(),
             p.rate(),
             p.duration.as_secs_f64(),
+            p.warmup.as_secs_f64(),
             p.hold.as_secs_f64(),
             p.network_delay.as_millis(),
             p.idle_cpu_smoothing,

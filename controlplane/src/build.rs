@@ -435,7 +435,7 @@ pub fn cpu_cost(control: &ControlConfig, s: &FsStats) -> (u64, CostSource) {
 pub fn box_headroom(control: &ControlConfig, s: &FsStats, snap: Option<&BoxSnapshot>) -> Headroom {
     let knobs = Knobs { channels_per_call: control.channels_per_call, cpu_margin_micro: control.cpu_margin_micro };
     let others = snap.map_or(0, |b| b.others_sps);
-    headroom::headroom(&s.report(), &knobs, cpu_cost(control, s).0, others)
+    headroom::headroom(&s.report(), &knobs, cpu_cost(control, s), others)
 }
 
 /// The headroom model's per-box admissions for this build, with the stats they came from. Each box
@@ -1176,7 +1176,7 @@ resources = "ch"
         let mut held: Vec<_> = (0..10).map(|_| lb::reserve_held(d, &[0], false, now).expect("room")).collect();
         assert!(lb::reserve_held(d, &[0], false, now).is_none(), "the 11th call would overfill the box");
         // The dispatcher row naming the same box sees the same headroom: nothing left.
-        assert!(!t.sets[0].destinations[0].admit(now));
+        assert!(t.sets[0].destinations[0].admit(now).is_none());
         // The next heartbeat counts fsroute's 10 calls in Session-Count: still full, not 10 more.
         let mut s = fresh(55_000_000, 100, 100);
         s.seq = 2;
@@ -1256,8 +1256,15 @@ resources = "ch"
         let c = headroom_config("stale_weight = 3");
         let mut counters = CounterStore::new();
         let mut stats = Stats::default();
-        stats.fs.insert(key(8021), fresh(100_000_000, 0, 100));
-        stats.fs.insert(key(8022), fresh(100_000_000, 75, 100));
+        // Boxes whose Idle-CPU has not moved with their sessions: CPU costs the floor, sessions bind.
+        let learned = |mut s: FsStats| {
+            for n in 0..10 {
+                s.cpu_fit.push(n * 10, 100_000_000);
+            }
+            s
+        };
+        stats.fs.insert(key(8021), learned(fresh(100_000_000, 0, 100)));
+        stats.fs.insert(key(8022), learned(fresh(100_000_000, 75, 100)));
         let t = build_table(&c, &stats, &AdminState::default(), &mut counters, 1);
         let w: Vec<u32> = t.sets[0].destinations.iter().map(|d| d.weight).collect();
         assert_eq!(w, [100, 25]);

@@ -73,14 +73,24 @@ pub struct Headroom {
     pub binding: Binding,
 }
 
-/// The headroom of a box that reported `r`, with sessions costing `cost_micro` Idle-CPU each, and
-/// `others_sps` sessions per second started there by other sources.
-pub fn headroom(r: &BoxReport, knobs: &Knobs, cost_micro: u64, others_sps: u64) -> Headroom {
+/// While a box's CPU cost is only the prior, its CPU headroom grows by at most this many sessions,
+/// or by as many as it carries now, per reading (a slow start): a prior that is wrong for this box
+/// can then overfill it by little, and each step spreads its Session-Count so the fit can learn.
+pub const SLOW_START_SESSIONS: u64 = 2 * CpuCostFit::MIN_SPREAD;
+
+/// The headroom of a box that reported `r`, with sessions costing `cost` Idle-CPU each (millionths
+/// of a percent, and whether it was learned), and `others_sps` sessions per second started there
+/// by other sources.
+pub fn headroom(r: &BoxReport, knobs: &Knobs, cost: (u64, CostSource), others_sps: u64) -> Headroom {
     let k = u64::from(knobs.channels_per_call.max(1));
     let sessions = r.max_sessions.saturating_sub(r.session_count) / k;
     let floor = u64::from(r.min_idle_cpu_micro) + u64::from(knobs.cpu_margin_micro);
     let spare = u64::from(r.idle_cpu_micro).min(100 * PERCENT_MICRO).saturating_sub(floor);
-    let cpu = spare / cost_micro.max(1) / k;
+    let mut cpu_sessions = spare / cost.0.max(1);
+    if cost.1 == CostSource::Prior {
+        cpu_sessions = cpu_sessions.min(SLOW_START_SESSIONS.max(r.session_count));
+    }
+    let cpu = cpu_sessions / k;
     // FreeSWITCH decrements its budget before the test `<= 0`, so only sps − 1 get through.
     let rate = r.sps_limit.map(|sps| {
         let calls = sps.saturating_sub(1).saturating_sub(others_sps) / k;
@@ -114,7 +124,7 @@ pub struct CpuCostFit {
 
 impl CpuCostFit {
     pub const WINDOW: usize = 120;
-    pub const MIN_SAMPLES: usize = 5;
+    pub const MIN_SAMPLES: usize = 3;
     pub const MIN_SPREAD: u64 = 5;
 
     pub fn push(&mut self, session_count: u64, idle_cpu_micro: u32) {
@@ -198,6 +208,22 @@ mod tests {
 
     const P: u32 = PERCENT_MICRO as u32;
 
+    fn fit(cost: u64) -> (u64, CostSource) {
+        (cost, CostSource::Fit)
+    }
+
+    #[test]
+    fn until_the_cost_is_learned_cpu_headroom_grows_by_a_slow_start_step_per_reading() {
+        // The prior says 0.1 points a session: 930 sessions of CPU on an idle box. Unproven, it may
+        // grow by 10 (or by as many as the box carries) per reading.
+        let h = headroom(&report(0, 1000, 95, None, 0), &knobs(1, 2), (100_000, CostSource::Prior), 0);
+        assert_eq!((h.cpu, h.binding), (SLOW_START_SESSIONS, Binding::Cpu));
+        let h = headroom(&report(40, 1000, 91, None, 0), &knobs(1, 2), (100_000, CostSource::Prior), 0);
+        assert_eq!(h.cpu, 40);
+        let h = headroom(&report(40, 1000, 91, None, 0), &knobs(1, 2), (100_000, CostSource::Fit), 0);
+        assert_eq!(h.cpu, 890);
+    }
+
     fn knobs(k: u32, margin_points: u32) -> Knobs {
         Knobs { channels_per_call: k, cpu_margin_micro: margin_points * P }
     }
@@ -209,7 +235,7 @@ mod tests {
     #[test]
     fn an_idle_box_is_limited_by_max_sessions_and_each_call_counts_once() {
         // The OpenSIPS formula gives floor(0.4 × 1000) − 600 = 0 for this box; it can take 400.
-        let h = headroom(&report(600, 1000, 40, None, 0), &knobs(1, 0), P as u64 / 20, 0);
+        let h = headroom(&report(600, 1000, 40, None, 0), &knobs(1, 0), fit(P as u64 / 20), 0);
         assert_eq!((h.sessions, h.cpu, h.calls, h.binding), (400, 800, 400, Binding::Sessions));
     }
 
@@ -217,38 +243,38 @@ mod tests {
     fn a_box_busy_with_other_work_is_limited_by_cpu_first() {
         // 50 % background, 100 sessions at 0.2 points each: 30 % idle left, min-idle-cpu 10, margin
         // 2: 18 points / 0.2 = 90 sessions, while Max-Sessions would allow 900.
-        let h = headroom(&report(100, 1000, 30, Some(30), 10), &knobs(1, 2), 200_000, 0);
+        let h = headroom(&report(100, 1000, 30, Some(30), 10), &knobs(1, 2), fit(200_000), 0);
         assert_eq!((h.sessions, h.cpu, h.calls, h.binding), (900, 90, 90, Binding::Cpu));
         // Two channels per call halve it, in calls.
-        let h = headroom(&report(100, 1000, 30, None, 10), &knobs(2, 2), 200_000, 0);
+        let h = headroom(&report(100, 1000, 30, None, 10), &knobs(2, 2), fit(200_000), 0);
         assert_eq!((h.sessions, h.cpu), (450, 45));
     }
 
     #[test]
     fn below_the_cpu_floor_there_is_no_cpu_headroom() {
-        let h = headroom(&report(10, 1000, 8, None, 10), &knobs(1, 0), 100_000, 0);
+        let h = headroom(&report(10, 1000, 8, None, 10), &knobs(1, 0), fit(100_000), 0);
         assert_eq!((h.cpu, h.calls, h.binding), (0, 0, Binding::Cpu));
     }
 
     #[test]
     fn a_low_sps_limit_binds_as_sps_minus_one_less_others_in_calls() {
-        let h = headroom(&report(0, 1000, 100, Some(10), 0), &knobs(1, 0), 1_000, 0);
+        let h = headroom(&report(0, 1000, 100, Some(10), 0), &knobs(1, 0), fit(1_000), 0);
         assert_eq!((h.rate, h.binding), (Some(9), Binding::Sessions));
         assert_eq!(h.calls, 1000, "the rate is a gate per window, not a cap on concurrency");
-        let h = headroom(&report(0, 1000, 100, Some(10), 0), &knobs(2, 0), 1_000, 3);
+        let h = headroom(&report(0, 1000, 100, Some(10), 0), &knobs(2, 0), fit(1_000), 3);
         assert_eq!(h.rate, Some(3), "(10 − 1 − 3) / 2");
-        let h = headroom(&report(0, 1000, 100, Some(1), 0), &knobs(1, 0), 1_000, 0);
+        let h = headroom(&report(0, 1000, 100, Some(1), 0), &knobs(1, 0), fit(1_000), 0);
         assert_eq!(h.rate, Some(0), "sps 1 admits nothing: FreeSWITCH's test is <= 0 after decrementing");
     }
 
     #[test]
     fn full_and_overfull_boxes_have_no_headroom_and_nothing_wraps() {
-        let h = headroom(&report(1000, 1000, 100, None, 0), &knobs(1, 0), 1, 0);
+        let h = headroom(&report(1000, 1000, 100, None, 0), &knobs(1, 0), fit(1), 0);
         assert_eq!(h.calls, 0);
-        let h = headroom(&report(5000, 1000, 100, None, 0), &knobs(1, 0), 1, 0);
+        let h = headroom(&report(5000, 1000, 100, None, 0), &knobs(1, 0), fit(1), 0);
         assert_eq!(h.calls, 0);
         let r = BoxReport { max_sessions: u64::MAX, idle_cpu_micro: u32::MAX, sps_limit: Some(u64::MAX), ..BoxReport::default() };
-        let h = headroom(&r, &knobs(1, 0), 0, 0);
+        let h = headroom(&r, &knobs(1, 0), fit(0), 0);
         assert_eq!(h.rate, Some(u32::MAX));
         assert_eq!(h.cpu, 100 * PERCENT_MICRO, "Idle-CPU above 100 % is read as 100 %, cost 0 as 1");
     }

@@ -33,9 +33,13 @@ pub struct Destination {
 }
 
 impl Destination {
-    /// Whether the box behind this destination takes one more call now (and counts it if so).
-    pub fn admit(&self, now: std::time::Instant) -> bool {
-        self.fs.as_ref().is_none_or(|b| b.try_admit(now, false))
+    /// Whether the box behind this destination takes one more call now: None when it has no room;
+    /// the call's hold on the box when it has a gate (give it back when the call ends).
+    pub fn admit(&self, now: std::time::Instant) -> Option<Option<crate::lb::Reservation>> {
+        match &self.fs {
+            None => Some(None),
+            Some(b) => crate::lb::Reservation::on_box(b, now).map(Some),
+        }
     }
 
     /// Calls the destination may still take now; `u64::MAX` without a gate.

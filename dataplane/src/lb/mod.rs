@@ -299,13 +299,26 @@ pub fn release(dest: &LbDestination, wanted: &[usize]) -> usize {
 #[derive(Debug)]
 #[must_use = "dropping a Reservation gives its units back at once"]
 pub struct Reservation {
-    loads: [Option<(Load, Option<Arc<BoxGate>>)>; MAX_RESOURCES_PER_CALL],
+    /// Per resource: the row's counter (None for a dispatcher call, which has no row counter) and
+    /// the box's gate (None for a fixed capacity).
+    loads: [Option<(Option<Load>, Option<Arc<BoxGate>>)>; MAX_RESOURCES_PER_CALL],
 }
 
 impl Reservation {
     /// The number of units this call holds.
     pub fn units(&self) -> usize {
         self.loads.iter().flatten().count()
+    }
+
+    /// One call held on a FreeSWITCH box (a dispatcher destination with fs:// headroom): None when
+    /// the box has no room now.
+    pub fn on_box(b: &BoxAdmission, now: Instant) -> Option<Reservation> {
+        if !b.try_admit(now, false) {
+            return None;
+        }
+        let mut held = Reservation { loads: Default::default() };
+        held.loads[0] = Some((None, Some(Arc::clone(&b.gate))));
+        Some(held)
     }
 
     /// Gives every unit back (the call has ended). Never underflows.
@@ -316,11 +329,21 @@ impl Reservation {
     fn give_all_back(&mut self) {
         for slot in &mut self.loads {
             if let Some((load, gate)) = slot.take() {
-                give_back(&load);
+                if let Some(l) = load {
+                    give_back(&l);
+                }
                 if let Some(g) = gate {
                     g.release();
                 }
             }
+        }
+    }
+
+    /// The call's end cannot be seen (a stateless route): its units stay counted, and the box's next
+    /// heartbeat re-bases its limit instead.
+    pub fn keep_counted(mut self) {
+        for slot in &mut self.loads {
+            slot.take();
         }
     }
 
@@ -360,7 +383,7 @@ pub fn reserve_held(
             None if take_one(r, allow_negative) => None,
             None => return None,
         };
-        *slot = Some((Arc::clone(&r.load), gate));
+        *slot = Some((Some(Arc::clone(&r.load)), gate));
     }
     Some(held)
 }

@@ -125,24 +125,26 @@ impl Router {
                 let set = t.sets.iter().position(|s| s.setid == setid)?;
                 let ds = &t.sets[set];
                 let first = fork.tried.iter().all(Option::is_none);
-                if first {
+                let (idx, held) = if first {
                     let m = sip::parse(&fork.request).ok()?;
                     let idx = self.dispatch_pick(t, set, algorithm, &m)?;
-                    let idx = super::admit_in_set(ds, idx, now)?;
-                    let d = &ds.destinations[idx];
-                    return Some((d.addr, Some(d.counters.clone()), None));
-                }
-                // OpenSIPS ds_next_dst: the cyclic successors of the last one tried, in set order,
-                // skipping inactive ones, those already tried and those whose box is full.
-                let last = fork.tried.iter().flatten().last().copied();
-                let start = last
-                    .and_then(|a| ds.destinations.iter().position(|d| d.addr == a))
-                    .map_or(0, |i| i + 1);
-                let n = ds.destinations.len();
-                (0..n)
-                    .map(|k| &ds.destinations[(start + k) % n])
-                    .find(|d| d.active && !fork.tried_contains(d.addr) && d.admit(now))
-                    .map(|d| (d.addr, Some(d.counters.clone()), None))
+                    super::admit_in_set(ds, idx, now, |_| false)?
+                } else {
+                    // OpenSIPS ds_next_dst: the cyclic successor of the last one tried, in set order,
+                    // skipping inactive ones and those already tried; a full box is passed over.
+                    let last = fork.tried.iter().flatten().last().copied();
+                    let start = last
+                        .and_then(|a| ds.destinations.iter().position(|d| d.addr == a))
+                        .map_or(0, |i| i + 1);
+                    let n = ds.destinations.len();
+                    let next = (0..n).map(|k| (start + k) % n).find(|&i| {
+                        let d = &ds.destinations[i];
+                        d.active && !fork.tried_contains(d.addr) && d.available(now) > 0
+                    });
+                    super::admit_in_set(ds, next?, now, |d| !d.active || fork.tried_contains(d.addr))?
+                };
+                let d = &ds.destinations[idx];
+                Some((d.addr, Some(d.counters.clone()), held))
             }
             ForkTarget::LoadBalancer { group_id, wanted, flags } => {
                 let g = t.lb_groups.iter().find(|g| g.group_id == group_id)?;

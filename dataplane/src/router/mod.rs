@@ -312,7 +312,17 @@ impl Router {
                     }
                     let picked = self.dispatch_pick(t, set, algorithm, m);
                     // Only a new call costs a box a session; other requests go where the set says.
-                    let admitted = if method == Method::Invite { picked.and_then(|i| admit_in_set(ds, i, now)) } else { picked };
+                    let admitted = if method == Method::Invite {
+                        picked.and_then(|i| admit_in_set(ds, i, now, |_| false)).map(|(i, held)| {
+                            // A stateless route cannot see the call end: the unit stays counted.
+                            if let Some(h) = held {
+                                h.keep_counted();
+                            }
+                            i
+                        })
+                    } else {
+                        picked
+                    };
                     let Some(idx) = admitted else {
                         return self.reply_exhausted(t, m, src, out);
                     };
@@ -492,13 +502,19 @@ impl Router {
     }
 }
 
-/// The destination of `ds` that takes a new call: `picked` if its box admits it, else the active
-/// destination whose box has the most room now, which is then admitted. None when no box in the
-/// set has room. Destinations without a gate (static weights, stale boxes) always admit, so a set
-/// without fs:// headroom behaves exactly as its selector says.
-pub(crate) fn admit_in_set(ds: &crate::table::DispatcherSet, picked: usize, now: Instant) -> Option<usize> {
-    if ds.destinations.get(picked)?.admit(now) {
-        return Some(picked);
+/// The destination of `ds` that takes a new call, with its hold on the destination's box: `picked`
+/// if its box admits the call, else the active destination whose box has the most room now. None
+/// when no box in the set has room. Destinations without a gate (static weights, stale boxes)
+/// always admit, so a set without fs:// headroom behaves exactly as its selector says.
+pub(crate) fn admit_in_set(
+    ds: &crate::table::DispatcherSet,
+    picked: usize,
+    now: Instant,
+    excluded: impl Fn(&crate::table::Destination) -> bool,
+) -> Option<(usize, Option<lb::Reservation>)> {
+    let first = ds.destinations.get(picked).filter(|d| !excluded(d));
+    if let Some(held) = first.and_then(|d| d.admit(now)) {
+        return Some((picked, held));
     }
     // A failed admission leaves that box with no room, so the ranking moves on; the bound only
     // matters when shards race for the last unit.
@@ -507,12 +523,12 @@ pub(crate) fn admit_in_set(ds: &crate::table::DispatcherSet, picked: usize, now:
             .destinations
             .iter()
             .enumerate()
-            .filter(|(_, d)| d.active)
+            .filter(|(_, d)| d.active && !excluded(d))
             .map(|(i, d)| (i, d.available(now)))
             .filter(|&(_, a)| a > 0)
             .max_by_key(|&(i, a)| (a, std::cmp::Reverse(i)))?;
-        if ds.destinations[best].admit(now) {
-            return Some(best);
+        if let Some(held) = ds.destinations[best].admit(now) {
+            return Some((best, held));
         }
     }
     None
