@@ -26,7 +26,7 @@ fn emulator(cfg: EmulatorConfig) -> EmulatorHandle {
 
 fn lb_config(boxes: &[&EmulatorHandle], extra_control: &str) -> String {
     let mut c = format!(
-        "[proxy]\nlisten = [\"{{SIP}}\"]\nshards = 2\n\n[control]\nadmin = \"{{ADMIN}}\"\nstatus_interval = \"1s\"\n{extra_control}\n[failover]\nmax_attempts = 3\n\n"
+        "[proxy]\nlisten = [\"{{SIP}}\"]\nshards = 2\n\n[control]\nadmin = \"{{ADMIN}}\"\nstatus_interval = \"1s\"\nidle_cpu_smoothing = 1\n{extra_control}\n[failover]\nmax_attempts = 3\n\n"
     );
     for b in boxes {
         c.push_str(&format!(

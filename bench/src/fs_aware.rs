@@ -212,7 +212,12 @@ fn proxy_cfg(mode: Mode, p: &Params, emus: &[EmulatorHandle], heartbeat: Duratio
         algorithm: "round-robin",
         dests: emus.iter().map(|e| Dest { addr: e.sip_addr(), weight: "1".into() }).collect(),
         // Stale after three missed heartbeats, as an operator would set it.
-        control_extra: format!("capacity_model = \"{model}\"\nheartbeat_timeout = \"{}ms\"\n", (heartbeat * 3).as_millis()),
+        // fsroute is told the boxes' smoothing depth, as an operator who changed it would.
+        control_extra: format!(
+            "capacity_model = \"{model}\"\nheartbeat_timeout = \"{}ms\"\nidle_cpu_smoothing = {}\n",
+            (heartbeat * 3).as_millis(),
+            p.idle_cpu_smoothing
+        ),
         custom_rows: Some(rows),
     }
 }
@@ -275,30 +280,12 @@ fn run_mode(mode: Mode, p: &Params, heartbeat: Duration) -> Result<ModeRun, Stri
     }
     let peer = Peer::fsroute(&cfg)?;
     wait_fs_connected(&peer, Duration::from_secs(5));
-    if !p.warmup.is_zero() {
-        let warm = UacConfig {
-            targets: vec![peer.sip],
-            sockets: 2,
-            threads: 1,
-            rate,
-            duration: p.warmup,
-            hold: p.hold,
-            timer_b: Duration::from_secs(8),
-            drain: Duration::from_millis(500),
-            retry_503: false,
-            backends: emus.iter().map(EmulatorHandle::sip_addr).collect(),
-            run_id: next_run_id(),
-        };
-        uac::run(&warm).map_err(|e| format!("generator (warm-up): {e}"))?;
-    }
-    // What the boxes did during the warm-up is not part of the measurement.
-    let before: Vec<_> = emus.iter().map(|e| (e.refusals(), e.calls_answered())).collect();
-    let ucfg = UacConfig {
+    let uac_cfg = |duration: Duration| UacConfig {
         targets: vec![peer.sip],
         sockets: 2,
         threads: 1,
         rate,
-        duration: p.duration,
+        duration,
         hold: p.hold,
         timer_b: Duration::from_secs(8),
         drain: Duration::from_millis(500),
@@ -306,6 +293,12 @@ fn run_mode(mode: Mode, p: &Params, heartbeat: Duration) -> Result<ModeRun, Stri
         backends: emus.iter().map(EmulatorHandle::sip_addr).collect(),
         run_id: next_run_id(),
     };
+    if !p.warmup.is_zero() {
+        uac::run(&uac_cfg(p.warmup)).map_err(|e| format!("generator (warm-up): {e}"))?;
+    }
+    // What the boxes did during the warm-up is not part of the measurement.
+    let before: Vec<_> = emus.iter().map(|e| (e.refusals(), e.calls_answered())).collect();
+    let ucfg = uac_cfg(p.duration);
     // Sample each box's active calls while the load runs (utilisation over time).
     let stop = AtomicBool::new(false);
     let samples: Mutex<Vec<Vec<u64>>> = Mutex::new(vec![Vec::new(); emus.len()]);

@@ -435,7 +435,8 @@ pub fn cpu_cost(control: &ControlConfig, s: &FsStats) -> (u64, CostSource) {
 pub fn box_headroom(control: &ControlConfig, s: &FsStats, snap: Option<&BoxSnapshot>) -> Headroom {
     let knobs = Knobs { channels_per_call: control.channels_per_call, cpu_margin_micro: control.cpu_margin_micro };
     let others = snap.map_or(0, |b| b.others_sps);
-    headroom::headroom(&s.report(), &knobs, cpu_cost(control, s), others)
+    let predicted = s.cpu_fit.predict_idle_micro(u64::from(s.session_count));
+    headroom::headroom(&s.report(), &knobs, cpu_cost(control, s), predicted, others)
 }
 
 /// The headroom model's per-box admissions for this build, with the stats they came from. Each box
@@ -1259,7 +1260,7 @@ resources = "ch"
         // Boxes whose Idle-CPU has not moved with their sessions: CPU costs the floor, sessions bind.
         let learned = |mut s: FsStats| {
             for n in 0..10 {
-                s.cpu_fit.push(n * 10, 100_000_000);
+                s.cpu_fit.push(Instant::now() + std::time::Duration::from_secs(n), n * 10, 100_000_000, std::time::Duration::from_secs(1));
             }
             s
         };

@@ -36,6 +36,7 @@ pub struct FsMonitor {
     /// Heartbeat arrival instants not yet visible in a table, for the latency figure.
     pub pending_visibility: Vec<Instant>,
     status_interval: Option<Duration>,
+    idle_cpu_smoothing: u32,
 }
 
 struct Conn {
@@ -62,7 +63,7 @@ pub const PAUSE_CHECK: &str = "fsctl pause_check inbound";
 
 /// Folds one set of numbers (a HEARTBEAT, or an `api status` reading) into a box's stats: a restart
 /// resets its accounting, a shrinking Max-Sessions is counted, the CPU-cost history grows.
-fn apply_numbers(entry: &mut FsStats, info: &mut FsInfo, h: &HeartbeatStats, now: Instant) {
+fn apply_numbers(entry: &mut FsStats, info: &mut FsInfo, h: &HeartbeatStats, now: Instant, smoothing_s: u32) {
     let new_uuid = matches!((&entry.core_uuid, &h.core_uuid), (Some(a), Some(b)) if a != b);
     let uptime_back = matches!((entry.uptime_msec, h.uptime_msec), (Some(a), Some(b)) if b < a);
     if new_uuid || uptime_back {
@@ -86,7 +87,11 @@ fn apply_numbers(entry: &mut FsStats, info: &mut FsInfo, h: &HeartbeatStats, now
     entry.idle_cpu_micro = h.idle_cpu_micro;
     entry.session_count = u32::try_from(h.session_count).unwrap_or(u32::MAX);
     entry.max_sessions = max_sessions;
-    entry.cpu_fit.push(h.session_count, h.idle_cpu_micro);
+    // A box younger than its smoothing depth still averages in the 100 % its ring started with.
+    let settled = h.uptime_msec.or(entry.uptime_msec).is_none_or(|up| up >= u64::from(smoothing_s) * 1000);
+    if settled {
+        entry.cpu_fit.push(now, h.session_count, h.idle_cpu_micro, Duration::from_secs(u64::from(smoothing_s)));
+    }
     // Only `api status` carries these; a heartbeat keeps the last reading.
     if h.sessions_per_sec_limit.is_some() {
         entry.sps_limit = h.sessions_per_sec_limit;
@@ -123,6 +128,7 @@ impl FsMonitor {
             events: Vec::new(),
             pending_visibility: Vec::new(),
             status_interval: Some(control.status_interval),
+            idle_cpu_smoothing: control.idle_cpu_smoothing,
         };
         m.sync(config, &mut Stats::default());
         Ok(m)
@@ -140,6 +146,7 @@ impl FsMonitor {
     /// keeps the rest (and their stats) as they are.
     pub fn sync(&mut self, config: &Config, stats: &mut Stats) {
         self.status_interval = Some(config.control.status_interval);
+        self.idle_cpu_smoothing = config.control.idle_cpu_smoothing;
         let wanted: Vec<&FsEndpoint> = config.fs_endpoints();
         let keys: Vec<FsKey> = wanted.iter().map(|f| f.key()).collect();
         let gone: Vec<FsKey> = self.conns.keys().filter(|k| !keys.contains(k)).cloned().collect();
@@ -259,7 +266,7 @@ impl FsMonitor {
             PoolEvent::Seed(_, h) | PoolEvent::Heartbeat(_, h) | PoolEvent::Status(_, h) => {
                 // Always a rebuild: even with the same numbers, a capacity moves with fsroute's own
                 // calls at heartbeat time.
-                apply_numbers(entry, &mut conn.info, h, now);
+                apply_numbers(entry, &mut conn.info, h, now, self.idle_cpu_smoothing);
                 if !matches!(ev, PoolEvent::Status(..)) {
                     self.pending_visibility.push(now);
                 }
@@ -353,14 +360,15 @@ mod tests {
     fn a_new_core_uuid_or_uptime_going_backwards_is_a_restart_that_resets_the_accounting() {
         let (mut s, mut info) = (FsStats::default(), FsInfo::default());
         let t = Instant::now();
-        apply_numbers(&mut s, &mut info, &hb("a", 10_000, 5, 100), t);
+        apply_numbers(&mut s, &mut info, &hb("a", 40_000, 5, 100), t, 30);
         s.paused = true;
-        apply_numbers(&mut s, &mut info, &hb("a", 11_000, 6, 100), t);
+        apply_numbers(&mut s, &mut info, &hb("a", 41_000, 6, 100), t, 30);
         assert_eq!((s.boot, info.restarts, s.cpu_fit.len()), (0, 0, 2));
-        apply_numbers(&mut s, &mut info, &hb("b", 500, 0, 100), t);
-        assert_eq!((s.boot, info.restarts, s.cpu_fit.len(), s.paused), (1, 1, 1, false));
+        apply_numbers(&mut s, &mut info, &hb("b", 500, 0, 100), t, 30);
+        // The new boot's first readings average in the 100 % its ring started with: not learned from.
+        assert_eq!((s.boot, info.restarts, s.cpu_fit.len(), s.paused), (1, 1, 0, false));
         // Same Core-UUID, uptime back to zero (a restart the UUID did not show).
-        apply_numbers(&mut s, &mut info, &hb("b", 100, 0, 100), t);
+        apply_numbers(&mut s, &mut info, &hb("b", 100, 0, 100), t, 30);
         assert_eq!((s.boot, info.restarts), (2, 2));
         assert_eq!(s.seq, 4);
     }
@@ -372,11 +380,11 @@ mod tests {
         let mut status = hb("a", 1_000, 0, 100);
         status.sessions_per_sec_limit = Some(30);
         status.min_idle_cpu_micro = Some(10_000_000);
-        apply_numbers(&mut s, &mut info, &status, t);
-        apply_numbers(&mut s, &mut info, &hb("a", 2_000, 0, 60), t);
+        apply_numbers(&mut s, &mut info, &status, t, 30);
+        apply_numbers(&mut s, &mut info, &hb("a", 2_000, 0, 60), t, 30);
         assert_eq!((info.max_sessions_shrunk, s.max_sessions), (1, 60));
         assert_eq!((s.sps_limit, s.min_idle_cpu_micro), (Some(30), 10_000_000), "a heartbeat does not carry them");
-        apply_numbers(&mut s, &mut info, &hb("a", 3_000, 0, 80), t);
+        apply_numbers(&mut s, &mut info, &hb("a", 3_000, 0, 80), t, 30);
         assert_eq!(info.max_sessions_shrunk, 1, "growing is not shrinking");
     }
 }

@@ -11,6 +11,7 @@
 //! `capacity_model = "opensips"` (`fsroute_dataplane::lb::capacity`).
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 /// Idle-CPU is carried in millionths of a percent (`esl`'s `idle_cpu_micro`).
 pub const PERCENT_MICRO: u64 = 1_000_000;
@@ -81,11 +82,16 @@ pub const SLOW_START_SESSIONS: u64 = 2 * CpuCostFit::MIN_SPREAD;
 /// The headroom of a box that reported `r`, with sessions costing `cost` Idle-CPU each (millionths
 /// of a percent, and whether it was learned), and `others_sps` sessions per second started there
 /// by other sources.
-pub fn headroom(r: &BoxReport, knobs: &Knobs, cost: (u64, CostSource), others_sps: u64) -> Headroom {
+///
+/// `predicted_idle` is what the box's learned line says its Idle-CPU will settle at with its
+/// current sessions: the reported figure is a moving average that lags a rising load, so the
+/// lower of the two is used (in steady state they agree).
+pub fn headroom(r: &BoxReport, knobs: &Knobs, cost: (u64, CostSource), predicted_idle: Option<u32>, others_sps: u64) -> Headroom {
     let k = u64::from(knobs.channels_per_call.max(1));
     let sessions = r.max_sessions.saturating_sub(r.session_count) / k;
     let floor = u64::from(r.min_idle_cpu_micro) + u64::from(knobs.cpu_margin_micro);
-    let spare = u64::from(r.idle_cpu_micro).min(100 * PERCENT_MICRO).saturating_sub(floor);
+    let idle = predicted_idle.map_or(r.idle_cpu_micro, |p| p.min(r.idle_cpu_micro));
+    let spare = u64::from(idle).min(100 * PERCENT_MICRO).saturating_sub(floor);
     let mut cpu_sessions = spare / cost.0.max(1);
     if cost.1 == CostSource::Prior {
         cpu_sessions = cpu_sessions.min(SLOW_START_SESSIONS.max(r.session_count));
@@ -114,11 +120,17 @@ pub enum CostSource {
 }
 
 /// Learns what one session costs a box in Idle-CPU from its own heartbeats: the slope of a
-/// least-squares line through (Session-Count, Idle-CPU) over the last [`CpuCostFit::WINDOW`]
-/// samples, once Session-Count has spread over at least [`CpuCostFit::MIN_SPREAD`] sessions.
+/// least-squares line through (sessions, Idle-CPU) over the last [`CpuCostFit::WINDOW`] readings,
+/// once they have spread over at least [`CpuCostFit::MIN_SPREAD`] sessions. FreeSWITCH reports
+/// Idle-CPU as the mean of its last `cpu-idle-smoothing-depth` one-second samples, so each reading
+/// is paired with the mean Session-Count of the readings in that window rather than the count now:
+/// against the count now the line would lag, and a rising load would look cheaper than it is.
 /// Background load (other work on the host) is whatever the line's intercept leaves below 100 %.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CpuCostFit {
+    /// (when, sessions) of recent readings, for the smoothing window's mean.
+    recent: VecDeque<(Instant, u64)>,
+    /// (mean sessions over the smoothing window, Idle-CPU) per reading.
     samples: VecDeque<(u64, u32)>,
 }
 
@@ -127,16 +139,24 @@ impl CpuCostFit {
     pub const MIN_SAMPLES: usize = 3;
     pub const MIN_SPREAD: u64 = 5;
 
-    pub fn push(&mut self, session_count: u64, idle_cpu_micro: u32) {
+    /// One reading taken at `at`; `smoothing` is the span Idle-CPU is averaged over.
+    pub fn push(&mut self, at: Instant, session_count: u64, idle_cpu_micro: u32, smoothing: Duration) {
+        self.recent.push_back((at, session_count));
+        while self.recent.front().is_some_and(|(t, _)| at.saturating_duration_since(*t) >= smoothing.max(Duration::from_millis(1))) {
+            self.recent.pop_front();
+        }
+        let n = self.recent.len().max(1) as u64;
+        let mean = self.recent.iter().map(|r| r.1).sum::<u64>().div_ceil(n);
         if self.samples.len() == Self::WINDOW {
             self.samples.pop_front();
         }
-        self.samples.push_back((session_count, idle_cpu_micro));
+        self.samples.push_back((mean, idle_cpu_micro));
     }
 
-    /// Forgets the samples (the box restarted: its load history is another box's).
+    /// Forgets the readings (the box restarted: its load history is another box's).
     pub fn clear(&mut self) {
         self.samples.clear();
+        self.recent.clear();
     }
 
     pub fn len(&self) -> usize {
@@ -189,6 +209,14 @@ impl CpuCostFit {
     pub fn background_micro(&self) -> Option<u64> {
         self.line().map(|(_, intercept)| (100.0 * PERCENT_MICRO as f64 - intercept).clamp(0.0, 100.0 * PERCENT_MICRO as f64) as u64)
     }
+
+    /// Idle-CPU the line predicts for the box once `session_count` sessions have settled: what the
+    /// smoothed figure will say when it catches up.
+    pub fn predict_idle_micro(&self, session_count: u64) -> Option<u32> {
+        let (slope, intercept) = self.line()?;
+        let y = intercept + slope.min(0.0) * session_count as f64;
+        Some(y.clamp(0.0, 100.0 * PERCENT_MICRO as f64) as u32)
+    }
 }
 
 /// Sessions per second started on a box by others than fsroute, from two readings of its
@@ -216,11 +244,11 @@ mod tests {
     fn until_the_cost_is_learned_cpu_headroom_grows_by_a_slow_start_step_per_reading() {
         // The prior says 0.1 points a session: 930 sessions of CPU on an idle box. Unproven, it may
         // grow by 10 (or by as many as the box carries) per reading.
-        let h = headroom(&report(0, 1000, 95, None, 0), &knobs(1, 2), (100_000, CostSource::Prior), 0);
+        let h = headroom(&report(0, 1000, 95, None, 0), &knobs(1, 2), (100_000, CostSource::Prior), None, 0);
         assert_eq!((h.cpu, h.binding), (SLOW_START_SESSIONS, Binding::Cpu));
-        let h = headroom(&report(40, 1000, 91, None, 0), &knobs(1, 2), (100_000, CostSource::Prior), 0);
+        let h = headroom(&report(40, 1000, 91, None, 0), &knobs(1, 2), (100_000, CostSource::Prior), None, 0);
         assert_eq!(h.cpu, 40);
-        let h = headroom(&report(40, 1000, 91, None, 0), &knobs(1, 2), (100_000, CostSource::Fit), 0);
+        let h = headroom(&report(40, 1000, 91, None, 0), &knobs(1, 2), (100_000, CostSource::Fit), None, 0);
         assert_eq!(h.cpu, 890);
     }
 
@@ -235,7 +263,7 @@ mod tests {
     #[test]
     fn an_idle_box_is_limited_by_max_sessions_and_each_call_counts_once() {
         // The OpenSIPS formula gives floor(0.4 × 1000) − 600 = 0 for this box; it can take 400.
-        let h = headroom(&report(600, 1000, 40, None, 0), &knobs(1, 0), fit(P as u64 / 20), 0);
+        let h = headroom(&report(600, 1000, 40, None, 0), &knobs(1, 0), fit(P as u64 / 20), None, 0);
         assert_eq!((h.sessions, h.cpu, h.calls, h.binding), (400, 800, 400, Binding::Sessions));
     }
 
@@ -243,38 +271,38 @@ mod tests {
     fn a_box_busy_with_other_work_is_limited_by_cpu_first() {
         // 50 % background, 100 sessions at 0.2 points each: 30 % idle left, min-idle-cpu 10, margin
         // 2: 18 points / 0.2 = 90 sessions, while Max-Sessions would allow 900.
-        let h = headroom(&report(100, 1000, 30, Some(30), 10), &knobs(1, 2), fit(200_000), 0);
+        let h = headroom(&report(100, 1000, 30, Some(30), 10), &knobs(1, 2), fit(200_000), None, 0);
         assert_eq!((h.sessions, h.cpu, h.calls, h.binding), (900, 90, 90, Binding::Cpu));
         // Two channels per call halve it, in calls.
-        let h = headroom(&report(100, 1000, 30, None, 10), &knobs(2, 2), fit(200_000), 0);
+        let h = headroom(&report(100, 1000, 30, None, 10), &knobs(2, 2), fit(200_000), None, 0);
         assert_eq!((h.sessions, h.cpu), (450, 45));
     }
 
     #[test]
     fn below_the_cpu_floor_there_is_no_cpu_headroom() {
-        let h = headroom(&report(10, 1000, 8, None, 10), &knobs(1, 0), fit(100_000), 0);
+        let h = headroom(&report(10, 1000, 8, None, 10), &knobs(1, 0), fit(100_000), None, 0);
         assert_eq!((h.cpu, h.calls, h.binding), (0, 0, Binding::Cpu));
     }
 
     #[test]
     fn a_low_sps_limit_binds_as_sps_minus_one_less_others_in_calls() {
-        let h = headroom(&report(0, 1000, 100, Some(10), 0), &knobs(1, 0), fit(1_000), 0);
+        let h = headroom(&report(0, 1000, 100, Some(10), 0), &knobs(1, 0), fit(1_000), None, 0);
         assert_eq!((h.rate, h.binding), (Some(9), Binding::Sessions));
         assert_eq!(h.calls, 1000, "the rate is a gate per window, not a cap on concurrency");
-        let h = headroom(&report(0, 1000, 100, Some(10), 0), &knobs(2, 0), fit(1_000), 3);
+        let h = headroom(&report(0, 1000, 100, Some(10), 0), &knobs(2, 0), fit(1_000), None, 3);
         assert_eq!(h.rate, Some(3), "(10 − 1 − 3) / 2");
-        let h = headroom(&report(0, 1000, 100, Some(1), 0), &knobs(1, 0), fit(1_000), 0);
+        let h = headroom(&report(0, 1000, 100, Some(1), 0), &knobs(1, 0), fit(1_000), None, 0);
         assert_eq!(h.rate, Some(0), "sps 1 admits nothing: FreeSWITCH's test is <= 0 after decrementing");
     }
 
     #[test]
     fn full_and_overfull_boxes_have_no_headroom_and_nothing_wraps() {
-        let h = headroom(&report(1000, 1000, 100, None, 0), &knobs(1, 0), fit(1), 0);
+        let h = headroom(&report(1000, 1000, 100, None, 0), &knobs(1, 0), fit(1), None, 0);
         assert_eq!(h.calls, 0);
-        let h = headroom(&report(5000, 1000, 100, None, 0), &knobs(1, 0), fit(1), 0);
+        let h = headroom(&report(5000, 1000, 100, None, 0), &knobs(1, 0), fit(1), None, 0);
         assert_eq!(h.calls, 0);
         let r = BoxReport { max_sessions: u64::MAX, idle_cpu_micro: u32::MAX, sps_limit: Some(u64::MAX), ..BoxReport::default() };
-        let h = headroom(&r, &knobs(1, 0), fit(0), 0);
+        let h = headroom(&r, &knobs(1, 0), fit(0), None, 0);
         assert_eq!(h.rate, Some(u32::MAX));
         assert_eq!(h.cpu, 100 * PERCENT_MICRO, "Idle-CPU above 100 % is read as 100 %, cost 0 as 1");
     }
@@ -284,9 +312,10 @@ mod tests {
         let mut fit = CpuCostFit::default();
         assert_eq!(fit.cost_micro(100_000, 10_000), (100_000, CostSource::Prior));
         // Idle = 100 − 30 − 0.25 × S, rounded to whole percent as FreeSWITCH does.
-        for s in [0u64, 8, 16, 24, 40, 60, 80, 100, 120] {
+        let t0 = Instant::now();
+        for (i, s) in [0u64, 8, 16, 24, 40, 60, 80, 100, 120].into_iter().enumerate() {
             let idle = (70.0 - 0.25 * s as f64).round() as u32;
-            fit.push(s, idle * P);
+            fit.push(t0 + Duration::from_secs(10 * i as u64), s, idle * P, Duration::from_secs(1));
         }
         let (cost, src) = fit.cost_micro(100_000, 10_000);
         assert_eq!(src, CostSource::Fit);
@@ -298,17 +327,45 @@ mod tests {
     #[test]
     fn the_cost_fit_waits_for_spread_and_never_goes_below_its_floor() {
         let mut fit = CpuCostFit::default();
-        for _ in 0..20 {
-            fit.push(50, 60 * P);
+        let t0 = Instant::now();
+        let at = |i: u64| t0 + Duration::from_secs(i);
+        for i in 0..20 {
+            fit.push(at(i), 50, 60 * P, Duration::from_secs(1));
         }
         assert_eq!(fit.cost_micro(100_000, 10_000).1, CostSource::Prior, "no spread in Session-Count");
         // A box whose Idle-CPU does not fall with its sessions costs the floor, not zero.
         for s in 0..20 {
-            fit.push(s * 10, 90 * P);
+            fit.push(at(20 + s), s * 10, 90 * P, Duration::from_secs(1));
         }
         assert_eq!(fit.cost_micro(100_000, 10_000), (10_000, CostSource::Fit));
         fit.clear();
         assert!(fit.is_empty());
+    }
+
+    #[test]
+    fn a_smoothed_idle_cpu_is_fitted_against_the_sessions_it_averaged_and_predicts_the_settled_value() {
+        // Idle = 100 − 50 − 0.8 × S, reported as the mean of the last 3 one-second samples while the
+        // load rises by 5 sessions a second: against the count now, the slope would come out low.
+        let t0 = Instant::now();
+        let mut fit = CpuCostFit::default();
+        let truth = |s: u64| 50.0 - 0.8 * s as f64;
+        let mut ring = std::collections::VecDeque::from(vec![truth(0); 3]);
+        for i in 0..12u64 {
+            let s = 5 * i;
+            ring.pop_front();
+            ring.push_back(truth(s));
+            let reported = ring.iter().sum::<f64>() / 3.0;
+            fit.push(t0 + Duration::from_secs(i), s, (reported * 1e6) as u32, Duration::from_secs(3));
+        }
+        let (cost, _) = fit.cost_micro(100_000, 5_000);
+        assert!((760_000..=840_000).contains(&cost), "{cost}");
+        // With 55 sessions now, the reported figure still says ~6 %; the line says the box will settle at 6.
+        let predicted = fit.predict_idle_micro(55).unwrap();
+        assert!((5 * P..=7 * P).contains(&predicted), "{predicted}");
+        let r = report(55, 1000, 10, None, 0);
+        let h = headroom(&r, &knobs(1, 0), fit.cost_micro(100_000, 5_000), Some(predicted), 0);
+        let lagging = headroom(&r, &knobs(1, 0), fit.cost_micro(100_000, 5_000), None, 0);
+        assert!(h.cpu < lagging.cpu, "the prediction must win over a lagging report: {} vs {}", h.cpu, lagging.cpu);
     }
 
     #[test]

@@ -178,6 +178,10 @@ pub struct ControlConfig {
     pub cpu_margin_micro: u32,
     /// How often each box's `api status` and `fsctl pause_check inbound` are re-read; zero = never.
     pub status_interval: Duration,
+    /// The boxes' `cpu-idle-smoothing-depth` (FreeSWITCH's default 30): Idle-CPU is the mean of that
+    /// many one-second samples, and a box's first that-many seconds report a ring that started at
+    /// 100 %, so they teach nothing about what a session costs.
+    pub idle_cpu_smoothing: u32,
 }
 
 /// `control.capacity_model`.
@@ -226,6 +230,7 @@ impl Default for ControlConfig {
             cpu_cost_floor_micro: 5_000,
             cpu_margin_micro: 2_000_000,
             status_interval: Duration::from_secs(5),
+            idle_cpu_smoothing: 30,
         }
     }
 }

@@ -59,6 +59,7 @@ pub(crate) struct RawControl {
     pub cpu_cost_floor: Opt<Number>,
     pub cpu_margin: Opt<Number>,
     pub status_interval: Opt<IntOrStr>,
+    pub idle_cpu_smoothing: Opt<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -207,7 +207,7 @@ impl Router {
     fn reply_exhausted(&self, t: &RoutingTable, m: &Message<'_>, src: SocketAddr, out: &mut Vec<u8>) -> Action {
         let (code, reason, retry_after) = t.failover.exhausted();
         let mut digits = [0u8; 20];
-        let retry = retry_after.map(|s| rewrite::format_u64(s, &mut digits));
+        let retry = retry_after.and_then(|s| std::str::from_utf8(rewrite::format_u64(s, &mut digits)).ok());
         match retry {
             Some(v) => self.reply(m, src, code, reason, &[("Retry-After", v)], out),
             None => self.reply(m, src, code, reason, &[], out),

@@ -110,7 +110,7 @@ fn render(insert: Insert, eol: &[u8], adv: (&str, u16), out: &mut Vec<u8>) {
 }
 
 /// `n` in decimal, written into `buf` (20 digits hold any u64).
-pub fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &str {
+pub fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -120,21 +120,12 @@ pub fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &str {
             break;
         }
     }
-    std::str::from_utf8(&buf[i..]).unwrap_or("0")
+    &buf[i..]
 }
 
-pub fn push_u32(out: &mut Vec<u8>, mut n: u32) {
-    let mut tmp = [0u8; 10];
-    let mut i = tmp.len();
-    loop {
-        i -= 1;
-        tmp[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&tmp[i..]);
+pub fn push_u32(out: &mut Vec<u8>, n: u32) {
+    let mut digits = [0u8; 20];
+    out.extend_from_slice(format_u64(u64::from(n), &mut digits));
 }
 
 pub(crate) fn push_hex16(out: &mut Vec<u8>, v: u64) {
