@@ -85,9 +85,10 @@ fn a_huge_declared_body_gets_413_and_the_process_keeps_serving() {
 fn a_post_whose_body_never_arrives_stops_neither_status_nor_sighup_nor_sigterm() {
     let _g = serial();
     let proxy = Proxy::start(&config());
+    // Longer than any body an HTTP library buffers before handing the request over (tiny_http: 1 KiB).
     let mut stalled = TcpStream::connect_timeout(&proxy.admin, Duration::from_secs(2)).unwrap();
     stalled
-        .write_all(b"POST /dispatcher/state HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"setid\"")
+        .write_all(b"POST /dispatcher/state HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n{\"setid\"")
         .unwrap();
     let hung_at = Instant::now();
     std::thread::sleep(Duration::from_millis(200));
@@ -116,7 +117,7 @@ fn a_post_whose_body_never_arrives_stops_neither_status_nor_sighup_nor_sigterm()
 
     // And SIGTERM is not held up by a client that stalls again.
     let mut again = TcpStream::connect_timeout(&proxy.admin, Duration::from_secs(2)).unwrap();
-    again.write_all(b"POST /dispatcher/state HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n").unwrap();
+    again.write_all(b"POST /dispatcher/state HTTP/1.1\r\nHost: x\r\nContent-Length: 4096\r\n\r\n").unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let t = Instant::now();
     let status = proxy.stop().expect("fsroute did not stop");
