@@ -153,6 +153,11 @@ impl AdminServer {
         self.local_addr
     }
 
+    /// How many requests may wait at once: the most one control-loop turn needs to take.
+    pub fn queue_capacity(&self) -> usize {
+        self.requests.capacity().unwrap_or(1)
+    }
+
     /// The next request waiting for an answer, without waiting.
     pub fn try_next(&self) -> Option<AdminRequest> {
         self.requests.try_recv().ok()
@@ -340,7 +345,111 @@ fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Instant;
+
     use super::*;
+
+    fn quick_limits() -> AdminLimits {
+        AdminLimits {
+            body_read_timeout: Duration::from_millis(300),
+            reply_timeout: Duration::from_millis(300),
+            queue: 1,
+            ..AdminLimits::default()
+        }
+    }
+
+    fn start(token: Option<&str>) -> AdminServer {
+        AdminServer::start("127.0.0.1:0".parse().unwrap(), token.map(Secret::new), quick_limits()).expect("start")
+    }
+
+    /// One request as written; the status code and the whole answer.
+    fn exchange(server: &AdminServer, request: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(server.local_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        (out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), out)
+    }
+
+    /// Answers every request with its method, path and body, as the control thread would.
+    fn echo_until_dropped(server: Arc<AdminServer>, stop: Arc<std::sync::atomic::AtomicBool>) -> JoinHandle<()> {
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while let Some(req) = server.try_next() {
+                    let body = format!("{:?} {} {}", req.method, req.path, req.body);
+                    req.respond(AdminResponse { status: 201, content_type: "text/plain", body });
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    }
+
+    #[test]
+    fn a_complete_request_reaches_the_control_side_and_its_answer_comes_back() {
+        let server = Arc::new(start(None));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let echo = echo_until_dropped(server.clone(), stop.clone());
+        let (code, out) = exchange(&server, "POST /dispatcher/state?x=1 HTTP/1.0\r\nContent-Length: 4\r\n\r\nabcd");
+        assert_eq!(code, 201, "{out}");
+        assert!(out.contains("content-type: text/plain") && out.ends_with("Post /dispatcher/state abcd"), "{out}");
+        let (code, out) = exchange(&server, "DELETE /status HTTP/1.0\r\n\r\n");
+        assert!(code == 201 && out.ends_with("Other /status "), "{out}");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        echo.join().unwrap();
+    }
+
+    #[test]
+    fn a_control_side_that_does_not_answer_gets_the_client_a_503_in_bounded_time() {
+        let server = start(None);
+        let t = Instant::now();
+        let (code, out) = exchange(&server, "GET /status HTTP/1.0\r\n\r\n");
+        assert_eq!(code, 503, "{out}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // The queue (1) now holds that request; the next one is refused at once.
+        let t = Instant::now();
+        assert_eq!(exchange(&server, "GET /status HTTP/1.0\r\n\r\n").0, 503);
+        assert!(t.elapsed() < Duration::from_millis(250), "{:?}", t.elapsed());
+        assert!(server.try_next().is_some());
+    }
+
+    #[test]
+    fn bodies_are_bounded_in_size_and_time_and_must_be_utf8() {
+        let server = start(None);
+        let (code, out) = exchange(&server, "POST /x HTTP/1.1\r\nContent-Length: 65537\r\n\r\n");
+        assert!(code == 413 && out.contains("connection: close"), "{out}");
+        let t = Instant::now();
+        let (code, out) = exchange(&server, "POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+        assert_eq!(code, 408, "{out}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        let mut s = TcpStream::connect(server.local_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"POST /x HTTP/1.0\r\nContent-Length: 2\r\n\r\n\xff\xfe").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.0 400") && out.ends_with(r#"{"error":"unreadable body"}"#), "{out}");
+        assert!(server.try_next().is_none(), "refused requests must not reach the control side");
+    }
+
+    #[test]
+    fn the_token_is_checked_before_anything_else_and_can_be_replaced() {
+        let server = start(Some("0123456789abcdef"));
+        for auth in ["", "Authorization: Bearer 0123456789abcdeX\r\n", "Authorization: Bearer0123456789abcdef\r\n"] {
+            let (code, out) = exchange(&server, &format!("POST /x HTTP/1.0\r\n{auth}Content-Length: 99999999\r\n\r\n"));
+            assert!(code == 401 && out.contains("www-authenticate: Bearer"), "{auth:?}: {out}");
+        }
+        assert!(server.try_next().is_none());
+        let (code, _) = exchange(&server, "GET /status HTTP/1.0\r\nAuthorization: BEARER 0123456789abcdef\r\n\r\n");
+        assert_eq!(code, 503, "past the token check, no control side answers");
+        assert!(server.try_next().is_some());
+        server.set_token(Some(Secret::new("fedcba9876543210")));
+        let (code, _) = exchange(&server, "GET /status HTTP/1.0\r\nAuthorization: Bearer 0123456789abcdef\r\n\r\n");
+        assert_eq!(code, 401);
+        server.set_token(None);
+        assert_eq!(exchange(&server, "GET /status HTTP/1.0\r\n\r\n").0, 503);
+    }
 
     #[test]
     fn constant_time_eq_matches_only_the_same_bytes() {

@@ -412,7 +412,7 @@ pub fn run(opts: RunOptions) -> i32 {
         }
         if let Some(a) = &admin {
             // At most a queue's worth per turn, so a flood of requests cannot starve signals and ESL.
-            for _ in 0..AdminLimits::default().queue {
+            for _ in 0..a.queue_capacity() {
                 let Some(req) = a.try_next() else { break };
                 let answer = serve(&mut ctl, &dp, &req);
                 req.respond(answer);
@@ -454,8 +454,11 @@ fn serve(ctl: &mut Control, dp: &DataPlane, req: &AdminRequest) -> AdminResponse
     }
 }
 
+/// A POST endpoint's handler: the body in, an error status and message out.
+type AdminCommand = fn(&mut Control, &str) -> Result<(), (u16, String)>;
+
 /// An admin command: a JSON body in, `{"ok":true}` or `{"error":...}` out.
-fn post(ctl: &mut Control, body: &str, handler: fn(&mut Control, &str) -> Result<(), (u16, String)>) -> AdminResponse {
+fn post(ctl: &mut Control, body: &str, handler: AdminCommand) -> AdminResponse {
     match handler(ctl, body) {
         Ok(()) => AdminResponse::json(200, r#"{"ok":true}"#),
         Err((code, msg)) => AdminResponse::json(code, serde_json::json!({ "error": msg }).to_string()),
