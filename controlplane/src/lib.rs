@@ -2,6 +2,7 @@
 //! stats and admin overrides into the data plane's routing table.
 
 pub mod admin;
+pub mod admin_http;
 pub mod build;
 pub mod config;
 pub mod freeswitch;

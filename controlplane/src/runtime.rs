@@ -4,7 +4,7 @@
 //! transactions in flight finish, bounded by a timeout). Shards never wait on it: they read the
 //! table it swaps in.
 
-use std::io::Read;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -15,8 +15,8 @@ use fsroute_dataplane::table::RoutingTable;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-
 use crate::admin::{metrics_text, status_json, BoxHeadroom, DestExtra, FsMetric, ReloadRecord, Timings};
+use crate::admin_http::{AdminLimits, AdminMethod, AdminRequest, AdminResponse, AdminServer};
 use crate::build::{box_headroom, build_table, cpu_cost, AdminState, CounterStore, Stats};
 use crate::config::{self, CapacityModel, Config, DestState, Weight};
 use crate::headroom::{Binding, CostSource};
@@ -58,6 +58,8 @@ struct Control {
     prober: Prober,
     probe_sock: Option<ProbeSocket>,
     probe_out: Vec<Outgoing>,
+    /// The admin listener actually bound: it moves only on restart, whatever a reload says.
+    admin_bound: Option<SocketAddr>,
 }
 
 impl Control {
@@ -78,7 +80,21 @@ impl Control {
     /// SIGHUP: on any error the running table stays, and the error is logged and recorded.
     fn reload(&mut self) {
         match config::load(&self.path) {
+            Ok(new) if self.public_admin_without(&new).is_some() => {
+                let bound = self.public_admin_without(&new).map_or_else(String::new, |a| a.to_string());
+                let e = format!(
+                    "{}: control.admin_token: missing: the running admin listener {bound} is reachable from other \
+                     hosts and keeps listening there until a restart, so a reload cannot remove its token",
+                    self.path.display()
+                );
+                self.record.reload_failures += 1;
+                self.record.last_error = Some(e.clone());
+                tracing::error!("reload rejected, the running configuration stays:\n{e}");
+            }
             Ok(new) => {
+                if new.control.admin != self.config.control.admin {
+                    tracing::warn!("the admin listener address changes only on restart; the running one stays");
+                }
                 let restart_needed = new.proxy.listen != self.config.proxy.listen || new.proxy.shards != self.config.proxy.shards;
                 if restart_needed {
                     tracing::warn!("listen addresses and shard count change only on restart; the running ones stay");
@@ -99,6 +115,13 @@ impl Control {
                 tracing::error!("reload rejected, the running configuration stays:\n{e}");
             }
         }
+    }
+
+    /// The running admin listener when it is not loopback and `new` has no token for it.
+    /// Validation refuses that for the address written in `new`; this covers the listener still
+    /// bound from the config the process started with.
+    fn public_admin_without(&self, new: &Config) -> Option<SocketAddr> {
+        self.admin_bound.filter(|a| !a.ip().is_loopback() && new.control.admin_token.is_none())
     }
 
     fn fs_metrics(&self) -> Vec<FsMetric> {
@@ -300,6 +323,7 @@ pub fn run(opts: RunOptions) -> i32 {
         prober: Prober::new(probe_settings(&config)),
         probe_sock: None,
         probe_out: Vec::new(),
+        admin_bound: None,
         path: opts.config_path.clone(),
         stats: Stats::default(),
         admin: AdminState::default(),
@@ -330,22 +354,24 @@ pub fn run(opts: RunOptions) -> i32 {
             return EXIT_RUNTIME;
         }
     };
-    let server = match ctl.config.control.admin {
-        Some(addr) => match tiny_http::Server::http(addr) {
+    let admin = match ctl.config.control.admin {
+        Some(addr) => match AdminServer::start(addr, ctl.config.control.admin_token.clone(), AdminLimits::default()) {
             Ok(s) => Some(s),
             Err(e) => {
-                tracing::error!(error = %e, %addr, "cannot bind the admin listener");
+                tracing::error!(error = %e, %addr, "cannot start the admin listener");
                 dp.stop();
                 return EXIT_RUNTIME;
             }
         },
         None => None,
     };
+    ctl.admin_bound = admin.as_ref().map(AdminServer::local_addr);
     tracing::info!(
         listen = ?dp.bound,
         shards = spec.shards,
         ingress = spec.ingress.name(),
-        admin = ?ctl.config.control.admin,
+        admin = ?ctl.admin_bound,
+        admin_token = ctl.config.control.admin_token.is_some(),
         "fsroute running"
     );
 
@@ -353,7 +379,12 @@ pub fn run(opts: RunOptions) -> i32 {
     loop {
         for sig in signals.pending() {
             match sig {
-                SIGHUP => ctl.reload(),
+                SIGHUP => {
+                    ctl.reload();
+                    if let Some(a) = &admin {
+                        a.set_token(ctl.config.control.admin_token.clone());
+                    }
+                }
                 SIGTERM | SIGINT if stopping.is_none() => {
                     tracing::info!("stopping: new INVITEs get 503, calls in flight finish");
                     dp.drain();
@@ -373,15 +404,18 @@ pub fn run(opts: RunOptions) -> i32 {
             }
         }
         // ESL first: a heartbeat reaches the table within one turn of this loop.
-        let wait = if server.is_some() { Duration::from_millis(10) } else { Duration::from_millis(50) };
+        let wait = if admin.is_some() { Duration::from_millis(10) } else { Duration::from_millis(50) };
         let heard = ctl.fs.poll(wait, Instant::now(), &mut ctl.stats);
         let probed = ctl.run_probes();
         if heard || probed {
             ctl.rebuild();
         }
-        if let Some(s) = &server {
-            while let Ok(Some(req)) = s.try_recv() {
-                serve(&mut ctl, &dp, req);
+        if let Some(a) = &admin {
+            // At most a queue's worth per turn, so a flood of requests cannot starve signals and ESL.
+            for _ in 0..a.queue_capacity() {
+                let Some(req) = a.try_next() else { break };
+                let answer = serve(&mut ctl, &dp, &req);
+                req.respond(answer);
             }
         }
     }
@@ -396,42 +430,38 @@ fn empty_proxy(config: &Config) -> fsroute_dataplane::table::ProxySettings {
     t.proxy
 }
 
-fn respond(req: tiny_http::Request, code: u16, content_type: &str, body: String) {
-    let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes()).expect("static header");
-    let _ = req.respond(tiny_http::Response::from_string(body).with_status_code(code).with_header(header));
-}
-
-fn serve(ctl: &mut Control, dp: &DataPlane, req: tiny_http::Request) {
-    let method = req.method().clone();
-    let url = req.url().split('?').next().unwrap_or("").to_string();
-    match (method, url.as_str()) {
-        (tiny_http::Method::Get, "/status") => {
+/// Every admin endpoint's answer. The admin thread has already checked the token and read the body.
+fn serve(ctl: &mut Control, dp: &DataPlane, req: &AdminRequest) -> AdminResponse {
+    match (req.method, req.path.as_str()) {
+        (AdminMethod::Get, "/status") => {
             let table = ctl.table.load();
             let boxes = ctl.fs_metrics();
             let v = status_json(&table, &dp.stats, &ctl.record, &ctl.timings, &boxes, &|s, u| ctl.dest_extra(s, u));
-            respond(req, 200, "application/json", v.to_string());
+            AdminResponse::json(200, v.to_string())
         }
-        (tiny_http::Method::Get, "/metrics") => {
+        (AdminMethod::Get, "/metrics") => {
             let table = ctl.table.load();
             let boxes = ctl.fs_metrics();
-            let body = metrics_text(&table, &dp.stats, &ctl.record, &boxes, &ctl.timings);
-            respond(req, 200, "application/openmetrics-text; version=1.0.0; charset=utf-8", body);
+            AdminResponse {
+                status: 200,
+                content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                body: metrics_text(&table, &dp.stats, &ctl.record, &boxes, &ctl.timings),
+            }
         }
-        (tiny_http::Method::Post, "/load_balancer/status") => post(ctl, req, set_lb_status),
-        (tiny_http::Method::Post, "/dispatcher/state") => post(ctl, req, set_state),
-        _ => respond(req, 404, "application/json", r#"{"error":"not found"}"#.into()),
+        (AdminMethod::Post, "/load_balancer/status") => post(ctl, &req.body, set_lb_status),
+        (AdminMethod::Post, "/dispatcher/state") => post(ctl, &req.body, set_state),
+        _ => AdminResponse::json(404, r#"{"error":"not found"}"#),
     }
 }
 
-/// An admin command: a JSON body (64 KiB at most) in, `{"ok":true}` or `{"error":...}` out.
-fn post(ctl: &mut Control, mut req: tiny_http::Request, handler: fn(&mut Control, &str) -> Result<(), (u16, String)>) {
-    let mut body = String::new();
-    if req.as_reader().take(64 * 1024).read_to_string(&mut body).is_err() {
-        return respond(req, 400, "application/json", r#"{"error":"unreadable body"}"#.into());
-    }
-    match handler(ctl, &body) {
-        Ok(()) => respond(req, 200, "application/json", r#"{"ok":true}"#.into()),
-        Err((code, msg)) => respond(req, code, "application/json", serde_json::json!({ "error": msg }).to_string()),
+/// A POST endpoint's handler: the body in, an error status and message out.
+type AdminCommand = fn(&mut Control, &str) -> Result<(), (u16, String)>;
+
+/// An admin command: a JSON body in, `{"ok":true}` or `{"error":...}` out.
+fn post(ctl: &mut Control, body: &str, handler: AdminCommand) -> AdminResponse {
+    match handler(ctl, body) {
+        Ok(()) => AdminResponse::json(200, r#"{"ok":true}"#),
+        Err((code, msg)) => AdminResponse::json(code, serde_json::json!({ "error": msg }).to_string()),
     }
 }
 

@@ -159,10 +159,16 @@ pub fn exchange(to: SocketAddr, msg: &[u8], timeout: Duration) -> Option<String>
 
 /// A minimal HTTP/1.0 exchange with the admin endpoint.
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_with(addr, method, path, &[], body)
+}
+
+/// [`http`] with extra header lines (`"Authorization: Bearer ..."`).
+pub fn http_with(addr: SocketAddr, method: &str, path: &str, headers: &[&str], body: &str) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("admin connect");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     let req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).unwrap();

@@ -158,6 +158,8 @@ pub struct ProxyConfig {
 pub struct ControlConfig {
     /// HTTP admin/metrics listener; `None` = off.
     pub admin: Option<SocketAddr>,
+    /// Bearer token every admin request must carry; required when `admin` is not loopback.
+    pub admin_token: Option<Secret>,
     pub heartbeat_timeout: Duration,
     pub stale_weight: u32,
     pub max_freeswitch_weight: u32,
@@ -217,6 +219,7 @@ impl Default for ControlConfig {
     fn default() -> Self {
         ControlConfig {
             admin: None,
+            admin_token: None,
             heartbeat_timeout: Duration::from_secs(60),
             stale_weight: 0,
             max_freeswitch_weight: 100,
@@ -315,7 +318,7 @@ impl Secret {
         Secret(s.into())
     }
 
-    /// The secret itself, for the one place that needs it (ESL `auth`).
+    /// The secret itself, for the places that need it (ESL `auth`, the admin token check).
     pub fn expose(&self) -> &str {
         &self.0
     }

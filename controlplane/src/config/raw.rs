@@ -46,6 +46,7 @@ pub(crate) struct RawProxy {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawControl {
     pub admin: Opt<IntOrStr>,
+    pub admin_token: Opt<String>,
     pub heartbeat_timeout: Opt<IntOrStr>,
     pub stale_weight: Opt<i64>,
     pub max_freeswitch_weight: Opt<i64>,

@@ -48,7 +48,11 @@ fn write_summary(s: &mut String, c: &Config) -> std::fmt::Result {
     writeln!(
         s,
         "admin       {}",
-        k.admin.map_or("off".to_string(), |a| format!("http://{a}"))
+        match (k.admin, &k.admin_token) {
+            (None, _) => "off".to_string(),
+            (Some(a), None) => format!("http://{a}, no token"),
+            (Some(a), Some(t)) => format!("http://{a}, bearer token {t}"),
+        }
     )?;
     let probing = if k.probe_interval.is_zero() {
         "off".to_string()

@@ -869,4 +869,53 @@ fn bad_admission_keys_are_rejected_naming_the_field_and_line() {
     assert_eq!(line_of(&e, "control.cpu_cost_prior"), 5);
     assert_eq!(line_of(&e, "control.cpu_margin"), 6);
     assert!(only(&e, "failover.exhausted_reply").to_string().contains("503"));
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+#[test]
+fn an_admin_token_is_kept_and_never_shown() {
+    let c = ok(&with_listen(&format!("[control]\nadmin = \"127.0.0.1:9060\"\nadmin_token = \"{TOKEN}\"\n")));
+    let token = c.control.admin_token.as_ref().expect("token parsed");
+    assert_eq!(token.expose(), TOKEN);
+    let summary = c.summary();
+    assert!(summary.contains("admin       http://127.0.0.1:9060, bearer token ****"), "{summary}");
+    for shown in [summary, format!("{c:?}"), format!("{c:#?}"), token.to_string()] {
+        assert!(!shown.contains(TOKEN), "token leaked:\n{shown}");
+    }
+    assert_eq!(ok(&with_listen("[control]\nadmin = 9060\n")).control.admin_token, None);
+}
+
+#[test]
+fn a_non_loopback_admin_listener_needs_a_token() {
+    for addr in ["0.0.0.0:9060", "10.0.0.1:9060", "[::]:9060"] {
+        let e = errs(&with_listen(&format!("[control]\nstale_weight = 0\nadmin = \"{addr}\"\n")));
+        assert!(matches!(only(&e, "control.admin_token"), ConfigError::Missing { .. }), "{e}");
+        assert_eq!(line_of(&e, "control.admin_token"), 5, "points at the admin line: {e}");
+        let text = e.to_string();
+        assert!(text.contains(addr) && text.contains("set control.admin_token"), "{text}");
+    }
+    for addr in ["127.0.0.1:9060", "127.3.4.5:9060", "[::1]:9060"] {
+        ok(&with_listen(&format!("[control]\nadmin = \"{addr}\"\n")));
+    }
+    let c = ok(&with_listen(&format!("[control]\nadmin = \"0.0.0.0:9060\"\nadmin_token = \"{TOKEN}\"\n")));
+    assert_eq!(c.control.admin, Some("0.0.0.0:9060".parse().unwrap()));
+}
+
+#[test]
+fn a_malformed_admin_token_is_rejected_without_echoing_it() {
+    for bad in ["short-Tok3n", "has a space in it, and long enough", "quote\\\"inside0123456789", "tab\\tinside0123456789", "", "==================", &"x".repeat(1025)] {
+        let e = errs(&with_listen(&format!("[control]\nadmin = \"127.0.0.1:9060\"\nadmin_token = \"{bad}\"\n")));
+        assert!(matches!(only(&e, "control.admin_token"), ConfigError::Invalid { .. }), "{bad:?}: {e}");
+        assert_eq!(line_of(&e, "control.admin_token"), 5);
+        let text = e.to_string();
+        assert!(text.contains("control.admin_token: ****:"), "{text}");
+        if bad.len() >= 4 {
+            assert!(!text.contains(bad), "token echoed: {text}");
+        }
+    }
+    // A rejected token on a public listener reports the bad token, not a second "missing" error.
+    let e = errs(&with_listen("[control]\nadmin = \"0.0.0.0:9060\"\nadmin_token = \"short\"\n"));
+    assert!(matches!(only(&e, "control.admin_token"), ConfigError::Invalid { .. }), "{e}");
+    let e = errs(&with_listen("[control]\nadmin_token = 12345678901234567890\n"));
+    assert_eq!(line_of(&e, "control.admin_token"), 4);
+    ok(&with_listen("[control]\nadmin = 9060\nadmin_token = \"a-b.c_d~e+f/0123456789==\"\n"));
 }

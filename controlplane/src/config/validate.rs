@@ -26,7 +26,7 @@ use super::value::{
 };
 use super::{
     Capacity, CapacityModel, Config, ControlConfig, DestState, DispatcherRow, FailoverConfig, FsEndpoint, FsKey,
-    Host, HostPort, LbFlags, LoadBalancerRow, ProxyConfig, RouteConfig, RouteTo, RowInfo, Weight,
+    Host, HostPort, LbFlags, LoadBalancerRow, ProxyConfig, RouteConfig, RouteTo, RowInfo, Secret, Weight,
 };
 
 pub(crate) fn validate(raw: &RawConfig, text: &str, path: &Path) -> (Config, Vec<ConfigError>) {
@@ -63,6 +63,28 @@ struct Ctx<'a> {
     /// Credentials per ESL endpoint and the line that first gave them: one connection serves
     /// every row naming a box, so two rows must not disagree about how to log in.
     fs_seen: HashMap<FsKey, (FsEndpoint, usize)>,
+}
+
+/// Shortest admin token accepted: a guessable token is no better than none.
+pub(crate) const ADMIN_TOKEN_MIN_LEN: usize = 16;
+/// Longest admin token accepted: it must fit in the admin listener's 8 KiB of headers.
+pub(crate) const ADMIN_TOKEN_MAX_LEN: usize = 1024;
+
+/// An admin token is sent as `Authorization: Bearer <token>`, so it must be an RFC 6750
+/// `b64token` (letters, digits, `-._~+/`, then optional `=` padding) long enough not to be guessed.
+fn check_admin_token(t: &str) -> Result<(), String> {
+    let body = t.trim_end_matches('=');
+    let charset_ok = !body.is_empty()
+        && body.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'));
+    if !charset_ok {
+        return Err("an admin token holds only letters, digits and -._~+/ (then optional '=' padding), \
+                    e.g. the output of `openssl rand -hex 32`"
+            .into());
+    }
+    if t.len() < ADMIN_TOKEN_MIN_LEN || t.len() > ADMIN_TOKEN_MAX_LEN {
+        return Err(format!("an admin token is {ADMIN_TOKEN_MIN_LEN} to {ADMIN_TOKEN_MAX_LEN} characters long"));
+    }
+    Ok(())
 }
 
 /// Stand-in for a value that failed validation; the config is discarded anyway.
@@ -469,9 +491,32 @@ impl Ctx<'_> {
                 }
             }
         });
+        let admin_token = c.admin_token.as_ref().and_then(|t| match check_admin_token(t.get_ref()) {
+            Ok(()) => Some(Secret::new(t.get_ref().as_str())),
+            Err(reason) => {
+                // The value is a secret even when malformed: never echo it.
+                self.invalid(&t.span(), "control.admin_token", "****", reason);
+                None
+            }
+        });
+        if let (Some(addr), None, None) = (admin, &admin_token, &c.admin_token) {
+            if !addr.ip().is_loopback() {
+                let span = c.admin.as_ref().map(Spanned::span).unwrap_or_default();
+                self.missing(
+                    &span,
+                    "control.admin_token",
+                    format!(
+                        "the admin listener {addr} is reachable from other hosts, so it needs a bearer token: \
+                         set control.admin_token, or listen on loopback (e.g. \"127.0.0.1:{}\")",
+                        addr.port()
+                    ),
+                );
+            }
+        }
         let u32max = i64::from(u32::MAX);
         ControlConfig {
             admin,
+            admin_token,
             heartbeat_timeout: self.duration(
                 &c.heartbeat_timeout,
                 "control.heartbeat_timeout",
