@@ -78,7 +78,8 @@ pub struct Params {
     pub idle_cpu_smoothing: u32,
     /// The same load, unmeasured, before the measured run: boxes in production have carried calls
     /// before (and fsroute learns their CPU cost from that); a pool that has never seen a call
-    /// measures a cold start instead.
+    /// measures a cold start instead. At least one and a half heartbeat intervals, so a slow
+    /// heartbeat has given fsroute a few readings too.
     pub warmup: Duration,
     pub duration: Duration,
     pub shards: usize,
@@ -293,8 +294,9 @@ fn run_mode(mode: Mode, p: &Params, heartbeat: Duration) -> Result<ModeRun, Stri
         backends: emus.iter().map(EmulatorHandle::sip_addr).collect(),
         run_id: next_run_id(),
     };
-    if !p.warmup.is_zero() {
-        uac::run(&uac_cfg(p.warmup)).map_err(|e| format!("generator (warm-up): {e}"))?;
+    let warmup = if p.warmup.is_zero() { p.warmup } else { p.warmup.max(heartbeat * 3 / 2) };
+    if !warmup.is_zero() {
+        uac::run(&uac_cfg(warmup)).map_err(|e| format!("generator (warm-up): {e}"))?;
     }
     // What the boxes did during the warm-up is not part of the measurement.
     let before: Vec<_> = emus.iter().map(|e| (e.refusals(), e.calls_answered())).collect();
@@ -357,7 +359,7 @@ fn run_mode(mode: Mode, p: &Params, heartbeat: Duration) -> Result<ModeRun, Stri
 
 /// Runs the comparison with the given sizes; `pb_label` names the progress bar.
 pub fn run_with(p: &Params, out_dir: &std::path::Path, pb_label: &str) -> Result<FsAwareResult, String> {
-    let per = p.warmup + p.duration + p.hold * 2 + Duration::from_secs(3);
+    let per = p.warmup + p.duration + p.hold * 2 + Duration::from_secs(8);
     let runs_n = (Mode::ALL.len() * p.heartbeats.len()) as u32;
     let pb = progress(per * runs_n, pb_label);
     let t0 = Instant::now();
@@ -434,7 +436,7 @@ pub fn render(r: &FsAwareResult) -> String {
         .collect();
     let mut t = Table::new(
         format!(
-            "fs-aware: 3 emulated FreeSWITCH boxes bound by {}; offered {:.0}% of {:.1} calls/s = {:.1} calls/s for {:.0} s after a {:.0} s warm-up, hold {:.1} s, boxes {} ms away, Idle-CPU smoothing {}; fsroute {} shards, api status every 5 s; {}",
+            "fs-aware: 3 emulated FreeSWITCH boxes bound by {}; offered {:.0}% of {:.1} calls/s = {:.1} calls/s for {:.0} s after a warm-up of max({:.0} s, 1.5 heartbeats), hold {:.1} s, boxes {} ms away, Idle-CPU smoothing {}; fsroute {} shards, api status every 5 s; {}",
             boxes.join(", "),
             p.load * 100.0,
             p.capacity_rate(),

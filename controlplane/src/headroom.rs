@@ -75,8 +75,8 @@ pub struct Headroom {
 }
 
 /// While a box's CPU cost is only the prior, its CPU headroom grows by at most this many sessions,
-/// or by as many as it carries now, per reading (a slow start): a prior that is wrong for this box
-/// can then overfill it by little, and each step spreads its Session-Count so the fit can learn.
+/// or by half as many as it carries now, per reading (a slow start): a prior that is wrong for this
+/// box can then overfill it by little, and each step spreads its Session-Count so the fit can learn.
 pub const SLOW_START_SESSIONS: u64 = 2 * CpuCostFit::MIN_SPREAD;
 
 /// The headroom of a box that reported `r`, with sessions costing `cost` Idle-CPU each (millionths
@@ -94,7 +94,7 @@ pub fn headroom(r: &BoxReport, knobs: &Knobs, cost: (u64, CostSource), predicted
     let spare = u64::from(idle).min(100 * PERCENT_MICRO).saturating_sub(floor);
     let mut cpu_sessions = spare / cost.0.max(1);
     if cost.1 == CostSource::Prior {
-        cpu_sessions = cpu_sessions.min(SLOW_START_SESSIONS.max(r.session_count));
+        cpu_sessions = cpu_sessions.min(SLOW_START_SESSIONS.max(r.session_count / 2));
     }
     let cpu = cpu_sessions / k;
     // FreeSWITCH decrements its budget before the test `<= 0`, so only sps − 1 get through.
@@ -243,11 +243,13 @@ mod tests {
     #[test]
     fn until_the_cost_is_learned_cpu_headroom_grows_by_a_slow_start_step_per_reading() {
         // The prior says 0.1 points a session: 930 sessions of CPU on an idle box. Unproven, it may
-        // grow by 10 (or by as many as the box carries) per reading.
+        // grow by 10 (or by half as many as the box carries) per reading.
         let h = headroom(&report(0, 1000, 95, None, 0), &knobs(1, 2), (100_000, CostSource::Prior), None, 0);
         assert_eq!((h.cpu, h.binding), (SLOW_START_SESSIONS, Binding::Cpu));
-        let h = headroom(&report(40, 1000, 91, None, 0), &knobs(1, 2), (100_000, CostSource::Prior), None, 0);
-        assert_eq!(h.cpu, 40);
+        let h = headroom(&report(12, 1000, 91, None, 0), &knobs(1, 2), (100_000, CostSource::Prior), None, 0);
+        assert_eq!(h.cpu, SLOW_START_SESSIONS);
+        let h = headroom(&report(60, 1000, 91, None, 0), &knobs(1, 2), (100_000, CostSource::Prior), None, 0);
+        assert_eq!(h.cpu, 30);
         let h = headroom(&report(40, 1000, 91, None, 0), &knobs(1, 2), (100_000, CostSource::Fit), None, 0);
         assert_eq!(h.cpu, 890);
     }

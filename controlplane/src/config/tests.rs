@@ -869,6 +869,8 @@ fn bad_admission_keys_are_rejected_naming_the_field_and_line() {
     assert_eq!(line_of(&e, "control.cpu_cost_prior"), 5);
     assert_eq!(line_of(&e, "control.cpu_margin"), 6);
     assert!(only(&e, "failover.exhausted_reply").to_string().contains("503"));
+}
+
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
 #[test]
