@@ -31,7 +31,7 @@ fn emulator() -> EmulatorHandle {
 
 fn fs_config(boxes: &[&EmulatorHandle], heartbeat_timeout: &str) -> String {
     let mut c = format!(
-        "[proxy]\nlisten = [\"{{SIP}}\"]\nshards = 2\n\n[control]\nadmin = \"{{ADMIN}}\"\nheartbeat_timeout = \"{heartbeat_timeout}\"\nstale_weight = 0\n\n"
+        "[proxy]\nlisten = [\"{{SIP}}\"]\nshards = 2\n\n[control]\nadmin = \"{{ADMIN}}\"\nheartbeat_timeout = \"{heartbeat_timeout}\"\nstale_weight = 0\ncpu_cost_prior = 0.1\n\n"
     );
     for b in boxes {
         c.push_str(&format!(

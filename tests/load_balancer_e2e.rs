@@ -106,8 +106,8 @@ fn calls_routed_between_two_heartbeats_spread_instead_of_piling_onto_one_box() {
         e.set_reported(100, 1000, 80_000_000);
     }
     let rows = [(a.sip_addr(), format!("ch=fs://:ClueCon@{}", a.esl_addr())), (b.sip_addr(), format!("ch=fs://:ClueCon@{}", b.esl_addr()))];
-    let proxy = Proxy::start(&lb_config(&rows, "heartbeat_timeout = \"120s\"\n"));
-    // Both boxes seeded: CPU binds, (80 % idle − 2 margin) / 0.1 prior cost = 780 free each
+    let proxy = Proxy::start(&lb_config(&rows, "heartbeat_timeout = \"120s\"\ncpu_cost_prior = 0.1\n"));
+    // Both boxes seeded: CPU binds, (80 % idle − 2 margin) / 0.1 configured cost = 780 free each
     // (docs/ADMISSION.md; Max-Sessions would leave 900).
     let seeded = (0..100).any(|_| {
         std::thread::sleep(Duration::from_millis(50));

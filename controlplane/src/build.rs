@@ -428,7 +428,10 @@ pub fn effective_capacity(row: &LoadBalancerRow, res: &ConfigLbResource, control
 
 /// Per box, the CPU cost in use: learned from its heartbeats once they have spread, else the prior.
 pub fn cpu_cost(control: &ControlConfig, s: &FsStats) -> (u64, CostSource) {
-    s.cpu_fit.cost_micro(control.cpu_cost_prior_micro, control.cpu_cost_floor_micro)
+    match s.cpu_fit.cost_micro(control.cpu_cost_prior_micro, control.cpu_cost_floor_micro) {
+        (cost, CostSource::Prior) if control.cpu_cost_prior_configured => (cost, CostSource::Configured),
+        other => other,
+    }
 }
 
 /// A box's headroom now, from its last numbers (docs/ADMISSION.md).

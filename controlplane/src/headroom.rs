@@ -74,7 +74,7 @@ pub struct Headroom {
     pub binding: Binding,
 }
 
-/// While a box's CPU cost is only the prior, its CPU headroom grows by at most this many sessions,
+/// While a box's CPU cost is only the built-in prior, its CPU headroom grows by at most this many sessions,
 /// or by half as many as it carries now, per reading (a slow start): a prior that is wrong for this
 /// box can then overfill it by little, and each step spreads its Session-Count so the fit can learn.
 pub const SLOW_START_SESSIONS: u64 = 2 * CpuCostFit::MIN_SPREAD;
@@ -113,8 +113,11 @@ pub fn headroom(r: &BoxReport, knobs: &Knobs, cost: (u64, CostSource), predicted
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CostSource {
-    /// Not enough spread in the box's Session-Count yet: the configured prior.
+    /// Not enough spread in the box's Session-Count yet: the built-in prior, a guess (so CPU
+    /// headroom grows by a slow start until the fit takes over).
     Prior,
+    /// Not enough spread yet: the operator's `cpu_cost_prior`, trusted as it stands.
+    Configured,
     /// A least-squares fit of Idle-CPU against Session-Count over recent heartbeats.
     Fit,
 }
@@ -251,6 +254,9 @@ mod tests {
         let h = headroom(&report(60, 1000, 91, None, 0), &knobs(1, 2), (100_000, CostSource::Prior), None, 0);
         assert_eq!(h.cpu, 30);
         let h = headroom(&report(40, 1000, 91, None, 0), &knobs(1, 2), (100_000, CostSource::Fit), None, 0);
+        assert_eq!(h.cpu, 890);
+        // An operator's own cpu_cost_prior is trusted as it stands: no slow start.
+        let h = headroom(&report(40, 1000, 91, None, 0), &knobs(1, 2), (100_000, CostSource::Configured), None, 0);
         assert_eq!(h.cpu, 890);
     }
 

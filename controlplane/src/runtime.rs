@@ -187,6 +187,7 @@ impl Control {
             cpu_cost_micro: cost,
             cost_source: match source {
                 CostSource::Prior => "prior",
+                CostSource::Configured => "configured",
                 CostSource::Fit => "fit",
             },
             background_cpu_micro: s.cpu_fit.background_micro(),

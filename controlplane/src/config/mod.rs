@@ -174,6 +174,8 @@ pub struct ControlConfig {
     /// Idle-CPU (millionths of a percent) one session costs a box before its own heartbeats have
     /// told (`cpu_cost_prior`, in percent points).
     pub cpu_cost_prior_micro: u64,
+    /// Whether `cpu_cost_prior` was written in the config (operator knowledge) rather than defaulted.
+    pub cpu_cost_prior_configured: bool,
     /// The least a session is ever taken to cost (`cpu_cost_floor`).
     pub cpu_cost_floor_micro: u64,
     /// Idle-CPU kept free above the box's `min-idle-cpu` (`cpu_margin`).
@@ -230,6 +232,7 @@ impl Default for ControlConfig {
             probe_success_threshold: 1,
             capacity_model: CapacityModel::Headroom,
             cpu_cost_prior_micro: 100_000,
+            cpu_cost_prior_configured: false,
             cpu_cost_floor_micro: 5_000,
             cpu_margin_micro: 2_000_000,
             status_interval: Duration::from_secs(5),

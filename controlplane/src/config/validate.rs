@@ -579,6 +579,7 @@ impl Ctx<'_> {
                 }),
             },
             cpu_cost_prior_micro: self.percent_micro(&c.cpu_cost_prior, "control.cpu_cost_prior", 0.0001, 100.0, d.cpu_cost_prior_micro),
+            cpu_cost_prior_configured: c.cpu_cost_prior.is_some(),
             cpu_cost_floor_micro: self.percent_micro(&c.cpu_cost_floor, "control.cpu_cost_floor", 0.0001, 100.0, d.cpu_cost_floor_micro),
             cpu_margin_micro: self.percent_micro(&c.cpu_margin, "control.cpu_margin", 0.0, 100.0, u64::from(d.cpu_margin_micro)) as u32,
             status_interval: self.duration(&c.status_interval, "control.status_interval", d.status_interval, true),
