@@ -528,33 +528,39 @@ fn when_every_attempt_fails_with_503_fsroute_answers_its_own_503_never_the_boxes
     assert_eq!(r.handle(&t, caller(), &ack, now, &mut out), Action::Absorbed);
 }
 
-#[test]
-fn exhausted_reply_500_follows_rfc3261_16_7_step_6_when_configured() {
-    let mut t = failover_table(&[1]);
-    t.failover.max_attempts = 1;
-    t.failover.exhausted_reply = 500;
+/// One box, one attempt: the caller's INVITE, then `final_response` from the box, rewritten from the
+/// REJECTED template; returns what fsroute did with it and what it sent.
+fn one_attempt(t: &RoutingTable, final_response: impl Fn(String) -> String) -> (Action, String) {
     let mut r = router();
     let mut out = Vec::new();
     let now = Instant::now();
-    let Action::Forward(a) = r.handle(&t, caller(), INVITE, now, &mut out) else { panic!() };
-    let rej = backend_response(&out.clone(), REJECTED);
-    assert!(matches!(r.handle(&t, a, &rej, now, &mut out), Action::Reply(_)));
-    let reply = text(&out);
+    let Action::Forward(a) = r.handle(t, caller(), INVITE, now, &mut out) else { panic!() };
+    let resp = final_response(text(&backend_response(&out.clone(), REJECTED)));
+    let action = r.handle(t, a, resp.as_bytes(), now, &mut out);
+    (action, text(&out))
+}
+
+fn one_box_table() -> RoutingTable {
+    let mut t = failover_table(&[1]);
+    t.failover.max_attempts = 1;
+    t
+}
+
+#[test]
+fn exhausted_reply_500_follows_rfc3261_16_7_step_6_when_configured() {
+    let mut t = one_box_table();
+    t.failover.exhausted_reply = 500;
+    let (action, reply) = one_attempt(&t, |r| r);
+    assert!(matches!(action, Action::Reply(_)));
     assert_eq!(status_line(&reply), "SIP/2.0 500 Server Internal Error");
     assert!(!reply.contains("Retry-After"), "{reply}");
 }
 
 #[test]
 fn a_final_failure_other_than_503_still_reaches_the_caller_as_the_box_sent_it() {
-    let mut t = failover_table(&[1]);
-    t.failover.max_attempts = 1;
-    let mut r = router();
-    let mut out = Vec::new();
-    let now = Instant::now();
-    let Action::Forward(a) = r.handle(&t, caller(), INVITE, now, &mut out) else { panic!() };
-    let busy = text(&backend_response(&out.clone(), REJECTED)).replace("503 Service Unavailable", "486 Busy Here");
-    assert!(matches!(r.handle(&t, a, busy.as_bytes(), now, &mut out), Action::Forward(_)));
-    assert_eq!(parse(&out).unwrap().status(), Some(486));
+    let (action, sent) = one_attempt(&one_box_table(), |r| r.replace("503 Service Unavailable", "486 Busy Here"));
+    assert!(matches!(action, Action::Forward(_)));
+    assert_eq!(parse(sent.as_bytes()).unwrap().status(), Some(486));
 }
 
 #[test]
