@@ -20,7 +20,8 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
-        /// How long a graceful stop waits for INVITE transactions in flight.
+        /// How long a graceful stop waits for INVITEs in flight and answered calls to end (a second
+        /// SIGTERM stops at once).
         #[arg(long, default_value = "10s", value_parser = humantime_duration)]
         drain_timeout: Duration,
     },

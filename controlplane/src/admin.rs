@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use fsroute_dataplane::stats::{DropReason, ShardStats};
+use fsroute_dataplane::stats::{DropReason, Refusal, ShardStats};
 use fsroute_dataplane::table::RoutingTable;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -122,6 +122,8 @@ pub fn status_json(
         .map(|(i, st)| {
             let dropped: serde_json::Map<String, Value> =
                 DropReason::ALL.iter().map(|r| (r.label().to_string(), json!(st.dropped(*r)))).collect();
+            let refused: serde_json::Map<String, Value> =
+                Refusal::ALL.iter().map(|r| (r.label().to_string(), json!(st.refused(*r)))).collect();
             json!({
                 "shard": i,
                 "received": ShardStats::get(&st.received),
@@ -131,7 +133,16 @@ pub fn status_json(
                 "failovers": ShardStats::get(&st.failovers),
                 "absorbed": ShardStats::get(&st.absorbed),
                 "call_memory_entries": ShardStats::get(&st.memory_entries),
+                "call_state": {
+                    "transactions": ShardStats::get(&st.transactions),
+                    "dialogs": ShardStats::get(&st.dialogs),
+                    "established": ShardStats::get(&st.established),
+                    "forks": ShardStats::get(&st.forks),
+                    "fork_bytes": ShardStats::get(&st.fork_bytes),
+                    "calls_timed_out": ShardStats::get(&st.calls_timed_out),
+                },
                 "dropped": dropped,
+                "refused": refused,
             })
         })
         .collect();
@@ -437,6 +448,27 @@ pub fn metrics_text(
         memory.get_or_create(&ShardLabels { shard: i as u64 }).set(ShardStats::get(&s.memory_entries) as i64);
     }
     reg.register("shard_call_memory_entries", "Remembered transactions and dialogs", memory);
+    let refused = Family::<DropLabels, Counter>::default();
+    for (i, s) in shards.iter().enumerate() {
+        for r in Refusal::ALL {
+            let l = DropLabels { shard: i as u64, reason: r.label().to_string() };
+            counter_from(&refused.get_or_create(&l), s.refused(r));
+        }
+    }
+    reg.register("shard_refused", "Requests fsroute answered itself instead of forwarding, by reason", refused);
+    let gauge = |name: &str, help: &str, get: &dyn Fn(&ShardStats) -> &AtomicU64, reg: &mut Registry| {
+        let fam = Family::<ShardLabels, Gauge>::default();
+        for (i, s) in shards.iter().enumerate() {
+            fam.get_or_create(&ShardLabels { shard: i as u64 }).set(ShardStats::get(get(s)) as i64);
+        }
+        reg.register(name, help, fam);
+    };
+    gauge("shard_transactions", "Remembered transactions (bounded by limits.transactions)", &|s| &s.transactions, &mut reg);
+    gauge("shard_dialogs", "Remembered dialogs (bounded by limits.dialogs)", &|s| &s.dialogs, &mut reg);
+    gauge("shard_established_calls", "Answered calls not yet ended", &|s| &s.established, &mut reg);
+    gauge("shard_forks", "Failover INVITE transactions (bounded by limits.forks)", &|s| &s.forks, &mut reg);
+    gauge("shard_fork_bytes", "Bytes of INVITEs the failover transactions hold (bounded by limits.fork_memory_mib)", &|s| &s.fork_bytes, &mut reg);
+    per_shard("shard_calls_timed_out", "Answered calls with no BYE within max_call_duration (units returned)", &|s| &s.calls_timed_out, &mut reg);
 
     let reloads: Counter = Counter::default();
     reloads.inc_by(reload.reloads);

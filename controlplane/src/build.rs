@@ -187,9 +187,14 @@ impl AdminState {
     }
 }
 
-/// The per-destination counters, kept across builds by (setid, destination URI).
-#[derive(Debug, Default)]
+/// The per-destination counters, kept across builds by (setid, destination URI), and the parts
+/// of fsroute's identity that come from the process and the host rather than the config.
+#[derive(Debug)]
 pub struct CounterStore {
+    /// The branch MAC key when `proxy.branch_secret` is not set: random, for the process's life.
+    pub branch_key: fsroute_dataplane::table::BranchKey,
+    /// This host's addresses (for wildcard listeners); refreshed by the runtime.
+    pub host_ips: Vec<std::net::IpAddr>,
     dispatcher: HashMap<(i32, String), Arc<DestCounters>>,
     /// load_balancer loads by (group, destination, resource): the calls fsroute holds there,
     /// shared with every shard and kept across reloads for destinations that stay.
@@ -204,6 +209,18 @@ pub struct BoxCounters {
     pub boot: u64,
     pub gate: Arc<BoxGate>,
     pub rate: Option<Arc<RateLog>>,
+}
+
+impl Default for CounterStore {
+    fn default() -> Self {
+        CounterStore {
+            branch_key: fsroute_dataplane::table::BranchKey::random(),
+            host_ips: Vec::new(),
+            dispatcher: HashMap::new(),
+            lb: HashMap::new(),
+            gates: HashMap::new(),
+        }
+    }
 }
 
 impl CounterStore {
@@ -378,7 +395,12 @@ pub fn build_table(
         exhausted_retry_after: (!f.exhausted_retry_after.is_zero()).then_some(f.exhausted_retry_after),
         refused_cooldown: f.refused_cooldown,
     };
-    RoutingTable::new(generation, proxy_settings(config), sets, routes).with_load_balancer(lb_groups, failover)
+    let mut proxy = proxy_settings(config);
+    if config.proxy.branch_secret.is_none() {
+        proxy.branch_key = counters.branch_key;
+    }
+    proxy.host_ips = counters.host_ips.clone();
+    RoutingTable::new(generation, proxy, sets, routes).with_load_balancer(lb_groups, failover)
 }
 
 /// Takes fsroute's current load as `p_hb` for every load_balancer resource whose box sent new
@@ -619,7 +641,23 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
         no_route_reply: p.no_route_reply,
         transaction_memory: p.transaction_memory,
         dialog_memory: p.dialog_memory,
+        max_call_duration: p.max_call_duration,
+        limits: config.limits,
+        branch_key: p.branch_secret.as_ref().map(|s| branch_key_from(s.expose())).unwrap_or_default(),
+        host_ips: Vec::new(),
     }
+}
+
+/// The MAC key an operator's `proxy.branch_secret` stands for: instances that share it accept
+/// each other's branches (two fsroutes behind one address, or a restart with calls in flight).
+fn branch_key_from(secret: &str) -> fsroute_dataplane::table::BranchKey {
+    use std::hash::Hasher;
+    let half = |salt: u64| {
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(salt, !salt);
+        h.write(secret.as_bytes());
+        h.finish()
+    };
+    fsroute_dataplane::table::BranchKey([half(0x6673_726f_7574_6531), half(0x6673_726f_7574_6532)])
 }
 
 /// A row's weight now: a static weight as written; an fs:// weight from the box's last

@@ -328,7 +328,7 @@ pub fn run(opts: RunOptions) -> i32 {
         path: opts.config_path.clone(),
         stats: Stats::default(),
         admin: AdminState::default(),
-        counters: CounterStore::default(),
+        counters: host_counters(&config),
         generation: 0,
         table: Arc::new(ArcSwap::from_pointee(RoutingTable::new(0, empty_proxy(&config), Vec::new(), Vec::new()))),
         record: ReloadRecord {
@@ -377,6 +377,7 @@ pub fn run(opts: RunOptions) -> i32 {
     );
 
     let mut stopping: Option<Instant> = None;
+    let mut force_stop = false;
     loop {
         for sig in signals.pending() {
             match sig {
@@ -387,20 +388,35 @@ pub fn run(opts: RunOptions) -> i32 {
                     }
                 }
                 SIGTERM | SIGINT if stopping.is_none() => {
-                    tracing::info!("stopping: new INVITEs get 503, calls in flight finish");
+                    tracing::info!("stopping: new INVITEs get 503, calls in flight finish (a second signal stops at once)");
                     dp.drain();
                     stopping = Some(Instant::now());
+                }
+                SIGTERM | SIGINT => {
+                    tracing::warn!(
+                        pending_invites = dp.pending_invites(),
+                        established = dp.established_calls(),
+                        "second stop signal: stopping now"
+                    );
+                    force_stop = true;
                 }
                 _ => {}
             }
         }
         if let Some(since) = stopping {
-            // Shards publish their pending count on their next tick.
-            if since.elapsed() > Duration::from_millis(250) && dp.pending_invites() == 0 {
+            // Shards publish their counts on their next tick. A graceful stop lets the INVITEs in
+            // flight get their final response and the answered calls their BYE.
+            if force_stop
+                || (since.elapsed() > Duration::from_millis(250) && dp.pending_invites() == 0 && dp.established_calls() == 0)
+            {
                 break;
             }
             if since.elapsed() > opts.drain_timeout {
-                tracing::warn!(pending = dp.pending_invites(), "drain timeout reached");
+                tracing::warn!(
+                    pending_invites = dp.pending_invites(),
+                    established = dp.established_calls(),
+                    "drain timeout reached"
+                );
                 break;
             }
         }
@@ -426,6 +442,19 @@ pub fn run(opts: RunOptions) -> i32 {
 }
 
 /// A placeholder identity for the table that exists before the first build.
+/// The counter store with this host's addresses, when a listener is a wildcard (a request to any
+/// of them at its port would come straight back to fsroute).
+fn host_counters(config: &Config) -> CounterStore {
+    let mut c = CounterStore::default();
+    if config.proxy.listen.iter().any(|l| l.ip().is_unspecified()) {
+        match fsroute_dataplane::socket::host_addresses() {
+            Ok(ips) => c.host_ips = ips,
+            Err(e) => tracing::warn!(error = %e, "cannot list this host's addresses; only loopback counts as fsroute's own"),
+        }
+    }
+    c
+}
+
 fn empty_proxy(config: &Config) -> fsroute_dataplane::table::ProxySettings {
     let t = build_table(config, &Stats::default(), &AdminState::default(), &mut CounterStore::default(), 0);
     t.proxy

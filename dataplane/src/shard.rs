@@ -117,6 +117,12 @@ impl DataPlane {
         self.stats.iter().map(|s| s.pending_invites.load(Ordering::Relaxed)).sum()
     }
 
+    /// Answered calls not yet ended, over all shards (what a graceful stop waits for after the
+    /// INVITEs).
+    pub fn established_calls(&self) -> u64 {
+        self.stats.iter().map(|s| s.established.load(Ordering::Relaxed)).sum()
+    }
+
     pub fn stop(self) {
         self.control.stop.store(true, Ordering::Relaxed);
         for t in self.threads {

@@ -27,10 +27,15 @@ pub enum DropReason {
     SendError,
     /// A request whose Max-Forwards ran out and that must not be answered (ACK).
     TooManyHops,
+    /// A response whose branch looks like fsroute's but whose MAC does not match the address it
+    /// would be relayed to: forged, or from an instance with another `branch_secret`.
+    ForgedResponse,
+    /// An ACK (never answered) that the relay policy does not let through.
+    RelayDenied,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Malformed,
         DropReason::Keepalive,
         DropReason::BadResponse,
@@ -41,6 +46,8 @@ impl DropReason {
         DropReason::HandoffFull,
         DropReason::SendError,
         DropReason::TooManyHops,
+        DropReason::ForgedResponse,
+        DropReason::RelayDenied,
     ];
 
     pub fn label(self) -> &'static str {
@@ -55,6 +62,43 @@ impl DropReason {
             DropReason::HandoffFull => "handoff_full",
             DropReason::SendError => "send_error",
             DropReason::TooManyHops => "too_many_hops",
+            DropReason::ForgedResponse => "forged_response",
+            DropReason::RelayDenied => "relay_denied",
+        }
+    }
+}
+
+/// Why fsroute answered a request itself instead of forwarding it, for the refusals an operator
+/// must see (docs/SECURITY.md). Stable labels for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Refusal {
+    /// 403: an in-dialog request from a stranger towards an address fsroute does not serve.
+    RelayDenied,
+    /// 482: the next hop is fsroute itself.
+    Loop,
+    /// 503: the shard's transaction memory is full.
+    TransactionsFull,
+    /// 503: the shard's dialog memory is full.
+    DialogsFull,
+    /// 503: the shard's failover transactions (count or stored bytes) are at their limit.
+    ForksFull,
+    /// 503: stopping.
+    Draining,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 6] =
+        [Refusal::RelayDenied, Refusal::Loop, Refusal::TransactionsFull, Refusal::DialogsFull, Refusal::ForksFull, Refusal::Draining];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::RelayDenied => "relay_denied",
+            Refusal::Loop => "loop",
+            Refusal::TransactionsFull => "transactions_full",
+            Refusal::DialogsFull => "dialogs_full",
+            Refusal::ForksFull => "forks_full",
+            Refusal::Draining => "draining",
         }
     }
 }
@@ -80,6 +124,16 @@ pub struct ShardStats {
     /// 100 Trying from a destination, responses to fsroute's own ACK/CANCEL...).
     pub absorbed: AtomicU64,
     pub dropped: [AtomicU64; DropReason::ALL.len()],
+    pub refused: [AtomicU64; Refusal::ALL.len()],
+    /// Gauges of the call state this shard holds, published every tick.
+    pub transactions: AtomicU64,
+    pub dialogs: AtomicU64,
+    /// Answered calls not yet ended (a graceful stop waits for them).
+    pub established: AtomicU64,
+    pub forks: AtomicU64,
+    pub fork_bytes: AtomicU64,
+    /// Answered calls that saw no BYE within `max_call_duration` (their units went back), ever.
+    pub calls_timed_out: AtomicU64,
 }
 
 impl ShardStats {
@@ -90,6 +144,16 @@ impl ShardStats {
     #[inline]
     pub fn drop_reason(&self, r: DropReason) {
         self.dropped[r as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    #[inline]
+    pub fn refusal(&self, r: Refusal) {
+        self.refused[r as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn refused(&self, r: Refusal) -> u64 {
+        self.refused[r as usize].load(Ordering::Relaxed)
+    }
+    pub fn set(c: &AtomicU64, v: u64) {
+        c.store(v, Ordering::Relaxed);
     }
     pub fn dropped(&self, r: DropReason) -> u64 {
         self.dropped[r as usize].load(Ordering::Relaxed)

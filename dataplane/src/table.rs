@@ -202,6 +202,70 @@ pub struct ProxySettings {
     pub no_route_reply: u16,
     pub transaction_memory: Duration,
     pub dialog_memory: Duration,
+    /// How long an answered call may hold its box's units without a BYE (a lost BYE must not
+    /// hold capacity for `dialog_memory`); the dialog's route is still remembered after it.
+    pub max_call_duration: Duration,
+    /// Per-shard bounds on call state (docs/SECURITY.md, "Bounded call state").
+    pub limits: MemoryLimits,
+    /// The key of the MAC in fsroute's branches: kept for the life of the process (and
+    /// configurable, so instances sharing an address can verify each other's).
+    pub branch_key: BranchKey,
+    /// This host's interface addresses, for the listeners on 0.0.0.0 / `::`: a request sent to any
+    /// of them at such a listener's port would come straight back.
+    pub host_ips: Vec<IpAddr>,
+}
+
+/// Per-shard caps on the state the router keeps. Past a cap, new calls that would need more state
+/// are refused with 503 and counted; calls already admitted keep theirs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryLimits {
+    pub transactions: usize,
+    pub dialogs: usize,
+    /// Failover (forked) INVITE transactions.
+    pub forks: usize,
+    /// Bytes of stored INVITEs over all forks.
+    pub fork_bytes: usize,
+}
+
+impl Default for MemoryLimits {
+    /// Sized for ~1,000 new calls/s per shard with 3-minute calls, in about 0.5 GB per shard at
+    /// worst (docs/SECURITY.md, "Bounded call state"). Each count is 7/8 of a power of two: a
+    /// hash map full to its cap then sits exactly at its load factor, not just past a doubling.
+    fn default() -> Self {
+        MemoryLimits { transactions: 458_752, dialogs: 917_504, forks: 57_344, fork_bytes: 128 << 20 }
+    }
+}
+
+/// 128-bit SipHash key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BranchKey(pub [u64; 2]);
+
+impl BranchKey {
+    /// A fresh random key from the OS (std's hasher seeding reads getrandom).
+    pub fn random() -> BranchKey {
+        use std::hash::{BuildHasher, Hasher};
+        let mut k = [0u64; 2];
+        for (i, v) in k.iter_mut().enumerate() {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(i);
+            *v = h.finish();
+        }
+        BranchKey(k)
+    }
+
+    /// The MAC of a branch value and the address its responses go back to: a response is relayed
+    /// only to where the request it answers came from.
+    pub fn mac(&self, branch: u64, reply_to: SocketAddr) -> u64 {
+        use std::hash::Hasher;
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(self.0[0], self.0[1]);
+        h.write_u64(branch);
+        match reply_to.ip() {
+            IpAddr::V4(v4) => h.write(&v4.octets()),
+            IpAddr::V6(v6) => h.write(&v6.octets()),
+        }
+        h.write_u16(reply_to.port());
+        h.finish()
+    }
 }
 
 impl ProxySettings {
@@ -216,6 +280,23 @@ impl ProxySettings {
 
     pub fn is_local_uri(&self, uri: &[u8]) -> bool {
         uri_host_port(uri).is_some_and(|(h, p)| self.is_local(h, p))
+    }
+
+    /// Whether sending to `dest` would deliver the datagram back to fsroute: one of its listeners,
+    /// an unspecified address (the kernel delivers those locally), or, for a wildcard listener, any
+    /// loopback or interface address at its port.
+    pub fn is_self(&self, dest: &SocketAddr) -> bool {
+        let ip = dest.ip();
+        if ip.is_unspecified() {
+            return true;
+        }
+        self.local_addrs.iter().any(|l| {
+            l.port() == dest.port()
+                && (l.ip() == ip
+                    || (l.ip().is_unspecified()
+                        && l.is_ipv4() == dest.is_ipv4()
+                        && (ip.is_loopback() || self.host_ips.contains(&ip))))
+        })
     }
 }
 

@@ -63,6 +63,11 @@ impl Proxy {
     /// Starts `fsroute run` on `config` (where `{SIP}` and `{ADMIN}` stand for chosen ports) and
     /// waits until it answers an OPTIONS.
     pub fn start(config: &str) -> Proxy {
+        Proxy::start_with(config, &[])
+    }
+
+    /// [`Proxy::start`] with more `fsroute run` arguments (e.g. `--drain-timeout`).
+    pub fn start_with(config: &str, args: &[&str]) -> Proxy {
         let sip: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -73,6 +78,7 @@ impl Proxy {
         let child = Command::new(fsroute_bin())
             .args(["run", "--config"])
             .arg(&path)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())

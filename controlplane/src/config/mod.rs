@@ -69,6 +69,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub control: ControlConfig,
     pub failover: FailoverConfig,
+    /// `[limits]`: per-shard bounds on call state.
+    pub limits: fsroute_dataplane::table::MemoryLimits,
     /// `[[dispatcher]]` rows in file order.
     pub dispatcher: Vec<DispatcherRow>,
     /// `[[load_balancer]]` rows in file order.
@@ -151,6 +153,10 @@ pub struct ProxyConfig {
     pub no_route_reply: u16,
     pub transaction_memory: Duration,
     pub dialog_memory: Duration,
+    /// How long an answered call holds its units without a BYE.
+    pub max_call_duration: Duration,
+    /// Key material for the MAC in fsroute's branches; None = a random key per process.
+    pub branch_secret: Option<Secret>,
 }
 
 /// `[control]`.

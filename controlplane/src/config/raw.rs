@@ -18,6 +18,7 @@ pub(crate) struct RawConfig {
     pub proxy: Opt<RawProxy>,
     pub control: Opt<RawControl>,
     pub failover: Opt<RawFailover>,
+    pub limits: Opt<RawLimits>,
     #[serde(default)]
     pub dispatcher: Vec<Spanned<RawDispatcher>>,
     #[serde(default)]
@@ -40,6 +41,17 @@ pub(crate) struct RawProxy {
     pub no_route_reply: Opt<i64>,
     pub transaction_memory: Opt<IntOrStr>,
     pub dialog_memory: Opt<IntOrStr>,
+    pub max_call_duration: Opt<IntOrStr>,
+    pub branch_secret: Opt<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub transactions: Opt<i64>,
+    pub dialogs: Opt<i64>,
+    pub forks: Opt<i64>,
+    pub fork_memory_mib: Opt<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -40,9 +40,20 @@ fn write_summary(s: &mut String, c: &Config) -> std::fmt::Result {
     )?;
     writeln!(
         s,
-        "memory      transactions {}, dialogs {}",
+        "memory      transactions {}, dialogs {}, max call {}; branch MAC key {}",
         dur(p.transaction_memory),
-        dur(p.dialog_memory)
+        dur(p.dialog_memory),
+        dur(p.max_call_duration),
+        if p.branch_secret.is_some() { "from branch_secret" } else { "random per process" }
+    )?;
+    let l = &c.limits;
+    writeln!(
+        s,
+        "limits      per shard: {} transactions, {} dialogs, {} forks, {} MiB of failover INVITEs",
+        l.transactions,
+        l.dialogs,
+        l.forks,
+        l.fork_bytes >> 20
     )?;
     let k = &c.control;
     writeln!(

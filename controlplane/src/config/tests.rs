@@ -921,3 +921,31 @@ fn a_malformed_admin_token_is_rejected_without_echoing_it() {
     assert_eq!(line_of(&e, "control.admin_token"), 4);
     ok(&with_listen("[control]\nadmin = 9060\nadmin_token = \"a-b.c_d~e+f/0123456789==\"\n"));
 }
+
+#[test]
+fn limits_and_max_call_duration_have_defaults_and_can_be_set() {
+    let c = ok(LISTEN);
+    assert_eq!(c.limits, fsroute_dataplane::table::MemoryLimits::default());
+    assert_eq!(c.proxy.max_call_duration, Duration::from_secs(4 * 3600));
+    assert!(c.proxy.branch_secret.is_none());
+    let c = ok(&with_listen(
+        "max_call_duration = \"90m\"\nbranch_secret = \"0123456789abcdef0123\"\n[limits]\ntransactions = 2000\ndialogs = 3000\nforks = 400\nfork_memory_mib = 16\n",
+    ));
+    assert_eq!(c.proxy.max_call_duration, Duration::from_secs(90 * 60));
+    assert_eq!(c.proxy.branch_secret.as_ref().map(|s| s.expose().len()), Some(20));
+    assert_eq!(
+        c.limits,
+        fsroute_dataplane::table::MemoryLimits { transactions: 2000, dialogs: 3000, forks: 400, fork_bytes: 16 << 20 }
+    );
+}
+
+#[test]
+fn limits_out_of_range_a_short_branch_secret_and_unknown_limit_keys_are_named() {
+    let e = errs(&with_listen("branch_secret = \"short\"\n[limits]\ntransactions = 10\nfork_memory_mib = 0\n"));
+    assert_eq!(line_of(&e, "limits.transactions"), 5);
+    assert_eq!(line_of(&e, "limits.fork_memory_mib"), 6);
+    let secret = only(&e, "proxy.branch_secret").to_string();
+    assert!(secret.contains("at least 16") && !secret.contains("short"), "{secret}");
+    let e = errs(&with_listen("[limits]\nsessions = 10\n"));
+    assert!(e.to_string().contains("sessions"), "{e}");
+}

@@ -17,8 +17,8 @@ use toml::Spanned;
 
 use super::error::{redact, ConfigError, LineIndex, Position};
 use super::raw::{
-    IntOrStr, Number, Opt, RawConfig, RawControl, RawDispatcher, RawFailover, RawLoadBalancer, RawProxy,
-    RawRoute,
+    IntOrStr, Number, Opt, RawConfig, RawControl, RawDispatcher, RawFailover, RawLimits, RawLoadBalancer,
+    RawProxy, RawRoute,
 };
 use super::value::{
     is_fs_url, parse_cidr, parse_duration, parse_fs_url, parse_host_port, parse_resource_names,
@@ -40,6 +40,7 @@ pub(crate) fn validate(raw: &RawConfig, text: &str, path: &Path) -> (Config, Vec
     let proxy = cx.proxy(raw.proxy.as_ref());
     let control = cx.control(raw.control.as_ref().map(Spanned::get_ref));
     let failover = cx.failover(raw.failover.as_ref().map(Spanned::get_ref));
+    let limits = cx.limits(raw.limits.as_ref().map(Spanned::get_ref));
     let dispatcher = cx.dispatcher_rows(&raw.dispatcher, &proxy.listen);
     let load_balancer = cx.load_balancer_rows(&raw.load_balancer, &proxy.listen);
     let routes = cx.routes(&raw.route, &dispatcher, &load_balancer);
@@ -48,6 +49,7 @@ pub(crate) fn validate(raw: &RawConfig, text: &str, path: &Path) -> (Config, Vec
         proxy,
         control,
         failover,
+        limits,
         dispatcher,
         load_balancer,
         routes,
@@ -86,6 +88,12 @@ fn check_admin_token(t: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// An answered call with no BYE for this long is taken as over (its units go back).
+pub(crate) const DEFAULT_MAX_CALL_DURATION: Duration = Duration::from_secs(4 * 3600);
+
+/// Shortest `proxy.branch_secret` accepted: it keys the MAC that stops forged responses.
+pub(crate) const BRANCH_SECRET_MIN_LEN: usize = 16;
 
 /// Stand-in for a value that failed validation; the config is discarded anyway.
 const PLACEHOLDER_ADDR: SocketAddr =
@@ -451,6 +459,20 @@ impl Ctx<'_> {
             Duration::from_secs(12 * 3600),
             true,
         );
+        let max_call_duration =
+            self.duration(&p.max_call_duration, "proxy.max_call_duration", DEFAULT_MAX_CALL_DURATION, false);
+        let branch_secret = p.branch_secret.as_ref().and_then(|t| match t.get_ref().len() {
+            BRANCH_SECRET_MIN_LEN.. => Some(Secret::new(t.get_ref().as_str())),
+            _ => {
+                self.invalid(
+                    &t.span(),
+                    "proxy.branch_secret",
+                    "****",
+                    format!("at least {BRANCH_SECRET_MIN_LEN} characters (e.g. the output of `openssl rand -hex 32`)"),
+                );
+                None
+            }
+        });
 
         ProxyConfig {
             listen,
@@ -464,6 +486,21 @@ impl Ctx<'_> {
             no_route_reply,
             transaction_memory,
             dialog_memory,
+            max_call_duration,
+            branch_secret,
+        }
+    }
+
+    fn limits(&mut self, raw: Option<&RawLimits>) -> fsroute_dataplane::table::MemoryLimits {
+        let d = fsroute_dataplane::table::MemoryLimits::default();
+        let Some(l) = raw else { return d };
+        // Below 1000 an edge refuses calls under any real load; the ceilings keep the arithmetic
+        // of the defaults (docs/LIMITS.md) within a machine.
+        fsroute_dataplane::table::MemoryLimits {
+            transactions: self.ranged(&l.transactions, "limits.transactions", 1000, 1 << 26, d.transactions),
+            dialogs: self.ranged(&l.dialogs, "limits.dialogs", 1000, 1 << 26, d.dialogs),
+            forks: self.ranged(&l.forks, "limits.forks", 100, 1 << 24, d.forks),
+            fork_bytes: self.ranged::<usize>(&l.fork_memory_mib, "limits.fork_memory_mib", 1, 1 << 16, d.fork_bytes >> 20) << 20,
         }
     }
 

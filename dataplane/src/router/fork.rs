@@ -11,8 +11,9 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::rewrite::{forward_request, forward_response, local_reply, push_u32, RequestRewrite, BRANCH_PREFIX};
+use super::rewrite::{forward_request, forward_response, local_reply, push_u32, RequestRewrite};
 use super::{Action, Router, AFTER_FINAL};
+use crate::stats::{DropReason, Refusal};
 use crate::dispatch::Algorithm;
 use crate::lb::{self, LbFlags, Reservation};
 use crate::table::LbWanted;
@@ -34,6 +35,9 @@ pub(crate) struct Fork {
     /// The caller's INVITE as it arrived, re-sent to each destination.
     request: Vec<u8>,
     src: SocketAddr,
+    /// Where responses go back to (the caller's reply address): every attempt's branch, and
+    /// fsroute's CANCELs that must repeat it, carry its MAC.
+    reply_to: SocketAddr,
     target: ForkTarget,
     tried: [Option<SocketAddr>; MAX_ATTEMPTS],
     attempt: u8,
@@ -77,9 +81,17 @@ impl Router {
         now: Instant,
         out: &mut Vec<u8>,
     ) -> Action {
+        let limits = t.proxy.limits;
+        let size = m.framed_len();
+        // Each fork keeps a copy of its INVITE until 32 s after its final response: a flood of
+        // new calls at a failover route must meet a bound, not the OOM killer.
+        if self.forks.len() >= limits.forks || self.fork_bytes.saturating_add(size.max(2048)) > limits.fork_bytes {
+            return self.refuse(m, src, Refusal::ForksFull, out);
+        }
         let mut fork = Fork {
             request: self.take_buffer(),
             src,
+            reply_to: super::reply_address(m, src),
             target,
             tried: [None; MAX_ATTEMPTS],
             attempt: 0,
@@ -91,7 +103,7 @@ impl Router {
             deadline: None,
             expires: now + t.proxy.transaction_memory,
         };
-        fork.request.extend_from_slice(&m.raw[..m.framed_len()]);
+        fork.request.extend_from_slice(&m.raw[..size]);
         let Some((dest, counters, reservation)) = self.fork_pick(t, &fork, now) else {
             self.recycle(std::mem::take(&mut fork.request));
             return self.reply_exhausted(t, m, src, out);
@@ -106,8 +118,10 @@ impl Router {
         // A stateful proxy answers 100 itself: the caller stops retransmitting at once.
         let trying_to = super::reply_address(m, src);
         self.emit(trying_to, |buf| local_reply(m, src, 100, "Trying", 0, &[], buf));
-        self.memory.remember_dialog(self.dialog_key(m), dest, now, t.proxy.transaction_memory);
+        self.memory.start_dialog(self.dialog_key(m), dest, src, now, t.proxy.transaction_memory);
         self.fork_forward(t, &fork, tkey, out);
+        // Counted by capacity: that is what the allocator holds.
+        self.fork_bytes += fork.request.capacity();
         self.forks.insert(tkey, fork);
         Action::Forward(dest)
     }
@@ -189,8 +203,10 @@ impl Router {
     fn fork_forward(&self, t: &RoutingTable, fork: &Fork, tkey: u64, out: &mut Vec<u8>) {
         let Ok(m) = sip::parse(&fork.request) else { return };
         let own_route = m.route.filter(|r| t.proxy.is_local_uri(r.uri)).is_some();
+        let branch = attempt_branch(tkey, fork.attempt);
         let rw = RequestRewrite {
-            branch: attempt_branch(tkey, fork.attempt),
+            branch,
+            mac: Self::branch_mac(&t.proxy, branch, &m, fork.src),
             record_route: t.proxy.record_route.then_some(fork.dest),
             pop_route: own_route,
             default_max_forwards: t.proxy.max_forwards,
@@ -236,27 +252,55 @@ impl Router {
                 }
                 let fork = self.forks.get(&tkey)?;
                 let inv = sip::parse(&fork.request).ok()?;
-                build_cancel(&inv, &t.proxy, attempt_branch(tkey, attempt), out);
+                build_cancel(&inv, &t.proxy, attempt_branch(tkey, attempt), fork.reply_to, out);
                 Some(Action::Forward(dest))
             }
             _ => None,
         }
     }
 
+    /// The caller's reply address of the fork an attempt branch belongs to: what its MAC binds
+    /// when the response has no Via below fsroute's (an answer to fsroute's own CANCEL).
+    pub(super) fn fork_reply_to(&self, branch: u64) -> Option<SocketAddr> {
+        self.fork_of(branch).and_then(|(k, _)| self.forks.get(&k)).map(|f| f.reply_to)
+    }
+
+    /// The fork transaction and attempt number an attempt branch belongs to.
+    fn fork_of(&self, branch: u64) -> Option<(u64, u8)> {
+        (0..MAX_ATTEMPTS as u8).find_map(|n| {
+            let k = branch.wrapping_sub(u64::from(n).wrapping_mul(ATTEMPT_STRIDE));
+            self.forks.get(&k).filter(|f| f.attempt >= n).map(|_| (k, n))
+        })
+    }
+
     /// A response whose branch belongs to a fork. None when it does not.
-    pub(super) fn fork_response(&mut self, t: &RoutingTable, m: &Message<'_>, branch: u64, next_hop: SocketAddr, now: Instant, out: &mut Vec<u8>) -> Option<Action> {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn fork_response(
+        &mut self,
+        t: &RoutingTable,
+        m: &Message<'_>,
+        src: SocketAddr,
+        branch: u64,
+        next_hop: Option<SocketAddr>,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Option<Action> {
         // Stateless routes never create forks: their responses skip the search.
         if self.forks.is_empty() {
             return None;
         }
-        let (tkey, n) = (0..MAX_ATTEMPTS as u8).find_map(|n| {
-            let k = branch.wrapping_sub(u64::from(n).wrapping_mul(ATTEMPT_STRIDE));
-            self.forks.get(&k).filter(|f| f.attempt >= n).map(|_| (k, n))
-        })?;
+        let (tkey, n) = self.fork_of(branch)?;
         let code = m.status()?;
         if m.cseq.map(|c| c.method) != Some(&b"INVITE"[..]) {
             // Responses to fsroute's own CANCELs end here.
             return Some(Action::Absorbed);
+        }
+        // An attempt is answered by the destination it was sent to, and only to the caller.
+        let Some(next_hop) = next_hop else {
+            return Some(Action::Drop(DropReason::NoNextVia));
+        };
+        if self.forks.get(&tkey)?.tried[usize::from(n)] != Some(src) {
+            return Some(Action::Drop(DropReason::ForgedResponse));
         }
         let mut fork = self.forks.remove(&tkey)?;
         let from_current = n == fork.attempt;
@@ -270,7 +314,8 @@ impl Router {
                     // The CANCEL waited for this provisional (§9.1).
                     if let Ok(inv) = sip::parse(&fork.request) {
                         let dest = fork.dest;
-                        self.emit(dest, |buf| build_cancel(&inv, &t.proxy, attempt_branch(tkey, fork.attempt), buf));
+                        let (branch, reply_to) = (attempt_branch(tkey, fork.attempt), fork.reply_to);
+                        self.emit(dest, |buf| build_cancel(&inv, &t.proxy, branch, reply_to, buf));
                     }
                 }
                 if code == 100 {
@@ -289,7 +334,8 @@ impl Router {
                 fork.deadline = None;
                 fork.expires = now + AFTER_FINAL;
                 let ckey = self.dialog_key(m);
-                self.memory.remember_dialog_with(ckey, fork.dest, now, t.proxy.dialog_memory, fork.reservation.take());
+                let px = &t.proxy;
+                self.memory.confirm_dialog(ckey, now, px.dialog_memory, px.max_call_duration, fork.reservation.take());
             }
             forward_response(m, &t.proxy, out);
             Action::Forward(next_hop)
@@ -349,7 +395,7 @@ impl Router {
         fork.deadline = Some(now + t.failover.no_answer_timeout);
         ShardStatsExt::failover(self);
         if let Ok(m) = sip::parse(&fork.request) {
-            self.memory.remember_dialog(self.dialog_key(&m), dest, now, t.proxy.transaction_memory);
+            self.memory.start_dialog(self.dialog_key(&m), dest, fork.src, now, t.proxy.transaction_memory);
         }
         self.fork_forward(t, fork, tkey, out);
         true
@@ -417,6 +463,7 @@ impl Router {
         }
         for k in gone {
             if let Some(mut f) = self.forks.remove(&k) {
+                self.fork_bytes -= f.request.capacity();
                 self.recycle(std::mem::take(&mut f.request));
             }
         }
@@ -441,13 +488,13 @@ impl ShardStatsExt for Router {
 
 /// §9.1: a CANCEL for an attempt: the INVITE's Request-URI, Call-ID, From, To and CSeq number, and a
 /// single Via with the attempt's branch.
-fn build_cancel(inv: &Message<'_>, px: &crate::table::ProxySettings, branch: u64, out: &mut Vec<u8>) {
+fn build_cancel(inv: &Message<'_>, px: &crate::table::ProxySettings, branch: u64, reply_to: SocketAddr, out: &mut Vec<u8>) {
     out.clear();
     let raw = inv.raw;
     out.extend_from_slice(b"CANCEL ");
     out.extend_from_slice(inv.request_uri().unwrap_or(b"sip:invalid"));
     out.extend_from_slice(b" SIP/2.0\r\n");
-    push_via(out, px, branch);
+    push_via(out, px, branch, reply_to);
     copy_headers(inv, raw, out);
     out.extend_from_slice(b"CSeq: ");
     push_u32(out, inv.cseq.map_or(1, |c| c.number));
@@ -463,13 +510,13 @@ fn build_ack(inv: &Message<'_>, resp: &Message<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b" SIP/2.0\r\nVia: ");
     out.extend_from_slice(resp.top_via.map_or(&b""[..], |v| v.span.get(resp.raw)));
     out.extend_from_slice(b"\r\n");
-    for h in sip::HeaderIter::new(inv.raw, inv.headers_start as usize).map_while(Result::ok) {
+    for h in sip::HeaderIter::new(inv.raw, inv.headers_start as usize).filter_map(Result::ok) {
         let name = h.name.get(inv.raw);
         if sip::is_named(name, sip::HeaderName::From) || sip::is_named(name, sip::HeaderName::CallId) {
             out.extend_from_slice(h.line.get(inv.raw));
         }
     }
-    for h in sip::HeaderIter::new(resp.raw, resp.headers_start as usize).map_while(Result::ok) {
+    for h in sip::HeaderIter::new(resp.raw, resp.headers_start as usize).filter_map(Result::ok) {
         if sip::is_named(h.name.get(resp.raw), sip::HeaderName::To) {
             out.extend_from_slice(h.line.get(resp.raw));
         }
@@ -479,20 +526,20 @@ fn build_ack(inv: &Message<'_>, resp: &Message<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b" ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
 }
 
-fn push_via(out: &mut Vec<u8>, px: &crate::table::ProxySettings, branch: u64) {
+/// The top Via of the attempt being cancelled (§9.1: same branch, so the same MAC).
+fn push_via(out: &mut Vec<u8>, px: &crate::table::ProxySettings, branch: u64, reply_to: SocketAddr) {
     out.extend_from_slice(b"Via: SIP/2.0/UDP ");
     out.extend_from_slice(px.advertise_host.as_bytes());
     out.push(b':');
     push_u32(out, u32::from(px.advertise_port));
     out.extend_from_slice(b";branch=");
-    out.extend_from_slice(BRANCH_PREFIX);
-    super::rewrite::push_hex16(out, branch);
+    super::rewrite::push_branch(out, branch, px.branch_key.mac(branch, reply_to));
     out.extend_from_slice(b"\r\n");
 }
 
 /// From, To and Call-ID lines of the INVITE, as they are (a CANCEL's must match, §9.1).
 fn copy_headers(inv: &Message<'_>, raw: &[u8], out: &mut Vec<u8>) {
-    for h in sip::HeaderIter::new(raw, inv.headers_start as usize).map_while(Result::ok) {
+    for h in sip::HeaderIter::new(raw, inv.headers_start as usize).filter_map(Result::ok) {
         let name = h.name.get(raw);
         if sip::is_named(name, sip::HeaderName::From) || sip::is_named(name, sip::HeaderName::To) || sip::is_named(name, sip::HeaderName::CallId) {
             out.extend_from_slice(h.line.get(raw));

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::lb::Reservation;
+use crate::table::MemoryLimits;
 
 /// Keys are already well-mixed 64-bit hashes: hashing them again would only cost time.
 #[derive(Default)]
@@ -41,38 +42,70 @@ pub struct TxnEntry {
     pub expires: Instant,
     /// An initial (out-of-dialog) INVITE: its failure ends the dialog memory too.
     pub initial_invite: bool,
+    /// A final response has passed: the transaction is only remembered for retransmissions now,
+    /// and a graceful stop no longer waits for it.
+    pub answered: bool,
 }
 
+/// A call as the dialog memory knows it.
 #[derive(Debug)]
 pub struct DialogEntry {
     pub dest: SocketAddr,
+    /// Where the INVITE came from: the only peer besides `dest` whose messages may steer or end the
+    /// call (docs/SECURITY.md, "Relay policy").
+    pub caller: SocketAddr,
     pub expires: Instant,
-    /// The load_balancer units the call holds; dropped (released) when the entry goes.
+    /// Answered (2xx) and not yet ended by an answered BYE or `max_call_duration`.
+    pub established: bool,
+    /// When an established call's units go back if no BYE has ended it.
+    pub release_at: Option<Instant>,
+    /// The load_balancer units the call holds; dropped (released) when the call ends.
     pub reservation: Option<Reservation>,
+}
+
+/// What the router may look at of a remembered dialog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DialogView {
+    pub dest: SocketAddr,
+    pub caller: SocketAddr,
+}
+
+/// Which per-shard map is full, when a new call cannot be remembered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Full {
+    Transactions,
+    Dialogs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Txn,
     Dialog,
+    Release,
 }
 
 /// One FIFO of (expiry, key) per distinct lifetime: entries pushed with the same lifetime expire in
-/// push order, so each queue only ever needs its front checked.
+/// push order, so each queue only ever needs its front checked. Re-arming pushes a new record and
+/// leaves the old one to be skipped; `CallMemory::push` compacts, so the queues stay within a
+/// constant factor of the maps.
 struct Expiry {
     queues: Vec<(Duration, Kind, VecDeque<(Instant, u64)>)>,
 }
 
 impl Expiry {
     fn push(&mut self, kind: Kind, ttl: Duration, at: Instant, key: u64) {
-        let q = match self.queues.iter_mut().position(|(t, k, _)| *t == ttl && *k == kind) {
-            Some(i) => &mut self.queues[i].2,
+        let i = match self.queues.iter().position(|(t, k, _)| *t == ttl && *k == kind) {
+            Some(i) => i,
             None => {
                 self.queues.push((ttl, kind, VecDeque::with_capacity(1024)));
-                &mut self.queues.last_mut().expect("just pushed").2
+                self.queues.len() - 1
             }
         };
-        q.push_back((at, key));
+        self.queues[i].2.push_back((at, key));
+    }
+
+    fn records(&self) -> usize {
+        self.queues.iter().map(|(_, _, q)| q.len()).sum()
     }
 }
 
@@ -80,19 +113,27 @@ pub struct CallMemory {
     txns: Map<TxnEntry>,
     dialogs: Map<DialogEntry>,
     expiry: Expiry,
-    /// Upper bound per map, so a flood of INVITEs cannot exhaust memory; past it calls are still
-    /// routed, only not remembered.
-    pub capacity: usize,
+    limits: MemoryLimits,
+    established: usize,
+    /// Established calls whose units went back at `max_call_duration` (no BYE seen), ever.
+    pub timed_out: u64,
 }
 
 impl CallMemory {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(limits: MemoryLimits) -> Self {
         CallMemory {
             txns: Map::default(),
             dialogs: Map::default(),
             expiry: Expiry { queues: Vec::new() },
-            capacity,
+            limits,
+            established: 0,
+            timed_out: 0,
         }
+    }
+
+    /// Takes the bounds of the current table (a reload may change them; entries already held stay).
+    pub fn set_limits(&mut self, limits: MemoryLimits) {
+        self.limits = limits;
     }
 
     pub fn len(&self) -> usize {
@@ -103,28 +144,58 @@ impl CallMemory {
         self.len() == 0
     }
 
-    /// Transactions still waiting for a final response (used to finish a graceful stop).
+    pub fn transactions(&self) -> usize {
+        self.txns.len()
+    }
+
+    pub fn dialogs(&self) -> usize {
+        self.dialogs.len()
+    }
+
+    /// Answered calls not yet ended: what a graceful stop waits for.
+    pub fn established(&self) -> usize {
+        self.established
+    }
+
+    /// Expiry records queued (at most about twice the entries, see [`Expiry`]).
+    pub fn expiry_records(&self) -> usize {
+        self.expiry.records()
+    }
+
+    /// Whether a new call (an initial INVITE: one transaction and one dialog) can be remembered.
+    pub fn room_for_call(&self) -> Result<(), Full> {
+        if self.txns.len() >= self.limits.transactions {
+            return Err(Full::Transactions);
+        }
+        if self.dialogs.len() >= self.limits.dialogs {
+            return Err(Full::Dialogs);
+        }
+        Ok(())
+    }
+
+    /// INVITE transactions still waiting for a final response (a graceful stop waits for them).
     pub fn pending_invites(&self, now: Instant) -> usize {
-        self.txns.values().filter(|t| t.initial_invite && t.expires > now).count()
+        self.txns.values().filter(|t| t.initial_invite && !t.answered && t.expires > now).count()
     }
 
     pub fn txn(&self, key: u64, now: Instant) -> Option<TxnEntry> {
         self.txns.get(&key).filter(|e| e.expires > now).copied()
     }
 
-    /// Where the dialog's requests go, while it is remembered.
-    pub fn dialog(&self, key: u64, now: Instant) -> Option<SocketAddr> {
-        self.dialogs.get(&key).filter(|e| e.expires > now).map(|e| e.dest)
+    /// The dialog's destination and caller, while it is remembered.
+    pub fn dialog(&self, key: u64, now: Instant) -> Option<DialogView> {
+        self.dialogs.get(&key).filter(|e| e.expires > now).map(|e| DialogView { dest: e.dest, caller: e.caller })
     }
 
-    /// Remembers (or re-arms) a transaction's destination for `ttl`.
-    pub fn remember_txn(&mut self, key: u64, dest: SocketAddr, initial_invite: bool, now: Instant, ttl: Duration) {
-        if self.txns.len() >= self.capacity && !self.txns.contains_key(&key) {
-            return;
+    /// Remembers a transaction's destination for `ttl`. False (nothing stored) when the map is full.
+    pub fn remember_txn(&mut self, key: u64, dest: SocketAddr, initial_invite: bool, now: Instant, ttl: Duration) -> bool {
+        if self.txns.len() >= self.limits.transactions && !self.txns.contains_key(&key) {
+            return false;
         }
         let expires = now + ttl;
-        self.txns.insert(key, TxnEntry { dest, expires, initial_invite });
-        self.expiry.push(Kind::Txn, ttl, expires, key);
+        self.txns.insert(key, TxnEntry { dest, expires, initial_invite, answered: false });
+        self.push(Kind::Txn, ttl, expires, key);
+        true
     }
 
     /// Changes how long a known transaction is kept; unknown keys are ignored.
@@ -132,41 +203,110 @@ impl CallMemory {
         let e = self.txns.get_mut(&key)?;
         e.expires = now + ttl;
         let copy = *e;
-        self.expiry.push(Kind::Txn, ttl, copy.expires, key);
+        self.push(Kind::Txn, ttl, copy.expires, key);
         Some(copy)
     }
 
-    pub fn remember_dialog(&mut self, key: u64, dest: SocketAddr, now: Instant, ttl: Duration) {
-        self.remember_dialog_with(key, dest, now, ttl, None);
+    /// A final response passed: kept `AFTER_FINAL` for retransmissions, no longer pending.
+    pub fn answer_txn(&mut self, key: u64, now: Instant) -> Option<TxnEntry> {
+        self.txns.get_mut(&key)?.answered = true;
+        self.rearm_txn(key, now, AFTER_FINAL)
     }
 
-    /// Remembers a dialog that holds load_balancer units until it ends. A call that cannot be
-    /// remembered (memory full) gives its units back at once rather than leak them.
-    pub fn remember_dialog_with(&mut self, key: u64, dest: SocketAddr, now: Instant, ttl: Duration, reservation: Option<Reservation>) {
-        if self.dialogs.len() >= self.capacity && !self.dialogs.contains_key(&key) {
-            return;
-        }
+    /// Remembers a call while it rings (or moves it to the next failover destination). False when
+    /// the dialog map is full and the call is new.
+    pub fn start_dialog(&mut self, key: u64, dest: SocketAddr, caller: SocketAddr, now: Instant, ttl: Duration) -> bool {
         let expires = now + ttl;
-        let reservation = match self.dialogs.get_mut(&key) {
-            Some(old) if reservation.is_none() => old.reservation.take(),
-            _ => reservation,
-        };
-        self.dialogs.insert(key, DialogEntry { dest, expires, reservation });
-        self.expiry.push(Kind::Dialog, ttl, expires, key);
+        if let Some(e) = self.dialogs.get_mut(&key) {
+            e.dest = dest;
+            e.expires = expires;
+        } else {
+            if self.dialogs.len() >= self.limits.dialogs {
+                return false;
+            }
+            self.dialogs.insert(key, DialogEntry { dest, caller, expires, established: false, release_at: None, reservation: None });
+        }
+        self.push(Kind::Dialog, ttl, expires, key);
+        true
     }
 
-    /// The call ended (its BYE was answered): its load_balancer units go back now.
-    pub fn release_dialog(&mut self, key: u64) {
-        if let Some(e) = self.dialogs.get_mut(&key) {
-            drop(e.reservation.take());
+    /// The call was answered: its route is kept for `ttl` (`dialog_memory`), its units (when it has
+    /// any: `reservation`, else the ones it already holds) until an answered BYE or `max_call`.
+    /// A call that cannot be remembered (its entry is gone) gives its units back at once rather
+    /// than leak them.
+    pub fn confirm_dialog(&mut self, key: u64, now: Instant, ttl: Duration, max_call: Duration, reservation: Option<Reservation>) {
+        let Some(e) = self.dialogs.get_mut(&key) else {
+            drop(reservation);
+            return;
+        };
+        if reservation.is_some() {
+            e.reservation = reservation;
         }
+        e.expires = now + ttl;
+        if !e.established {
+            e.established = true;
+            self.established += 1;
+            let at = now + max_call;
+            e.release_at = Some(at);
+            self.push(Kind::Release, max_call, at, key);
+        }
+        let at = now + ttl;
+        self.push(Kind::Dialog, ttl, at, key);
+    }
+
+    /// The call ended (its BYE was answered by `from`, one of its two peers): its units go back,
+    /// and its route is kept `AFTER_FINAL` for retransmitted BYEs. False, and nothing changes,
+    /// when `from` is neither the call's destination nor its caller (a forged answer).
+    pub fn end_dialog(&mut self, key: u64, from: SocketAddr, now: Instant) -> bool {
+        let Some(e) = self.dialogs.get_mut(&key) else { return true };
+        if from != e.dest && from.ip() != e.caller.ip() {
+            return false;
+        }
+        drop(e.reservation.take());
+        if e.established {
+            e.established = false;
+            e.release_at = None;
+            self.established -= 1;
+        }
+        e.expires = now + AFTER_FINAL;
+        self.push(Kind::Dialog, AFTER_FINAL, now + AFTER_FINAL, key);
+        true
     }
 
     pub fn rearm_dialog(&mut self, key: u64, now: Instant, ttl: Duration) {
         if let Some(e) = self.dialogs.get_mut(&key) {
             e.expires = now + ttl;
             let at = e.expires;
-            self.expiry.push(Kind::Dialog, ttl, at, key);
+            self.push(Kind::Dialog, ttl, at, key);
+        }
+    }
+
+    /// Queues an expiry record. Each entry has at most one current record per kind (its expiry
+    /// or release time is in one queue), so when a kind's records outgrow twice its entries the
+    /// stale ones are dropped: amortised O(1), and the queues never hold more than about
+    /// 2 × entries + 1024 records of a kind.
+    fn push(&mut self, kind: Kind, ttl: Duration, at: Instant, key: u64) {
+        self.expiry.push(kind, ttl, at, key);
+        let live = match kind {
+            Kind::Txn => self.txns.len(),
+            Kind::Dialog | Kind::Release => self.dialogs.len(),
+        };
+        let records: usize = self.expiry.queues.iter().filter(|(_, k, _)| *k == kind).map(|(_, _, q)| q.len()).sum();
+        if records > 2 * live + 1024 {
+            self.compact(kind);
+        }
+    }
+
+    /// Drops the records of `kind` that no longer match their entry (re-armed or gone).
+    fn compact(&mut self, kind: Kind) {
+        let (txns, dialogs) = (&self.txns, &self.dialogs);
+        for (_, k, q) in self.expiry.queues.iter_mut().filter(|(_, k, _)| *k == kind) {
+            q.retain(|&(at, key)| match k {
+                Kind::Txn => txns.get(&key).is_some_and(|e| e.expires == at),
+                Kind::Dialog => dialogs.get(&key).is_some_and(|e| e.expires == at),
+                Kind::Release => dialogs.get(&key).is_some_and(|e| e.release_at == Some(at)),
+            });
+            q.shrink_to(q.len().max(1024));
         }
     }
 
@@ -189,7 +329,24 @@ impl CallMemory {
                     }
                     Kind::Dialog => {
                         if self.dialogs.get(&key).is_some_and(|e| e.expires <= now) {
-                            self.dialogs.remove(&key);
+                            if let Some(e) = self.dialogs.remove(&key) {
+                                if e.established {
+                                    self.established -= 1;
+                                }
+                            }
+                        }
+                    }
+                    Kind::Release => {
+                        if let Some(e) = self.dialogs.get_mut(&key).filter(|e| e.release_at.is_some_and(|r| r <= now)) {
+                            // No BYE in max_call_duration: the call is taken as over (its route is
+                            // still remembered until dialog_memory).
+                            e.release_at = None;
+                            if e.established {
+                                e.established = false;
+                                self.established -= 1;
+                                self.timed_out += 1;
+                            }
+                            drop(e.reservation.take());
                         }
                     }
                 }
@@ -209,7 +366,7 @@ mod tests {
     #[test]
     fn a_ringing_call_keeps_its_transaction_until_transaction_memory() {
         let t0 = Instant::now();
-        let mut m = CallMemory::new(1000);
+        let mut m = CallMemory::new(limits(1000));
         m.remember_txn(1, addr(5071), true, t0, Duration::from_secs(190));
         m.expire(t0 + Duration::from_secs(189));
         assert_eq!(m.txn(1, t0 + Duration::from_secs(189)).unwrap().dest, addr(5071));
@@ -221,7 +378,7 @@ mod tests {
     #[test]
     fn rearming_outlives_the_first_expiry_record() {
         let t0 = Instant::now();
-        let mut m = CallMemory::new(1000);
+        let mut m = CallMemory::new(limits(1000));
         m.remember_txn(1, addr(5071), true, t0, Duration::from_secs(190));
         // A 180 at 100 s re-arms Timer C.
         m.rearm_txn(1, t0 + Duration::from_secs(100), Duration::from_secs(190));
@@ -236,13 +393,93 @@ mod tests {
         assert_eq!(m.len(), 0);
     }
 
+    /// docs/SECURITY.md sizes the default limits from these (plus the map's control byte and
+    /// load factor): a change that grows an entry must update that table.
     #[test]
-    fn capacity_bounds_the_maps() {
+    fn entry_sizes_stay_within_the_documented_budget() {
+        let txn = std::mem::size_of::<(u64, TxnEntry)>();
+        let dialog = std::mem::size_of::<(u64, DialogEntry)>();
+        let record = std::mem::size_of::<(Instant, u64)>();
+        let fork = std::mem::size_of::<(u64, crate::router::fork::Fork)>();
+        eprintln!("sizes: transaction {txn} B, dialog {dialog} B, record {record} B, fork {fork} B");
+        assert!(fork <= 640, "fork entry: {fork} B");
+        assert!(txn <= 64, "transaction entry: {txn} B");
+        assert!(dialog <= 224, "dialog entry: {dialog} B");
+        assert!(record <= 24, "expiry record: {record} B");
+    }
+
+    fn limits(n: usize) -> MemoryLimits {
+        MemoryLimits { transactions: n, dialogs: n, ..MemoryLimits::default() }
+    }
+
+    #[test]
+    fn the_maps_never_grow_past_their_limits_and_say_which_is_full() {
         let t0 = Instant::now();
-        let mut m = CallMemory::new(2);
-        for k in 0..5 {
-            m.remember_dialog(k, addr(1), t0, Duration::from_secs(10));
+        let mut m = CallMemory::new(MemoryLimits { transactions: 3, dialogs: 2, ..MemoryLimits::default() });
+        let stored = (0..5).filter(|&k| m.start_dialog(k, addr(1), addr(2), t0, Duration::from_secs(10))).count();
+        assert_eq!((stored, m.dialogs()), (2, 2));
+        assert_eq!(m.room_for_call(), Err(Full::Dialogs));
+        let stored = (0..5).filter(|&k| m.remember_txn(k, addr(1), true, t0, Duration::from_secs(10))).count();
+        assert_eq!((stored, m.transactions()), (3, 3));
+        assert_eq!(m.room_for_call(), Err(Full::Transactions));
+        // A known key is still updated when full.
+        assert!(m.start_dialog(0, addr(3), addr(2), t0, Duration::from_secs(10)));
+        assert_eq!(m.dialog(0, t0).unwrap().dest, addr(3));
+    }
+
+    #[test]
+    fn rearming_many_times_keeps_the_expiry_queues_bounded() {
+        let t0 = Instant::now();
+        let mut m = CallMemory::new(limits(1000));
+        m.remember_txn(1, addr(1), true, t0, Duration::from_secs(190));
+        // A long ring with a provisional every few ms pushes a record each time.
+        for i in 0..100_000u64 {
+            m.rearm_txn(1, t0 + Duration::from_millis(i), Duration::from_secs(190));
         }
-        assert_eq!(m.len(), 2);
+        assert!(m.expiry_records() <= 2 * m.len() + 1025, "{} records", m.expiry_records());
+        assert!(m.expiry_records() > 0);
+        assert!(m.txn(1, t0 + Duration::from_secs(200)).is_some());
+    }
+
+    #[test]
+    fn an_answered_invite_is_not_pending_and_an_established_call_is_counted_until_its_bye() {
+        let t0 = Instant::now();
+        let mut m = CallMemory::new(limits(1000));
+        m.remember_txn(1, addr(5071), true, t0, Duration::from_secs(190));
+        m.start_dialog(9, addr(5071), addr(7), t0, Duration::from_secs(190));
+        assert_eq!(m.pending_invites(t0), 1);
+        m.answer_txn(1, t0);
+        m.confirm_dialog(9, t0, Duration::from_secs(3600), Duration::from_secs(600), None);
+        assert_eq!((m.pending_invites(t0), m.established()), (0, 1));
+        assert!(m.end_dialog(9, addr(5071), t0 + Duration::from_secs(5)));
+        assert_eq!(m.established(), 0);
+    }
+
+    #[test]
+    fn a_bye_answer_from_a_stranger_does_not_end_the_call() {
+        let t0 = Instant::now();
+        let mut m = CallMemory::new(limits(1000));
+        m.start_dialog(9, addr(5071), addr(7), t0, Duration::from_secs(190));
+        m.confirm_dialog(9, t0, Duration::from_secs(3600), Duration::from_secs(600), None);
+        let stranger: SocketAddr = "127.0.0.99:5071".parse().unwrap();
+        assert!(!m.end_dialog(9, stranger, t0));
+        assert_eq!(m.established(), 1);
+        // The caller may answer from another port of its address.
+        assert!(m.end_dialog(9, addr(40000), t0));
+    }
+
+    #[test]
+    fn a_call_without_bye_is_over_at_max_call_duration_but_its_route_is_kept() {
+        let t0 = Instant::now();
+        let mut m = CallMemory::new(limits(1000));
+        m.start_dialog(9, addr(5071), addr(7), t0, Duration::from_secs(190));
+        m.confirm_dialog(9, t0, Duration::from_secs(3600), Duration::from_secs(600), None);
+        m.expire(t0 + Duration::from_secs(599));
+        assert_eq!((m.established(), m.timed_out), (1, 0));
+        m.expire(t0 + Duration::from_secs(601));
+        assert_eq!((m.established(), m.timed_out), (0, 1));
+        assert_eq!(m.dialog(9, t0 + Duration::from_secs(601)).unwrap().dest, addr(5071));
+        m.expire(t0 + Duration::from_secs(3601));
+        assert!(m.is_empty());
     }
 }

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use memory::{CallMemory, AFTER_FINAL};
+pub use memory::{CallMemory, DialogView, Full, AFTER_FINAL};
 use rewrite::{forward_request, forward_response, host_ip, local_reply, parse_branch, parse_token, reply_address, RequestRewrite};
 
 use crate::dispatch::{opensips_uri_keys, trim_callid, Algorithm};
@@ -21,15 +21,12 @@ use fork::{Fork, ForkTarget};
 use std::collections::{HashMap, VecDeque};
 use crate::hash;
 use crate::sip::{self, uri_host_port, uri_params, uri_user, Message, Method, ParseError};
-use crate::stats::{DropReason, ShardStats};
-use crate::table::{DestCounters, RouteTarget, RoutingTable};
+use crate::stats::{DropReason, Refusal, ShardStats};
+use crate::table::{DestCounters, MemoryLimits, ProxySettings, RouteTarget, RoutingTable};
 
 const SEED_OWNER: u64 = 0x6673_726f_7574_6531; // "fsroute1"
 const SEED_TXN: u64 = 0x6673_726f_7574_6532;
 const SEED_DIALOG: u64 = 0x6673_726f_7574_6533;
-
-/// Default cap on remembered transactions and dialogs per shard (each map).
-pub const DEFAULT_MEMORY_CAPACITY: usize = 4 << 20;
 
 /// What the shell must do with a datagram. Bytes to send are in the `out` buffer given to `handle`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +66,8 @@ pub struct Router {
     /// next attempt after a timeout), drained by the shell with `poll_transmit`.
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
     free: Vec<Vec<u8>>,
+    /// Bytes of the INVITEs the forks hold (bounded by `limits.fork_bytes`).
+    fork_bytes: usize,
 }
 
 impl Router {
@@ -78,12 +77,13 @@ impl Router {
             shards: shards.max(1),
             cursors: Vec::new(),
             rng: seed | 1,
-            memory: CallMemory::new(DEFAULT_MEMORY_CAPACITY),
+            memory: CallMemory::new(MemoryLimits::default()),
             stats,
             draining: false,
             forks: HashMap::default(),
             outbox: VecDeque::new(),
             free: Vec::new(),
+            fork_bytes: 0,
         }
     }
 
@@ -136,12 +136,26 @@ impl Router {
         self.memory.pending_invites(now) + self.pending_forks()
     }
 
+    /// What a graceful stop waits for: INVITEs without a final response and answered calls not
+    /// yet ended (by BYE or `max_call_duration`).
+    pub fn pending_calls(&self, now: Instant) -> usize {
+        self.pending_invites(now) + self.memory.established()
+    }
+
     /// Runs failover timers and ages out call memory; the shell calls it periodically (and drains
     /// `poll_transmit` afterwards).
     pub fn tick(&mut self, table: &RoutingTable, now: Instant) {
+        self.memory.set_limits(table.proxy.limits);
         self.fork_tick(table, now);
         self.memory.expire(now);
-        self.stats.memory_entries.store(self.memory.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let st = &self.stats;
+        ShardStats::set(&st.memory_entries, self.memory.len() as u64);
+        ShardStats::set(&st.transactions, self.memory.transactions() as u64);
+        ShardStats::set(&st.dialogs, self.memory.dialogs() as u64);
+        ShardStats::set(&st.established, self.memory.established() as u64);
+        ShardStats::set(&st.forks, self.forks.len() as u64);
+        ShardStats::set(&st.fork_bytes, self.fork_bytes as u64);
+        ShardStats::set(&st.calls_timed_out, self.memory.timed_out);
     }
 
     fn next_random(&mut self) -> u64 {
@@ -176,6 +190,7 @@ impl Router {
     }
 
     fn route(&mut self, t: &RoutingTable, src: SocketAddr, buf: &[u8], now: Instant, out: &mut Vec<u8>) -> Action {
+        self.memory.set_limits(t.proxy.limits);
         let m = match sip::parse(buf) {
             Ok(m) => m,
             Err(ParseError::Keepalive) => return Action::Drop(DropReason::Keepalive),
@@ -192,8 +207,26 @@ impl Router {
         if m.is_request() {
             self.request(t, src, &m, now, out)
         } else {
-            self.response(t, &m, now, out)
+            self.response(t, src, &m, now, out)
         }
+    }
+
+    /// fsroute's own answer to a request it will not forward, counted by why.
+    fn refuse(&self, m: &Message<'_>, src: SocketAddr, why: Refusal, out: &mut Vec<u8>) -> Action {
+        self.stats.refusal(why);
+        match why {
+            Refusal::RelayDenied => self.reply(m, src, 403, "Forbidden", &[], out),
+            Refusal::Loop => self.reply(m, src, 482, "Loop Detected", &[], out),
+            Refusal::TransactionsFull | Refusal::DialogsFull | Refusal::ForksFull | Refusal::Draining => {
+                self.reply(m, src, 503, "Service Unavailable", &[("Retry-After", "5")], out)
+            }
+        }
+    }
+
+    /// The MAC that goes into the branch of a request from `src`: it binds the branch to where its
+    /// responses will be relayed.
+    fn branch_mac(px: &ProxySettings, branch: u64, m: &Message<'_>, src: SocketAddr) -> u64 {
+        px.branch_key.mac(branch, reply_address(m, src))
     }
 
     fn reply(&self, m: &Message<'_>, src: SocketAddr, code: u16, reason: &str, extra: &[(&str, &str)], out: &mut Vec<u8>) -> Action {
@@ -271,26 +304,40 @@ impl Router {
             }
         }
         if dest.is_none() && (in_dialog || method == Method::Ack) {
-            dest = self.in_dialog_destination(t, src, m, own_route.is_some(), token, ckey, now);
-            if dest.is_none() {
-                return match method {
-                    Method::Ack => Action::Drop(DropReason::UnroutableAck),
-                    _ => self.reply(m, src, 481, "Call/Transaction Does Not Exist", &[], out),
-                };
+            match self.in_dialog_destination(t, src, m, own_route.is_some(), token, ckey, now) {
+                Ok(d) => dest = Some(d),
+                Err(denied) => {
+                    return match (method, denied) {
+                        (Method::Ack, Denied::Unknown) => Action::Drop(DropReason::UnroutableAck),
+                        (Method::Ack, Denied::Relay) => Action::Drop(DropReason::RelayDenied),
+                        (_, Denied::Unknown) => self.reply(m, src, 481, "Call/Transaction Does Not Exist", &[], out),
+                        (_, Denied::Relay) => self.refuse(m, src, Refusal::RelayDenied, out),
+                    };
+                }
             }
         }
         if dest.is_none() && method == Method::Cancel {
             // The INVITE's memory is gone (or it never passed here): the dialog memory may still
-            // know the call; otherwise there is nothing to cancel (§16.10).
-            match self.memory.dialog(ckey, now) {
-                Some(d) => dest = Some(d),
+            // know the call, if the CANCEL comes from its caller; otherwise there is nothing to
+            // cancel (§16.10).
+            match self.memory.dialog(ckey, now).filter(|d| d.caller.ip() == src.ip()) {
+                Some(d) => dest = Some(d.dest),
                 None => return self.reply(m, src, 481, "Call/Transaction Does Not Exist", &[], out),
             }
         }
         if dest.is_none() {
             // A new transaction: the routing table decides.
-            if self.draining && method == Method::Invite {
-                return self.reply(m, src, 503, "Service Unavailable", &[("Retry-After", "5")], out);
+            if method == Method::Invite {
+                if self.draining {
+                    return self.refuse(m, src, Refusal::Draining, out);
+                }
+                // A call fsroute could not remember could not be cancelled, failed over or
+                // ended cleanly: refused while the memory is full, never half-handled.
+                match self.memory.room_for_call() {
+                    Ok(()) => {}
+                    Err(Full::Transactions) => return self.refuse(m, src, Refusal::TransactionsFull, out),
+                    Err(Full::Dialogs) => return self.refuse(m, src, Refusal::DialogsFull, out),
+                }
             }
             let method_raw = match m.start {
                 sip::StartLine::Request { method_raw, .. } => method_raw,
@@ -351,17 +398,22 @@ impl Router {
         let Some(dest) = dest else {
             return Action::Drop(DropReason::Malformed);
         };
-        if px.local_addrs.contains(&dest) {
-            return self.reply(m, src, 482, "Loop Detected", &[], out);
+        if px.is_self(&dest) {
+            if method == Method::Ack {
+                return Action::Drop(DropReason::RelayDenied);
+            }
+            return self.refuse(m, src, Refusal::Loop, out);
         }
 
         if remember {
             let initial_invite = method == Method::Invite;
             let ttl = if initial_invite { px.transaction_memory } else { AFTER_FINAL };
+            // Room was checked above for an INVITE; other requests are routed even when their
+            // transaction cannot be remembered (their retransmissions are routed again).
             self.memory.remember_txn(tkey, dest, initial_invite, now, ttl);
             if initial_invite {
                 // Held while the call rings; a 2xx stretches it to dialog_memory.
-                self.memory.remember_dialog(ckey, dest, now, px.transaction_memory);
+                self.memory.start_dialog(ckey, dest, src, now, px.transaction_memory);
             }
         }
         if let Some(c) = chosen {
@@ -373,6 +425,7 @@ impl Router {
         .then_some(dest);
         let rw = RequestRewrite {
             branch: tkey,
+            mac: Self::branch_mac(px, tkey, m, src),
             record_route,
             pop_route: own_route.is_some(),
             default_max_forwards: px.max_forwards,
@@ -402,7 +455,11 @@ impl Router {
         ds.selector.pick(alg, t.proxy.hash, keys, cursor, r)
     }
 
-    /// Where an in-dialog request goes (§16.4 loose routing, then fsroute's memories).
+    /// Where an in-dialog request goes (§16.4 loose routing, then fsroute's memories), under the
+    /// relay policy (docs/SECURITY.md): a request from one of the destinations goes where its route
+    /// set says; any other source reaches only a configured destination (named by fsroute's own
+    /// Record-Route token, the route set or the Request-URI) or the remembered destination of a
+    /// call it is the caller of. Anything else would make fsroute an open relay.
     #[allow(clippy::too_many_arguments)]
     fn in_dialog_destination(
         &self,
@@ -413,7 +470,7 @@ impl Router {
         token: Option<SocketAddr>,
         ckey: u64,
         now: Instant,
-    ) -> Option<SocketAddr> {
+    ) -> Result<SocketAddr, Denied> {
         let route_next = match m.route {
             Some(r) if popped => r.next_uri,
             Some(r) => Some(r.uri),
@@ -426,15 +483,17 @@ impl Router {
         let ruri = m.request_uri().and_then(|u| uri_addr(u).filter(|_| !t.proxy.is_local_uri(u)));
         if t.is_from_destination(&src) {
             // From the FreeSWITCH side towards the caller: the route set, else the Request-URI.
-            return route_next.and_then(uri_addr).or(ruri);
+            return route_next.and_then(uri_addr).or(ruri).ok_or(Denied::Unknown);
         }
+        let named = route_next.and_then(uri_addr).or(ruri);
+        let remembered = self.memory.dialog(ckey, now).filter(|d| d.caller.ip() == src.ip()).map(|d| d.dest);
         token
-            .or_else(|| route_next.and_then(uri_addr))
-            .or_else(|| self.memory.dialog(ckey, now))
-            .or(ruri)
+            .or_else(|| named.filter(|a| t.is_known_destination(a)))
+            .or(remembered)
+            .ok_or(if named.is_some() || token.is_some() { Denied::Relay } else { Denied::Unknown })
     }
 
-    fn response(&mut self, t: &RoutingTable, m: &Message<'_>, now: Instant, out: &mut Vec<u8>) -> Action {
+    fn response(&mut self, t: &RoutingTable, src: SocketAddr, m: &Message<'_>, now: Instant, out: &mut Vec<u8>) -> Action {
         if m.validate_response().is_err() {
             return Action::Drop(DropReason::BadResponse);
         }
@@ -442,25 +501,40 @@ impl Router {
         let Some(top) = m.top_via else {
             return Action::Drop(DropReason::BadResponse);
         };
-        let key = top.branch.and_then(parse_branch);
-        let (Some(key), true) = (key, px.is_local(top.host, top.port)) else {
+        let branch = top.branch.and_then(parse_branch);
+        let (Some((key, mac)), true) = (branch, px.is_local(top.host, top.port)) else {
             return Action::Drop(DropReason::NotOurVia);
         };
-        let Some(next) = m.second_via else {
+        // Where it would be relayed: the next Via's received/rport (§18.2.2, RFC 3581), or nowhere
+        // for a response to one of fsroute's own requests.
+        let next_hop = match m.second_via {
+            Some(next) => {
+                let Some(ip) = next.received.and_then(host_ip).or_else(|| host_ip(next.host)) else {
+                    return Action::Drop(DropReason::Unresolvable);
+                };
+                Some(SocketAddr::new(ip, next.rport.flatten().or(next.port).unwrap_or(5060)))
+            }
+            None => None,
+        };
+        // The branch must be one fsroute wrote for a request whose responses go to that address
+        // (for an answer to fsroute's own CANCEL, the caller's, which the CANCEL's branch repeats):
+        // a forged or altered response is never relayed, nor does it touch a call's state.
+        let Some(reply_to) = next_hop.or_else(|| self.fork_reply_to(key)) else {
             return Action::Drop(DropReason::NoNextVia);
         };
-        let Some(ip) = next.received.and_then(host_ip).or_else(|| host_ip(next.host)) else {
-            return Action::Drop(DropReason::Unresolvable);
-        };
-        let port = next.rport.flatten().or(next.port).unwrap_or(5060);
-
+        if px.branch_key.mac(key, reply_to) != mac {
+            return Action::Drop(DropReason::ForgedResponse);
+        }
         let (Some(code), Some(cseq), Some(call_id)) = (m.status(), m.cseq, m.call_id) else {
             return Action::Drop(DropReason::BadResponse);
         };
-        let ckey = hash::hash_one(SEED_DIALOG, trim_callid(call_id));
-        if let Some(a) = self.fork_response(t, m, key, SocketAddr::new(ip, port), now, out) {
+        if let Some(a) = self.fork_response(t, m, src, key, next_hop, now, out) {
             return a;
         }
+        let Some(next_hop) = next_hop else {
+            return Action::Drop(DropReason::NoNextVia);
+        };
+        let ckey = hash::hash_one(SEED_DIALOG, trim_callid(call_id));
         match cseq.method {
             b"INVITE" => match code {
                 // Each provisional response restarts Timer C: a long ring keeps its CANCEL route.
@@ -474,32 +548,39 @@ impl Router {
                     }
                 }
                 200..=299 => {
-                    if let Some(e) = self.memory.rearm_txn(key, now, AFTER_FINAL) {
+                    if let Some(e) = self.memory.answer_txn(key, now) {
                         if e.initial_invite {
-                            self.memory.rearm_dialog(ckey, now, px.dialog_memory);
+                            self.memory.confirm_dialog(ckey, now, px.dialog_memory, px.max_call_duration, None);
                         }
                     }
                 }
                 _ => {
-                    if let Some(e) = self.memory.rearm_txn(key, now, AFTER_FINAL) {
+                    if let Some(e) = self.memory.answer_txn(key, now) {
                         if e.initial_invite {
                             self.memory.rearm_dialog(ckey, now, AFTER_FINAL);
                         }
                     }
                 }
             },
-            // The dialog is over; retransmitted BYEs still find their way for 32 s.
-            // The call is over: its load_balancer units go back; retransmitted BYEs still find
-            // their way for 32 s.
+            // The call is over: its units go back, if the answer comes from one of the call's own
+            // peers; retransmitted BYEs still find their way for 32 s.
             b"BYE" if (200..=299).contains(&code) => {
-                self.memory.release_dialog(ckey);
-                self.memory.rearm_dialog(ckey, now, AFTER_FINAL);
+                self.memory.end_dialog(ckey, src, now);
             }
             _ => {}
         }
         forward_response(m, px, out);
-        Action::Forward(SocketAddr::new(ip, port))
+        Action::Forward(next_hop)
     }
+}
+
+/// Why an in-dialog request has no destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Denied {
+    /// Nothing names a next hop, and no dialog is remembered: 481.
+    Unknown,
+    /// It names one, and the relay policy does not let this source reach it: 403.
+    Relay,
 }
 
 /// The destination of `ds` that takes a new call, with its hold on the destination's box: `picked`

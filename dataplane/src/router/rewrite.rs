@@ -13,12 +13,15 @@ use crate::table::ProxySettings;
 /// response be recognised as ours before anything else is looked at.
 pub const BRANCH_PREFIX: &[u8] = b"z9hG4bK-fsr";
 
+/// The highest Max-Forwards fsroute passes on (+1): a forwarded request leaves with at most 254.
+pub const MAX_FORWARDS_CEILING: u32 = 255;
+
 /// What replaces the `cut` bytes at `at`.
 #[derive(Clone, Copy, Debug)]
 enum Insert {
     Nothing,
     /// fsroute's own header lines, written just after the start line.
-    TopLines { branch: u64, record_route: Option<SocketAddr>, max_forwards: Option<u32> },
+    TopLines { branch: u64, mac: u64, record_route: Option<SocketAddr>, max_forwards: Option<u32> },
     /// `;received=<ip>`
     Received(IpAddr),
     /// `rport=<port>`
@@ -76,12 +79,11 @@ fn splice(buf: &[u8], from: usize, to: usize, edits: &[Edit], eol: &[u8], adv: (
 fn render(insert: Insert, eol: &[u8], adv: (&str, u16), out: &mut Vec<u8>) {
     match insert {
         Insert::Nothing => {}
-        Insert::TopLines { branch, record_route, max_forwards } => {
+        Insert::TopLines { branch, mac, record_route, max_forwards } => {
             out.extend_from_slice(b"Via: SIP/2.0/UDP ");
             push_host_port(out, adv.0, adv.1);
             out.extend_from_slice(b";branch=");
-            out.extend_from_slice(BRANCH_PREFIX);
-            push_hex16(out, branch);
+            push_branch(out, branch, mac);
             out.extend_from_slice(eol);
             if let Some(dest) = record_route {
                 out.extend_from_slice(b"Record-Route: <sip:");
@@ -184,12 +186,24 @@ pub fn parse_token(token: &[u8]) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// The transaction key carried in one of fsroute's branches.
-pub fn parse_branch(branch: &[u8]) -> Option<u64> {
+/// One of fsroute's branches: the prefix, the transaction key, and the MAC binding the key to the
+/// address responses go back to (`BranchKey::mac`), each as 16 hex digits.
+pub fn push_branch(out: &mut Vec<u8>, key: u64, mac: u64) {
+    out.extend_from_slice(BRANCH_PREFIX);
+    push_hex16(out, key);
+    push_hex16(out, mac);
+}
+
+/// The transaction key and the MAC carried in one of fsroute's branches.
+pub fn parse_branch(branch: &[u8]) -> Option<(u64, u64)> {
     let hex = branch.strip_prefix(BRANCH_PREFIX)?;
-    if hex.len() != 16 {
+    if hex.len() != 32 {
         return None;
     }
+    Some((parse_hex16(&hex[..16])?, parse_hex16(&hex[16..])?))
+}
+
+fn parse_hex16(hex: &[u8]) -> Option<u64> {
     let mut v = 0u64;
     for &c in hex {
         let d = match c {
@@ -208,17 +222,19 @@ pub fn host_ip(host: &[u8]) -> Option<IpAddr> {
     std::str::from_utf8(h).ok()?.parse().ok()
 }
 
-/// RFC 3261 §18.2.1 and RFC 3581 on the received top Via: fill an empty `rport` (and then always
-/// add `received`), otherwise add `received` when the sent-by host is not the source address.
+/// RFC 3261 §18.2.1 and RFC 3581 on the received top Via: fill `rport` (and then always add
+/// `received`), otherwise add `received` when the sent-by host is not the source address. A
+/// `received` or an `rport` value the sender wrote itself is overwritten: the response goes back
+/// to where the request came from ([`reply_address`]), never where the request claims.
 fn via_edits(via: &Via<'_>, src: SocketAddr, edits: &mut Edits) {
     let host_is_src = host_ip(via.host) == Some(src.ip());
-    let fill_rport = via.rport == Some(None);
+    let fill_rport = via.rport.is_some();
     if fill_rport {
         if let Some(rs) = via.rport_span {
             edits.push(rs.start as usize, rs.len(), Insert::Rport(src.port()));
         }
     }
-    if fill_rport || !host_is_src {
+    if fill_rport || !host_is_src || via.received_span.is_some() {
         match via.received_span {
             Some(r) => edits.push(r.start as usize, r.len(), Insert::Received(src.ip())),
             None => edits.push(via.span.end as usize, 0, Insert::Received(src.ip())),
@@ -237,6 +253,8 @@ fn eol(m: &Message<'_>) -> &'static [u8] {
 /// What `forward_request` writes besides the copy.
 pub struct RequestRewrite {
     pub branch: u64,
+    /// `BranchKey::mac` of `branch` and the request's reply address.
+    pub mac: u64,
     /// Destination named in a new Record-Route, if one is added.
     pub record_route: Option<SocketAddr>,
     /// Remove the top Route (it names fsroute).
@@ -248,8 +266,10 @@ pub fn forward_request(m: &Message<'_>, src: SocketAddr, px: &ProxySettings, rw:
     let buf = m.raw;
     let mut edits = Edits::new();
     let max_forwards = match m.max_forwards {
+        // RFC 3261 allows up to 2^32-1; anything above 255 only serves a loop, so it is clamped.
         Some(mf) => {
-            edits.push(mf.digits.start as usize, mf.digits.len(), Insert::Number(mf.value.saturating_sub(1)));
+            let value = mf.value.min(MAX_FORWARDS_CEILING).saturating_sub(1);
+            edits.push(mf.digits.start as usize, mf.digits.len(), Insert::Number(value));
             None
         }
         None => Some(rw.default_max_forwards),
@@ -257,7 +277,7 @@ pub fn forward_request(m: &Message<'_>, src: SocketAddr, px: &ProxySettings, rw:
     edits.push(
         m.headers_start as usize,
         0,
-        Insert::TopLines { branch: rw.branch, record_route: rw.record_route, max_forwards },
+        Insert::TopLines { branch: rw.branch, mac: rw.mac, record_route: rw.record_route, max_forwards },
     );
     if let Some(via) = &m.top_via {
         via_edits(via, src, &mut edits);
@@ -359,7 +379,7 @@ pub fn local_reply(
     let add_tag = code != 100 && m.to_tag().is_none();
     let edits = edits.sorted();
     let adv = ("", 0);
-    for h in HeaderIter::new(buf, m.headers_start as usize).map_while(Result::ok) {
+    for h in HeaderIter::new(buf, m.headers_start as usize).filter_map(Result::ok) {
         let name = h.name.get(buf);
         if !is_reply_copied(name) {
             continue;
@@ -417,9 +437,9 @@ mod tests {
 
     #[test]
     fn branches_round_trip() {
-        let mut out = BRANCH_PREFIX.to_vec();
-        push_hex16(&mut out, 0xdead_beef_0123_4567);
-        assert_eq!(parse_branch(&out), Some(0xdead_beef_0123_4567));
+        let mut out = Vec::new();
+        push_branch(&mut out, 0xdead_beef_0123_4567, 42);
+        assert_eq!(parse_branch(&out), Some((0xdead_beef_0123_4567, 42)));
         assert_eq!(parse_branch(b"z9hG4bK-fsr0123"), None);
         assert_eq!(parse_branch(b"z9hG4bKother"), None);
     }

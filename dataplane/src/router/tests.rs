@@ -28,6 +28,13 @@ const CANCEL: &[u8] = CORPUS[6];
 const OPTIONS: &[u8] = CORPUS[7];
 const REJECTED: &[u8] = CORPUS[8];
 
+/// A branch fsroute would have written for transaction `key`, whose responses go to `reply_to`.
+fn our_branch(t: &RoutingTable, key: u64, reply_to: &str) -> String {
+    let mut b = Vec::new();
+    rewrite::push_branch(&mut b, key, t.proxy.branch_key.mac(key, reply_to.parse().unwrap()));
+    String::from_utf8(b).unwrap()
+}
+
 fn sip(s: &str) -> Vec<u8> {
     s.replace('|', "\r\n").into_bytes()
 }
@@ -206,8 +213,10 @@ fn bye_from_the_backend_goes_towards_the_caller() {
 fn compact_bare_lf_bye_is_forwarded_with_bare_lf_lines() {
     let t = table_with(&[1], Algorithm::RoundRobin, 1);
     let mut out = Vec::new();
-    // The corpus BYE names lb.example.net in its Route: fsroute pops it and falls back to the R-URI.
-    let a = router().handle(&t, caller(), BYE_LF, Instant::now(), &mut out);
+    // The corpus BYE names lb.example.net in its Route: fsroute pops it and falls back to the
+    // R-URI. It comes from the backend's side, which may send towards any caller.
+    let backend: SocketAddr = "127.0.0.1:5071".parse().unwrap();
+    let a = router().handle(&t, backend, BYE_LF, Instant::now(), &mut out);
     assert_eq!(a, Action::Forward("127.0.0.21:5080".parse().unwrap()));
     assert!(!out.windows(2).any(|w| w == b"\r\n"), "{}", text(&out));
     assert!(parse(&out).unwrap().route.is_none());
@@ -246,7 +255,8 @@ fn a_response_whose_top_via_is_not_ours_is_dropped() {
 fn two_vias_sharing_a_line_in_a_response_lose_only_ours() {
     let t = table_with(&[1], Algorithm::RoundRobin, 1);
     let mut out = Vec::new();
-    let resp = sip("SIP/2.0 200 OK|Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-fsr00000000000000ab, SIP/2.0/UDP 127.0.0.7:5090;branch=z9hG4bKc|From: <sip:a@b>;tag=1|To: <sip:c@d>;tag=2|Call-ID: v|CSeq: 1 OPTIONS|Content-Length: 0||");
+    let branch = our_branch(&t, 0xab, "127.0.0.7:5090");
+    let resp = sip(&format!("SIP/2.0 200 OK|Via: SIP/2.0/UDP 127.0.0.1:5060;branch={branch}, SIP/2.0/UDP 127.0.0.7:5090;branch=z9hG4bKc|From: <sip:a@b>;tag=1|To: <sip:c@d>;tag=2|Call-ID: v|CSeq: 1 OPTIONS|Content-Length: 0||"));
     assert_eq!(router().handle(&t, caller(), &resp, Instant::now(), &mut out), Action::Forward("127.0.0.7:5090".parse().unwrap()));
     assert!(text(&out).contains("\r\nVia: SIP/2.0/UDP 127.0.0.7:5090;branch=z9hG4bKc\r\n"), "{}", text(&out));
 }
@@ -666,3 +676,5 @@ fn a_503_from_a_box_fsroute_thought_had_room_closes_it_until_the_cooldown() {
     assert_eq!(refused.fs.as_ref().unwrap().gate.refusals(), 1);
     assert!(refused.available(now + t.failover.refused_cooldown) > 0, "open again after the cool-down");
 }
+
+mod hostile;

@@ -97,7 +97,14 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
 
     let mut headers = HeaderIter::new(buf, headers_start);
     while let Some(h) = headers.next() {
-        let h = h?;
+        let h = match h {
+            Ok(h) => h,
+            Err(e @ ParseError::HeaderWithoutColon) => {
+                m.defect.get_or_insert(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let value = h.value.get(buf);
         let (vs, ve) = (h.value.start as usize, h.value.end as usize);
         let line = h.line;
@@ -456,12 +463,18 @@ impl Iterator for HeaderIter<'_> {
         let next = end + 1;
         let value_end = if end > pos && buf[end - 1] == b'\r' { end - 1 } else { end };
         let hdr = &buf[pos..value_end];
+        // A line without a name is reported but does not end the walk: the headers after it (the
+        // Via among them) are still there, so a request carrying one can be answered 400.
+        let skip = |me: &mut Self| {
+            me.pos = next;
+            Some(Err(ParseError::HeaderWithoutColon))
+        };
         let Some(colon) = memchr::memchr(b':', hdr) else {
-            return fail(self, ParseError::HeaderWithoutColon);
+            return skip(self);
         };
         let (na, nb) = trim_bounds(&hdr[..colon]);
         if na == nb {
-            return fail(self, ParseError::HeaderWithoutColon);
+            return skip(self);
         }
         let vstart = pos + colon + 1;
         let (a, b) = trim_bounds(&buf[vstart..value_end]);

@@ -283,3 +283,12 @@ fn the_sip_version_is_case_insensitive() {
     let raw = msg("sip/2.0 200 OK|Via: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKv|Call-ID: x|CSeq: 1 OPTIONS||");
     assert_eq!(parse(&raw).unwrap().status(), Some(200));
 }
+
+#[test]
+fn a_header_line_without_a_colon_is_a_defect_and_the_headers_after_it_are_read() {
+    let raw = msg("INVITE sip:a@127.0.0.1 SIP/2.0|v: SIP/2.0/UDP 127.0.0.1|NoColonHere|i: x|f: <sip:a@b>;tag=1|t: <sip:c@d>|CSeq: 1 INVITE||");
+    let m = parse(&raw).unwrap();
+    assert!(m.top_via.is_some());
+    assert_eq!(m.call_id, Some(&b"x"[..]));
+    assert_eq!(m.validate_request(), Err(ParseError::HeaderWithoutColon));
+}
