@@ -281,3 +281,23 @@ fn a_non_loopback_admin_without_a_token_is_refused_by_run_and_check() {
     assert!(out.status.success(), "{shown}");
     assert!(shown.contains("bearer token ****") && !shown.contains(TOKEN), "{shown}");
 }
+
+#[test]
+fn check_warns_about_an_admin_listener_reachable_from_other_hosts_and_still_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fsroute.toml");
+    let text = format!(
+        "[proxy]\nlisten = [\"127.0.0.1:{}\"]\n\n[control]\nadmin = \"0.0.0.0:9060\"\nadmin_token = \"{TOKEN}\"\n",
+        free_udp_port()
+    );
+    std::fs::write(&path, &text).unwrap();
+    let out = Command::new(fsroute_bin()).args(["check", "--config"]).arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("warning: ") && err.contains("control.admin") && err.contains("0.0.0.0:9060"), "{err}");
+    assert!(!err.contains(TOKEN) && !String::from_utf8_lossy(&out.stdout).contains(TOKEN));
+    // On loopback there is nothing to warn about.
+    std::fs::write(&path, text.replace("0.0.0.0", "127.0.0.1")).unwrap();
+    let out = Command::new(fsroute_bin()).args(["check", "--config"]).arg(&path).output().unwrap();
+    assert!(out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("warning"), "{out:?}");
+}

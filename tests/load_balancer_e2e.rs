@@ -1,12 +1,14 @@
 //! End-to-end specs of the load_balancer: per-box capacities that are never exceeded across
 //! shards, 503 + Retry-After when nothing is free, capacity coming back after BYE, failover that
-//! hides a failing box from the caller, a CANCEL in the middle of a failover, and calls between two
-//! heartbeats spreading instead of piling onto one box. Emulated FreeSWITCH boxes, SIPp callers.
+//! hides a failing box from the caller, a CANCEL in the middle of a failover, calls between two
+//! heartbeats spreading instead of piling onto one box, units of calls whose BYE was lost coming
+//! back once the box's readings stop counting them, and a box claiming 2^64 − 1 sessions read as
+//! the configured ceiling. Emulated FreeSWITCH boxes, SIPp callers.
 
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use fsroute_esl::emulator::{Emulator, EmulatorConfig, EmulatorHandle, Respond503};
@@ -141,4 +143,81 @@ fn an_admin_disabled_destination_takes_no_calls_until_enabled_again() {
     assert!(a.calls_answered() > 0);
     let unknown = r#"{"group_id":1,"dst_uri":"sip:127.0.0.1:1","enabled":false}"#;
     assert_eq!(http(proxy.admin, "POST", "/load_balancer/status", unknown).0, 404);
+}
+
+fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+fn fs_box(proxy: &Proxy, b: &EmulatorHandle) -> serde_json::Value {
+    let url = format!("fs://{}", b.esl_addr());
+    let st = proxy.status();
+    st["freeswitch"].as_array().unwrap().iter().find(|x| x["url"] == url.as_str()).cloned().unwrap_or_else(|| panic!("{url} in {st}"))
+}
+
+#[test]
+fn calls_whose_bye_is_lost_give_their_units_back_once_two_readings_no_longer_count_them() {
+    let _g = serial();
+    let fs = emulator(Duration::from_millis(5), Duration::from_millis(300));
+    let row = [(fs.sip_addr(), format!("ch=fs://:ClueCon@{}", fs.esl_addr()))];
+    let proxy = Proxy::start(&lb_config(&row, "capacity_model = \"opensips\"\nheartbeat_timeout = \"10s\"\n"));
+    assert!(wait_for(Duration::from_secs(5), || lb_loads(&proxy)[0].1 == 10_000), "{:?}", lb_loads(&proxy));
+    // Ten calls whose BYE never comes: the box holds them (for two minutes), so does fsroute.
+    let sf = repo_path("tests/scenarios/no_bye_uac.xml");
+    let run = Sipp::uac(proxy.sip, Some(&sf), 10, 20, &[], Duration::from_secs(20));
+    assert!(run.all_calls_succeeded(), "{}\n{}", run.explain(), proxy.log());
+    assert_eq!(fs.active_calls(), 10);
+    // While the box counts them, every reading leaves them alone.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(lb_loads(&proxy)[0].2, 10);
+    assert_eq!(fs_box(&proxy, &fs)["units_reconciled"], 0);
+    // Their ends are lost: the box says it has none, fsroute still holds ten, 10 below capacity.
+    fs.set_reported(0, 10_000, 100_000_000);
+    assert!(
+        wait_for(Duration::from_secs(10), || lb_loads(&proxy)[0].2 == 0),
+        "{:?}\n{}",
+        lb_loads(&proxy),
+        proxy.log()
+    );
+    let st = proxy.status();
+    let r = &st["load_balancer"][0]["destinations"][0]["resources"][0];
+    assert_eq!((r["max"].as_u64(), r["forgiven"].as_u64()), (Some(10_000), Some(10)), "{st}");
+    assert_eq!(fs_box(&proxy, &fs)["units_reconciled"], 10);
+    let m = http(proxy.admin, "GET", "/metrics", "").1;
+    let metric = format!("fsroute_fs_units_reconciled_total{{fs=\"fs://{}\"}} 10", fs.esl_addr());
+    assert!(m.contains(&metric), "{m}");
+    assert!(proxy.log().contains("units reconciled"));
+}
+
+#[test]
+fn a_box_claiming_two_to_the_64_max_sessions_counts_as_the_ceiling_and_status_says_so() {
+    let _g = serial();
+    let (liar, honest) = (emulator(Duration::from_millis(5), Duration::from_millis(300)), emulator(Duration::from_millis(5), Duration::from_millis(300)));
+    liar.set_reported(0, u64::MAX, 100_000_000);
+    let rows = [
+        (liar.sip_addr(), format!("ch=fs://:ClueCon@{}", liar.esl_addr())),
+        (honest.sip_addr(), format!("ch=fs://:ClueCon@{}", honest.esl_addr())),
+    ];
+    let proxy = Proxy::start(&lb_config(&rows, "capacity_model = \"opensips\"\nmax_sessions_ceiling = 10000\n"));
+    assert!(wait_for(Duration::from_secs(5), || fs_box(&proxy, &liar)["clamped"]["max_sessions"].as_u64() > Some(0)), "{}", proxy.status());
+    let b = fs_box(&proxy, &liar);
+    assert_eq!(b["max_sessions"], 10_000, "{b}");
+    assert_eq!(b["clamped"]["sessions_per_second"], 0, "{b}");
+    assert_eq!(fs_box(&proxy, &honest)["clamped"]["max_sessions"], 0);
+    // Both boxes say 10 000 free sessions now: the liar weighs the same as its honest neighbour.
+    assert!(wait_for(Duration::from_secs(5), || lb_loads(&proxy).iter().all(|(_, max, _)| *max == 10_000)), "{:?}", lb_loads(&proxy));
+    let m = http(proxy.admin, "GET", "/metrics", "").1;
+    let line = m
+        .lines()
+        .find(|l| l.starts_with("fsroute_fs_reports_clamped_total") && l.contains(&liar.esl_addr().to_string()) && l.contains("field=\"max_sessions\""))
+        .unwrap_or_else(|| panic!("{m}"));
+    assert!(!line.ends_with(" 0"), "{line}");
+    assert_eq!(proxy.log().matches("reports more than any real box").count(), 1, "logged once per box: {}", proxy.log());
 }

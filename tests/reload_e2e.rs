@@ -1,5 +1,6 @@
 //! End-to-end specs of SIGHUP reloads under traffic: a broken file keeps the running table and is
-//! reported; a new destination takes calls without a restart; twenty reloads lose no call.
+//! reported; a file that moves the listeners is refused the same way, so fsroute keeps answering
+//! where it listens; a new destination takes calls without a restart; twenty reloads lose no call.
 
 mod common;
 
@@ -43,6 +44,35 @@ fn sighup_with_a_broken_file_keeps_calls_flowing_and_reports_the_error() {
     let run = Sipp::uac(proxy.sip, None, 50, 50, &[], Duration::from_secs(20));
     assert!(run.all_calls_succeeded(), "{}", run.explain());
     assert!(proxy.log().contains("reload rejected"));
+}
+
+#[test]
+fn reload_that_changes_listen_is_refused_and_keeps_serving() {
+    let _g = serial();
+    let b1 = free_udp_port();
+    let _uas = Sipp::uas(b1, None, &[]);
+    let good = dispatcher_config(2, &[b1], "round-robin");
+    let proxy = Proxy::start(&good);
+    // Same file, another port, and a weight that would show whether anything of it was taken.
+    let moved = format!("127.0.0.1:{}", free_udp_port());
+    proxy.rewrite_config(&good.replace("{SIP}", &moved).replace("weight = 1", "weight = 7"));
+    proxy.signal(libc::SIGHUP);
+    assert!(wait_for(Duration::from_secs(5), || proxy.status()["config"]["reload_failures"] == 1), "{}", proxy.log());
+    let st = proxy.status();
+    let err = st["config"]["last_error"].as_str().unwrap();
+    let expected = format!("proxy.listen: changes only on restart (running: [{}], new: [{moved}])", proxy.sip);
+    assert!(err.contains("fsroute.toml: ") && err.contains(&expected), "{err}");
+    assert_eq!(st["config"]["reloads"], 0);
+    assert_eq!(st["dispatcher"][0]["destinations"][0]["weight"], 1, "the running table stays entirely");
+    let m = http(proxy.admin, "GET", "/metrics", "").1;
+    assert!(m.contains("fsroute_config_reload_failures_total 1"), "{m}");
+    // fsroute still knows itself by the address it listens on, and still writes it in Via.
+    assert_eq!(options_ping(proxy.sip).as_deref(), Some("SIP/2.0 200 OK"));
+    let run = Sipp::uac(proxy.sip, None, 50, 50, &[], Duration::from_secs(20));
+    assert!(run.all_calls_succeeded(), "{}\n{}", run.explain(), proxy.log());
+    let not_ours: u64 = proxy.status()["shards"].as_array().unwrap().iter().map(|s| s["dropped"]["not_our_via"].as_u64().unwrap()).sum();
+    assert_eq!(not_ours, 0);
+    assert!(proxy.log().contains("restart fsroute to apply it"));
 }
 
 #[test]

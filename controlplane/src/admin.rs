@@ -163,13 +163,14 @@ pub fn status_json(
                         .zip(&d.resources)
                         .filter_map(|(name, r)| {
                             r.as_ref().map(|r| {
-                                let load = r.load.load(Ordering::Relaxed);
+                                let load = r.load.held();
                                 // A box-backed resource has no fixed max: its load plus what the box can still take.
                                 let max = match &r.fs {
                                     Some(b) => u64::from(load) + b.available(std::time::Instant::now()),
                                     None => u64::from(r.effective),
                                 };
-                                json!({ "name": name, "max": max, "load": load })
+                                // Units written off by reconciliation whose calls have not ended yet.
+                                json!({ "name": name, "max": max, "load": load, "forgiven": r.load.forgiven() })
                             })
                         })
                         .collect();
@@ -252,6 +253,10 @@ pub struct FsMetric {
     pub headroom: Option<BoxHeadroom>,
     pub restarts: u64,
     pub max_sessions_shrunk: u64,
+    /// Units on the box's load_balancer rows written off by reconciliation, ever.
+    pub units_reconciled: u64,
+    /// Readings whose figures were past what a real box reports, per field.
+    pub clamped: crate::freeswitch::Clamped,
 }
 
 /// One box's admission under the headroom model, for `/status` and `/metrics`.
@@ -309,6 +314,12 @@ impl FsMetric {
             "headroom": h,
             "restarts": self.restarts,
             "max_sessions_shrunk": self.max_sessions_shrunk,
+            "units_reconciled": self.units_reconciled,
+            "clamped": {
+                "max_sessions": self.clamped.max_sessions,
+                "sessions_per_second": self.clamped.sessions_per_second,
+                "idle_cpu": self.clamped.idle_cpu,
+            },
             "rejected_heartbeats": self.rejected_heartbeats,
             "reconnects": self.reconnects,
         })
@@ -347,6 +358,15 @@ fn register_fs(reg: &mut Registry, boxes: &[FsMetric]) {
     counter("esl_reconnects", "ESL connections lost after being established", &|b| b.reconnects, reg);
     counter("fs_restarts", "FreeSWITCH restarts seen (new Core-UUID or Uptime-msec going backwards)", &|b| b.restarts, reg);
     counter("fs_max_sessions_shrunk", "Times a box's Max-Sessions fell between two readings", &|b| b.max_sessions_shrunk, reg);
+    counter("fs_units_reconciled", "load_balancer units written off because the box no longer counted their calls", &|b| b.units_reconciled, reg);
+    let clamped = Family::<ClampLabels, Counter>::default();
+    for b in boxes {
+        let c = &b.clamped;
+        for (field, n) in [("max_sessions", c.max_sessions), ("sessions_per_second", c.sessions_per_second), ("idle_cpu", c.idle_cpu)] {
+            clamped.get_or_create(&ClampLabels { fs: b.url.clone(), field: field.to_string() }).inc_by(n);
+        }
+    }
+    reg.register("fs_reports_clamped", "Readings with a figure past what any real box reports, read as the bound", clamped);
     gauge("fs_draining", "1 while the box drains (shutdown requested or inbound paused)", &|b| Some(i64::from(matches!(b.lifecycle, "shutdown_requested" | "paused"))), reg);
     let h = |f: fn(&BoxHeadroom) -> Option<i64>| move |b: &FsMetric| b.headroom.as_ref().and_then(f);
     gauge("fs_headroom_available", "Calls the box may still take now (headroom model)", &h(|h| i64::try_from(h.available).ok()), reg);
@@ -366,6 +386,12 @@ fn register_fs(reg: &mut Registry, boxes: &[FsMetric]) {
     let hc = |f: fn(&BoxHeadroom) -> u64| move |b: &FsMetric| b.headroom.as_ref().map_or(0, f);
     counter("fs_refusals", "503s from the box although fsroute's numbers said it had room", &hc(|h| h.refusals), reg);
     counter("fs_rate_limited", "Calls kept from the box by its rate window", &hc(|h| h.rate_limited), reg);
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ClampLabels {
+    fs: String,
+    field: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -412,7 +438,7 @@ pub fn metrics_text(
             for (name, r) in g.resource_names.iter().zip(&d.resources) {
                 let Some(r) = r else { continue };
                 let l = LbLabels { group_id: i64::from(g.group_id), uri: d.uri.clone(), resource: name.clone() };
-                lb_load.get_or_create(&l).set(i64::from(r.load.load(Ordering::Relaxed)));
+                lb_load.get_or_create(&l).set(i64::from(r.load.held()));
                 lb_max.get_or_create(&l).set(i64::from(r.effective));
             }
         }

@@ -8,8 +8,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use std::sync::atomic::Ordering;
-
 use fsroute_dataplane::admission::{BoxAdmission, BoxGate, RateLog};
 use fsroute_dataplane::dispatch::{Member, Selector};
 use fsroute_dataplane::lb::{capacity_from_heartbeat, LbDestination, LbFlags as DpLbFlags, LbGroup, LbResource as DpLbResource, Load};
@@ -416,7 +414,7 @@ pub fn snapshot_p_hb(config: &Config, stats: &mut Stats, counters: &CounterStore
             };
             let key = (row.group_id, row.uri.clone(), res.name.clone());
             if stats.p_hb.get(&key).map(|(s, _)| *s) != Some(seq) {
-                let p = counters.lb_load(row.group_id, &row.uri, &res.name).map_or(0, |l| l.load(Ordering::Relaxed));
+                let p = counters.lb_load(row.group_id, &row.uri, &res.name).map_or(0, |l| l.held());
                 stats.p_hb.insert(key, (seq, p));
             }
         }
@@ -464,6 +462,9 @@ pub fn box_headroom(control: &ControlConfig, s: &FsStats, snap: Option<&BoxSnaps
     headroom::headroom(&s.report(), &knobs, cpu_cost(control, s), predicted, others)
 }
 
+/// The longest rate log kept per box: a budget beyond it is enforced as this many starts per window.
+const RATE_LOG_MAX: usize = 1 << 16;
+
 /// The headroom model's per-box admissions for this build, with the stats they came from. Each box
 /// named anywhere in the config gets one, shared by every row that names it.
 fn box_admissions(config: &Config, stats: &Stats, counters: &mut CounterStore) -> HashMap<FsKey, (Arc<BoxAdmission>, FsStats)> {
@@ -481,10 +482,13 @@ fn box_admissions(config: &Config, stats: &Stats, counters: &mut CounterStore) -
             let h = box_headroom(control, &s, snap);
             let base = snap.filter(|b| b.seq == s.seq).map_or_else(|| gate.used(), |b| b.used);
             let rate = h.rate.map(|budget| {
+                let capacity = (budget as usize).clamp(1, RATE_LOG_MAX);
                 let log = match &c.rate {
-                    Some(l) if l.capacity() >= budget as usize => Arc::clone(l),
+                    // A budget past the longest log keeps the longest log, rather than a new empty
+                    // one at every reading (which would forget the window).
+                    Some(l) if l.capacity() >= capacity => Arc::clone(l),
                     // A limit that grew (fsctl sps) needs a longer log; the new one starts empty.
-                    _ => Arc::new(RateLog::new((budget as usize).clamp(1, 1 << 16))),
+                    _ => Arc::new(RateLog::new(capacity)),
                 };
                 c.rate = Some(Arc::clone(&log));
                 (budget, log)
@@ -1128,7 +1132,7 @@ lb_flags = "s"
         build_table(&c, &stats, &admin, &mut counters, 1);
         let load = counters.lb_load(1, "sip:127.0.0.1:5081", "ch").unwrap().clone();
         // 40 of fsroute's calls are on the box when it reports 100 of 1000 sessions at 78.4 % idle.
-        load.store(40, Ordering::Relaxed);
+        (0..40).for_each(|_| assert!(load.take(None)));
         let mut s = fresh(78_400_000, 100, 1000);
         s.seq = 1;
         stats.fs.insert(key(8021), s);
@@ -1139,7 +1143,7 @@ lb_flags = "s"
         // capacity 784, others 100 - 40 = 60: fsroute may hold 724, i.e. 684 more than its 40.
         assert_eq!(effective(&stats, &mut counters), 724);
         // Ten more calls before the next heartbeat: p_hb stays, availability falls by ten.
-        load.store(50, Ordering::Relaxed);
+        (0..10).for_each(|_| assert!(load.take(None)));
         snapshot_p_hb(&c, &mut stats, &counters);
         assert_eq!(effective(&stats, &mut counters), 724);
         stats.fs.get_mut(&key(8021)).unwrap().stale = true;
@@ -1152,11 +1156,11 @@ lb_flags = "s"
         let mut counters = CounterStore::new();
         let mut admin = AdminState::default();
         let t1 = build_table(&c, &Stats::default(), &admin, &mut counters, 1);
-        t1.lb_groups[0].destinations[1].resources[0].as_ref().unwrap().load.store(3, Ordering::Relaxed);
+        (0..3).for_each(|_| assert!(t1.lb_groups[0].destinations[1].resources[0].as_ref().unwrap().load.take(None)));
         admin.set_lb_enabled(1, "sip:127.0.0.1:5082", false);
         let t2 = build_table(&c, &Stats::default(), &admin, &mut counters, 2);
         let b = &t2.lb_groups[0].destinations[1];
-        assert_eq!(b.resources[0].as_ref().unwrap().load.load(Ordering::Relaxed), 3);
+        assert_eq!(b.resources[0].as_ref().unwrap().load.held(), 3);
         assert!(!b.enabled);
     }
 
@@ -1245,6 +1249,22 @@ resources = "ch"
         assert_eq!(b.headroom, 10);
         let h = box_headroom(&c.control, &stats.fs[&key(8021)], None);
         assert_eq!(h.binding, crate::headroom::Binding::Cpu);
+    }
+
+    #[test]
+    fn a_rate_budget_past_the_longest_log_keeps_its_log_from_one_reading_to_the_next() {
+        let c = headroom_config("");
+        let mut counters = CounterStore::new();
+        let mut stats = Stats::default();
+        let mut s = fresh(100_000_000, 0, 1000);
+        s.sps_limit = Some(100_000);
+        stats.fs.insert(key(8021), s);
+        let log = |t: &RoutingTable| Arc::clone(&lb_box(t).resources[0].as_ref().unwrap().fs.as_ref().unwrap().rate.as_ref().unwrap().1);
+        let first = log(&build_table(&c, &stats, &AdminState::default(), &mut counters, 1));
+        stats.fs.get_mut(&key(8021)).unwrap().seq = 2;
+        let next = log(&build_table(&c, &stats, &AdminState::default(), &mut counters, 2));
+        assert!(Arc::ptr_eq(&first, &next), "a new, empty log at every reading would forget the window");
+        assert_eq!(next.capacity(), RATE_LOG_MAX);
     }
 
     #[test]

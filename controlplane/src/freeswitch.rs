@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use fsroute_esl::{ConnId, EslPool, EslUrl, HeartbeatFormat, HeartbeatStats, PoolConfig, PoolEvent, Secret};
 
+use fsroute_dataplane::lb::HUNDRED_PERCENT_MICRO;
+
 use crate::build::{FsStats, Stats};
 use crate::config::{Config, FsEndpoint, FsKey};
 
@@ -26,6 +28,31 @@ pub struct FsInfo {
     /// it itself after a thread-launch failure).
     pub max_sessions_shrunk: u64,
     pub shutdown_requests: u64,
+    /// Readings with a figure past what any real box reports, read as the bound instead.
+    pub clamped: Clamped,
+}
+
+/// Per field, the readings in which a box reported more than fsroute believes: Max-Sessions or
+/// sessions-per-second above `control.max_sessions_ceiling`, Idle-CPU above 100 %. A box that
+/// claims a million free sessions (or 2^64 − 1, or an idle CPU of 400 %) would otherwise look
+/// the emptiest by far and attract every call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Clamped {
+    pub max_sessions: u64,
+    pub sessions_per_second: u64,
+    pub idle_cpu: u64,
+}
+
+/// `value`, or `ceiling` when it is higher: counted in `count`, and logged the first time for the box.
+fn bounded(value: u64, ceiling: u64, count: &mut u64, url: &str, field: &str) -> u64 {
+    if value <= ceiling {
+        return value;
+    }
+    if *count == 0 {
+        tracing::warn!(box = %url, field, reported = value, read_as = ceiling, "a FreeSWITCH box reports more than any real box; read as the ceiling (logged once per box)");
+    }
+    *count += 1;
+    ceiling
 }
 
 pub struct FsMonitor {
@@ -37,6 +64,7 @@ pub struct FsMonitor {
     pub pending_visibility: Vec<Instant>,
     status_interval: Option<Duration>,
     idle_cpu_smoothing: u32,
+    max_sessions_ceiling: u32,
 }
 
 struct Conn {
@@ -61,9 +89,15 @@ fn url_of(fs: &FsEndpoint) -> EslUrl {
 /// The command whose answer says whether inbound calls are paused (ESL.md §4; `true` = paused).
 pub const PAUSE_CHECK: &str = "fsctl pause_check inbound";
 
-/// Folds one set of numbers (a HEARTBEAT, or an `api status` reading) into a box's stats: a restart
-/// resets its accounting, a shrinking Max-Sessions is counted, the CPU-cost history grows.
-fn apply_numbers(entry: &mut FsStats, info: &mut FsInfo, h: &HeartbeatStats, now: Instant, smoothing_s: u32) {
+/// Folds one set of numbers (a HEARTBEAT, or an `api status` reading) into a box's stats: figures
+/// past what a real box reports are read as their bound (`ceiling` for Max-Sessions and
+/// sessions-per-second, 100 % for Idle-CPU), a restart resets its accounting, a shrinking
+/// Max-Sessions is counted, the CPU-cost history grows.
+fn apply_numbers(entry: &mut FsStats, info: &mut FsInfo, h: &HeartbeatStats, now: Instant, smoothing_s: u32, ceiling: u32) {
+    let c = &mut info.clamped;
+    let max_sessions = bounded(h.max_sessions, u64::from(ceiling), &mut c.max_sessions, &info.url, "Max-Sessions") as u32;
+    let sps_limit = h.sessions_per_sec_limit.map(|v| bounded(v, u64::from(ceiling), &mut c.sessions_per_second, &info.url, "sessions-per-second"));
+    let idle_cpu_micro = bounded(u64::from(h.idle_cpu_micro), u64::from(HUNDRED_PERCENT_MICRO), &mut c.idle_cpu, &info.url, "Idle-CPU") as u32;
     let new_uuid = matches!((&entry.core_uuid, &h.core_uuid), (Some(a), Some(b)) if a != b);
     let uptime_back = matches!((entry.uptime_msec, h.uptime_msec), (Some(a), Some(b)) if b < a);
     if new_uuid || uptime_back {
@@ -75,7 +109,6 @@ fn apply_numbers(entry: &mut FsStats, info: &mut FsInfo, h: &HeartbeatStats, now
         entry.paused = false;
         entry.session_since_startup = None;
     }
-    let max_sessions = u32::try_from(h.max_sessions).unwrap_or(u32::MAX);
     if entry.last_heartbeat.is_some() && max_sessions < entry.max_sessions && !(new_uuid || uptime_back) {
         info.max_sessions_shrunk += 1;
         tracing::warn!(box = %info.url, from = entry.max_sessions, to = max_sessions, "Max-Sessions shrank");
@@ -84,17 +117,17 @@ fn apply_numbers(entry: &mut FsStats, info: &mut FsInfo, h: &HeartbeatStats, now
     entry.connected = true;
     entry.stale = false;
     entry.last_heartbeat = Some(now);
-    entry.idle_cpu_micro = h.idle_cpu_micro;
+    entry.idle_cpu_micro = idle_cpu_micro;
     entry.session_count = u32::try_from(h.session_count).unwrap_or(u32::MAX);
     entry.max_sessions = max_sessions;
     // A box younger than its smoothing depth still averages in the 100 % its ring started with.
     let settled = h.uptime_msec.or(entry.uptime_msec).is_none_or(|up| up >= u64::from(smoothing_s) * 1000);
     if settled {
-        entry.cpu_fit.push(now, h.session_count, h.idle_cpu_micro, Duration::from_secs(u64::from(smoothing_s)));
+        entry.cpu_fit.push(now, h.session_count, idle_cpu_micro, Duration::from_secs(u64::from(smoothing_s)));
     }
     // Only `api status` carries these; a heartbeat keeps the last reading.
-    if h.sessions_per_sec_limit.is_some() {
-        entry.sps_limit = h.sessions_per_sec_limit;
+    if sps_limit.is_some() {
+        entry.sps_limit = sps_limit;
     }
     if let Some(m) = h.min_idle_cpu_micro {
         entry.min_idle_cpu_micro = m;
@@ -129,6 +162,7 @@ impl FsMonitor {
             pending_visibility: Vec::new(),
             status_interval: Some(control.status_interval),
             idle_cpu_smoothing: control.idle_cpu_smoothing,
+            max_sessions_ceiling: control.max_sessions_ceiling,
         };
         m.sync(config, &mut Stats::default());
         Ok(m)
@@ -147,6 +181,7 @@ impl FsMonitor {
     pub fn sync(&mut self, config: &Config, stats: &mut Stats) {
         self.status_interval = Some(config.control.status_interval);
         self.idle_cpu_smoothing = config.control.idle_cpu_smoothing;
+        self.max_sessions_ceiling = config.control.max_sessions_ceiling;
         let wanted: Vec<&FsEndpoint> = config.fs_endpoints();
         let keys: Vec<FsKey> = wanted.iter().map(|f| f.key()).collect();
         let gone: Vec<FsKey> = self.conns.keys().filter(|k| !keys.contains(k)).cloned().collect();
@@ -266,7 +301,7 @@ impl FsMonitor {
             PoolEvent::Seed(_, h) | PoolEvent::Heartbeat(_, h) | PoolEvent::Status(_, h) => {
                 // Always a rebuild: even with the same numbers, a capacity moves with fsroute's own
                 // calls at heartbeat time.
-                apply_numbers(entry, &mut conn.info, h, now, self.idle_cpu_smoothing);
+                apply_numbers(entry, &mut conn.info, h, now, self.idle_cpu_smoothing, self.max_sessions_ceiling);
                 if !matches!(ev, PoolEvent::Status(..)) {
                     self.pending_visibility.push(now);
                 }
@@ -360,15 +395,15 @@ mod tests {
     fn a_new_core_uuid_or_uptime_going_backwards_is_a_restart_that_resets_the_accounting() {
         let (mut s, mut info) = (FsStats::default(), FsInfo::default());
         let t = Instant::now();
-        apply_numbers(&mut s, &mut info, &hb("a", 40_000, 5, 100), t, 30);
+        apply_numbers(&mut s, &mut info, &hb("a", 40_000, 5, 100), t, 30, 100_000);
         s.paused = true;
-        apply_numbers(&mut s, &mut info, &hb("a", 41_000, 6, 100), t, 30);
+        apply_numbers(&mut s, &mut info, &hb("a", 41_000, 6, 100), t, 30, 100_000);
         assert_eq!((s.boot, info.restarts, s.cpu_fit.len()), (0, 0, 2));
-        apply_numbers(&mut s, &mut info, &hb("b", 500, 0, 100), t, 30);
+        apply_numbers(&mut s, &mut info, &hb("b", 500, 0, 100), t, 30, 100_000);
         // The new boot's first readings average in the 100 % its ring started with: not learned from.
         assert_eq!((s.boot, info.restarts, s.cpu_fit.len(), s.paused), (1, 1, 0, false));
         // Same Core-UUID, uptime back to zero (a restart the UUID did not show).
-        apply_numbers(&mut s, &mut info, &hb("b", 100, 0, 100), t, 30);
+        apply_numbers(&mut s, &mut info, &hb("b", 100, 0, 100), t, 30, 100_000);
         assert_eq!((s.boot, info.restarts), (2, 2));
         assert_eq!(s.seq, 4);
     }
@@ -380,11 +415,68 @@ mod tests {
         let mut status = hb("a", 1_000, 0, 100);
         status.sessions_per_sec_limit = Some(30);
         status.min_idle_cpu_micro = Some(10_000_000);
-        apply_numbers(&mut s, &mut info, &status, t, 30);
-        apply_numbers(&mut s, &mut info, &hb("a", 2_000, 0, 60), t, 30);
+        apply_numbers(&mut s, &mut info, &status, t, 30, 100_000);
+        apply_numbers(&mut s, &mut info, &hb("a", 2_000, 0, 60), t, 30, 100_000);
         assert_eq!((info.max_sessions_shrunk, s.max_sessions), (1, 60));
         assert_eq!((s.sps_limit, s.min_idle_cpu_micro), (Some(30), 10_000_000), "a heartbeat does not carry them");
-        apply_numbers(&mut s, &mut info, &hb("a", 3_000, 0, 80), t, 30);
+        apply_numbers(&mut s, &mut info, &hb("a", 3_000, 0, 80), t, 30, 100_000);
         assert_eq!(info.max_sessions_shrunk, 1, "growing is not shrinking");
+    }
+
+    #[test]
+    fn absurd_max_sessions_sps_and_idle_cpu_are_read_at_their_bound_and_counted_per_reading() {
+        let (mut s, mut info) = (FsStats::default(), FsInfo::default());
+        let t = Instant::now();
+        let mut lying = hb("a", 1_000, 10, u64::MAX);
+        lying.idle_cpu_micro = 400_000_000;
+        lying.sessions_per_sec_limit = Some(u64::MAX);
+        apply_numbers(&mut s, &mut info, &lying, t, 0, 5_000);
+        assert_eq!((s.max_sessions, s.sps_limit, s.idle_cpu_micro), (5_000, Some(5_000), HUNDRED_PERCENT_MICRO));
+        assert_eq!(info.clamped, Clamped { max_sessions: 1, sessions_per_second: 1, idle_cpu: 1 });
+        // A heartbeat carries no sps limit: only its Max-Sessions is bounded again.
+        apply_numbers(&mut s, &mut info, &hb("a", 2_000, 10, 1 << 40), t, 0, 5_000);
+        assert_eq!(info.clamped, Clamped { max_sessions: 2, sessions_per_second: 1, idle_cpu: 1 });
+        // Figures at the bound and below are the box's own, and nothing is counted.
+        let mut honest = hb("a", 3_000, 10, 5_000);
+        honest.sessions_per_sec_limit = Some(5_000);
+        honest.idle_cpu_micro = HUNDRED_PERCENT_MICRO;
+        apply_numbers(&mut s, &mut info, &honest, t, 0, 5_000);
+        assert_eq!((s.max_sessions, s.sps_limit, s.idle_cpu_micro), (5_000, Some(5_000), HUNDRED_PERCENT_MICRO));
+        assert_eq!(info.clamped.max_sessions, 2);
+        assert_eq!(info.max_sessions_shrunk, 0, "a bounded figure that stays is not a shrink");
+    }
+
+    #[test]
+    fn a_box_claiming_two_to_the_64_sessions_is_worth_the_ceiling_not_four_billion_calls() {
+        use crate::build::{build_table, AdminState, CounterStore};
+        let c = crate::config::parse(
+            "[proxy]\nlisten = [\"127.0.0.1:5060\"]\n\n[control]\ncapacity_model = \"opensips\"\nmax_sessions_ceiling = 2000\n\n\
+             [[load_balancer]]\ngroup_id = 1\ndst_uri = \"sip:127.0.0.1:5081\"\nresources = \"ch=fs://:ClueCon@127.0.0.1:8021\"\n\n\
+             [[route]]\nto_load_balancer = 1\nresources = \"ch\"\n",
+            std::path::Path::new("ceiling.toml"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (mut s, mut info) = (FsStats::default(), FsInfo::default());
+        let mut lying = hb("a", 1_000, 0, u64::MAX);
+        lying.idle_cpu_micro = HUNDRED_PERCENT_MICRO;
+        apply_numbers(&mut s, &mut info, &lying, Instant::now(), 0, c.control.max_sessions_ceiling);
+        s.connected = true;
+        let mut stats = Stats::default();
+        stats.fs.insert(c.fs_endpoints()[0].key(), s);
+        let t = build_table(&c, &stats, &AdminState::default(), &mut CounterStore::new(), 1);
+        assert_eq!(t.lb_groups[0].destinations[0].resources[0].as_ref().unwrap().effective, 2000, "not 4294967295");
+    }
+
+    #[test]
+    fn max_sessions_ceiling_defaults_to_100000_and_a_bad_one_is_an_error_naming_the_field() {
+        let parse = |control: &str| {
+            crate::config::parse(&format!("[proxy]\nlisten = [\"127.0.0.1:5060\"]\n\n[control]\n{control}\n"), std::path::Path::new("c.toml"))
+        };
+        assert_eq!(parse("").unwrap_or_else(|e| panic!("{e}")).control.max_sessions_ceiling, 100_000);
+        assert_eq!(parse("max_sessions_ceiling = 5000").unwrap_or_else(|e| panic!("{e}")).control.max_sessions_ceiling, 5000);
+        for bad in ["0", "-1", "4294967296"] {
+            let e = parse(&format!("max_sessions_ceiling = {bad}")).expect_err(bad).to_string();
+            assert!(e.contains("c.toml:5:") && e.contains("control.max_sessions_ceiling") && e.contains("between 1 and"), "{e}");
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod freeswitch;
 pub mod headroom;
 pub mod probe;
+pub mod reconcile;
 pub mod runtime;
 
 /// Parses `"250ms"`, `"3s"`, `"2m"`, `"12h"` as the config file does.

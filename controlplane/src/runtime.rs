@@ -22,6 +22,7 @@ use crate::config::{self, CapacityModel, Config, DestState, Weight};
 use crate::headroom::{Binding, CostSource};
 use crate::freeswitch::FsMonitor;
 use crate::probe::{Outgoing, ProbeSettings, ProbeSocket, Prober};
+use crate::reconcile::Reconciler;
 
 fn probe_settings(c: &Config) -> ProbeSettings {
     ProbeSettings {
@@ -60,16 +61,40 @@ struct Control {
     probe_out: Vec<Outgoing>,
     /// The admin listener actually bound: it moves only on restart, whatever a reload says.
     admin_bound: Option<SocketAddr>,
+    reconciler: Reconciler,
+}
+
+/// What a reload cannot change because the shards bound it at start: each field `new` changes,
+/// as the error that refuses the reload names it. The advertised address is not among them: when
+/// written it is the operator's word for where peers reach fsroute (often a NAT address no socket
+/// binds), and when not written it is the first listener, which this list already covers.
+pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
+    let (r, n) = (&running.proxy, &new.proxy);
+    let list = |a: &[SocketAddr]| format!("[{}]", a.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+    let mut out = Vec::new();
+    if r.listen != n.listen {
+        out.push(format!("proxy.listen: changes only on restart (running: {}, new: {})", list(&r.listen), list(&n.listen)));
+    }
+    if r.shards != n.shards {
+        out.push(format!("proxy.shards: changes only on restart (running: {}, new: {})", r.shards, n.shards));
+    }
+    if r.ingress != n.ingress {
+        out.push(format!("proxy.ingress: changes only on restart (running: {:?}, new: {:?})", r.ingress.name(), n.ingress.name()));
+    }
+    out
 }
 
 impl Control {
     fn rebuild(&mut self) {
         self.generation += 1;
         let started = Instant::now();
+        // Before the snapshots: fsroute's load at a reading is what is left after reconciling with it.
+        self.reconciler.on_readings(&self.stats, self.config.control.channels_per_call);
         crate::build::snapshot_p_hb(&self.config, &mut self.stats, &self.counters);
         crate::build::snapshot_boxes(&self.config, &mut self.stats, &self.counters, started);
         let t = build_table(&self.config, &self.stats, &self.admin, &mut self.counters, self.generation);
         self.table.store(Arc::new(t));
+        self.reconciler.sync(&self.config, &self.counters, started);
         let visible = Instant::now();
         self.timings.record_rebuild(visible - started);
         for arrived in self.fs.pending_visibility.drain(..) {
@@ -91,13 +116,21 @@ impl Control {
                 self.record.last_error = Some(e.clone());
                 tracing::error!("reload rejected, the running configuration stays:\n{e}");
             }
+            Ok(new) if !restart_only_changes(&self.config, &new).is_empty() => {
+                // Taking the rest of such a file would advertise, in Via and Record-Route, sockets no
+                // shard listens on: its responses would be dropped and its requests never arrive.
+                let e = restart_only_changes(&self.config, &new)
+                    .iter()
+                    .map(|why| format!("{}: {why}", self.path.display()))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                self.record.reload_failures += 1;
+                self.record.last_error = Some(e.clone());
+                tracing::error!("reload rejected, the running configuration stays (restart fsroute to apply it):\n{e}");
+            }
             Ok(new) => {
                 if new.control.admin != self.config.control.admin {
                     tracing::warn!("the admin listener address changes only on restart; the running one stays");
-                }
-                let restart_needed = new.proxy.listen != self.config.proxy.listen || new.proxy.shards != self.config.proxy.shards;
-                if restart_needed {
-                    tracing::warn!("listen addresses and shard count change only on restart; the running ones stay");
                 }
                 self.config = new;
                 self.admin.retain_known(&self.config);
@@ -146,6 +179,8 @@ impl Control {
                     headroom: self.box_headroom(&key, &s),
                     restarts: info.restarts,
                     max_sessions_shrunk: info.max_sessions_shrunk,
+                    units_reconciled: self.reconciler.reconciled(&key),
+                    clamped: info.clamped,
                 }
             })
             .collect()
@@ -303,6 +338,9 @@ pub fn run(opts: RunOptions) -> i32 {
             return EXIT_CONFIG;
         }
     };
+    for w in check_warnings(&config) {
+        tracing::warn!("{w}");
+    }
     // Registered before the shards start, so a signal at any moment after this is seen.
     let mut signals = match Signals::new([SIGHUP, SIGTERM, SIGINT]) {
         Ok(s) => s,
@@ -325,6 +363,7 @@ pub fn run(opts: RunOptions) -> i32 {
         probe_sock: None,
         probe_out: Vec::new(),
         admin_bound: None,
+        reconciler: Reconciler::default(),
         path: opts.config_path.clone(),
         stats: Stats::default(),
         admin: AdminState::default(),
@@ -423,6 +462,7 @@ pub fn run(opts: RunOptions) -> i32 {
         // ESL first: a heartbeat reaches the table within one turn of this loop.
         let wait = if admin.is_some() { Duration::from_millis(10) } else { Duration::from_millis(50) };
         let heard = ctl.fs.poll(wait, Instant::now(), &mut ctl.stats);
+        ctl.reconciler.tick(Instant::now());
         let probed = ctl.run_probes();
         if heard || probed {
             ctl.rebuild();
@@ -548,16 +588,86 @@ fn set_state(ctl: &mut Control, body: &str) -> Result<(), (u16, String)> {
     Ok(())
 }
 
-/// Validates a config file for `fsroute check`: prints the summary or the errors.
+/// What is valid but deserves a second look before it runs at a public edge.
+pub fn check_warnings(c: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(addr) = c.control.admin.filter(|a| !a.ip().is_loopback()) {
+        out.push(format!(
+            "{}: control.admin: the admin listener {addr} is reachable from other hosts: /status, /metrics and the \
+             admin commands are then guarded by the bearer token alone; keep it on loopback or a management \
+             network behind a firewall",
+            c.path.display()
+        ));
+    }
+    out
+}
+
+/// Validates a config file for `fsroute check`: prints the summary (and warnings) or the errors.
 pub fn check(path: &Path) -> i32 {
     match config::load(path) {
         Ok(c) => {
             println!("{}", c.summary());
+            for w in check_warnings(&c) {
+                eprintln!("warning: {w}");
+            }
             EXIT_OK
         }
         Err(e) => {
             eprintln!("{e}");
             EXIT_CONFIG
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(proxy: &str, control: &str) -> Config {
+        let text = format!(
+            "[proxy]\n{proxy}\n\n[control]\n{control}\n\n[[dispatcher]]\nsetid = 1\ndestination = \"sip:127.0.0.1:5099\"\n"
+        );
+        config::parse(&text, Path::new("fsroute.toml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn reload_that_changes_listen_shards_or_ingress_is_refused_naming_each_field() {
+        let running = cfg("listen = [\"127.0.0.1:5060\"]\nshards = 2", "");
+        assert!(restart_only_changes(&running, &running.clone()).is_empty());
+        let moved = cfg("listen = [\"127.0.0.1:5070\", \"127.0.0.1:5071\"]\nshards = 2", "");
+        assert_eq!(
+            restart_only_changes(&running, &moved),
+            ["proxy.listen: changes only on restart (running: [127.0.0.1:5060], new: [127.0.0.1:5070, 127.0.0.1:5071])"]
+        );
+        // The advertised address follows the first listener: a table built from `moved` would put
+        // 127.0.0.1:5070 in Via, where nothing listens.
+        assert_ne!(moved.proxy.advertise, running.proxy.advertise);
+        let all = cfg("listen = [\"127.0.0.1:5070\"]\nshards = 3\ningress = \"random\"", "");
+        let why = restart_only_changes(&running, &all);
+        assert_eq!(why.len(), 3, "{why:?}");
+        assert!(why[1].starts_with("proxy.shards: changes only on restart (running: 2, new: 3)"), "{why:?}");
+        assert!(why[2].starts_with("proxy.ingress:"), "{why:?}");
+    }
+
+    #[test]
+    fn a_reload_may_change_an_advertise_that_is_written_and_everything_a_table_holds() {
+        let running = cfg("listen = [\"127.0.0.1:5060\"]\nshards = 2", "");
+        let nat = cfg("listen = [\"127.0.0.1:5060\"]\nshards = 2\nadvertise = \"203.0.113.7:5060\"\nrecord_route = false", "stale_weight = 3");
+        assert!(restart_only_changes(&running, &nat).is_empty());
+    }
+
+    #[test]
+    fn check_warns_when_the_admin_listener_is_reachable_from_other_hosts() {
+        let token = "admin_token = \"0123456789abcdef0123456789abcdef\"";
+        let public = cfg("listen = [\"127.0.0.1:5060\"]", &format!("admin = \"0.0.0.0:9060\"\n{token}"));
+        let w = check_warnings(&public);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("control.admin") && w[0].contains("0.0.0.0:9060") && w[0].contains("fsroute.toml"), "{w:?}");
+        assert!(!w[0].contains("0123456789abcdef"), "never the token: {w:?}");
+        let lan = cfg("listen = [\"127.0.0.1:5060\"]", &format!("admin = \"10.1.2.3:9060\"\n{token}"));
+        assert_eq!(check_warnings(&lan).len(), 1);
+        for quiet in ["admin = \"127.0.0.1:9060\"", "admin = \"[::1]:9060\"", ""] {
+            assert!(check_warnings(&cfg("listen = [\"127.0.0.1:5060\"]", quiet)).is_empty(), "{quiet}");
         }
     }
 }

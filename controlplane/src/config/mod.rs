@@ -192,6 +192,9 @@ pub struct ControlConfig {
     /// many one-second samples, and a box's first that-many seconds report a ring that started at
     /// 100 %, so they teach nothing about what a session costs.
     pub idle_cpu_smoothing: u32,
+    /// The most sessions, and sessions per second, a box is believed to report: higher figures are
+    /// read as this (`max_sessions_ceiling`), so one broken or hostile box cannot attract every call.
+    pub max_sessions_ceiling: u32,
 }
 
 /// `control.capacity_model`.
@@ -243,6 +246,7 @@ impl Default for ControlConfig {
             cpu_margin_micro: 2_000_000,
             status_interval: Duration::from_secs(5),
             idle_cpu_smoothing: 30,
+            max_sessions_ceiling: 100_000,
         }
     }
 }

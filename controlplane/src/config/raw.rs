@@ -73,6 +73,7 @@ pub(crate) struct RawControl {
     pub cpu_margin: Opt<Number>,
     pub status_interval: Opt<IntOrStr>,
     pub idle_cpu_smoothing: Opt<i64>,
+    pub max_sessions_ceiling: Opt<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

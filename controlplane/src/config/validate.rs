@@ -621,6 +621,7 @@ impl Ctx<'_> {
             cpu_margin_micro: self.percent_micro(&c.cpu_margin, "control.cpu_margin", 0.0, 100.0, u64::from(d.cpu_margin_micro)) as u32,
             status_interval: self.duration(&c.status_interval, "control.status_interval", d.status_interval, true),
             idle_cpu_smoothing: self.ranged(&c.idle_cpu_smoothing, "control.idle_cpu_smoothing", 1, 3600, d.idle_cpu_smoothing),
+            max_sessions_ceiling: self.ranged(&c.max_sessions_ceiling, "control.max_sessions_ceiling", 1, u32max, d.max_sessions_ceiling),
         }
     }
 

@@ -7,19 +7,30 @@
 //! shards select, reserve and release on the fast path without locks and without allocating. Capacities
 //! from FreeSWITCH heartbeats are computed in [`capacity`]; randomness comes in as an argument (sans-IO).
 //!
-//! Memory ordering: every atomic operation on a [`Load`] is `Relaxed`. A load counter publishes no other
-//! memory, so no happens-before edge is needed; what keeps admission exact is that each counter has a
-//! single total modification order and a read-modify-write (the CAS in [`reserve`], the decrement in
-//! [`release`]) always acts on the latest value in that order. Two shards racing for the last unit
-//! therefore cannot both succeed, and a decrement can never be lost. The plain reads in [`select`] are a
-//! ranking snapshot only; [`reserve`] re-checks the limit atomically.
+//! A call whose end fsroute never sees (its BYE lost) would hold its units until its dialog memory
+//! expires, hours later, while the box has long freed its sessions. The control plane therefore
+//! reconciles each counter with the box's readings ([`LoadCounter::forgive`]): units the box no
+//! longer counts move from `held` to a `forgiven` debt that a late release pays off first, so no
+//! unit is ever given back twice.
+//!
+//! Memory ordering: a [`Load`] publishes no other memory, so its counts need no happens-before edge
+//! for admission: what keeps admission exact is that `held` and `forgiven` share one word with a
+//! single total modification order, and a read-modify-write (the CAS in [`reserve`], the release in
+//! [`release`], the control plane's [`LoadCounter::forgive`]) always acts on the latest value in that
+//! order. Two shards racing for the last unit therefore cannot both succeed, a release can never be
+//! lost, and a release racing a write-off cannot pay twice. The one edge that matters is between a
+//! reservation's `taken` count and the control plane's write-off, which must see every unit the
+//! write-off can take (see [`LoadCounter::forgive`]): a reservation bumps `taken` before it takes its
+//! unit with a `Release` CAS, and the write-off's `Acquire` reads of the word then see that bump.
+//! Everything else is `Relaxed`. The plain reads in [`select`] are a ranking snapshot only;
+//! [`reserve`] re-checks the limit atomically.
 
 pub mod capacity;
 #[cfg(test)]
 mod tests;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,7 +40,139 @@ pub use capacity::{capacity_from_heartbeat, FsCapacity, HUNDRED_PERCENT_MICRO};
 
 /// The live count of fsroute's calls holding one (destination, resource). Shared by every shard and
 /// carried by the control plane from one routing table to the next (so it survives reloads).
-pub type Load = Arc<AtomicU32>;
+pub type Load = Arc<LoadCounter>;
+
+/// One (destination, resource)'s units, in two parts kept in one word: `held`, the units that count
+/// against capacity, and `forgiven`, units written off because the box's own readings no longer
+/// count their calls (see [`LoadCounter::forgive`]). Each outstanding [`Reservation`] owns one unit
+/// of `held + forgiven`, and giving one back pays off `forgiven` first.
+///
+/// Why `held` never drops below the calls really live on the box: `held + forgiven` is the number
+/// of outstanding reservations `O`, of which `live` are calls the box still has (or is about to
+/// get) and `dead = O − live` are calls that ended unseen, so `held ≥ live` is `forgiven ≤ dead`.
+/// A write-off keeps it by taking `held` no lower than what the box counts plus what may still be
+/// on its way there ([`LoadCounter::forgive`]'s premise). Every other step keeps it too: a new call
+/// adds to `held` and to `live`; a call that ends unseen moves from `live` to `dead`; a release of a
+/// dead call takes one from `dead` and, while there is any, one from `forgiven`; a release of a live
+/// call takes one from `forgiven` (held stays, live falls) or, with no debt, one from `held` and one
+/// from `live`. Paying the debt first is what makes the last case safe: releasing from `held` while
+/// debt remains could be a dead call's release taking a live call's unit.
+#[derive(Debug, Default)]
+pub struct LoadCounter {
+    /// `held` in the low 32 bits, `forgiven` in the high 32: one compare-and-swap decides which part a
+    /// release pays.
+    state: AtomicU64,
+    /// Reservations attempted here, ever: [`LoadCounter::forgive`] bounds the calls still on their way
+    /// to the box with it.
+    taken: AtomicU64,
+}
+
+/// What giving a unit back paid off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Returned {
+    /// A held unit: capacity comes back at once.
+    Held,
+    /// A written-off unit: the box's readings had already stopped counting the call.
+    Forgiven,
+    /// Nothing was outstanding (a stray release).
+    Nothing,
+}
+
+fn split(state: u64) -> (u32, u32) {
+    (state as u32, (state >> 32) as u32)
+}
+
+fn join(held: u32, forgiven: u32) -> u64 {
+    u64::from(held) | (u64::from(forgiven) << 32)
+}
+
+impl LoadCounter {
+    /// A counter already holding `held` units (a table built by hand, a test).
+    pub fn new(held: u32) -> LoadCounter {
+        LoadCounter { state: AtomicU64::new(join(held, 0)), taken: AtomicU64::new(u64::from(held)) }
+    }
+
+    /// Units that count against capacity now.
+    pub fn held(&self) -> u32 {
+        split(self.state.load(Ordering::Relaxed)).0
+    }
+
+    /// `held`, read with `order` (as `AtomicU32::load` read the counter before it had two parts).
+    pub fn load(&self, order: Ordering) -> u32 {
+        split(self.state.load(order)).0
+    }
+
+    /// Units written off and not yet paid back by a release.
+    pub fn forgiven(&self) -> u32 {
+        split(self.state.load(Ordering::Relaxed)).1
+    }
+
+    /// Reservations attempted here, ever (those refused included).
+    pub fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Relaxed)
+    }
+
+    /// Takes one held unit while `held < limit` (no limit: None); false when full or at `u32::MAX`.
+    pub fn take(&self, limit: Option<u32>) -> bool {
+        // Counted before the unit: every unit a write-off can see is then covered by its in-flight
+        // bound (the Release below), and a refused attempt only makes that bound more cautious.
+        self.taken.fetch_add(1, Ordering::Relaxed);
+        self.state
+            .fetch_update(Ordering::Release, Ordering::Relaxed, |s| {
+                let (held, forgiven) = split(s);
+                if limit.is_some_and(|l| held >= l) {
+                    return None;
+                }
+                Some(join(held.checked_add(1)?, forgiven))
+            })
+            .is_ok()
+    }
+
+    /// Gives one unit back: a forgiven one while there is debt, else a held one; nothing at zero, so
+    /// a stray release cannot wrap the counter.
+    pub fn give_back(&self) -> Returned {
+        let mut paid = Returned::Nothing;
+        let _ = self.state.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+            let (held, forgiven) = split(s);
+            if forgiven > 0 {
+                paid = Returned::Forgiven;
+                Some(join(held, forgiven - 1))
+            } else if held > 0 {
+                paid = Returned::Held;
+                Some(join(held - 1, forgiven))
+            } else {
+                paid = Returned::Nothing;
+                None
+            }
+        });
+        paid
+    }
+
+    /// The control plane's reconciliation: writes off at most `max` held units as calls the box no
+    /// longer has, and returns how many it wrote off. `held` never goes below `box_calls` (the calls the
+    /// box's reading counts, all sources together) plus every reservation taken here since `taken_at`
+    /// (a value of [`LoadCounter::taken`] read earlier).
+    ///
+    /// The premise that makes this safe (`held` stays at or above the calls really live, see
+    /// [`LoadCounter`]): a call reserved before `taken_at` was read is, if it is still live, counted in
+    /// the reading. The control plane reads `taken_at` long enough before the reading for the INVITE to
+    /// have reached the box and the reading to have come back. Calls reserved since are all excluded,
+    /// counted or not, and the count of them is read after the word this write-off changes, so a
+    /// reservation racing it is never mistaken for an ended call.
+    pub fn forgive(&self, max: u32, box_calls: u32, taken_at: u64) -> u32 {
+        let mut done = 0;
+        let _ = self.state.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+            let (held, forgiven) = split(s);
+            // After the Acquire load of `s`: sees the `taken` bump of every unit `s` holds.
+            let recent = self.taken.load(Ordering::Relaxed).saturating_sub(taken_at);
+            let floor = u64::from(box_calls).saturating_add(recent);
+            let x = u64::from(held).saturating_sub(floor).min(u64::from(max)).min(u64::from(u32::MAX - forgiven));
+            done = x as u32;
+            (done > 0).then(|| join(held - done, forgiven + done))
+        });
+        done
+    }
+}
 
 /// The most resources one call may hold: [`Reservation`] keeps its counters in a fixed array so that
 /// holding a call costs no allocation. A route asking for more is refused by [`reserve_held`] (config
@@ -60,9 +203,10 @@ impl LbResource {
         LbResource { effective, load, fs: None }
     }
 
-    /// fsroute's calls holding this resource now (a snapshot).
+    /// fsroute's calls holding this resource now and counting against it (a snapshot; units written
+    /// off by reconciliation are not among them).
     pub fn current(&self) -> u32 {
-        self.load.load(Ordering::Relaxed)
+        self.load.held()
     }
 }
 
@@ -236,23 +380,7 @@ pub fn select(
 
 /// Takes one unit unless the resource is exhausted (or the counter is at `u32::MAX`).
 fn take_one(r: &LbResource, allow_negative: bool) -> bool {
-    r.load
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
-            if !allow_negative && cur >= r.effective {
-                None
-            } else {
-                cur.checked_add(1)
-            }
-        })
-        .is_ok()
-}
-
-/// Returns one unit; a counter already at 0 stays there (false), so a stray release cannot wrap it.
-fn give_back(load: &AtomicU32) -> bool {
-    load.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
-        cur.checked_sub(1)
-    })
-    .is_ok()
+    r.load.take((!allow_negative).then_some(r.effective))
 }
 
 /// Takes one unit of each wanted resource with compare-and-swap so two shards never take the last unit
@@ -268,7 +396,7 @@ pub fn reserve(dest: &LbDestination, wanted: &[usize], allow_negative: bool) -> 
         if !taken {
             for &undo in wanted[..j].iter().rev() {
                 if let Some(r) = dest.resource(undo) {
-                    give_back(&r.load);
+                    r.load.give_back();
                 }
             }
             return false;
@@ -278,12 +406,13 @@ pub fn reserve(dest: &LbDestination, wanted: &[usize], allow_negative: bool) -> 
 }
 
 /// Gives back one unit of each wanted resource that [`reserve`] took on this same table's destination.
-/// Never underflows: a counter at 0 stays 0. Returns how many units were actually given back. Prefer
+/// Never underflows: a counter at 0 stays 0. Returns how many units were actually given back (a
+/// forgiven unit paid off counts as given back). Prefer
 /// [`Reservation`], which holds the counters themselves and so stays correct across reloads.
 pub fn release(dest: &LbDestination, wanted: &[usize]) -> usize {
     wanted
         .iter()
-        .filter(|&&id| dest.resource(id).is_some_and(|r| give_back(&r.load)))
+        .filter(|&&id| dest.resource(id).is_some_and(|r| r.load.give_back() != Returned::Nothing))
         .count()
 }
 
@@ -329,10 +458,12 @@ impl Reservation {
     fn give_all_back(&mut self) {
         for slot in &mut self.loads {
             if let Some((load, gate)) = slot.take() {
-                if let Some(l) = load {
-                    give_back(&l);
-                }
-                if let Some(g) = gate {
+                let paid = load.map_or(Returned::Nothing, |l| l.give_back());
+                // A paid debt means the box's readings had stopped counting a call of this row: its
+                // gate unit is already outside the headroom the gate was re-based on, and giving it
+                // back would offer the box a call more than it has room for until its next reading.
+                // (Were this a live call, keeping its unit counted is only cautious until then.)
+                if let Some(g) = gate.filter(|_| paid != Returned::Forgiven) {
                     g.release();
                 }
             }
@@ -376,7 +507,8 @@ pub fn reserve_held(
         let gate = match &r.fs {
             // A box's gate is the limit; the row's own counter only shows its calls in `/status`.
             Some(b) if b.try_admit(now, allow_negative) => {
-                r.load.fetch_add(1, Ordering::Relaxed);
+                // Only counts the row's calls: saturating at u32::MAX is harmless here.
+                r.load.take(None);
                 Some(Arc::clone(&b.gate))
             }
             Some(_) => return None,

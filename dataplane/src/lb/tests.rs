@@ -2,7 +2,7 @@
 //! wrap, #3297 pile-up between heartbeats), scores and flags, reservation and release, and property tests
 //! that hammer the shared counters from real threads and check a call lifecycle against a simple model.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use super::*;
 
 fn res(effective: u32, load: u32) -> Option<LbResource> {
-    Some(LbResource::fixed(effective, Arc::new(AtomicU32::new(load))))
+    Some(LbResource::fixed(effective, Arc::new(LoadCounter::new(load))))
 }
 
 fn dest(n: usize, resources: Vec<Option<LbResource>>) -> LbDestination {
@@ -530,7 +530,207 @@ fn a_held_call_survives_a_reload_and_the_removal_of_its_destination() {
     drop(new);
     held.release();
     assert_eq!(load(&replaced, 0, 0), 0);
-    assert_eq!(kept.load(Ordering::Relaxed), 0);
+    assert_eq!(kept.held(), 0);
+}
+
+// ---------------------------------------------------------------- reconciliation: written-off units
+
+/// `n` calls held on destination 0's only resource.
+fn hold(g: &LbGroup, n: usize) -> Vec<Reservation> {
+    (0..n).map(|_| reserve_held(&g.destinations[0], CH, false, Instant::now()).expect("room")).collect()
+}
+
+fn counter(g: &LbGroup) -> &Load {
+    &g.destinations[0].resource(0).unwrap().load
+}
+
+#[test]
+fn written_off_units_come_back_at_once_and_their_late_release_pays_the_debt_without_double_counting() {
+    let g = group(&["ch"], vec![vec![res(30, 0)]]);
+    let lost = hold(&g, 20);
+    let l = counter(&g);
+    assert_eq!(availability(g.destinations[0].resource(0).unwrap(), false, Instant::now()), 10);
+    // The box counts none of them: all twenty are written off and the capacity is back.
+    assert_eq!(l.forgive(u32::MAX, 0, l.taken()), 20);
+    assert_eq!((l.held(), l.forgiven()), (0, 20));
+    assert_eq!(availability(g.destinations[0].resource(0).unwrap(), false, Instant::now()), 30);
+    let live = hold(&g, 1);
+    // The lost calls end after all (dialog memory expiry): each pays one unit of debt, none touches
+    // the live call's unit.
+    for r in lost {
+        r.release();
+    }
+    assert_eq!((l.held(), l.forgiven()), (1, 0));
+    drop(live);
+    assert_eq!((l.held(), l.forgiven()), (0, 0));
+    // A stray release finds nothing: no underflow, no debt created.
+    assert_eq!(release(&g.destinations[0], CH), 0);
+    assert_eq!(l.give_back(), Returned::Nothing);
+    assert_eq!((l.held(), l.forgiven()), (0, 0));
+}
+
+#[test]
+fn a_write_off_never_takes_held_below_the_calls_the_box_counts_plus_those_reserved_since() {
+    let g = group(&["ch"], vec![vec![res(100, 0)]]);
+    let mut calls = hold(&g, 10);
+    let l = counter(&g);
+    assert_eq!(l.forgive(u32::MAX, 4, l.taken()), 6, "the box counts 4 of the 10");
+    assert_eq!(l.held(), 4);
+    assert_eq!(l.forgive(u32::MAX, 4, l.taken()), 0, "nothing more to write off");
+    let before = l.taken();
+    calls.extend(hold(&g, 3));
+    // Three calls reserved since `before` may not have reached the box: they are never written off,
+    // even by a reading that counts nothing.
+    assert_eq!(l.forgive(u32::MAX, 0, before), 4);
+    assert_eq!(l.held(), 3);
+    assert_eq!(l.forgive(2, 0, l.taken()), 2, "at most max");
+    assert_eq!((l.held(), l.forgiven()), (1, 12));
+    calls.drain(..).for_each(Reservation::release);
+    assert_eq!((l.held(), l.forgiven()), (0, 0), "13 calls, 13 units given back, held + forgiven = outstanding");
+}
+
+#[test]
+fn a_paid_debt_does_not_release_the_boxs_gate_unit_again() {
+    use crate::admission::{BoxAdmission, BoxGate};
+    let gate = Arc::new(BoxGate::default());
+    let b = Arc::new(BoxAdmission { gate: Arc::clone(&gate), limit: 10, headroom: 10, rate: None, seq: 1, accepting: true });
+    let row = LbResource { effective: u32::MAX, load: Arc::new(LoadCounter::new(0)), fs: Some(b) };
+    let g = group(&["ch"], vec![vec![Some(row)]]);
+    let lost = reserve_held(&g.destinations[0], CH, false, Instant::now()).unwrap();
+    let live = reserve_held(&g.destinations[0], CH, false, Instant::now()).unwrap();
+    assert_eq!(gate.used(), 2);
+    let l = counter(&g);
+    assert_eq!(l.forgive(u32::MAX, 1, l.taken()), 1);
+    // The lost call's late end pays the row's debt; the box's gate was re-based on readings that no
+    // longer counted it, so its unit stays where it is.
+    lost.release();
+    assert_eq!((l.held(), l.forgiven(), gate.used()), (1, 0, 2));
+    live.release();
+    assert_eq!((l.held(), l.forgiven(), gate.used()), (0, 0, 1));
+}
+
+/// What the model knows about one call holding a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// On the box; `counted` once its INVITE has arrived (reserved before the last snapshot).
+    Live { counted: bool },
+    /// Ended without fsroute seeing it: its unit is still outstanding.
+    Dead,
+}
+
+#[derive(Debug, Clone)]
+enum DebtOp {
+    Call,
+    /// The call at this position ends without fsroute seeing it (BYE lost).
+    Lose(usize),
+    /// The call at this position ends and fsroute sees it (or its dialog memory expires).
+    End(usize),
+    /// The control plane notes `taken`: every call reserved before now has reached the box.
+    Snapshot,
+    /// A reading: the box counts its live calls that have arrived plus `others`; write off at most
+    /// `max`.
+    Reading { others: u32, max: u32 },
+}
+
+fn debt_op() -> impl Strategy<Value = DebtOp> {
+    prop_oneof![
+        4 => Just(DebtOp::Call),
+        2 => any::<usize>().prop_map(DebtOp::Lose),
+        3 => any::<usize>().prop_map(DebtOp::End),
+        2 => Just(DebtOp::Snapshot),
+        2 => (0u32..3, 0u32..50).prop_map(|(others, max)| DebtOp::Reading { others, max }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Calls start, end seen or unseen, readings write units off, in any order: `held + forgiven` is
+    /// always the number of outstanding reservations, `held` never drops below the calls live on the
+    /// box (counted there or still on their way), and once every call has ended both are 0.
+    #[test]
+    fn held_never_drops_below_the_live_calls_and_every_unit_comes_back_once(ops in proptest::collection::vec(debt_op(), 1..150)) {
+        let g = group(&["ch"], vec![vec![res(1000, 0)]]);
+        let l = Arc::clone(counter(&g));
+        let mut calls: Vec<(Reservation, Fate)> = Vec::new();
+        let mut taken_at = l.taken();
+        for op in ops {
+            match op {
+                DebtOp::Call => calls.push((hold(&g, 1).pop().unwrap(), Fate::Live { counted: false })),
+                DebtOp::Lose(i) if !calls.is_empty() => {
+                    let n = calls.len();
+                    calls[i % n].1 = Fate::Dead;
+                }
+                DebtOp::End(i) if !calls.is_empty() => {
+                    let n = calls.len();
+                    calls.swap_remove(i % n).0.release();
+                }
+                DebtOp::Snapshot => {
+                    taken_at = l.taken();
+                    for c in &mut calls {
+                        if c.1 == (Fate::Live { counted: false }) {
+                            c.1 = Fate::Live { counted: true };
+                        }
+                    }
+                }
+                DebtOp::Reading { others, max } => {
+                    let counted = calls.iter().filter(|c| c.1 == Fate::Live { counted: true }).count() as u32;
+                    l.forgive(max, counted + others, taken_at);
+                }
+                _ => {}
+            }
+            let live = calls.iter().filter(|c| c.1 != Fate::Dead).count() as u32;
+            prop_assert_eq!(l.held() + l.forgiven(), calls.len() as u32);
+            prop_assert!(l.held() >= live, "held {} below {} live calls", l.held(), live);
+        }
+        calls.drain(..).for_each(|c| c.0.release());
+        prop_assert_eq!((l.held(), l.forgiven()), (0, 0));
+    }
+}
+
+#[test]
+fn releases_racing_write_offs_from_real_threads_give_every_unit_back_exactly_once() {
+    let g = Arc::new(group(&["ch"], vec![vec![res(u32::MAX, 0)]]));
+    let done = Arc::new(AtomicBool::new(false));
+    let start = Arc::new(Barrier::new(4));
+    std::thread::scope(|s| {
+        let writer = {
+            let (g, done, start) = (Arc::clone(&g), Arc::clone(&done), Arc::clone(&start));
+            s.spawn(move || {
+                start.wait();
+                let mut written = 0u64;
+                // Until the shards are done, and at least once: the calls they leave are still held.
+                while !(done.load(Ordering::Relaxed) && written > 0) {
+                    let l = counter(&g);
+                    written += u64::from(l.forgive(3, 0, l.taken()));
+                }
+                written
+            })
+        };
+        let shards: Vec<_> = (0..3)
+            .map(|_| {
+                let (g, start) = (Arc::clone(&g), Arc::clone(&start));
+                s.spawn(move || {
+                    start.wait();
+                    let mut mine = Vec::new();
+                    for i in 0..20_000 {
+                        mine.push(hold(&g, 1).pop().unwrap());
+                        if i % 3 != 0 {
+                            mine.swap_remove(i % mine.len()).release();
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let left: Vec<Reservation> = shards.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        done.store(true, Ordering::Relaxed);
+        assert!(writer.join().unwrap() > 0);
+        let l = counter(&g);
+        assert_eq!(u64::from(l.held()) + u64::from(l.forgiven()), left.len() as u64);
+        left.into_iter().for_each(Reservation::release);
+        assert_eq!((l.held(), l.forgiven()), (0, 0));
+    });
 }
 
 // ---------------------------------------------------------------- concurrency property test
@@ -751,7 +951,7 @@ impl Model {
         let mut counters = Vec::new();
         let current = initial.map(|(ch, conf)| {
             [Some(ch), conf].map(|eff| {
-                counters.push((Arc::new(AtomicU32::new(0)), 0));
+                counters.push((Arc::new(LoadCounter::new(0)), 0));
                 (counters.len() - 1, eff)
             })
         });
@@ -878,7 +1078,7 @@ impl Model {
 
     fn check(&self) {
         for (i, (load, expected)) in self.counters.iter().enumerate() {
-            assert_eq!(load.load(Ordering::Relaxed), *expected, "counter {i}");
+            assert_eq!(load.held(), *expected, "counter {i}");
         }
     }
 }
@@ -936,7 +1136,7 @@ proptest! {
                 }
                 CallOp::Replace { dest } => {
                     for id in 0..2 {
-                        m.counters.push((Arc::new(AtomicU32::new(0)), 0));
+                        m.counters.push((Arc::new(LoadCounter::new(0)), 0));
                         m.current[dest][id].0 = m.counters.len() - 1;
                     }
                 }
@@ -947,6 +1147,6 @@ proptest! {
             m.end(c, false);
         }
         m.check();
-        prop_assert!(m.counters.iter().all(|(l, _)| l.load(Ordering::Relaxed) == 0));
+        prop_assert!(m.counters.iter().all(|(l, _)| l.held() == 0));
     }
 }
