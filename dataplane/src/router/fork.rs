@@ -280,6 +280,15 @@ impl Router {
                     Action::Forward(next_hop)
                 }
             } else {
+                if from_current && fork.canceled && !fork.provisional {
+                    // The caller's side is over (cancelled, or answered by an attempt given up
+                    // on) but this box only now may be cancelled (§9.1): it would ring on.
+                    fork.provisional = true;
+                    if let Ok(inv) = sip::parse(&fork.request) {
+                        let dest = fork.dest;
+                        self.emit(dest, |buf| build_cancel(&inv, &t.proxy, attempt_branch(tkey, fork.attempt), buf));
+                    }
+                }
                 Action::Absorbed
             }
         } else if code < 300 {
@@ -290,6 +299,24 @@ impl Router {
                 fork.expires = now + AFTER_FINAL;
                 let ckey = self.dialog_key(m);
                 self.memory.remember_dialog_with(ckey, fork.dest, now, t.proxy.dialog_memory, fork.reservation.take());
+            } else if !fork.finished {
+                // A late 2xx from an attempt given up on answers the call all the same: no
+                // further attempt and no answer of fsroute's own may follow it (§16.7 step 10),
+                // and the attempt in progress is cancelled. Its units go back: that box has no
+                // call; the one that answered gets its calls counted by its next heartbeat.
+                fork.finished = true;
+                fork.canceled = true;
+                fork.deadline = None;
+                fork.expires = now + AFTER_FINAL;
+                drop(fork.reservation.take());
+                if fork.provisional {
+                    if let Ok(inv) = sip::parse(&fork.request) {
+                        let dest = fork.dest;
+                        self.emit(dest, |buf| build_cancel(&inv, &t.proxy, attempt_branch(tkey, fork.attempt), buf));
+                    }
+                }
+                let answered_by = fork.tried[usize::from(n)].unwrap_or(fork.dest);
+                self.memory.remember_dialog(self.dialog_key(m), answered_by, now, t.proxy.dialog_memory);
             }
             forward_response(m, &t.proxy, out);
             Action::Forward(next_hop)
