@@ -116,7 +116,7 @@ impl Ctx<'_> {
             at,
             field: field.to_string(),
             value: redact(&value.to_string()),
-            reason: reason.into(),
+            reason: redact(&reason.into()),
         });
     }
 
@@ -125,7 +125,7 @@ impl Ctx<'_> {
         self.errors.push(ConfigError::Missing {
             at,
             field: field.to_string(),
-            reason: reason.into(),
+            reason: redact(&reason.into()),
         });
     }
 
@@ -134,7 +134,7 @@ impl Ctx<'_> {
         self.errors.push(ConfigError::Conflict {
             at,
             field: field.to_string(),
-            reason: reason.into(),
+            reason: redact(&reason.into()),
         });
     }
 
@@ -172,7 +172,7 @@ impl Ctx<'_> {
             field: field.to_string(),
             value: redact(&value.to_string()),
             first_line,
-            reason: reason.to_string(),
+            reason: redact(reason),
         });
     }
 
@@ -188,7 +188,7 @@ impl Ctx<'_> {
             at,
             field: field.to_string(),
             value: redact(&value.to_string()),
-            reason: reason.into(),
+            reason: redact(&reason.into()),
         });
     }
 
