@@ -482,7 +482,9 @@ fn build_cancel(inv: &Message<'_>, px: &crate::table::ProxySettings, branch: u64
 }
 
 /// §17.1.1.3: the ACK for a non-2xx final response: the INVITE's Request-URI, Call-ID, From and
-/// CSeq number, the response's To (with its tag), and the attempt's Via.
+/// CSeq number, the response's To (with its tag), and the attempt's Via. A response without a To
+/// (malformed, yet it must be ACKed to stop its retransmissions) gets the INVITE's, so the ACK
+/// is still a valid request: the box matches it to its transaction by the branch (§17.2.3).
 fn build_ack(inv: &Message<'_>, resp: &Message<'_>, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(b"ACK ");
@@ -496,14 +498,21 @@ fn build_ack(inv: &Message<'_>, resp: &Message<'_>, out: &mut Vec<u8>) {
             out.extend_from_slice(h.line.get(inv.raw));
         }
     }
-    for h in sip::HeaderIter::new(resp.raw, resp.headers_start as usize).map_while(Result::ok) {
-        if sip::is_named(h.name.get(resp.raw), sip::HeaderName::To) {
-            out.extend_from_slice(h.line.get(resp.raw));
-        }
+    if let Some(line) = to_line(resp).or_else(|| to_line(inv)) {
+        out.extend_from_slice(line);
     }
     out.extend_from_slice(b"CSeq: ");
     push_u32(out, inv.cseq.map_or(1, |c| c.number));
     out.extend_from_slice(b" ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
+}
+
+/// The first To header line of `m`, line break included.
+fn to_line<'a>(m: &Message<'a>) -> Option<&'a [u8]> {
+    let raw = m.raw;
+    sip::HeaderIter::new(raw, m.headers_start as usize)
+        .map_while(Result::ok)
+        .find(|h| sip::is_named(h.name.get(raw), sip::HeaderName::To))
+        .map(|h| h.line.get(raw))
 }
 
 fn push_via(out: &mut Vec<u8>, px: &crate::table::ProxySettings, branch: u64) {

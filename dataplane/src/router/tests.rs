@@ -722,3 +722,24 @@ fn the_attempt_in_progress_is_cancelled_once_it_rings_after_the_call_was_answere
     assert_eq!(cancel.method(), Some(Method::Cancel));
     assert_eq!(cancel.top_via.unwrap().branch, parse(&second_invite).unwrap().top_via.unwrap().branch);
 }
+
+#[test]
+fn a_final_failure_without_a_to_header_is_still_acked_with_a_valid_ack() {
+    // Found by the `router` fuzz target: the ACK copied the response's To lines, and had none.
+    let t = failover_table(&[1]);
+    let mut r = router();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    let Action::Forward(first) = r.handle(&t, caller(), INVITE, now, &mut out) else { panic!() };
+    drain(&mut r);
+    let without_to: String = text(REJECTED).lines().filter(|l| !l.starts_with("To:")).map(|l| format!("{l}\r\n")).collect();
+    let rejected = backend_response(&out.clone(), without_to.as_bytes());
+    assert!(parse(&rejected).unwrap().to.is_none());
+    r.handle(&t, first, &rejected, now, &mut out);
+    let sent = drain(&mut r);
+    let (to, ack) = sent.iter().find(|(_, m)| m.starts_with("ACK ")).expect("the 503 is ACKed");
+    assert_eq!(*to, first);
+    let ack = parse(ack.as_bytes()).unwrap();
+    assert_eq!(ack.validate_request(), Ok(()));
+    assert_eq!(ack.to.unwrap().uri, parse(INVITE).unwrap().to.unwrap().uri);
+}
