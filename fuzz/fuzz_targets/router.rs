@@ -177,14 +177,18 @@ fn memchr_lf(b: &[u8]) -> Option<usize> {
     b.iter().position(|&c| c == b'\n')
 }
 
-/// What fsroute sends must be a message its peer (and fsroute itself) accepts.
-fn check_sent<'a>(bytes: &'a [u8], largest_input: usize, what: &str) -> sip::Message<'a> {
+/// What fsroute sends must scan, and be a message its peer (and fsroute itself) accepts, with
+/// two exceptions: a reply to a malformed request copies that request's Via, From, To, Call-ID
+/// and CSeq lines as they came (§8.2.6.2), defects included; and a relayed response keeps the
+/// Vias below the caller's as they came, which fsroute never had reason to read (it reads two).
+/// Those need only scan.
+fn check_sent<'a>(bytes: &'a [u8], largest_input: usize, must_validate: bool, what: &str) -> sip::Message<'a> {
     let m = match sip::parse(bytes) {
         Ok(m) => m,
         Err(e) => panic!("{what} does not scan ({e}): {:?}", String::from_utf8_lossy(bytes)),
     };
     let valid = if m.is_request() { m.validate_request() } else { m.validate_response() };
-    if let Err(e) = valid {
+    if let (true, Err(e)) = (must_validate, valid) {
         panic!("{what} is not a valid SIP message ({e}): {:?}", String::from_utf8_lossy(bytes));
     }
     assert!(
@@ -248,7 +252,11 @@ impl Session {
     }
 
     fn observe(&mut self, to: SocketAddr, bytes: &[u8], sent: Sent, trigger: Trigger, what: &str) {
-        let m = check_sent(bytes, self.largest_input, what);
+        self.observe_checked(to, bytes, sent, trigger, true, what);
+    }
+
+    fn observe_checked(&mut self, to: SocketAddr, bytes: &[u8], sent: Sent, trigger: Trigger, must_validate: bool, what: &str) {
+        let m = check_sent(bytes, self.largest_input, must_validate, what);
         if m.is_request() {
             // §16.3's loop check: a request never goes back to fsroute. (Responses follow the
             // Via their sender wrote, which may name anything.)
@@ -312,19 +320,29 @@ impl Session {
             _ => datagram,
         };
         self.largest_input = self.largest_input.max(datagram.len());
-        let trigger = match sip::parse(datagram) {
-            Ok(m) if !m.is_request() => Trigger::Decision,
-            _ => Trigger::Request,
+        let (trigger, valid_request, next_via) = match sip::parse(datagram) {
+            Ok(m) if !m.is_request() => (Trigger::Decision, false, m.second_via.map(|v| v.span.get(datagram).to_vec())),
+            Ok(m) => (Trigger::Request, m.validate_request().is_ok(), None),
+            Err(_) => (Trigger::Request, false, None),
         };
         let mut out = std::mem::take(&mut self.out);
         match self.router.handle(&self.table, src, datagram, self.now, &mut out) {
             Action::Forward(to) => {
                 // A failover's next INVITE is fsroute's own; anything else forwarded is relayed.
-                let own = trigger == Trigger::Decision && sip::parse(&out).is_ok_and(|m| m.is_request());
-                let sent = if own { Sent::Own } else { Sent::Relayed };
-                self.observe(to, &out, sent, trigger, "a forwarded message");
+                let request = sip::parse(&out).is_ok_and(|m| m.is_request());
+                let sent = if request && trigger == Trigger::Decision { Sent::Own } else { Sent::Relayed };
+                self.observe_checked(to, &out, sent, trigger, request, "a forwarded message");
+                if !request {
+                    // fsroute takes its own Via off a response and changes nothing else in it.
+                    let top = sip::parse(&out).ok().and_then(|m| m.top_via).map(|v| v.span.get(&out).to_vec());
+                    assert_eq!(top, next_via, "a relayed response's top Via is not the one below fsroute's");
+                }
             }
-            Action::Reply(to) => self.observe(to, &out, Sent::Own, trigger, "a local reply"),
+            Action::Reply(to) => {
+                // fsroute's own answer after a backend's response (no box left) copies a valid INVITE.
+                let must_validate = valid_request || trigger == Trigger::Decision;
+                self.observe_checked(to, &out, Sent::Own, trigger, must_validate, "a local reply");
+            }
             Action::HandOff(_) => panic!("a one-shard router handed a datagram off"),
             Action::Drop(_) | Action::Absorbed => {}
         }
