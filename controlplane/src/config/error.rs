@@ -1,7 +1,7 @@
 //! Config errors: every error names the file, the line and column, the field (as a path such as
 //! `dispatcher[2].weight`, rows counted from 0 in file order) and the offending value, so an
-//! operator can jump straight to it. Values that may hold an ESL password are redacted before
-//! they are stored, so no error can leak one.
+//! operator can jump straight to it. Values that may hold an ESL password, and the reasons that
+//! quote them, are redacted before they are stored, so no error can leak one.
 
 use std::fmt;
 use std::io;

@@ -778,6 +778,17 @@ fn a_malformed_fs_url_is_reported_without_its_password() {
 }
 
 #[test]
+fn a_capacity_that_is_not_an_fs_url_but_holds_one_is_reported_without_its_password() {
+    // Found by the `config` fuzz target: the reason quoted the capacity unredacted.
+    let e = errs(&with_listen(
+        "[[load_balancer]]\ngroup_id = 1\ndst_uri = \"sip:10.0.0.1\"\nresources = \"ch=xfs://u:Hunter2@10.0.0.1:8021\"\n",
+    ));
+    assert_eq!(line_of(&e, "load_balancer[0].resources"), 6);
+    assert!(e.to_string().contains("neither a count nor fs://"), "{e}");
+    assert!(!e.to_string().contains("Hunter2"), "{e}");
+}
+
+#[test]
 fn redact_masks_every_fs_password_and_keeps_the_rest() {
     assert_eq!(
         redact("fs://:ClueCon@1.2.3.4:8021"),

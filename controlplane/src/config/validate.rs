@@ -124,7 +124,7 @@ impl Ctx<'_> {
             at,
             field: field.to_string(),
             value: redact(&value.to_string()),
-            reason: reason.into(),
+            reason: redact(&reason.into()),
         });
     }
 
@@ -133,7 +133,7 @@ impl Ctx<'_> {
         self.errors.push(ConfigError::Missing {
             at,
             field: field.to_string(),
-            reason: reason.into(),
+            reason: redact(&reason.into()),
         });
     }
 
@@ -142,7 +142,7 @@ impl Ctx<'_> {
         self.errors.push(ConfigError::Conflict {
             at,
             field: field.to_string(),
-            reason: reason.into(),
+            reason: redact(&reason.into()),
         });
     }
 
@@ -180,7 +180,7 @@ impl Ctx<'_> {
             field: field.to_string(),
             value: redact(&value.to_string()),
             first_line,
-            reason: reason.to_string(),
+            reason: redact(reason),
         });
     }
 
@@ -196,7 +196,7 @@ impl Ctx<'_> {
             at,
             field: field.to_string(),
             value: redact(&value.to_string()),
-            reason: reason.into(),
+            reason: redact(&reason.into()),
         });
     }
 

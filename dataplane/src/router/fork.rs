@@ -325,6 +325,15 @@ impl Router {
                     Action::Forward(next_hop)
                 }
             } else {
+                if from_current && fork.canceled && !fork.provisional {
+                    // The caller's side is over (cancelled, or answered by an attempt given up
+                    // on) but this box only now may be cancelled (§9.1): it would ring on.
+                    fork.provisional = true;
+                    if let Ok(inv) = sip::parse(&fork.request) {
+                        let (dest, branch, reply_to) = (fork.dest, attempt_branch(tkey, fork.attempt), fork.reply_to);
+                        self.emit(dest, |buf| build_cancel(&inv, &t.proxy, branch, reply_to, buf));
+                    }
+                }
                 Action::Absorbed
             }
         } else if code < 300 {
@@ -336,6 +345,26 @@ impl Router {
                 let ckey = self.dialog_key(m);
                 let px = &t.proxy;
                 self.memory.confirm_dialog(ckey, now, px.dialog_memory, px.max_call_duration, fork.reservation.take());
+            } else if !fork.finished {
+                // A late 2xx from an attempt given up on answers the call all the same: no
+                // further attempt and no answer of fsroute's own may follow it (§16.7 step 10),
+                // and the attempt in progress is cancelled. Its units go back: that box has no
+                // call; the one that answered gets its calls counted by its next heartbeat.
+                fork.finished = true;
+                fork.canceled = true;
+                fork.deadline = None;
+                fork.expires = now + AFTER_FINAL;
+                drop(fork.reservation.take());
+                if fork.provisional {
+                    if let Ok(inv) = sip::parse(&fork.request) {
+                        let (dest, branch, reply_to) = (fork.dest, attempt_branch(tkey, fork.attempt), fork.reply_to);
+                        self.emit(dest, |buf| build_cancel(&inv, &t.proxy, branch, reply_to, buf));
+                    }
+                }
+                let answered_by = fork.tried[usize::from(n)].unwrap_or(fork.dest);
+                let (ckey, px) = (self.dialog_key(m), &t.proxy);
+                self.memory.start_dialog(ckey, answered_by, fork.src, now, px.dialog_memory);
+                self.memory.confirm_dialog(ckey, now, px.dialog_memory, px.max_call_duration, None);
             }
             forward_response(m, &t.proxy, out);
             Action::Forward(next_hop)
@@ -502,7 +531,9 @@ fn build_cancel(inv: &Message<'_>, px: &crate::table::ProxySettings, branch: u64
 }
 
 /// §17.1.1.3: the ACK for a non-2xx final response: the INVITE's Request-URI, Call-ID, From and
-/// CSeq number, the response's To (with its tag), and the attempt's Via.
+/// CSeq number, the response's To (with its tag), and the attempt's Via. A response without a To
+/// (malformed, yet it must be ACKed to stop its retransmissions) gets the INVITE's, so the ACK
+/// is still a valid request: the box matches it to its transaction by the branch (§17.2.3).
 fn build_ack(inv: &Message<'_>, resp: &Message<'_>, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(b"ACK ");
@@ -516,14 +547,21 @@ fn build_ack(inv: &Message<'_>, resp: &Message<'_>, out: &mut Vec<u8>) {
             out.extend_from_slice(h.line.get(inv.raw));
         }
     }
-    for h in sip::HeaderIter::new(resp.raw, resp.headers_start as usize).filter_map(Result::ok) {
-        if sip::is_named(h.name.get(resp.raw), sip::HeaderName::To) {
-            out.extend_from_slice(h.line.get(resp.raw));
-        }
+    if let Some(line) = to_line(resp).or_else(|| to_line(inv)) {
+        out.extend_from_slice(line);
     }
     out.extend_from_slice(b"CSeq: ");
     push_u32(out, inv.cseq.map_or(1, |c| c.number));
     out.extend_from_slice(b" ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
+}
+
+/// The first To header line of `m`, line break included.
+fn to_line<'a>(m: &Message<'a>) -> Option<&'a [u8]> {
+    let raw = m.raw;
+    sip::HeaderIter::new(raw, m.headers_start as usize)
+        .filter_map(Result::ok)
+        .find(|h| sip::is_named(h.name.get(raw), sip::HeaderName::To))
+        .map(|h| h.line.get(raw))
 }
 
 /// The top Via of the attempt being cancelled (§9.1: same branch, so the same MAC).

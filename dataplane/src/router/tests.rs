@@ -677,4 +677,80 @@ fn a_503_from_a_box_fsroute_thought_had_room_closes_it_until_the_cooldown() {
     assert!(refused.available(now + t.failover.refused_cooldown) > 0, "open again after the cool-down");
 }
 
+/// A failover call whose first box stayed silent past `no_answer_timeout`, so fsroute moved on to
+/// the second. Returns the router, both boxes, the INVITE each got, and when the move happened.
+fn failed_over_on_silence(t: &RoutingTable) -> (Router, [SocketAddr; 2], [Vec<u8>; 2], Instant) {
+    let mut r = router();
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    let Action::Forward(first) = r.handle(t, caller(), INVITE, t0, &mut out) else { panic!() };
+    let first_invite = out.clone();
+    drain(&mut r);
+    let moved = t0 + t.failover.no_answer_timeout + Duration::from_millis(1);
+    r.tick(t, moved);
+    let sent: Vec<(SocketAddr, Vec<u8>)> = std::iter::from_fn(|| r.poll_transmit()).collect();
+    assert_eq!(sent.len(), 1, "the next attempt only");
+    let (second, second_invite) = sent.into_iter().next().unwrap();
+    assert_ne!(second, first);
+    (r, [first, second], [first_invite, second_invite], moved)
+}
+
+#[test]
+fn a_late_2xx_from_an_attempt_given_up_on_answers_the_call_and_ends_the_failover() {
+    // Found by the `router` fuzz target (fuzz/corpus/router/08-late-2xx-from-an-abandoned-attempt).
+    let t = failover_table(&[1, 1, 1]);
+    let (mut r, [first, second], [first_invite, _], moved) = failed_over_on_silence(&t);
+    let mut out = Vec::new();
+    let late_ok = backend_response(&first_invite, OK_INVITE);
+    assert_eq!(r.handle(&t, first, &late_ok, moved, &mut out), Action::Forward(caller()));
+    assert_eq!(r.pending_invites(moved), 0, "the call is answered");
+
+    // The second attempt's no-answer timer runs out: neither a third box nor a 408 after the 200.
+    let later = moved + t.failover.no_answer_timeout * 2;
+    r.tick(&t, later);
+    assert_eq!(drain(&mut r), Vec::<(SocketAddr, String)>::new());
+    // In-dialog requests without a Route go to the box that answered, not the one still trying.
+    let bye = sip("BYE sip:mod_sofia@127.0.0.21:5080 SIP/2.0|Via: SIP/2.0/UDP 127.0.0.7:5060;branch=z9hG4bKlate-bye|Max-Forwards: 70|To: <sip:+15551230001@lb.example.net;user=phone>;tag=Z8Xr3gKQ1yN2c|From: \"Caller Name\" <sip:+15559870002@carrier.example.com;user=phone>;tag=4fa1c2|Call-ID: 8d3f0a4c2b1e4f6a9c7d5e3b1a2f4c6e@127.0.0.7|CSeq: 102 BYE|Content-Length: 0||");
+    assert_eq!(r.handle(&t, caller(), &bye, later, &mut out), Action::Forward(first));
+    assert_ne!(first, second);
+}
+
+#[test]
+fn the_attempt_in_progress_is_cancelled_once_it_rings_after_the_call_was_answered_elsewhere() {
+    let t = failover_table(&[1, 1]);
+    let (mut r, [first, second], [first_invite, second_invite], moved) = failed_over_on_silence(&t);
+    let mut out = Vec::new();
+    let late_ok = backend_response(&first_invite, OK_INVITE);
+    assert_eq!(r.handle(&t, first, &late_ok, moved, &mut out), Action::Forward(caller()));
+    // The second box had not rung yet, so it could not be cancelled (§9.1); now it rings.
+    let ringing = backend_response(&second_invite, RINGING);
+    assert_eq!(r.handle(&t, second, &ringing, moved, &mut out), Action::Absorbed, "the caller has its 200");
+    let sent = drain(&mut r);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, second);
+    let cancel = parse(sent[0].1.as_bytes()).unwrap();
+    assert_eq!(cancel.method(), Some(Method::Cancel));
+    assert_eq!(cancel.top_via.unwrap().branch, parse(&second_invite).unwrap().top_via.unwrap().branch);
+}
+
+#[test]
+fn a_final_failure_without_a_to_header_is_still_acked_with_a_valid_ack() {
+    // Found by the `router` fuzz target: the ACK copied the response's To lines, and had none.
+    let t = failover_table(&[1]);
+    let mut r = router();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    let Action::Forward(first) = r.handle(&t, caller(), INVITE, now, &mut out) else { panic!() };
+    drain(&mut r);
+    let without_to: String = text(REJECTED).lines().filter(|l| !l.starts_with("To:")).map(|l| format!("{l}\r\n")).collect();
+    let rejected = backend_response(&out.clone(), without_to.as_bytes());
+    assert!(parse(&rejected).unwrap().to.is_none());
+    r.handle(&t, first, &rejected, now, &mut out);
+    let sent = drain(&mut r);
+    let (to, ack) = sent.iter().find(|(_, m)| m.starts_with("ACK ")).expect("the 503 is ACKed");
+    assert_eq!(*to, first);
+    let ack = parse(ack.as_bytes()).unwrap();
+    assert_eq!(ack.validate_request(), Ok(()));
+    assert_eq!(ack.to.unwrap().uri, parse(INVITE).unwrap().to.unwrap().uri);
+}
 mod hostile;
