@@ -253,12 +253,18 @@ impl BranchKey {
         BranchKey(k)
     }
 
-    /// The MAC of a branch value and the address its responses go back to: a response is relayed
-    /// only to where the request it answers came from.
-    pub fn mac(&self, branch: u64, reply_to: SocketAddr) -> u64 {
+    /// The MAC of a branch value, the address its responses go back to and the method they
+    /// answer: a response is relayed only to where the request it answers came from, and only as
+    /// an answer to that request's method. CANCEL and ACK share their INVITE's branch (§9.1,
+    /// §17.1.1.3), so they count as INVITE.
+    pub fn mac(&self, branch: u64, reply_to: SocketAddr, method: &[u8]) -> u64 {
         use std::hash::Hasher;
         let mut h = siphasher::sip::SipHasher13::new_with_keys(self.0[0], self.0[1]);
         h.write_u64(branch);
+        h.write(match method {
+            b"CANCEL" | b"ACK" => b"INVITE",
+            m => m,
+        });
         match reply_to.ip() {
             IpAddr::V4(v4) => h.write(&v4.octets()),
             IpAddr::V6(v6) => h.write(&v6.octets()),

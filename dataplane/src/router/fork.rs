@@ -571,7 +571,7 @@ fn push_via(out: &mut Vec<u8>, px: &crate::table::ProxySettings, branch: u64, re
     out.push(b':');
     push_u32(out, u32::from(px.advertise_port));
     out.extend_from_slice(b";branch=");
-    super::rewrite::push_branch(out, branch, px.branch_key.mac(branch, reply_to));
+    super::rewrite::push_branch(out, branch, px.branch_key.mac(branch, reply_to, b"INVITE"));
     out.extend_from_slice(b"\r\n");
 }
 

@@ -226,7 +226,11 @@ impl Router {
     /// The MAC that goes into the branch of a request from `src`: it binds the branch to where its
     /// responses will be relayed.
     fn branch_mac(px: &ProxySettings, branch: u64, m: &Message<'_>, src: SocketAddr) -> u64 {
-        px.branch_key.mac(branch, reply_address(m, src))
+        let method = match m.start {
+            sip::StartLine::Request { method_raw, .. } => method_raw,
+            sip::StartLine::Response { .. } => b"",
+        };
+        px.branch_key.mac(branch, reply_address(m, src), method)
     }
 
     fn reply(&self, m: &Message<'_>, src: SocketAddr, code: u16, reason: &str, extra: &[(&str, &str)], out: &mut Vec<u8>) -> Action {
@@ -516,18 +520,19 @@ impl Router {
             }
             None => None,
         };
-        // The branch must be one fsroute wrote for a request whose responses go to that address
-        // (for an answer to fsroute's own CANCEL, the caller's, which the CANCEL's branch repeats):
-        // a forged or altered response is never relayed, nor does it touch a call's state.
+        // The branch must be one fsroute wrote for a request of this CSeq method whose responses
+        // go to that address (for an answer to fsroute's own CANCEL, the caller's, which the
+        // CANCEL's branch repeats): a forged or altered response is never relayed, nor does it
+        // touch a call's state.
         let Some(reply_to) = next_hop.or_else(|| self.fork_reply_to(key)) else {
             return Action::Drop(DropReason::NoNextVia);
         };
-        if px.branch_key.mac(key, reply_to) != mac {
-            return Action::Drop(DropReason::ForgedResponse);
-        }
         let (Some(code), Some(cseq), Some(call_id)) = (m.status(), m.cseq, m.call_id) else {
             return Action::Drop(DropReason::BadResponse);
         };
+        if px.branch_key.mac(key, reply_to, cseq.method) != mac {
+            return Action::Drop(DropReason::ForgedResponse);
+        }
         if let Some(a) = self.fork_response(t, m, src, key, next_hop, now, out) {
             return a;
         }

@@ -28,10 +28,11 @@ const CANCEL: &[u8] = CORPUS[6];
 const OPTIONS: &[u8] = CORPUS[7];
 const REJECTED: &[u8] = CORPUS[8];
 
-/// A branch fsroute would have written for transaction `key`, whose responses go to `reply_to`.
+/// A branch fsroute would have written for an OPTIONS transaction `key`, whose responses go to
+/// `reply_to`.
 fn our_branch(t: &RoutingTable, key: u64, reply_to: &str) -> String {
     let mut b = Vec::new();
-    rewrite::push_branch(&mut b, key, t.proxy.branch_key.mac(key, reply_to.parse().unwrap()));
+    rewrite::push_branch(&mut b, key, t.proxy.branch_key.mac(key, reply_to.parse().unwrap(), b"OPTIONS"));
     String::from_utf8(b).unwrap()
 }
 

@@ -265,6 +265,8 @@ pub enum ParseError {
     UnsupportedVersion,
     #[error("header line without a colon")]
     HeaderWithoutColon,
+    #[error("continuation line with no header before it")]
+    BadContinuation,
     #[error("NUL byte in the header block")]
     NulByte,
     #[error("headers not terminated by an empty line")]
@@ -288,6 +290,7 @@ impl ParseError {
             ParseError::BadStartLine => "bad_start_line",
             ParseError::UnsupportedVersion => "unsupported_version",
             ParseError::HeaderWithoutColon => "header_without_colon",
+            ParseError::BadContinuation => "bad_continuation",
             ParseError::NulByte => "nul_byte",
             ParseError::UnterminatedHeaders => "unterminated_headers",
             ParseError::TruncatedBody { .. } => "truncated_body",

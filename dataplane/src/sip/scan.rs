@@ -445,8 +445,9 @@ impl Iterator for HeaderIter<'_> {
             return None;
         }
         if is_lws(buf[pos]) {
-            // A continuation line with no header before it.
-            return fail(self, ParseError::HeaderWithoutColon);
+            // A continuation line with no header before it: the scan cannot tell where headers
+            // resume, so it ends here (unlike a line without a colon, which is skipped).
+            return fail(self, ParseError::BadContinuation);
         }
         // A logical header runs to a LF not followed by SP/HT.
         let mut search = pos;

@@ -292,3 +292,13 @@ fn a_header_line_without_a_colon_is_a_defect_and_the_headers_after_it_are_read()
     assert_eq!(m.call_id, Some(&b"x"[..]));
     assert_eq!(m.validate_request(), Err(ParseError::HeaderWithoutColon));
 }
+
+#[test]
+fn a_continuation_line_before_any_header_ends_the_scan_with_an_error() {
+    // Found by the `sip_scan` fuzz target once lines without a colon were skipped: a scan that
+    // stopped there must not report a header block it never finished.
+    let raw = b"SIP/2.0 503 Service Unavailable\r\nVia: SIP/2.0/UDP 127.0.0.7:5060;branch=z9hG4bKx\r\nCall-ID: c\r\nContent-Length: 0\r\n\r\xf6";
+    assert!(parse(raw).is_err());
+    let raw = b"INVITE sip:a@b SIP/2.0\r\n  folded\r\nVia: SIP/2.0/UDP 127.0.0.7\r\n\r\n";
+    assert_eq!(parse(raw), Err(ParseError::BadContinuation));
+}

@@ -283,3 +283,21 @@ fn a_graceful_stop_waits_for_unanswered_invites_and_answered_calls_but_not_for_f
     assert_eq!(r.handle(&t, caller(), &invite_n(5), now, &mut out), Action::Reply(caller()));
     assert_eq!(r.stats().refused(Refusal::Draining), 1);
 }
+
+#[test]
+fn a_response_must_answer_the_method_its_branch_was_written_for() {
+    // Found by the `router` fuzz target: a 200 for the INVITE sent back on the branch of the
+    // call's BYE was relayed, and the caller took the call as answered while failover went on.
+    let t = table_with(&[1], Algorithm::RoundRobin, 1);
+    let mut r = router();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    let bye = text(&in_dialog("BYE", "sip:fs@127.0.0.1:5071", "m1")).replace("127.0.0.66", "127.0.0.7");
+    let Action::Forward(dest) = r.handle(&t, caller(), bye.as_bytes(), now, &mut out) else { panic!("{}", text(&out)) };
+    let bye_out = out.clone();
+    let ok = |method: &str| {
+        backend_response(&bye_out, &sip(&format!("SIP/2.0 200 OK|Via: SIP/2.0/UDP 127.0.0.7:5060;branch=z9hG4bKevilm1;received=127.0.0.7|From: <sip:a@b>;tag=1|To: <sip:c@d>;tag=2|Call-ID: m1|CSeq: 7 {method}|Content-Length: 0||")))
+    };
+    assert_eq!(r.handle(&t, dest, &ok("INVITE"), now, &mut out), Action::Drop(DropReason::ForgedResponse));
+    assert_eq!(r.handle(&t, dest, &ok("BYE"), now, &mut out), Action::Forward(caller()));
+}
