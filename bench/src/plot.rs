@@ -115,8 +115,9 @@ const PHASE_COLOURS: [RGBColor; 7] = [
 ];
 
 /// The soak picture (PNG): fsroute's RSS over time on top, with each flood phase shaded in its
-/// kind's colour and the run's events (a stop of the floods, fsroute's death) as red lines;
-/// legitimate calls completed and failed per second below, on the same time axis.
+/// kind's colour, the call memory entries /status reports on the right axis, and the run's events
+/// (a stop of the floods, fsroute's death) as red lines; legitimate calls completed and failed per
+/// second below, on the same time axis.
 pub fn soak_rss(r: &crate::soak::SoakResult, path: &Path) -> Result<String, String> {
     fonts()?;
     let samples = &r.samples;
@@ -141,14 +142,19 @@ pub fn soak_rss(r: &crate::soak::SoakResult, path: &Path) -> Result<String, Stri
         "fsroute soak: RSS over {:.0} s ({:.0} calls/s, floods from 127.0.0.66, SIGHUP every {:.0} s)",
         r.params.duration_s, r.params.rate, r.params.hup_every_s
     );
+    let entries: Vec<(f64, f64)> = samples.iter().filter_map(|s| Some((s.t_s, s.call_memory_entries? as f64))).collect();
+    let emax = entries.iter().map(|p| p.1).fold(1.0f64, f64::max) * 1.15;
     let mut chart = ChartBuilder::on(&top)
         .caption(caption, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(30)
         .y_label_area_size(70)
+        .right_y_label_area_size(80)
         .build_cartesian_2d(0f64..tmax, 0f64..ymax)
-        .map_err(e)?;
+        .map_err(e)?
+        .set_secondary_coord(0f64..tmax, 0f64..emax);
     chart.configure_mesh().y_desc("RSS (MiB)").draw().map_err(e)?;
+    chart.configure_secondary_axes().y_desc("call memory entries (/status)").draw().map_err(e)?;
     let mut labelled = [false; PHASE_COLOURS.len()];
     for span in &r.phases {
         let Some(slot) = span.slot else { continue };
@@ -162,6 +168,13 @@ pub fn soak_rss(r: &crate::soak::SoakResult, path: &Path) -> Result<String, Stri
     for ev in &r.events {
         chart.draw_series(LineSeries::new([(ev.t_s, 0.0), (ev.t_s, ymax)], RED.stroke_width(2))).map_err(e)?;
     }
+    // Entries that come back down while RSS stays up: memory the process keeps, not state it holds.
+    let purple = RGBColor(120, 60, 160);
+    chart
+        .draw_secondary_series(LineSeries::new(entries, purple.stroke_width(1)))
+        .map_err(e)?
+        .label("call memory entries (right axis)")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], purple.stroke_width(2)));
     chart
         .draw_series(LineSeries::new(rss, BLACK.stroke_width(2)))
         .map_err(e)?

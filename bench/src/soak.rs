@@ -271,6 +271,8 @@ pub struct SoakResult {
     pub calls_failed: u64,
     pub calls_cancelled: u64,
     pub floods: Vec<FloodKindResult>,
+    /// RSS change over the all-at-once phases (sum, largest).
+    pub all_floods_rss_change_kib: (i64, i64),
     pub flood_sent: u64,
     pub sinks: Sinks,
     pub sighups_sent: u64,
@@ -914,23 +916,29 @@ pub fn run(p: &SoakParams) -> Result<SoakResult, String> {
         .collect();
     let until = floods_stopped.as_ref().or(died.as_ref()).map_or(p.duration_s, |e| e.t_s);
     let phases = phase_spans(p, until);
+    // (sum, largest) of the RSS change over each phase of one label.
+    let change = |label: &str| -> (i64, i64) {
+        let d: Vec<i64> = phases
+            .iter()
+            .filter(|s| s.phase == label)
+            .map(|s| rss_near(&samples, s.to_s) as i64 - rss_near(&samples, s.from_s) as i64)
+            .collect();
+        (d.iter().sum(), d.iter().copied().max().unwrap_or(0))
+    };
     let floods = Flood::ALL
         .iter()
         .map(|f| {
-            let changes: Vec<i64> = phases
-                .iter()
-                .filter(|s| s.phase == f.label())
-                .map(|s| rss_near(&samples, s.to_s) as i64 - rss_near(&samples, s.from_s) as i64)
-                .collect();
+            let (sum, max) = change(f.label());
             FloodKindResult {
                 kind: f.label(),
                 rate_per_s: f.rate() * p.flood_scale,
                 sent: counters.sent[f.index()].load(Ordering::Relaxed),
-                rss_change_kib: changes.iter().sum(),
-                rss_change_max_kib: changes.iter().copied().max().unwrap_or(0),
+                rss_change_kib: sum,
+                rss_change_max_kib: max,
             }
         })
         .collect();
+    let all_floods_rss_change_kib = change(Phase::All.label());
     let (shard_totals, drops) = last_status.as_ref().map(|s| shard_sums(&s.raw)).unwrap_or_default();
     let rep = |f: fn(&UacReport) -> u64| route_results.iter().map(|r| f(&r.report)).sum::<u64>();
     let csv = p.out_dir.join("soak.csv");
@@ -950,6 +958,7 @@ pub fn run(p: &SoakParams) -> Result<SoakResult, String> {
         calls_cancelled: rep(|u| u.cancelled),
         routes: route_results,
         floods,
+        all_floods_rss_change_kib,
         flood_sent: counters.total(),
         sinks: Sinks {
             victim_requests: counters.victim_requests.load(Ordering::Relaxed),
@@ -1042,6 +1051,13 @@ pub fn render(r: &SoakResult) -> String {
             format!("{:+.1} / {:+.1} MiB", f.rss_change_kib as f64 / 1024.0, f.rss_change_max_kib as f64 / 1024.0),
         ]);
     }
+    let (sum, max) = r.all_floods_rss_change_kib;
+    t.row(vec![
+        "all at once".into(),
+        num(r.floods.iter().map(|f| f.rate_per_s).sum()),
+        "(in the rows above)".into(),
+        format!("{:+.1} / {:+.1} MiB", sum as f64 / 1024.0, max as f64 / 1024.0),
+    ]);
     s.push_str(&t.render());
     let k = &r.sinks;
     s.push_str(&format!(
@@ -1083,4 +1099,70 @@ pub fn render(r: &SoakResult) -> String {
         Some(_) => "FAIL: fsroute died during the soak\n",
     });
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(secs: u64) -> SoakParams {
+        SoakParams::new(Duration::from_secs(secs), std::env::temp_dir())
+    }
+
+    #[test]
+    fn the_schedule_warms_up_then_brings_every_flood_round_at_least_twice() {
+        for secs in [20, 120, 600] {
+            let p = params(secs);
+            assert_eq!(phase_at(&p, 0.0).0, Phase::WarmUp);
+            assert_eq!(phase_at(&p, p.duration_s).0, Phase::Quiet);
+            let spans = phase_spans(&p, p.duration_s);
+            for f in Flood::ALL {
+                let n = spans.iter().filter(|s| s.phase == f.label()).count();
+                assert!(n >= 2, "{secs} s: {} comes round {n} times", f.label());
+            }
+            assert!(spans.iter().filter(|s| s.phase == Phase::All.label()).count() >= 2);
+            // Spans tile the run: each starts where the previous one ended.
+            for w in spans.windows(2) {
+                assert!((w[0].to_s - w[1].from_s).abs() < 1e-9, "{secs} s: gap between {w:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_messages_are_well_formed_sip_except_the_garbage() {
+        let me = "127.0.0.66:4000".parse().unwrap();
+        let fsr = "127.0.0.1:5060".parse().unwrap();
+        let victim = "127.0.0.99:5099".parse().unwrap();
+        let mut h = Hostile::new(me, fsr, victim);
+        for f in Flood::ALL.into_iter().filter(|f| *f != Flood::Garbage) {
+            for _ in 0..4 {
+                // A shared buffer with something before, as the send queue hands it over.
+                let mut out = b"earlier datagram".to_vec();
+                h.write(f, &mut out);
+                let msg = &out[16..];
+                let m = crate::sipmsg::parse(msg).unwrap_or_else(|| panic!("{}: unparsable", f.label()));
+                assert!(!m.call_id.is_empty(), "{}: no Call-ID", f.label());
+                let text = String::from_utf8_lossy(msg);
+                let (head, body) = text.split_once("\r\n\r\n").expect("blank line");
+                let cl: usize = head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).unwrap().parse().unwrap();
+                assert_eq!(cl, body.len(), "{}: Content-Length", f.label());
+                if f == Flood::LargeInvites {
+                    assert!(msg.len() > 29 * 1024 && msg.len() < 60 * 1024, "large INVITE is {} bytes", msg.len());
+                }
+                if f == Flood::OpenRelay {
+                    assert!(crate::sipmsg::has_tag(m.to), "an open-relay attempt is in-dialog");
+                }
+            }
+        }
+        let mut out = b"x".to_vec();
+        h.write(Flood::Garbage, &mut out);
+        assert!(out.len() > 20 && out.len() < 1300, "garbage of {} bytes", out.len());
+    }
+
+    #[test]
+    fn the_slope_is_per_minute() {
+        let pts: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, 100.0 + 2.0 * i as f64)).collect();
+        assert!((slope_per_min(&pts) - 120.0).abs() < 1e-9);
+        assert_eq!(slope_per_min(&pts[..1]), 0.0);
+    }
 }
