@@ -99,6 +99,7 @@ pub fn run_step(name: &str, peer: Option<&Peer>, spec: &StepSpec, rate: f64) -> 
         retry_503: true,
         backends: spec.backends.clone(),
         run_id: next_run_id(),
+        ..UacConfig::default()
     };
     let cpu0 = peer.map(Peer::cpu_secs);
     let r = uac::run(&cfg).map_err(|e| format!("generator: {e}"))?;

@@ -250,7 +250,7 @@ fn start_boxes(p: &Params, heartbeat: Duration) -> Result<Vec<EmulatorHandle>, S
 
 /// Waits until fsroute has numbers from every box (bounded), so a run does not start before
 /// the boxes have spoken.
-fn wait_fs_connected(peer: &Peer, limit: Duration) {
+pub(crate) fn wait_fs_connected(peer: &Peer, limit: Duration) {
     let start = Instant::now();
     while start.elapsed() < limit {
         if let Some(st) = peer.status() {
@@ -293,6 +293,7 @@ fn run_mode(mode: Mode, p: &Params, heartbeat: Duration) -> Result<ModeRun, Stri
         retry_503: false,
         backends: emus.iter().map(EmulatorHandle::sip_addr).collect(),
         run_id: next_run_id(),
+        ..UacConfig::default()
     };
     let warmup = if p.warmup.is_zero() { p.warmup } else { p.warmup.max(heartbeat * 3 / 2) };
     if !warmup.is_zero() {

@@ -1,13 +1,13 @@
 //! `fsroute-bench`: one subcommand per scenario (`throughput`, `fs-aware`, `single-peer`,
-//! `reload`), each printing a human table (or JSON with `--json`), plus the `relay` mode that
-//! the throughput scenario launches as a separate process (so /proc charges its CPU to it).
+//! `reload`, `soak`), each printing a human table (or JSON with `--json`), plus the `relay` mode
+//! that the throughput scenario launches as a separate process (so /proc charges its CPU to it).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use fsroute_bench::{fs_aware, relay, reload, single_peer, throughput, Opts};
+use fsroute_bench::{fs_aware, relay, reload, single_peer, soak, throughput, Opts};
 
 #[derive(Parser)]
 #[command(name = "fsroute-bench", version, about = "fsroute's benchmark harness (loopback only)")]
@@ -35,6 +35,34 @@ struct Common {
     out_dir: Option<PathBuf>,
 }
 
+#[derive(Args, Clone)]
+struct SoakArgs {
+    /// Length of the run in minutes (fractions allowed).
+    #[arg(long, default_value_t = 10.0)]
+    minutes: f64,
+    /// Length in seconds instead (short smoke runs); overrides --minutes.
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Directory for soak.csv, soak-rss.png, soak-summary.{json,txt} and fsroute's log.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Legitimate new calls per second (half per route).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Multiplies every flood rate (0 = no floods).
+    #[arg(long)]
+    flood_scale: Option<f64>,
+    /// Seconds between SIGHUPs.
+    #[arg(long)]
+    hup_every: Option<f64>,
+    /// fsroute RSS at which the floods stop (killed at twice it), MiB.
+    #[arg(long)]
+    rss_limit_mib: Option<u64>,
+    /// Print the summary as JSON on stdout instead of the tables.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Highest zero-failure call rate: direct, bare relay, fsroute 1 and N shards, Kamailio.
@@ -45,6 +73,8 @@ enum Cmd {
     SinglePeer(Common),
     /// SIGHUP every 100 ms under load: failed calls must be 0.
     Reload(Common),
+    /// Minutes of legitimate calls, floods and SIGHUPs against one fsroute: RSS over time, failed calls.
+    Soak(SoakArgs),
     /// What `fsroute demo` runs: three unequal emulated boxes, blind vs FreeSWITCH-weighted routing (< 1 min).
     Demo,
     /// The bare UDP relay (recv + send per datagram, no parsing); runs until killed.
@@ -126,6 +156,30 @@ fn main() -> ExitCode {
             let o = opts(&c);
             // Exit 3 when a call failed: the scenario's requirement is zero failed calls.
             emit(&o, reload::run(&o), reload::render, reload::ok)
+        }
+        Cmd::Soak(a) => {
+            let secs = a.seconds.unwrap_or(a.minutes * 60.0);
+            if !secs.is_finite() || secs <= 0.0 {
+                eprintln!("fsroute-bench: the soak needs a positive length");
+                return ExitCode::from(2);
+            }
+            let out = a.out.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("fsroute-soak-{}", std::process::id())));
+            let mut p = soak::SoakParams::new(Duration::from_secs_f64(secs), out);
+            if let Some(r) = a.rate {
+                p.rate = r.max(1.0);
+            }
+            if let Some(f) = a.flood_scale {
+                p.flood_scale = f.max(0.0);
+            }
+            if let Some(h) = a.hup_every {
+                p.hup_every_s = h.max(0.1);
+            }
+            if let Some(l) = a.rss_limit_mib {
+                p.rss_limit_mib = l.max(16);
+            }
+            let o = Opts { json: a.json, ..Opts::default() };
+            // Exit 3 when fsroute died (or had to be killed): surviving is the soak's requirement.
+            emit(&o, soak::run(&p), soak::render, soak::ok)
         }
         Cmd::Demo => match fsroute_bench::demo() {
             Ok(()) => ExitCode::SUCCESS,

@@ -343,8 +343,14 @@ impl Drop for Peer {
 
 /// A minimal HTTP/1.0 GET to the admin listener; the body on 200.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    http_get_timeout(addr, path, Duration::from_secs(2), Duration::from_secs(5))
+}
+
+/// [`http_get`] with its connect and read limits: a sampler that must keep its one-second
+/// rhythm gives up sooner than a scenario reading its final numbers.
+pub fn http_get_timeout(addr: SocketAddr, path: &str, connect: Duration, read: Duration) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, connect).ok()?;
+    s.set_read_timeout(Some(read)).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut resp = String::new();
     let _ = s.read_to_string(&mut resp);

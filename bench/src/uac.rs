@@ -14,13 +14,20 @@
 //!
 //! Reordering is checked per call: a 18x after the 2xx, or any response whose `X-Seq` stamp
 //! (set by the built-in UAS in send order) is lower than one already received.
+//!
+//! Optionally every n-th call is CANCELled on its first 18x (the ringing caller who hangs up):
+//! the CANCEL carries the INVITE's branch and is retransmitted per Timer E until answered; a 487
+//! ends the call as completed, and a 200 that won the race is ACKed and hung up at once. A shared
+//! [`UacProgress`] shows the counts while a long run (the soak) is still going, and lets it be
+//! cut short when the system under test died.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::Write;
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -31,6 +38,9 @@ use crate::sys::{self, RecvBatch, SendQueue};
 
 const T1_NS: u64 = 500_000_000;
 const T2_NS: u64 = 4_000_000_000;
+
+/// The number every call dials unless a scenario routes on it.
+pub const DEFAULT_USER: &str = "+15550100";
 
 #[derive(Clone, Debug)]
 pub struct UacConfig {
@@ -53,6 +63,23 @@ pub struct UacConfig {
     /// Backend SIP addresses, to attribute answered calls by the 200's Contact.
     pub backends: Vec<SocketAddr>,
     pub run_id: u64,
+    /// User part of the Request-URI and To (routes match on it).
+    pub ruri_user: String,
+    /// CANCEL every n-th call on its first 18x; 0 never.
+    pub cancel_every: u64,
+    /// Live counters for a watcher, and its way to stop the run early.
+    pub progress: Option<Arc<UacProgress>>,
+}
+
+/// Counts visible while a run goes on (the report at the end is the authoritative one): calls
+/// started, completed (answered and torn down, or cancelled as planned) and failed so far.
+#[derive(Debug, Default)]
+pub struct UacProgress {
+    pub attempted: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    /// Set by the watcher: stop starting calls and return (whatever is open counts as timed out).
+    pub abort: AtomicBool,
 }
 
 impl Default for UacConfig {
@@ -69,6 +96,9 @@ impl Default for UacConfig {
             retry_503: true,
             backends: Vec::new(),
             run_id: 1,
+            ruri_user: DEFAULT_USER.to_string(),
+            cancel_every: 0,
+            progress: None,
         }
     }
 }
@@ -126,6 +156,8 @@ pub struct UacReport {
     pub invite_retransmissions: u64,
     pub bye_retransmissions: u64,
     pub reordered_calls: u64,
+    /// Calls CANCELled while ringing that ended with 487 (counted as completed too).
+    pub cancelled: u64,
     pub messages_sent: u64,
     pub messages_received: u64,
     /// Wall time of the send window (seconds).
@@ -177,6 +209,8 @@ struct Call {
     contact: Vec<u8>,
     /// Route header lines for in-dialog requests, already formatted.
     routes: Vec<u8>,
+    /// 0: no CANCEL; 1: sent, unanswered; 2: answered.
+    cancel: u8,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -186,6 +220,7 @@ enum Tk {
     Bye,
     ByeRetx,
     ByeTimeout,
+    CancelRetx,
 }
 
 struct Shared {
@@ -265,6 +300,7 @@ pub fn run(cfg: &UacConfig) -> std::io::Result<UacReport> {
         total.invite_retransmissions += r.invite_retransmissions;
         total.bye_retransmissions += r.bye_retransmissions;
         total.reordered_calls += r.reordered_calls;
+        total.cancelled += r.cancelled;
         total.messages_sent += r.messages_sent;
         total.messages_received += r.messages_received;
         total.max_send_lag_ms = total.max_send_lag_ms.max(r.max_send_lag_ms);
@@ -344,6 +380,7 @@ impl<'a> Worker<'a> {
                     totag: Vec::new(),
                     contact: Vec::new(),
                     routes: Vec::new(),
+                    cancel: 0,
                 }
             })
             .collect();
@@ -399,6 +436,7 @@ impl<'a> Worker<'a> {
             while next < n && self.calls[next].intended <= now && started < 256 {
                 let lag = now.saturating_sub(self.calls[next].intended);
                 self.r.max_send_lag_ms = self.r.max_send_lag_ms.max(lag as f64 / 1e6);
+                self.progress(|p| &p.attempted);
                 self.start_call(next, threads, now);
                 next += 1;
                 open += 1;
@@ -446,6 +484,9 @@ impl<'a> Worker<'a> {
             if (next == n && open == 0) || now > deadline {
                 break;
             }
+            if self.cfg.progress.as_ref().is_some_and(|p| p.abort.load(Ordering::Relaxed)) {
+                break;
+            }
             if got == 0 {
                 let due_call = if next < n { self.calls[next].intended } else { u64::MAX };
                 let due_timer = self.heap.peek().map_or(u64::MAX, |r| r.0 .0);
@@ -476,6 +517,47 @@ impl<'a> Worker<'a> {
         Ok(self.r)
     }
 
+    fn progress(&self, counter: impl Fn(&UacProgress) -> &AtomicU64) {
+        if let Some(p) = &self.cfg.progress {
+            counter(p).fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The call reached Done.
+    fn complete(&mut self) {
+        self.r.completed += 1;
+        self.progress(|p| &p.completed);
+    }
+
+    /// The call reached Failed.
+    fn fail(&mut self, j: usize) {
+        self.calls[j].st = St::Failed;
+        self.progress(|p| &p.failed);
+    }
+
+    fn cancels(&self, j: usize, threads: usize) -> bool {
+        let e = self.cfg.cancel_every;
+        e > 0 && self.global_idx(j, threads) % e == e - 1
+    }
+
+    /// CANCEL (§9.1): the INVITE's Request-URI, Call-ID, From, To (no tag), branch and CSeq number.
+    fn send_cancel(&mut self, j: usize, threads: usize) {
+        let c = &self.calls[j];
+        let (sock, target) = (c.sock as usize, self.targets[c.sock as usize]);
+        let local = self.locals[sock];
+        let idx = self.global_idx(j, threads);
+        let user = &self.cfg.ruri_user;
+        let mut out = Vec::with_capacity(500);
+        let _ = write!(
+            out,
+            "CANCEL sip:{user}@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{}x{}x{};rport\r\nMax-Forwards: 70\r\nFrom: \"bench\" <sip:caller@{local}>;tag=f{idx}\r\nTo: <sip:{user}@{target}>\r\nCall-ID: ",
+            self.cfg.run_id, idx, c.attempt
+        );
+        self.call_id(j, threads, c.attempt, &mut out);
+        out.extend_from_slice(b"\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n");
+        self.queues[sock].push(target, &out);
+    }
+
     fn call_id(&self, j: usize, threads: usize, attempt: u8, out: &mut Vec<u8>) {
         let _ = write!(out, "{}-{}-{}@fsroute-bench", self.global_idx(j, threads), attempt, self.cfg.run_id);
     }
@@ -487,8 +569,8 @@ impl<'a> Worker<'a> {
         let idx = self.global_idx(j, threads);
         let _ = write!(
             out,
-            "INVITE sip:+15550100@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{}x{}x{};rport\r\nMax-Forwards: 70\r\nFrom: \"bench\" <sip:caller@{local}>;tag=f{idx}\r\nTo: <sip:+15550100@{target}>\r\nCall-ID: ",
-            self.cfg.run_id, idx, c.attempt
+            "INVITE sip:{user}@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{}x{}x{};rport\r\nMax-Forwards: 70\r\nFrom: \"bench\" <sip:caller@{local}>;tag=f{idx}\r\nTo: <sip:{user}@{target}>\r\nCall-ID: ",
+            self.cfg.run_id, idx, c.attempt, user = self.cfg.ruri_user
         );
         self.call_id(j, threads, c.attempt, out);
         let _ = write!(
@@ -534,8 +616,15 @@ impl<'a> Worker<'a> {
             }
             Tk::TimerB if matches!(st, St::Calling | St::Proceeding) => {
                 self.r.timed_out += 1;
-                self.calls[j].st = St::Failed;
+                self.fail(j);
                 1
+            }
+            Tk::CancelRetx if self.calls[j].cancel == 1 && matches!(st, St::Calling | St::Proceeding) => {
+                self.send_cancel(j, threads);
+                let c = &mut self.calls[j];
+                c.retx_interval = (c.retx_interval * 2).min(T2_NS);
+                self.heap.push(Reverse((now + c.retx_interval, j as u32, att, Tk::CancelRetx)));
+                0
             }
             Tk::Bye if st == St::Answered => {
                 self.send_indialog(j, threads, b"BYE", 2, None);
@@ -557,7 +646,7 @@ impl<'a> Worker<'a> {
             Tk::ByeTimeout if st == St::ByeSent => {
                 self.r.timed_out += 1;
                 self.end_concurrency(j);
-                self.calls[j].st = St::Failed;
+                self.fail(j);
                 1
             }
             _ => 0,
@@ -574,11 +663,12 @@ impl<'a> Worker<'a> {
         let idx = self.global_idx(j, threads);
         let m = std::str::from_utf8(method).unwrap_or("BYE");
         let mut out = Vec::with_capacity(600);
-        let ruri = if c.contact.is_empty() { format!("sip:+15550100@{target}") } else { String::from_utf8_lossy(&c.contact).into_owned() };
+        let user = &self.cfg.ruri_user;
+        let ruri = if c.contact.is_empty() { format!("sip:{user}@{target}") } else { String::from_utf8_lossy(&c.contact).into_owned() };
         let b = branch.map_or_else(|| format!("z9hG4bK{}", NEXT_BRANCH.fetch_add(1, Ordering::Relaxed)), str::to_owned);
         let _ = write!(out, "{m} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={b};rport\r\nMax-Forwards: 70\r\n");
         out.extend_from_slice(&c.routes);
-        let _ = write!(out, "From: \"bench\" <sip:caller@{local}>;tag=f{idx}\r\nTo: <sip:+15550100@{target}>;tag=");
+        let _ = write!(out, "From: \"bench\" <sip:caller@{local}>;tag=f{idx}\r\nTo: <sip:{user}@{target}>;tag=");
         out.extend_from_slice(&c.totag);
         out.extend_from_slice(b"\r\nCall-ID: ");
         self.call_id(j, threads, c.attempt, &mut out);
@@ -595,8 +685,8 @@ impl<'a> Worker<'a> {
         let mut out = Vec::with_capacity(500);
         let _ = write!(
             out,
-            "ACK sip:+15550100@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{}x{}x{};rport\r\nMax-Forwards: 70\r\nFrom: \"bench\" <sip:caller@{local}>;tag=f{idx}\r\nTo: <sip:+15550100@{target}>;tag=",
-            self.cfg.run_id, idx, c.attempt
+            "ACK sip:{user}@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{}x{}x{};rport\r\nMax-Forwards: 70\r\nFrom: \"bench\" <sip:caller@{local}>;tag=f{idx}\r\nTo: <sip:{user}@{target}>;tag=",
+            self.cfg.run_id, idx, c.attempt, user = self.cfg.ruri_user
         );
         out.extend_from_slice(totag);
         out.extend_from_slice(b"\r\nCall-ID: ");
@@ -632,7 +722,7 @@ impl<'a> Worker<'a> {
             if m.method.eq_ignore_ascii_case(b"BYE") && attempt == self.calls[j].attempt && matches!(self.calls[j].st, St::Answered | St::ByeSent) {
                 self.end_concurrency(j);
                 self.calls[j].st = St::Done;
-                self.r.completed += 1;
+                self.complete();
                 return 1;
             }
             return 0;
@@ -663,7 +753,16 @@ impl<'a> Worker<'a> {
                     if (m.status == 180 || m.status == 183) && c.t18x == 0 && matches!(st, St::Calling | St::Proceeding) {
                         c.t18x = now.max(1);
                         let _ = self.pdd.record(((now.saturating_sub(c.intended)) / 1000).max(1));
+                        if c.cancel == 0 && self.cancels(j, threads) {
+                            let c = &mut self.calls[j];
+                            c.cancel = 1;
+                            c.retx_interval = T1_NS;
+                            let att = c.attempt;
+                            self.send_cancel(j, threads);
+                            self.heap.push(Reverse((now + T1_NS, j as u32, att, Tk::CancelRetx)));
+                        }
                     }
+                    let c = &mut self.calls[j];
                     // Without X-Seq (the emulator), a 18x after the 2xx is the reorder signal. With
                     // X-Seq, a 18x re-sent for a retransmitted INVITE carries a higher stamp and is
                     // a legitimate duplicate, not a reorder.
@@ -705,7 +804,9 @@ impl<'a> Worker<'a> {
                         self.shared.peak[b as usize].fetch_max(a, Ordering::Relaxed);
                         self.r.answered += 1;
                         self.send_indialog(j, threads, b"ACK", 1, None);
-                        self.heap.push(Reverse((now + self.cfg.hold.as_nanos() as u64, j as u32, att, Tk::Bye)));
+                        // A caller who cancelled and lost the race to the 200 hangs up at once.
+                        let hold = if self.calls[j].cancel != 0 { 0 } else { self.cfg.hold.as_nanos() as u64 };
+                        self.heap.push(Reverse((now + hold, j as u32, att, Tk::Bye)));
                     } else if matches!(st, St::Answered | St::ByeSent) {
                         // The 200 was retransmitted: our ACK was lost or late; ACK again.
                         self.send_indialog(j, threads, b"ACK", 1, None);
@@ -729,6 +830,12 @@ impl<'a> Worker<'a> {
                     if !matches!(st, St::Calling | St::Proceeding) {
                         return 0;
                     }
+                    if m.status == 487 && self.calls[j].cancel != 0 {
+                        self.r.cancelled += 1;
+                        self.calls[j].st = St::Done;
+                        self.complete();
+                        return 1;
+                    }
                     if m.status == 503 && self.cfg.retry_503 && self.calls[j].attempt == 0 {
                         // Like an upstream carrier: try once more, at once, as a new call leg.
                         self.r.retries += 1;
@@ -743,15 +850,21 @@ impl<'a> Worker<'a> {
                     } else {
                         self.r.other_failures += 1;
                     }
-                    self.calls[j].st = St::Failed;
+                    self.fail(j);
                     1
                 }
             }
+        } else if m.cseq_method.eq_ignore_ascii_case(b"CANCEL") && m.status >= 200 && current {
+            // Answered: stop retransmitting; the INVITE's 487 (or 200) decides the call.
+            if self.calls[j].cancel == 1 {
+                self.calls[j].cancel = 2;
+            }
+            0
         } else if m.cseq_method.eq_ignore_ascii_case(b"BYE") && m.status >= 200 && current {
             if self.calls[j].st == St::ByeSent {
                 self.end_concurrency(j);
                 self.calls[j].st = St::Done;
-                self.r.completed += 1;
+                self.complete();
                 return 1;
             }
             0

@@ -1,5 +1,6 @@
 //! CI smoke runs of every scenario against the real binaries, so the harness cannot rot: each
-//! runs `fsroute-bench SCENARIO --smoke --json` (a few seconds, loopback only) and checks that
+//! runs `fsroute-bench SCENARIO --smoke --json` (a few seconds, loopback only; the soak runs
+//! `soak --seconds 12 --json`) and checks that
 //! it ran and produced sane numbers (calls answered, zero failures where the scenario demands
 //! zero), never timing thresholds. The harness finds `fsroute` next to its own executable, so
 //! the proxy binary must be built in the same target dir: `cargo test --workspace` does that
@@ -30,17 +31,23 @@ fn fsroute_present() -> bool {
 
 /// Runs one scenario with `--smoke --json`, bounded in time; returns (exit code, JSON).
 fn run(scenario: &str) -> (i32, Value) {
+    let out_dir = std::env::temp_dir().join(format!("fsroute-bench-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out_dir = out_dir.display().to_string();
+    run_args(scenario, &["--smoke", "--json", "--out-dir", &out_dir])
+}
+
+/// Runs `fsroute-bench SCENARIO ARGS...` (which must print JSON), bounded in time.
+fn run_args(scenario: &str, args: &[&str]) -> (i32, Value) {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     assert!(
         fsroute_present(),
         "the fsroute binary is not in {}: run `cargo test --workspace` (it builds it) or `cargo build --bin fsroute` first, or set FSROUTE_BIN",
         bench_bin().parent().unwrap().display()
     );
-    let out_dir = std::env::temp_dir().join(format!("fsroute-bench-smoke-{}", std::process::id()));
-    std::fs::create_dir_all(&out_dir).unwrap();
     let mut child = Command::new(bench_bin())
-        .args([scenario, "--smoke", "--json", "--out-dir"])
-        .arg(&out_dir)
+        .arg(scenario)
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -144,4 +151,24 @@ fn reload_smoke_loses_no_call() {
     assert!(u(&v["reloads_applied"]) > 0, "no reload applied: {v}");
     assert_eq!(u(&v["reload_failures"]), 0);
     assert_eq!(code, 0);
+}
+
+#[test]
+fn soak_smoke_survives_floods_and_reloads_and_writes_its_files() {
+    let dir = std::env::temp_dir().join(format!("fsroute-bench-soak-smoke-{}", std::process::id()));
+    let out = dir.display().to_string();
+    let (code, v) = run_args("soak", &["--seconds", "12", "--json", "--out", &out]);
+    assert_eq!(code, 0, "fsroute died under the soak: {}", v["fsroute_died"]);
+    assert!(u(&v["calls_attempted"]) > 0 && u(&v["calls_completed"]) > 0, "no legitimate call completed");
+    assert!(u(&v["flood_sent"]) > 0, "no flood was sent");
+    assert!(u(&v["sighups_sent"]) > 0, "no SIGHUP was sent");
+    assert_eq!(u(&v["reload_failures_reported"]), 0, "a reload was rejected");
+    assert!(u(&v["rss_peak_kib"]) > 0, "no RSS sample");
+    let csv = std::fs::read_to_string(v["csv"].as_str().unwrap()).expect("soak.csv");
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().starts_with("t_s,rss_kib,calls_attempted,calls_ok,calls_failed,flood_sent"));
+    assert!(lines.count() >= 5, "too few samples in the CSV");
+    let png = std::fs::read(v["plot"].as_str().unwrap_or_else(|| panic!("no plot: {}", v["plot_error"]))).expect("plot file");
+    assert!(png.starts_with(b"\x89PNG"), "the plot is not a PNG");
+    let _ = std::fs::remove_dir_all(&dir);
 }
