@@ -255,14 +255,15 @@ impl BranchKey {
 
     /// The MAC of a branch value, the address its responses go back to and the method they
     /// answer: a response is relayed only to where the request it answers came from, and only as
-    /// an answer to that request's method. CANCEL and ACK share their INVITE's branch (§9.1,
-    /// §17.1.1.3), so they count as INVITE.
+    /// an answer to that request's method. A CANCEL shares its INVITE's branch (§9.1), so it
+    /// counts as INVITE; so does the ACK of a non-2xx response, which the router passes as
+    /// INVITE itself (§17.1.1.3; an ACK for a 2xx is a transaction of its own).
     pub fn mac(&self, branch: u64, reply_to: SocketAddr, method: &[u8]) -> u64 {
         use std::hash::Hasher;
         let mut h = siphasher::sip::SipHasher13::new_with_keys(self.0[0], self.0[1]);
         h.write_u64(branch);
         h.write(match method {
-            b"CANCEL" | b"ACK" => b"INVITE",
+            b"CANCEL" => b"INVITE",
             m => m,
         });
         match reply_to.ip() {

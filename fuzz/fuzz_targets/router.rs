@@ -180,14 +180,21 @@ fn memchr_lf(b: &[u8]) -> Option<usize> {
 /// What fsroute sends must scan, and be a message its peer (and fsroute itself) accepts, with
 /// two exceptions: a reply to a malformed request copies that request's Via, From, To, Call-ID
 /// and CSeq lines as they came (§8.2.6.2), defects included; and a relayed response keeps the
-/// Vias below the caller's as they came, which fsroute never had reason to read (it reads two).
-/// Those need only scan.
+/// Vias below the caller's as they came, which fsroute never had reason to read (it reads two),
+/// and a forwarded request keeps the Route values after the first as they came. Those need only
+/// scan.
 fn check_sent<'a>(bytes: &'a [u8], largest_input: usize, must_validate: bool, what: &str) -> sip::Message<'a> {
     let m = match sip::parse(bytes) {
         Ok(m) => m,
         Err(e) => panic!("{what} does not scan ({e}): {:?}", String::from_utf8_lossy(bytes)),
     };
     let valid = if m.is_request() { m.validate_request() } else { m.validate_response() };
+    // fsroute reads only the first Route value (its own, popped, or the next hop) and passes the
+    // rest as they came: once its own is popped, a malformed second value is on top.
+    let valid = match valid {
+        Err(sip::ParseError::Malformed("Route")) if m.is_request() => Ok(()),
+        v => v,
+    };
     if let (true, Err(e)) = (must_validate, valid) {
         panic!("{what} is not a valid SIP message ({e}): {:?}", String::from_utf8_lossy(bytes));
     }
@@ -236,6 +243,12 @@ struct Session {
     /// INVITE transactions whose 2xx fsroute passed to the caller: the call is answered, so
     /// fsroute must neither answer it itself nor try another box for it (RFC 3261 §16.7 step 10).
     answered: HashSet<TxnId>,
+    /// The caller's transaction of each INVITE fsroute sent, by the branch fsroute wrote on it. A
+    /// response names its transaction by that branch: the Vias below it are the backend's to
+    /// mangle, and a mangled one must not make the harness think another call was answered.
+    sent_invites: HashMap<Vec<u8>, Option<TxnId>>,
+    /// The branch on top of the datagram being handled (fsroute's, for a response).
+    incoming_branch: Option<Vec<u8>>,
 }
 
 impl Session {
@@ -248,6 +261,8 @@ impl Session {
             last_via: HashMap::new(),
             largest_input: 0,
             answered: HashSet::new(),
+            sent_invites: HashMap::new(),
+            incoming_branch: None,
         }
     }
 
@@ -265,10 +280,25 @@ impl Session {
                 self.last_via.insert(to, v.span.get(bytes).to_vec());
             }
         }
+        if m.method() == Some(sip::Method::Invite) {
+            if let Some(b) = m.top_via.and_then(|v| v.branch) {
+                self.sent_invites.insert(b.to_vec(), invite_txn(&m));
+            }
+        }
         let Some(txn) = invite_txn(&m) else { return };
         match (m.status(), sent) {
             (Some(200..=299), Sent::Relayed) => {
-                self.answered.insert(txn);
+                // The INVITE fsroute sent with the branch this 2xx came back on; a caller's Via
+                // without a usable branch names no transaction the harness can follow.
+                match self.incoming_branch.as_ref().and_then(|b| self.sent_invites.get(b)) {
+                    Some(Some(t)) => {
+                        self.answered.insert(t.clone());
+                    }
+                    Some(None) => {}
+                    None => {
+                        self.answered.insert(txn);
+                    }
+                }
                 return;
             }
             // fsroute took the INVITE on as a new transaction (after the old one was forgotten).
@@ -320,6 +350,7 @@ impl Session {
             _ => datagram,
         };
         self.largest_input = self.largest_input.max(datagram.len());
+        self.incoming_branch = sip::parse(datagram).ok().and_then(|m| m.top_via).and_then(|v| v.branch).map(<[u8]>::to_vec);
         let (trigger, valid_request, next_via) = match sip::parse(datagram) {
             Ok(m) if !m.is_request() => (Trigger::Decision, false, m.second_via.map(|v| v.span.get(datagram).to_vec())),
             Ok(m) => (Trigger::Request, m.validate_request().is_ok(), None),

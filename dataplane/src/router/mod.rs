@@ -233,6 +233,12 @@ impl Router {
         px.branch_key.mac(branch, reply_address(m, src), method)
     }
 
+    /// [`Self::branch_mac`] for the ACK of a non-2xx response: it repeats its INVITE's branch, so
+    /// it carries the INVITE's MAC.
+    fn invite_branch_mac(px: &ProxySettings, branch: u64, m: &Message<'_>, src: SocketAddr) -> u64 {
+        px.branch_key.mac(branch, reply_address(m, src), b"INVITE")
+    }
+
     fn reply(&self, m: &Message<'_>, src: SocketAddr, code: u16, reason: &str, extra: &[(&str, &str)], out: &mut Vec<u8>) -> Action {
         let tag = hash::finish(hash::mix(hash::mix(SEED_TXN, m.call_id.unwrap_or_default()), m.top_via.and_then(|v| v.branch).unwrap_or_default()));
         local_reply(m, src, code, reason, tag, extra, out);
@@ -300,11 +306,13 @@ impl Router {
         let mut dest = None;
         let mut chosen: Option<&Arc<DestCounters>> = None;
         let mut remember = false;
+        let mut invite_ack = false;
 
         // §16.11: INVITE retransmissions, CANCEL and non-2xx ACK follow the INVITE's choice.
         if let Some(txn) = self.memory.txn(tkey, now) {
             if matches!(method, Method::Ack | Method::Cancel) || !in_dialog {
                 dest = Some(txn.dest);
+                invite_ack = method == Method::Ack && txn.initial_invite;
             }
         }
         if dest.is_none() && (in_dialog || method == Method::Ack) {
@@ -429,7 +437,7 @@ impl Router {
         .then_some(dest);
         let rw = RequestRewrite {
             branch: tkey,
-            mac: Self::branch_mac(px, tkey, m, src),
+            mac: if invite_ack { Self::invite_branch_mac(px, tkey, m, src) } else { Self::branch_mac(px, tkey, m, src) },
             record_route,
             pop_route: own_route.is_some(),
             default_max_forwards: px.max_forwards,

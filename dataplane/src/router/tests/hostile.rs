@@ -301,3 +301,24 @@ fn a_response_must_answer_the_method_its_branch_was_written_for() {
     assert_eq!(r.handle(&t, dest, &ok("INVITE"), now, &mut out), Action::Drop(DropReason::ForgedResponse));
     assert_eq!(r.handle(&t, dest, &ok("BYE"), now, &mut out), Action::Forward(caller()));
 }
+
+#[test]
+fn a_non_2xx_ack_repeats_its_invites_branch_and_a_2xx_ack_cannot_carry_an_invites_answer() {
+    let t = table_with(&[1], Algorithm::RoundRobin, 1);
+    let mut r = router();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    let Action::Forward(dest) = r.handle(&t, caller(), INVITE, now, &mut out) else { panic!() };
+    let invite_branch = parse(&out).unwrap().top_via.unwrap().branch.unwrap().to_vec();
+    let call_id = "8d3f0a4c2b1e4f6a9c7d5e3b1a2f4c6e@127.0.0.7";
+    // The non-2xx ACK: the INVITE's branch, MAC included (§17.1.1.3: the box matches it by branch).
+    let ack = sip(&format!("ACK sip:+15551230001@lb.example.net:5060;user=phone SIP/2.0|Via: SIP/2.0/UDP 127.0.0.7:5060;branch=z9hG4bK-524287-1---4d7a1c9e8f2b3a61;rport|Max-Forwards: 70|To: <sip:a@b>;tag=x486|From: <sip:c@d>;tag=4fa1c2|Call-ID: {call_id}|CSeq: 101 ACK|Content-Length: 0||"));
+    assert_eq!(r.handle(&t, caller(), &ack, now, &mut out), Action::Forward(dest));
+    assert_eq!(parse(&out).unwrap().top_via.unwrap().branch.unwrap(), &invite_branch[..]);
+    // A 2xx ACK is a transaction of its own: a "200 to the INVITE" on its branch is forged
+    // (found by the `router` fuzz target: it was relayed, and failover went on).
+    let ack2 = text(&in_dialog("ACK", "sip:fs@127.0.0.1:5071", call_id)).replace("127.0.0.66", "127.0.0.7").replace("CSeq: 7 ACK", "CSeq: 101 ACK");
+    assert_eq!(r.handle(&t, caller(), ack2.as_bytes(), now, &mut out), Action::Forward(dest));
+    let ok = backend_response(&out.clone(), OK_INVITE);
+    assert_eq!(r.handle(&t, dest, &ok, now, &mut out), Action::Drop(DropReason::ForgedResponse));
+}
