@@ -44,16 +44,6 @@ fn fs_box<'a>(st: &'a serde_json::Value, b: &EmulatorHandle) -> &'a serde_json::
     st["freeswitch"].as_array().unwrap().iter().find(|x| x["url"] == url.as_str()).unwrap_or_else(|| panic!("{url} in {st}"))
 }
 
-fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    cond()
-}
 
 /// Waits until fsroute has read every box's `api status` (its sps limit is known).
 fn wait_limits_known(proxy: &Proxy, boxes: &[&EmulatorHandle]) {

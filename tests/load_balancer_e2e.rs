@@ -8,7 +8,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use fsroute_esl::emulator::{Emulator, EmulatorConfig, EmulatorHandle, Respond503};
@@ -145,16 +145,6 @@ fn an_admin_disabled_destination_takes_no_calls_until_enabled_again() {
     assert_eq!(http(proxy.admin, "POST", "/load_balancer/status", unknown).0, 404);
 }
 
-fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    cond()
-}
 
 fn fs_box(proxy: &Proxy, b: &EmulatorHandle) -> serde_json::Value {
     let url = format!("fs://{}", b.esl_addr());

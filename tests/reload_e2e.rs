@@ -17,16 +17,6 @@ fn forwarded(proxy: &Proxy) -> Vec<(String, u64)> {
         .collect()
 }
 
-fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = std::time::Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
 
 #[test]
 fn sighup_with_a_broken_file_keeps_calls_flowing_and_reports_the_error() {

@@ -302,3 +302,15 @@ pub fn dispatcher_config(shards: usize, backends: &[u16], algorithm: &str) -> St
     c.push_str(&format!("[[route]]\nto_dispatcher = 1\nalgorithm = \"{algorithm}\"\n"));
     c
 }
+
+/// Polls `cond` every 100 ms until it holds or `limit` passes; true if it held.
+pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
