@@ -469,11 +469,6 @@ pub fn metrics_text(
         }
     }
     reg.register("shard_dropped", "Datagrams dropped, by reason", dropped);
-    let memory = Family::<ShardLabels, Gauge>::default();
-    for (i, s) in shards.iter().enumerate() {
-        memory.get_or_create(&ShardLabels { shard: i as u64 }).set(ShardStats::get(&s.memory_entries) as i64);
-    }
-    reg.register("shard_call_memory_entries", "Remembered transactions and dialogs", memory);
     let refused = Family::<DropLabels, Counter>::default();
     for (i, s) in shards.iter().enumerate() {
         for r in Refusal::ALL {
@@ -489,6 +484,7 @@ pub fn metrics_text(
         }
         reg.register(name, help, fam);
     };
+    gauge("shard_call_memory_entries", "Remembered transactions and dialogs", &|s| &s.memory_entries, &mut reg);
     gauge("shard_transactions", "Remembered transactions (bounded by limits.transactions)", &|s| &s.transactions, &mut reg);
     gauge("shard_dialogs", "Remembered dialogs (bounded by limits.dialogs)", &|s| &s.dialogs, &mut reg);
     gauge("shard_established_calls", "Answered calls not yet ended", &|s| &s.established, &mut reg);

@@ -251,9 +251,8 @@ impl Router {
                     return Some(Action::Absorbed);
                 }
                 let fork = self.forks.get(&tkey)?;
-                let inv = sip::parse(&fork.request).ok()?;
-                build_cancel(&inv, &t.proxy, attempt_branch(tkey, attempt), fork.reply_to, out);
-                Some(Action::Forward(dest))
+                debug_assert_eq!(fork.attempt, attempt);
+                build_cancel(fork, &t.proxy, tkey, out).then_some(Action::Forward(dest))
             }
             _ => None,
         }
@@ -312,11 +311,7 @@ impl Router {
                 fork.expires = now + t.proxy.transaction_memory;
                 if fork.canceled {
                     // The CANCEL waited for this provisional (§9.1).
-                    if let Ok(inv) = sip::parse(&fork.request) {
-                        let dest = fork.dest;
-                        let (branch, reply_to) = (attempt_branch(tkey, fork.attempt), fork.reply_to);
-                        self.emit(dest, |buf| build_cancel(&inv, &t.proxy, branch, reply_to, buf));
-                    }
+                    self.emit_cancel(t, &fork, tkey);
                 }
                 if code == 100 {
                     Action::Absorbed
@@ -329,10 +324,7 @@ impl Router {
                     // The caller's side is over (cancelled, or answered by an attempt given up
                     // on) but this box only now may be cancelled (§9.1): it would ring on.
                     fork.provisional = true;
-                    if let Ok(inv) = sip::parse(&fork.request) {
-                        let (dest, branch, reply_to) = (fork.dest, attempt_branch(tkey, fork.attempt), fork.reply_to);
-                        self.emit(dest, |buf| build_cancel(&inv, &t.proxy, branch, reply_to, buf));
-                    }
+                    self.emit_cancel(t, &fork, tkey);
                 }
                 Action::Absorbed
             }
@@ -356,10 +348,7 @@ impl Router {
                 fork.expires = now + AFTER_FINAL;
                 drop(fork.reservation.take());
                 if fork.provisional {
-                    if let Ok(inv) = sip::parse(&fork.request) {
-                        let (dest, branch, reply_to) = (fork.dest, attempt_branch(tkey, fork.attempt), fork.reply_to);
-                        self.emit(dest, |buf| build_cancel(&inv, &t.proxy, branch, reply_to, buf));
-                    }
+                    self.emit_cancel(t, &fork, tkey);
                 }
                 let answered_by = fork.tried[usize::from(n)].unwrap_or(fork.dest);
                 let (ckey, px) = (self.dialog_key(m), &t.proxy);
@@ -498,6 +487,16 @@ impl Router {
         }
     }
 
+    /// Queues fsroute's CANCEL for `fork`'s attempt in progress.
+    fn emit_cancel(&mut self, t: &RoutingTable, fork: &Fork, tkey: u64) {
+        let mut buf = self.take_buffer();
+        if build_cancel(fork, &t.proxy, tkey, &mut buf) {
+            self.emit_buffer(fork.dest, buf);
+        } else {
+            self.recycle(buf);
+        }
+    }
+
     /// Forks waiting for a final response, for a graceful stop.
     pub(super) fn pending_forks(&self) -> usize {
         self.forks.values().filter(|f| !f.finished).count()
@@ -515,9 +514,12 @@ impl ShardStatsExt for Router {
     }
 }
 
-/// §9.1: a CANCEL for an attempt: the INVITE's Request-URI, Call-ID, From, To and CSeq number, and a
-/// single Via with the attempt's branch.
-fn build_cancel(inv: &Message<'_>, px: &crate::table::ProxySettings, branch: u64, reply_to: SocketAddr, out: &mut Vec<u8>) {
+/// §9.1: a CANCEL for the attempt in progress: the INVITE's Request-URI, Call-ID, From, To and CSeq
+/// number, and a single Via with the attempt's branch. False (nothing written) if the stored INVITE
+/// does not scan, which cannot happen for one that was forwarded.
+fn build_cancel(fork: &Fork, px: &crate::table::ProxySettings, tkey: u64, out: &mut Vec<u8>) -> bool {
+    let Ok(inv) = sip::parse(&fork.request) else { return false };
+    let (inv, branch, reply_to) = (&inv, attempt_branch(tkey, fork.attempt), fork.reply_to);
     out.clear();
     let raw = inv.raw;
     out.extend_from_slice(b"CANCEL ");
@@ -528,6 +530,7 @@ fn build_cancel(inv: &Message<'_>, px: &crate::table::ProxySettings, branch: u64
     out.extend_from_slice(b"CSeq: ");
     push_u32(out, inv.cseq.map_or(1, |c| c.number));
     out.extend_from_slice(b" CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
+    true
 }
 
 /// §17.1.1.3: the ACK for a non-2xx final response: the INVITE's Request-URI, Call-ID, From and

@@ -70,6 +70,20 @@ pub struct DialogView {
     pub caller: SocketAddr,
 }
 
+impl DialogEntry {
+    fn view(&self) -> DialogView {
+        DialogView { dest: self.dest, caller: self.caller }
+    }
+}
+
+impl DialogView {
+    /// Whether `src` is the call's caller: the IP its INVITE came from (a caller may answer or
+    /// send from another port of its address).
+    pub fn is_caller(&self, src: SocketAddr) -> bool {
+        self.caller.ip() == src.ip()
+    }
+}
+
 /// Which per-shard map is full, when a new call cannot be remembered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Full {
@@ -184,7 +198,7 @@ impl CallMemory {
 
     /// The dialog's destination and caller, while it is remembered.
     pub fn dialog(&self, key: u64, now: Instant) -> Option<DialogView> {
-        self.dialogs.get(&key).filter(|e| e.expires > now).map(|e| DialogView { dest: e.dest, caller: e.caller })
+        self.dialogs.get(&key).filter(|e| e.expires > now).map(DialogEntry::view)
     }
 
     /// Remembers a transaction's destination for `ttl`. False (nothing stored) when the map is full.
@@ -259,7 +273,7 @@ impl CallMemory {
     /// when `from` is neither the call's destination nor its caller (a forged answer).
     pub fn end_dialog(&mut self, key: u64, from: SocketAddr, now: Instant) -> bool {
         let Some(e) = self.dialogs.get_mut(&key) else { return true };
-        if from != e.dest && from.ip() != e.caller.ip() {
+        if from != e.dest && !e.view().is_caller(from) {
             return false;
         }
         drop(e.reservation.take());

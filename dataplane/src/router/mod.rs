@@ -145,7 +145,6 @@ impl Router {
     /// Runs failover timers and ages out call memory; the shell calls it periodically (and drains
     /// `poll_transmit` afterwards).
     pub fn tick(&mut self, table: &RoutingTable, now: Instant) {
-        self.memory.set_limits(table.proxy.limits);
         self.fork_tick(table, now);
         self.memory.expire(now);
         let st = &self.stats;
@@ -332,7 +331,7 @@ impl Router {
             // The INVITE's memory is gone (or it never passed here): the dialog memory may still
             // know the call, if the CANCEL comes from its caller; otherwise there is nothing to
             // cancel (§16.10).
-            match self.memory.dialog(ckey, now).filter(|d| d.caller.ip() == src.ip()) {
+            match self.memory.dialog(ckey, now).filter(|d| d.is_caller(src)) {
                 Some(d) => dest = Some(d.dest),
                 None => return self.reply(m, src, 481, "Call/Transaction Does Not Exist", &[], out),
             }
@@ -498,7 +497,7 @@ impl Router {
             return route_next.and_then(uri_addr).or(ruri).ok_or(Denied::Unknown);
         }
         let named = route_next.and_then(uri_addr).or(ruri);
-        let remembered = self.memory.dialog(ckey, now).filter(|d| d.caller.ip() == src.ip()).map(|d| d.dest);
+        let remembered = self.memory.dialog(ckey, now).filter(|d| d.is_caller(src)).map(|d| d.dest);
         token
             .or_else(|| named.filter(|a| t.is_known_destination(a)))
             .or(remembered)
