@@ -27,7 +27,9 @@ pub struct FsStats {
     pub session_count: u32,
     pub max_sessions: u32,
     pub last_heartbeat: Option<Instant>,
-    /// Connected but silent for longer than `control.heartbeat_timeout`.
+    /// Set when the box goes silent past `control.heartbeat_timeout`, and at once when its
+    /// connection drops or fails; cleared by its next connection or numbers. Read it through
+    /// [`FsStats::freshness`].
     pub stale: bool,
     /// Grows with every new set of numbers, so the load at heartbeat time (`p_hb`) is taken once
     /// per heartbeat.
