@@ -30,7 +30,7 @@ impl HeaderName {
 }
 
 /// Which header a header line's name is.
-#[inline]
+#[inline(always)]
 pub fn header_name(name: &[u8]) -> HeaderName {
     // Compact forms first: a single byte (RFC 3261 §7.3.3).
     if name.len() == 1 {
@@ -143,6 +143,7 @@ struct Scan<'a> {
 impl<'a> Scan<'a> {
     /// Records one header. Only a defect that leaves nobody to answer (an unusable top Via) is an
     /// error; anything else is noted in `defect` and the walk goes on.
+    #[inline]
     fn header(&mut self, h: Header) -> Result<(), ParseError> {
         let buf = self.m.raw;
         let value = h.value.get(buf);
