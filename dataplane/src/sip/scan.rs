@@ -355,7 +355,11 @@ fn parse_via(buf: &[u8], a: usize, b: usize) -> Result<Via<'_>, ParseError> {
             });
             via.rport_span = Some(Span::new(abs + ps, abs + pe));
         } else if name.eq_ignore_ascii_case(b"received") {
-            via.received = Some(value.ok_or(bad)?);
+            // An IP address (§18.2.1): fsroute overwrites this value, and anything else in it (a
+            // '<' that hides a comma from the list split, say) would change what the rest of the
+            // header means once it is gone (found by the `router` fuzz target).
+            let ip = value.filter(|v| !v.is_empty() && v.iter().all(|c| c.is_ascii_hexdigit() || b".:[]".contains(c)));
+            via.received = Some(ip.ok_or(bad)?);
             // Include the ';' before it so the parameter can be removed whole.
             let semi = params[..ps].iter().rposition(|&c| c == b';').unwrap_or(ps);
             via.received_span = Some(Span::new(abs + semi, abs + pe));

@@ -302,3 +302,18 @@ fn a_continuation_line_before_any_header_ends_the_scan_with_an_error() {
     let raw = b"INVITE sip:a@b SIP/2.0\r\n  folded\r\nVia: SIP/2.0/UDP 127.0.0.7\r\n\r\n";
     assert_eq!(parse(raw), Err(ParseError::BadContinuation));
 }
+
+#[test]
+fn a_received_that_is_not_an_ip_address_makes_the_via_malformed() {
+    // Found by the `router` fuzz target: `received=x <sip:a,b` hid a comma inside an unclosed '<';
+    // once fsroute wrote its own received over it, the comma split the header into a second Via.
+    let with = |received: &str| format!("OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.9;received={received};branch=z9hG4bKx\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n");
+    for bad in ["Ocord-Route: <sip:127.0.0.40", "host.example.com", ""] {
+        assert!(parse(with(bad).as_bytes()).is_err(), "received={bad:?}");
+    }
+    for good in ["192.0.2.1", "[2001:db8::1]", "2001:db8::1"] {
+        let text = with(good);
+        let m = parse(text.as_bytes()).unwrap();
+        assert_eq!(m.top_via.unwrap().received, Some(good.as_bytes()), "received={good:?}");
+    }
+}
