@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use fsroute_controlplane::build::{build_table, AdminState, CounterStore, FsStats, Stats};
 use fsroute_controlplane::config::{self, Config, Weight};
+use fsroute_controlplane::state::{AdminState, CounterStore, FsStats, Stats};
+use fsroute_controlplane::table_builder::build_table;
 use support::{config_text, dest_addr, Row, RowWeight};
 
 const SIZES: [usize; 3] = [10, 1_000, 10_000];

@@ -1,10 +1,13 @@
-//! The admin and metrics endpoint's content: `/status` as JSON and `/metrics` as Prometheus text,
-//! both rendered from the current routing table, the per-shard counters and the reload record.
-//! Rendering is pure (tested without sockets); the HTTP listener lives in `runtime`.
+//! What the admin endpoints say: all of `/status` (JSON) and `/metrics` (OpenMetrics text),
+//! assembled here from the control thread's state as [`ControlView`] lends it: the current routing
+//! table, the per-shard counters, the reload record, each box's stats and ESL counters, probe
+//! verdicts and admin overrides. Rendering is pure (tested without sockets); the HTTP listener
+//! lives in `admin_http`, and `runtime` only hands each request its view.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use fsroute_dataplane::stats::{DropReason, Refusal, ShardStats};
 use fsroute_dataplane::table::RoutingTable;
@@ -16,7 +19,13 @@ use prometheus_client::registry::Registry;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use crate::config::DestState;
+use crate::config::{CapacityModel, Config, DestState, FsKey, Weight};
+use crate::freeswitch::{Clamped, FsInfo, FsMonitor};
+use crate::headroom::{Binding, CostSource};
+use crate::probe::Prober;
+use crate::reconcile::Reconciler;
+use crate::state::{AdminState, CounterStore, FsStats, Stats};
+use crate::table_builder::{box_headroom, cpu_cost};
 
 /// What `/status` reports about configuration loads.
 #[derive(Clone, Debug, Default)]
@@ -40,7 +49,7 @@ fn state_name(active: bool, state: Option<DestState>) -> &'static str {
 
 /// Per destination, what the table does not hold.
 #[derive(Clone, Debug, Default)]
-pub struct DestExtra {
+struct DestExtra {
     /// The admin state in force (an override, else the row's state).
     pub state: Option<DestState>,
     /// The OPTIONS probe verdict, when probing is on.
@@ -83,122 +92,261 @@ fn summary(h: &Histogram<u64>) -> Value {
     })
 }
 
-pub fn status_json(
-    table: &RoutingTable,
-    shards: &[std::sync::Arc<ShardStats>],
-    reload: &ReloadRecord,
-    timings: &Timings,
-    boxes: &[FsMetric],
-    extra: &dyn Fn(i32, &str) -> DestExtra,
-) -> Value {
-    let sets: Vec<Value> = table
-        .sets
-        .iter()
-        .map(|s| {
-            let dests: Vec<Value> = s
-                .destinations
-                .iter()
-                .map(|d| {
-                    let x = extra(s.setid, &d.uri);
-                    json!({
-                        "uri": d.uri,
-                        "address": d.addr.to_string(),
-                        "state": state_name(d.active, x.state),
-                        "probe": x.probe,
-                        "weight": d.weight,
-                        "configured_weight": x.configured_weight,
-                        "priority": d.priority,
-                        "forwarded": d.counters.forwarded.load(Ordering::Relaxed),
-                        "fs": x.fs,
-                    })
-                })
-                .collect();
-            json!({ "setid": s.setid, "destinations": dests })
-        })
-        .collect();
-    let shard_values: Vec<Value> = shards
-        .iter()
-        .enumerate()
-        .map(|(i, st)| {
-            let dropped: serde_json::Map<String, Value> =
-                DropReason::ALL.iter().map(|r| (r.label().to_string(), json!(st.dropped(*r)))).collect();
-            let refused: serde_json::Map<String, Value> =
-                Refusal::ALL.iter().map(|r| (r.label().to_string(), json!(st.refused(*r)))).collect();
-            json!({
-                "shard": i,
-                "received": ShardStats::get(&st.received),
-                "processed": ShardStats::get(&st.processed),
-                "replied": ShardStats::get(&st.replied),
-                "handed_off": ShardStats::get(&st.handed_off),
-                "failovers": ShardStats::get(&st.failovers),
-                "absorbed": ShardStats::get(&st.absorbed),
-                "call_memory_entries": ShardStats::get(&st.memory_entries),
-                "call_state": {
-                    "transactions": ShardStats::get(&st.transactions),
-                    "dialogs": ShardStats::get(&st.dialogs),
-                    "established": ShardStats::get(&st.established),
-                    "forks": ShardStats::get(&st.forks),
-                    "fork_bytes": ShardStats::get(&st.fork_bytes),
-                    "calls_timed_out": ShardStats::get(&st.calls_timed_out),
-                },
-                "dropped": dropped,
-                "refused": refused,
-            })
-        })
-        .collect();
-    let loaded_at = reload
-        .loaded_at
-        .map(|t| humantime::format_rfc3339_seconds(t).to_string());
-    let groups: Vec<Value> = table
-        .lb_groups
-        .iter()
-        .map(|g| {
-            let dests: Vec<Value> = g
-                .destinations
-                .iter()
-                .map(|d| {
-                    let resources: Vec<Value> = g
-                        .resource_names
-                        .iter()
-                        .zip(&d.resources)
-                        .filter_map(|(name, r)| {
-                            r.as_ref().map(|r| {
-                                let load = r.load.held();
-                                // A box-backed resource has no fixed max: its load plus what the box can still take.
-                                let max = match &r.fs {
-                                    Some(b) => u64::from(load) + b.available(std::time::Instant::now()),
-                                    None => u64::from(r.effective),
-                                };
-                                // Units written off by reconciliation whose calls have not ended yet.
-                                json!({ "name": name, "max": max, "load": load, "forgiven": r.load.forgiven() })
-                            })
-                        })
-                        .collect();
-                    json!({ "uri": d.uri, "address": d.addr.to_string(), "enabled": d.enabled, "resources": resources })
-                })
-                .collect();
-            json!({ "group_id": g.group_id, "destinations": dests })
-        })
-        .collect();
-    json!({
-        "dispatcher": sets,
-        "load_balancer": groups,
-        "freeswitch": boxes.iter().map(FsMetric::to_json).collect::<Vec<_>>(),
-        "shards": shard_values,
-        "table_generation": table.generation,
-        "control": {
-            "heartbeat_to_table": summary(&timings.heartbeat_visible),
-            "table_rebuild": summary(&timings.rebuild),
-        },
-        "config": {
-            "path": reload.path,
-            "loaded_at": loaded_at,
-            "reloads": reload.reloads,
-            "reload_failures": reload.reload_failures,
-            "last_error": reload.last_error,
-        },
-    })
+/// The control thread's state as `/status` and `/metrics` read it, lent for one request.
+pub struct ControlView<'a> {
+    pub config: &'a Config,
+    pub stats: &'a Stats,
+    pub admin: &'a AdminState,
+    pub counters: &'a CounterStore,
+    /// The table the shards use now.
+    pub table: &'a RoutingTable,
+    pub shards: &'a [Arc<ShardStats>],
+    pub fs: &'a FsMonitor,
+    pub prober: &'a Prober,
+    pub reconciler: &'a Reconciler,
+    pub record: &'a ReloadRecord,
+    pub timings: &'a Timings,
 }
+
+impl ControlView<'_> {
+    /// `GET /status`.
+    pub fn status(&self) -> Value {
+        let (table, reload, timings) = (self.table, self.record, self.timings);
+        let sets: Vec<Value> = table
+            .sets
+            .iter()
+            .map(|s| {
+                let dests: Vec<Value> = s
+                    .destinations
+                    .iter()
+                    .map(|d| {
+                        let x = self.dest_extra(s.setid, &d.uri);
+                        json!({
+                            "uri": d.uri,
+                            "address": d.addr.to_string(),
+                            "state": state_name(d.active, x.state),
+                            "probe": x.probe,
+                            "weight": d.weight,
+                            "configured_weight": x.configured_weight,
+                            "priority": d.priority,
+                            "forwarded": d.counters.forwarded.load(Ordering::Relaxed),
+                            "fs": x.fs,
+                        })
+                    })
+                    .collect();
+                json!({ "setid": s.setid, "destinations": dests })
+            })
+            .collect();
+        let shard_values: Vec<Value> = self
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, st)| {
+                let dropped: serde_json::Map<String, Value> =
+                    DropReason::ALL.iter().map(|r| (r.label().to_string(), json!(st.dropped(*r)))).collect();
+                let refused: serde_json::Map<String, Value> =
+                    Refusal::ALL.iter().map(|r| (r.label().to_string(), json!(st.refused(*r)))).collect();
+                json!({
+                    "shard": i,
+                    "received": ShardStats::get(&st.received),
+                    "processed": ShardStats::get(&st.processed),
+                    "replied": ShardStats::get(&st.replied),
+                    "handed_off": ShardStats::get(&st.handed_off),
+                    "failovers": ShardStats::get(&st.failovers),
+                    "absorbed": ShardStats::get(&st.absorbed),
+                    "call_memory_entries": ShardStats::get(&st.memory_entries),
+                    "call_state": {
+                        "transactions": ShardStats::get(&st.transactions),
+                        "dialogs": ShardStats::get(&st.dialogs),
+                        "established": ShardStats::get(&st.established),
+                        "forks": ShardStats::get(&st.forks),
+                        "fork_bytes": ShardStats::get(&st.fork_bytes),
+                        "calls_timed_out": ShardStats::get(&st.calls_timed_out),
+                    },
+                    "dropped": dropped,
+                    "refused": refused,
+                })
+            })
+            .collect();
+        let loaded_at = reload
+            .loaded_at
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string());
+        let groups: Vec<Value> = table
+            .lb_groups
+            .iter()
+            .map(|g| {
+                let dests: Vec<Value> = g
+                    .destinations
+                    .iter()
+                    .map(|d| {
+                        let resources: Vec<Value> = g
+                            .resource_names
+                            .iter()
+                            .zip(&d.resources)
+                            .filter_map(|(name, r)| {
+                                r.as_ref().map(|r| {
+                                    let load = r.load.held();
+                                    // A box-backed resource has no fixed max: its load plus what the box can still take.
+                                    let max = match &r.fs {
+                                        Some(b) => u64::from(load) + b.available(Instant::now()),
+                                        None => u64::from(r.effective),
+                                    };
+                                    // Units written off by reconciliation whose calls have not ended yet.
+                                    json!({ "name": name, "max": max, "load": load, "forgiven": r.load.forgiven() })
+                                })
+                            })
+                            .collect();
+                        json!({ "uri": d.uri, "address": d.addr.to_string(), "enabled": d.enabled, "resources": resources })
+                    })
+                    .collect();
+                json!({ "group_id": g.group_id, "destinations": dests })
+            })
+            .collect();
+        json!({
+            "dispatcher": sets,
+            "load_balancer": groups,
+            "freeswitch": self.fs_metrics().iter().map(FsMetric::to_json).collect::<Vec<_>>(),
+            "shards": shard_values,
+            "table_generation": table.generation,
+            "control": {
+                "heartbeat_to_table": summary(&timings.heartbeat_visible),
+                "table_rebuild": summary(&timings.rebuild),
+            },
+            "config": {
+                "path": reload.path,
+                "loaded_at": loaded_at,
+                "reloads": reload.reloads,
+                "reload_failures": reload.reload_failures,
+                "last_error": reload.last_error,
+            },
+        })
+    }
+
+    /// `GET /metrics`.
+    pub fn metrics(&self) -> String {
+        metrics_text(self.table, self.shards, self.record, &self.fs_metrics(), self.timings)
+    }
+
+    /// A box's stats and ESL counters (defaults before it has any).
+    fn fs_box(&self, key: &FsKey) -> (FsStats, FsInfo) {
+        (self.stats.fs.get(key).cloned().unwrap_or_default(), self.fs.info(key).cloned().unwrap_or_default())
+    }
+
+    fn fs_metrics(&self) -> Vec<FsMetric> {
+        self.config
+            .fs_endpoints()
+            .into_iter()
+            .map(|fs| {
+                let key = fs.key();
+                let (s, info) = self.fs_box(&key);
+                FsMetric {
+                    url: fs.to_string(),
+                    connected: s.connected,
+                    stale: s.is_stale(),
+                    heartbeat_age: s.last_heartbeat.map(|t| t.elapsed()),
+                    session_count: s.session_count,
+                    max_sessions: s.max_sessions,
+                    idle_cpu_micro: s.idle_cpu_micro,
+                    rejected_heartbeats: info.rejected_heartbeats,
+                    reconnects: info.reconnects,
+                    lifecycle: s.lifecycle(),
+                    headroom: self.box_headroom(&key, &s),
+                    restarts: info.restarts,
+                    max_sessions_shrunk: info.max_sessions_shrunk,
+                    units_reconciled: self.reconciler.reconciled(&key),
+                    clamped: info.clamped,
+                }
+            })
+            .collect()
+    }
+
+    /// What the headroom model makes of one box now (None under the `opensips` model).
+    fn box_headroom(&self, key: &FsKey, s: &FsStats) -> Option<BoxHeadroom> {
+        if self.config.control.capacity_model != CapacityModel::Headroom {
+            return None;
+        }
+        let control = &self.config.control;
+        let gate = self.counters.box_gate(key)?;
+        let table = self.table;
+        // The admission the shards use now: any row naming the box carries the same one.
+        let adm = table
+            .lb_groups
+            .iter()
+            .flat_map(|g| &g.destinations)
+            .flat_map(|d| d.resources.iter().flatten())
+            .filter_map(|r| r.fs.as_ref())
+            .chain(table.sets.iter().flat_map(|s| &s.destinations).filter_map(|d| d.fs.as_ref()))
+            .find(|b| Arc::ptr_eq(&b.gate, &gate.gate))
+            .cloned();
+        let now = Instant::now();
+        let (cost, source) = cpu_cost(control, s);
+        let h = s.is_fresh().then(|| box_headroom(control, s, self.stats.boxes.get(key)));
+        let binding = match (&adm, h) {
+            (Some(b), _) if !b.accepting => Binding::Closed,
+            (Some(b), _) if !b.rate_open(now) => Binding::Rate,
+            (_, Some(h)) => h.binding,
+            _ => Binding::Initial,
+        };
+        Some(BoxHeadroom {
+            sessions: h.map_or(0, |h| h.sessions),
+            cpu: h.map_or(0, |h| h.cpu),
+            rate: adm.as_ref().and_then(|b| b.rate_used(now)),
+            available: adm.as_ref().map_or(0, |b| b.available(now)),
+            binding: binding.name(),
+            cpu_cost_micro: cost,
+            cost_source: match source {
+                CostSource::Prior => "prior",
+                CostSource::Configured => "configured",
+                CostSource::Fit => "fit",
+            },
+            background_cpu_micro: s.cpu_fit.background_micro(),
+            sps_limit: s.sps_limit,
+            min_idle_cpu_micro: s.min_idle_cpu_micro,
+            refusals: gate.gate.refusals(),
+            rate_limited: gate.gate.rate_limited(),
+            started: gate.gate.started(),
+        })
+    }
+
+    /// What `/status` shows of a destination beyond the table: its configured weight and, for an
+    /// fs:// weight, what its FreeSWITCH box last said.
+    fn dest_extra(&self, setid: i32, uri: &str) -> DestExtra {
+        let Some(row) = self.config.dispatcher_row(setid, uri) else {
+            return DestExtra::default();
+        };
+        let state = self.admin.state_of(row);
+        let probe = self.prober.health(&(setid, uri.to_string())).map(|h| {
+            json!({ "up": h.up, "full": h.full, "last_status": h.last_status })
+        });
+        match &row.weight {
+            Weight::Static(w) => DestExtra { configured_weight: Some(w.to_string()), fs: None, state: Some(state), probe },
+            Weight::Fs(fs) => {
+                let key = fs.key();
+                let (s, info) = self.fs_box(&key);
+                DestExtra {
+                    state: Some(state),
+                    probe,
+                    configured_weight: Some(fs.to_string()),
+                    fs: Some(json!({
+                        "url": fs.to_string(),
+                        "connected": s.connected,
+                        "idle_cpu": s.last_heartbeat.map(|_| f64::from(s.idle_cpu_micro) / 1e6),
+                        "session_count": s.last_heartbeat.map(|_| s.session_count),
+                        "max_sessions": s.last_heartbeat.map(|_| s.max_sessions),
+                        "heartbeat_age_ms": s.last_heartbeat.map(|t| t.elapsed().as_millis() as u64),
+                        "stale": s.is_stale(),
+                        "lifecycle": s.lifecycle(),
+                        "rejected_heartbeats": info.rejected_heartbeats,
+                        "reconnects": info.reconnects,
+                        "core_uuid": info.core_uuid,
+                        "last_error": info.last_error,
+                    })),
+                }
+            }
+        }
+    }
+}
+
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct DestLabels {
@@ -234,6 +382,23 @@ fn counter_from(c: &Counter, v: u64) {
     c.inc_by(v);
 }
 
+/// One counter per shard and reason (`shard_dropped`, `shard_refused`).
+fn by_reason<R: Copy>(
+    shards: &[Arc<ShardStats>],
+    all: &[R],
+    label: fn(R) -> &'static str,
+    count: fn(&ShardStats, R) -> u64,
+) -> Family<DropLabels, Counter> {
+    let fam = Family::<DropLabels, Counter>::default();
+    for (i, s) in shards.iter().enumerate() {
+        for &r in all {
+            let l = DropLabels { shard: i as u64, reason: label(r).to_string() };
+            counter_from(&fam.get_or_create(&l), count(s, r));
+        }
+    }
+    fam
+}
+
 /// One FreeSWITCH box as `/metrics` shows it.
 #[derive(Clone, Debug, Default)]
 pub struct FsMetric {
@@ -256,7 +421,7 @@ pub struct FsMetric {
     /// Units on the box's load_balancer rows written off by reconciliation, ever.
     pub units_reconciled: u64,
     /// Readings whose figures were past what a real box reports, per field.
-    pub clamped: crate::freeswitch::Clamped,
+    pub clamped: Clamped,
 }
 
 /// One box's admission under the headroom model, for `/status` and `/metrics`.
@@ -402,7 +567,7 @@ struct BindingLabels {
 
 pub fn metrics_text(
     table: &RoutingTable,
-    shards: &[std::sync::Arc<ShardStats>],
+    shards: &[Arc<ShardStats>],
     reload: &ReloadRecord,
     boxes: &[FsMetric],
     timings: &Timings,
@@ -461,21 +626,9 @@ pub fn metrics_text(
     per_shard("shard_replied", "Replies fsroute generated (404/483/503...)", &|s| &s.replied, &mut reg);
     per_shard("shard_handed_off", "Datagrams handed to the owning shard", &|s| &s.handed_off, &mut reg);
     per_shard("shard_failovers", "Calls moved to another destination after a failure or silence", &|s| &s.failovers, &mut reg);
-    let dropped = Family::<DropLabels, Counter>::default();
-    for (i, s) in shards.iter().enumerate() {
-        for r in DropReason::ALL {
-            let l = DropLabels { shard: i as u64, reason: r.label().to_string() };
-            counter_from(&dropped.get_or_create(&l), s.dropped(r));
-        }
-    }
+    let dropped = by_reason(shards, &DropReason::ALL, DropReason::label, ShardStats::dropped);
     reg.register("shard_dropped", "Datagrams dropped, by reason", dropped);
-    let refused = Family::<DropLabels, Counter>::default();
-    for (i, s) in shards.iter().enumerate() {
-        for r in Refusal::ALL {
-            let l = DropLabels { shard: i as u64, reason: r.label().to_string() };
-            counter_from(&refused.get_or_create(&l), s.refused(r));
-        }
-    }
+    let refused = by_reason(shards, &Refusal::ALL, Refusal::label, ShardStats::refused);
     reg.register("shard_refused", "Requests fsroute answered itself instead of forwarding, by reason", refused);
     let gauge = |name: &str, help: &str, get: &dyn Fn(&ShardStats) -> &AtomicU64, reg: &mut Registry| {
         let fam = Family::<ShardLabels, Gauge>::default();
@@ -516,7 +669,8 @@ mod metrics_tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::build::{build_table, AdminState, CounterStore, Stats};
+    use crate::state::{AdminState, CounterStore, Stats};
+    use crate::table_builder::build_table;
 
     #[test]
     fn every_metric_family_is_registered_once_so_an_openmetrics_parser_accepts_the_scrape() {

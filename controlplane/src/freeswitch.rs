@@ -11,7 +11,11 @@ use fsroute_esl::{ConnId, EslPool, EslUrl, HeartbeatFormat, HeartbeatStats, Pool
 
 use fsroute_dataplane::lb::HUNDRED_PERCENT_MICRO;
 
-use crate::build::{FsStats, Stats};
+// The ESL parser's bound on Idle-CPU and the data plane's 100 % are one figure. The two crates do
+// not depend on each other; the control plane, which reads the one into the other, checks they agree.
+const _: () = assert!(fsroute_esl::heartbeat::IDLE_CPU_MICRO_MAX == HUNDRED_PERCENT_MICRO);
+
+use crate::state::{FsStats, Stats};
 use crate::config::{Config, FsEndpoint, FsKey};
 
 /// What `/status` and `/metrics` show about one box, besides its numbers in `Stats`.
@@ -73,7 +77,7 @@ struct Conn {
     next_status: Option<Instant>,
     /// Credentials as configured; a change reconnects.
     user: Option<String>,
-    password: String,
+    password: Secret,
     info: FsInfo,
 }
 
@@ -82,7 +86,7 @@ fn url_of(fs: &FsEndpoint) -> EslUrl {
         host: fs.endpoint.host.bare(),
         port: fs.endpoint.port,
         user: fs.user.clone(),
-        password: Secret::new(fs.password.expose()),
+        password: fs.password.clone(),
     }
 }
 
@@ -114,9 +118,7 @@ fn apply_numbers(entry: &mut FsStats, info: &mut FsInfo, h: &HeartbeatStats, now
         tracing::warn!(box = %info.url, from = entry.max_sessions, to = max_sessions, "Max-Sessions shrank");
     }
     entry.seq += 1;
-    entry.connected = true;
-    entry.stale = false;
-    entry.last_heartbeat = Some(now);
+    entry.on_numbers(now);
     entry.idle_cpu_micro = idle_cpu_micro;
     entry.session_count = u32::try_from(h.session_count).unwrap_or(u32::MAX);
     entry.max_sessions = max_sessions;
@@ -198,7 +200,7 @@ impl FsMonitor {
             let same = self
                 .conns
                 .get(&key)
-                .is_some_and(|c| c.user == fs.user && c.password == fs.password.expose());
+                .is_some_and(|c| c.user == fs.user && c.password == fs.password);
             if same {
                 continue;
             }
@@ -217,7 +219,7 @@ impl FsMonitor {
                     id,
                     next_status: None,
                     user: fs.user.clone(),
-                    password: fs.password.expose().to_string(),
+                    password: fs.password.clone(),
                     info: FsInfo { url: masked, ..FsInfo::default() },
                 },
             );
@@ -293,9 +295,7 @@ impl FsMonitor {
                 conn.next_status = None;
                 // Connected but no numbers yet: counts as "before the first heartbeat". What the box
                 // said before (its boot, its limits, its CPU history) stays until it says otherwise.
-                entry.connected = true;
-                entry.stale = false;
-                entry.last_heartbeat = None;
+                entry.on_connected();
                 true
             }
             PoolEvent::Seed(_, h) | PoolEvent::Heartbeat(_, h) | PoolEvent::Status(_, h) => {
@@ -344,7 +344,7 @@ impl FsMonitor {
             }
             PoolEvent::Stale(_) => {
                 tracing::warn!(box = %conn.info.url, "no heartbeat within heartbeat_timeout: stale");
-                entry.stale = true;
+                entry.on_silence();
                 true
             }
             PoolEvent::Disconnected(_, why) | PoolEvent::ConnectFailed(_, why) => {
@@ -352,19 +352,13 @@ impl FsMonitor {
                     tracing::warn!(box = %conn.info.url, reason = %why, "ESL connection lost: stale");
                     conn.info.reconnects += 1;
                 }
-                conn.info.last_error = Some(why.clone());
-                let was = (entry.connected, entry.stale);
-                entry.connected = false;
-                entry.stale = true;
-                was != (false, true)
+                conn.info.last_error = Some(why.to_string());
+                entry.on_disconnect()
             }
             PoolEvent::AuthFailed(_) => {
                 tracing::error!(box = %conn.info.url, "ESL authentication failed");
                 conn.info.last_error = Some("authentication failed".into());
-                let was = (entry.connected, entry.stale);
-                entry.connected = false;
-                entry.stale = true;
-                was != (false, true)
+                entry.on_disconnect()
             }
         }
     }
@@ -448,7 +442,8 @@ mod tests {
 
     #[test]
     fn a_box_claiming_two_to_the_64_sessions_is_worth_the_ceiling_not_four_billion_calls() {
-        use crate::build::{build_table, AdminState, CounterStore};
+        use crate::state::{AdminState, CounterStore};
+        use crate::table_builder::build_table;
         let c = crate::config::parse(
             "[proxy]\nlisten = [\"127.0.0.1:5060\"]\n\n[control]\ncapacity_model = \"opensips\"\nmax_sessions_ceiling = 2000\n\n\
              [[load_balancer]]\ngroup_id = 1\ndst_uri = \"sip:127.0.0.1:5081\"\nresources = \"ch=fs://:ClueCon@127.0.0.1:8021\"\n\n\

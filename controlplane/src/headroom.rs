@@ -13,7 +13,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Idle-CPU is carried in millionths of a percent (`esl`'s `idle_cpu_micro`).
+use fsroute_dataplane::lb::HUNDRED_PERCENT_MICRO;
+
+/// Idle-CPU is carried in millionths of a percent (`esl`'s `idle_cpu_micro`): this is 1 %.
 pub const PERCENT_MICRO: u64 = 1_000_000;
 
 /// Which limit of the box is the smallest now.
@@ -91,7 +93,7 @@ pub fn headroom(r: &BoxReport, knobs: &Knobs, cost: (u64, CostSource), predicted
     let sessions = r.max_sessions.saturating_sub(r.session_count) / k;
     let floor = u64::from(r.min_idle_cpu_micro) + u64::from(knobs.cpu_margin_micro);
     let idle = predicted_idle.map_or(r.idle_cpu_micro, |p| p.min(r.idle_cpu_micro));
-    let spare = u64::from(idle).min(100 * PERCENT_MICRO).saturating_sub(floor);
+    let spare = u64::from(idle.min(HUNDRED_PERCENT_MICRO)).saturating_sub(floor);
     let mut cpu_sessions = spare / cost.0.max(1);
     if cost.1 == CostSource::Prior {
         cpu_sessions = cpu_sessions.min(SLOW_START_SESSIONS.max(r.session_count / 2));
@@ -210,7 +212,8 @@ impl CpuCostFit {
 
     /// CPU busy with other work (percent, millionths), as the fit's intercept says.
     pub fn background_micro(&self) -> Option<u64> {
-        self.line().map(|(_, intercept)| (100.0 * PERCENT_MICRO as f64 - intercept).clamp(0.0, 100.0 * PERCENT_MICRO as f64) as u64)
+        let hundred = f64::from(HUNDRED_PERCENT_MICRO);
+        self.line().map(|(_, intercept)| (hundred - intercept).clamp(0.0, hundred) as u64)
     }
 
     /// Idle-CPU the line predicts for the box once `session_count` sessions have settled: what the
@@ -218,7 +221,7 @@ impl CpuCostFit {
     pub fn predict_idle_micro(&self, session_count: u64) -> Option<u32> {
         let (slope, intercept) = self.line()?;
         let y = intercept + slope.min(0.0) * session_count as f64;
-        Some(y.clamp(0.0, 100.0 * PERCENT_MICRO as f64) as u32)
+        Some(y.clamp(0.0, f64::from(HUNDRED_PERCENT_MICRO)) as u32)
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use fsroute_dataplane::lb::Load;
 
-use crate::build::{CounterStore, Stats};
+use crate::state::{CounterStore, Stats};
 use crate::config::{Capacity, Config, FsKey};
 
 /// How long after fsroute reserves a call its INVITE has surely reached the box and a reading that
@@ -134,7 +134,8 @@ mod tests {
     use fsroute_dataplane::lb::{self, Reservation};
 
     use super::*;
-    use crate::build::{build_table, AdminState};
+    use crate::state::AdminState;
+    use crate::table_builder::build_table;
     use crate::config::{self, Host, HostPort};
 
     fn config(k: u32) -> Config {
@@ -192,15 +193,13 @@ resources = "ch"
         /// The box reports `sessions`; the control plane rebuilds as `Control::rebuild` does.
         fn reading(&mut self, sessions: u32) -> u64 {
             let s = self.stats.fs.entry(fs_key()).or_default();
-            s.connected = true;
-            s.stale = false;
-            s.last_heartbeat = Some(self.now);
+            s.on_numbers(self.now);
             s.idle_cpu_micro = 100_000_000;
             s.max_sessions = 1000;
             s.session_count = sessions;
             s.seq += 1;
             let written = self.reconciler.on_readings(&self.stats, self.config.control.channels_per_call);
-            crate::build::snapshot_p_hb(&self.config, &mut self.stats, &self.counters);
+            crate::table_builder::snapshot_p_hb(&self.config, &mut self.stats, &self.counters);
             build_table(&self.config, &self.stats, &AdminState::default(), &mut self.counters, self.stats.fs[&fs_key()].seq);
             self.reconciler.sync(&self.config, &self.counters, self.now);
             written

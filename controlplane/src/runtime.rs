@@ -11,18 +11,19 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use fsroute_dataplane::shard::{DataPlane, ShardSpec};
+use fsroute_dataplane::stats::ShardStats;
 use fsroute_dataplane::table::RoutingTable;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::admin::{metrics_text, status_json, BoxHeadroom, DestExtra, FsMetric, ReloadRecord, Timings};
+use crate::admin::{ControlView, ReloadRecord, Timings};
 use crate::admin_http::{AdminLimits, AdminMethod, AdminRequest, AdminResponse, AdminServer};
-use crate::build::{box_headroom, build_table, cpu_cost, AdminState, CounterStore, Stats};
-use crate::config::{self, CapacityModel, Config, DestState, Weight};
-use crate::headroom::{Binding, CostSource};
+use crate::config::{self, Config, DestState};
 use crate::freeswitch::FsMonitor;
 use crate::probe::{Outgoing, ProbeSettings, ProbeSocket, Prober};
 use crate::reconcile::Reconciler;
+use crate::state::{AdminState, CounterStore, Stats};
+use crate::table_builder::{build_table, snapshot_boxes, snapshot_p_hb};
 
 fn probe_settings(c: &Config) -> ProbeSettings {
     ProbeSettings {
@@ -90,8 +91,8 @@ impl Control {
         let started = Instant::now();
         // Before the snapshots: fsroute's load at a reading is what is left after reconciling with it.
         self.reconciler.on_readings(&self.stats, self.config.control.channels_per_call);
-        crate::build::snapshot_p_hb(&self.config, &mut self.stats, &self.counters);
-        crate::build::snapshot_boxes(&self.config, &mut self.stats, &self.counters, started);
+        snapshot_p_hb(&self.config, &mut self.stats, &self.counters);
+        snapshot_boxes(&self.config, &mut self.stats, &self.counters, started);
         let t = build_table(&self.config, &self.stats, &self.admin, &mut self.counters, self.generation);
         self.table.store(Arc::new(t));
         self.reconciler.sync(&self.config, &self.counters, started);
@@ -157,83 +158,6 @@ impl Control {
         self.admin_bound.filter(|a| !a.ip().is_loopback() && new.control.admin_token.is_none())
     }
 
-    fn fs_metrics(&self) -> Vec<FsMetric> {
-        self.config
-            .fs_endpoints()
-            .into_iter()
-            .map(|fs| {
-                let key = fs.key();
-                let s = self.stats.fs.get(&key).cloned().unwrap_or_default();
-                let info = self.fs.info(&key).cloned().unwrap_or_default();
-                FsMetric {
-                    url: fs.to_string(),
-                    connected: s.connected,
-                    stale: s.is_stale(),
-                    heartbeat_age: s.last_heartbeat.map(|t| t.elapsed()),
-                    session_count: s.session_count,
-                    max_sessions: s.max_sessions,
-                    idle_cpu_micro: s.idle_cpu_micro,
-                    rejected_heartbeats: info.rejected_heartbeats,
-                    reconnects: info.reconnects,
-                    lifecycle: s.lifecycle(),
-                    headroom: self.box_headroom(&key, &s),
-                    restarts: info.restarts,
-                    max_sessions_shrunk: info.max_sessions_shrunk,
-                    units_reconciled: self.reconciler.reconciled(&key),
-                    clamped: info.clamped,
-                }
-            })
-            .collect()
-    }
-
-    /// What the headroom model makes of one box now (None under the `opensips` model).
-    fn box_headroom(&self, key: &config::FsKey, s: &crate::build::FsStats) -> Option<BoxHeadroom> {
-        if self.config.control.capacity_model != CapacityModel::Headroom {
-            return None;
-        }
-        let control = &self.config.control;
-        let gate = self.counters.box_gate(key)?;
-        let table = self.table.load();
-        // The admission the shards use now: any row naming the box carries the same one.
-        let adm = table
-            .lb_groups
-            .iter()
-            .flat_map(|g| &g.destinations)
-            .flat_map(|d| d.resources.iter().flatten())
-            .filter_map(|r| r.fs.as_ref())
-            .chain(table.sets.iter().flat_map(|s| &s.destinations).filter_map(|d| d.fs.as_ref()))
-            .find(|b| std::sync::Arc::ptr_eq(&b.gate, &gate.gate))
-            .cloned();
-        let now = Instant::now();
-        let (cost, source) = cpu_cost(control, s);
-        let h = s.is_fresh().then(|| box_headroom(control, s, self.stats.boxes.get(key)));
-        let binding = match (&adm, h) {
-            (Some(b), _) if !b.accepting => Binding::Closed,
-            (Some(b), _) if !b.rate_open(now) => Binding::Rate,
-            (_, Some(h)) => h.binding,
-            _ => Binding::Initial,
-        };
-        Some(BoxHeadroom {
-            sessions: h.map_or(0, |h| h.sessions),
-            cpu: h.map_or(0, |h| h.cpu),
-            rate: adm.as_ref().and_then(|b| b.rate_used(now)),
-            available: adm.as_ref().map_or(0, |b| b.available(now)),
-            binding: binding.name(),
-            cpu_cost_micro: cost,
-            cost_source: match source {
-                CostSource::Prior => "prior",
-                CostSource::Configured => "configured",
-                CostSource::Fit => "fit",
-            },
-            background_cpu_micro: s.cpu_fit.background_micro(),
-            sps_limit: s.sps_limit,
-            min_idle_cpu_micro: s.min_idle_cpu_micro,
-            refusals: gate.gate.refusals(),
-            rate_limited: gate.gate.rate_limited(),
-            started: gate.gate.started(),
-        })
-    }
-
     /// Probe targets follow the config; with probing off, verdicts are forgotten.
     fn sync_probes(&mut self) {
         self.prober.set_settings(probe_settings(&self.config));
@@ -278,7 +202,7 @@ impl Control {
         let admin = &self.admin;
         let config = &self.config;
         let inactive = |k: &(i32, String)| {
-            let row_state = config.dispatcher.iter().find(|r| r.setid == k.0 && r.uri == k.1).map(|r| r.state);
+            let row_state = config.dispatcher_row(k.0, &k.1).map(|r| r.state);
             admin.dispatcher_state(k.0, &k.1).or(row_state) == Some(DestState::Inactive)
         };
         self.probe_out.clear();
@@ -290,42 +214,20 @@ impl Control {
         changed
     }
 
-    /// What `/status` shows of a destination beyond the table: its configured weight and, for an
-    /// fs:// weight, what its FreeSWITCH box last said.
-    fn dest_extra(&self, setid: i32, uri: &str) -> DestExtra {
-        let Some(row) = self.config.dispatcher.iter().find(|d| d.setid == setid && d.uri == uri) else {
-            return DestExtra::default();
-        };
-        let state = self.admin.dispatcher_state(setid, uri).unwrap_or(row.state);
-        let probe = self.prober.health(&(setid, uri.to_string())).map(|h| {
-            serde_json::json!({ "up": h.up, "full": h.full, "last_status": h.last_status })
-        });
-        match &row.weight {
-            Weight::Static(w) => DestExtra { configured_weight: Some(w.to_string()), fs: None, state: Some(state), probe },
-            Weight::Fs(fs) => {
-                let key = fs.key();
-                let s = self.stats.fs.get(&key).cloned().unwrap_or_default();
-                let info = self.fs.info(&key).cloned().unwrap_or_default();
-                DestExtra {
-                    state: Some(state),
-                    probe,
-                    configured_weight: Some(fs.to_string()),
-                    fs: Some(serde_json::json!({
-                        "url": fs.to_string(),
-                        "connected": s.connected,
-                        "idle_cpu": s.last_heartbeat.map(|_| f64::from(s.idle_cpu_micro) / 1e6),
-                        "session_count": s.last_heartbeat.map(|_| s.session_count),
-                        "max_sessions": s.last_heartbeat.map(|_| s.max_sessions),
-                        "heartbeat_age_ms": s.last_heartbeat.map(|t| t.elapsed().as_millis() as u64),
-                        "stale": s.is_stale(),
-                        "lifecycle": s.lifecycle(),
-                        "rejected_heartbeats": info.rejected_heartbeats,
-                        "reconnects": info.reconnects,
-                        "core_uuid": info.core_uuid,
-                        "last_error": info.last_error,
-                    })),
-                }
-            }
+    /// The state `/status` and `/metrics` render, with the table and shard counters of this moment.
+    fn view<'a>(&'a self, table: &'a RoutingTable, shards: &'a [Arc<ShardStats>]) -> ControlView<'a> {
+        ControlView {
+            config: &self.config,
+            stats: &self.stats,
+            admin: &self.admin,
+            counters: &self.counters,
+            table,
+            shards,
+            fs: &self.fs,
+            prober: &self.prober,
+            reconciler: &self.reconciler,
+            record: &self.record,
+            timings: &self.timings,
         }
     }
 }
@@ -505,17 +407,14 @@ fn serve(ctl: &mut Control, dp: &DataPlane, req: &AdminRequest) -> AdminResponse
     match (req.method, req.path.as_str()) {
         (AdminMethod::Get, "/status") => {
             let table = ctl.table.load();
-            let boxes = ctl.fs_metrics();
-            let v = status_json(&table, &dp.stats, &ctl.record, &ctl.timings, &boxes, &|s, u| ctl.dest_extra(s, u));
-            AdminResponse::json(200, v.to_string())
+            AdminResponse::json(200, ctl.view(&table, &dp.stats).status().to_string())
         }
         (AdminMethod::Get, "/metrics") => {
             let table = ctl.table.load();
-            let boxes = ctl.fs_metrics();
             AdminResponse {
                 status: 200,
                 content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                body: metrics_text(&table, &dp.stats, &ctl.record, &boxes, &ctl.timings),
+                body: ctl.view(&table, &dp.stats).metrics(),
             }
         }
         (AdminMethod::Post, "/load_balancer/status") => post(ctl, &req.body, set_lb_status),
@@ -524,12 +423,14 @@ fn serve(ctl: &mut Control, dp: &DataPlane, req: &AdminRequest) -> AdminResponse
     }
 }
 
-/// A POST endpoint's handler: the body in, an error status and message out.
-type AdminCommand = fn(&mut Control, &str) -> Result<(), (u16, String)>;
+/// A POST endpoint's handler: the request read from its body in, an error status and message out.
+type AdminCommand<T> = fn(&mut Control, T) -> Result<(), (u16, String)>;
 
-/// An admin command: a JSON body in, `{"ok":true}` or `{"error":...}` out.
-fn post(ctl: &mut Control, body: &str, handler: AdminCommand) -> AdminResponse {
-    match handler(ctl, body) {
+/// An admin command: a JSON body in (400 when it does not read as `T`), `{"ok":true}` or
+/// `{"error":...}` out.
+fn post<T: serde::de::DeserializeOwned>(ctl: &mut Control, body: &str, handler: AdminCommand<T>) -> AdminResponse {
+    let done = serde_json::from_str(body).map_err(|e| (400, format!("bad request body: {e}"))).and_then(|r| handler(ctl, r));
+    match done {
         Ok(()) => AdminResponse::json(200, r#"{"ok":true}"#),
         Err((code, msg)) => AdminResponse::json(code, serde_json::json!({ "error": msg }).to_string()),
     }
@@ -545,8 +446,7 @@ struct LbStatusRequest {
 
 /// `POST /load_balancer/status` (OpenSIPS lb_status): disabling is sticky (NOEN) until an admin
 /// enables the destination again.
-fn set_lb_status(ctl: &mut Control, body: &str) -> Result<(), (u16, String)> {
-    let r: LbStatusRequest = serde_json::from_str(body).map_err(|e| (400, format!("bad request body: {e}")))?;
+fn set_lb_status(ctl: &mut Control, r: LbStatusRequest) -> Result<(), (u16, String)> {
     if !ctl.config.load_balancer.iter().any(|d| d.group_id == r.group_id && d.uri == r.dst_uri) {
         return Err((404, format!("destination {} not found in group {}", r.dst_uri, r.group_id)));
     }
@@ -565,10 +465,8 @@ struct StateRequest {
 }
 
 /// `POST /dispatcher/state` (OpenSIPS ds_set_state): sticky until changed again by an admin.
-fn set_state(ctl: &mut Control, body: &str) -> Result<(), (u16, String)> {
-    let r: StateRequest = serde_json::from_str(body).map_err(|e| (400, format!("bad request body: {e}")))?;
-    let known = ctl.config.dispatcher.iter().any(|d| d.setid == r.setid && d.uri == r.destination);
-    if !known {
+fn set_state(ctl: &mut Control, r: StateRequest) -> Result<(), (u16, String)> {
+    if ctl.config.dispatcher_row(r.setid, &r.destination).is_none() {
         return Err((404, format!("destination {} not found in set {}", r.destination, r.setid)));
     }
     let state = DestState::from_name(&r.state)

@@ -5,8 +5,10 @@
 
 const K: u64 = 0x9E37_79B9_7F4A_7C15;
 
-#[inline]
-fn fmix(mut h: u64) -> u64 {
+/// murmur3's 64-bit finaliser: a bijection with full avalanche. It ends every hash here and is
+/// what rendezvous hashing absorbs words with.
+#[inline(always)]
+pub fn fmix64(mut h: u64) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
@@ -31,7 +33,7 @@ pub fn mix(mut h: u64, bytes: &[u8]) -> u64 {
 
 #[inline]
 pub fn finish(h: u64) -> u64 {
-    fmix(h)
+    fmix64(h)
 }
 
 #[inline]

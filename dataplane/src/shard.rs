@@ -234,26 +234,7 @@ async fn run_shard(
     for sock_idx in 0..shard.sockets.len() {
         let shard = shard.clone();
         let control = control.clone();
-        tasks.push(glommio::spawn_local(async move {
-            let mut buf = vec![0u8; MAX_DATAGRAM];
-            let mut out = Vec::with_capacity(MAX_DATAGRAM);
-            loop {
-                if control.stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                match shard.sockets[sock_idx].recv_from(&mut buf).await {
-                    Ok((n, src)) => {
-                        ShardStats::inc(&shard.stats.received);
-                        shard.process(src, &buf[..n], false, &mut out).await;
-                    }
-                    Err(e) if is_timeout(&e) => {}
-                    Err(e) => {
-                        tracing::warn!(shard = index, error = %e, "receive failed");
-                        glommio::timer::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-            }
-        }));
+        tasks.push(glommio::spawn_local(receive(shard, sock_idx, control)));
     }
     for (_, stream) in receivers.streams() {
         let shard = shard.clone();
@@ -265,7 +246,36 @@ async fn run_shard(
         }));
     }
 
-    // Housekeeping: age out call memory, follow the control plane's flags.
+    housekeeping(&shard, &control).await;
+    shard.senders.close();
+    for t in tasks {
+        t.cancel().await;
+    }
+    tracing::debug!(shard = index, "shard stopped");
+}
+
+/// One socket's receive loop: each datagram through the router, until the stop flag.
+async fn receive(shard: Rc<Shard>, sock_idx: usize, control: Arc<ShardControl>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut out = Vec::with_capacity(MAX_DATAGRAM);
+    while !control.stop.load(Ordering::Relaxed) {
+        match shard.sockets[sock_idx].recv_from(&mut buf).await {
+            Ok((n, src)) => {
+                ShardStats::inc(&shard.stats.received);
+                shard.process(src, &buf[..n], false, &mut out).await;
+            }
+            Err(e) if is_timeout(&e) => {}
+            Err(e) => {
+                tracing::warn!(shard = shard.router.borrow().shard_index(), error = %e, "receive failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Every `TICK`: failover timers and call-memory expiry, the control plane's drain flag, and what
+/// the router queued; returns when the control plane says stop.
+async fn housekeeping(shard: &Shard, control: &ShardControl) {
     loop {
         glommio::timer::sleep(TICK).await;
         let now = Instant::now();
@@ -280,14 +290,9 @@ async fn run_shard(
         shard.stats.pending_invites.store(pending as u64, Ordering::Relaxed);
         shard.flush().await;
         if control.stop.load(Ordering::Relaxed) {
-            break;
+            return;
         }
     }
-    shard.senders.close();
-    for t in tasks {
-        t.cancel().await;
-    }
-    tracing::debug!(shard = index, "shard stopped");
 }
 
 fn is_timeout(e: &glommio::GlommioError<()>) -> bool {

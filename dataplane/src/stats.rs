@@ -32,10 +32,13 @@ pub enum DropReason {
     ForgedResponse,
     /// An ACK (never answered) that the relay policy does not let through.
     RelayDenied,
+    /// A 2xx to an INVITE on a branch no INVITE of that call went out with, while the call is
+    /// still being failed over: only the failover's own attempts may answer it.
+    StrayAnswer,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::Malformed,
         DropReason::Keepalive,
         DropReason::BadResponse,
@@ -48,6 +51,7 @@ impl DropReason {
         DropReason::TooManyHops,
         DropReason::ForgedResponse,
         DropReason::RelayDenied,
+        DropReason::StrayAnswer,
     ];
 
     pub fn label(self) -> &'static str {
@@ -63,6 +67,7 @@ impl DropReason {
             DropReason::SendError => "send_error",
             DropReason::TooManyHops => "too_many_hops",
             DropReason::ForgedResponse => "forged_response",
+            DropReason::StrayAnswer => "stray_answer",
             DropReason::RelayDenied => "relay_denied",
         }
     }

@@ -1,8 +1,10 @@
-//! The routing table: one immutable value holding everything a shard reads to route a message
-//! (proxy identity, dispatcher sets with their precomputed selectors, routes, the addresses of all
-//! destinations). The control plane builds it with a pure function and swaps it into one
-//! `ArcSwap`; shards load it once per datagram and never lock. Per-destination counters live in
-//! `Arc`s that the control plane carries from one table to the next, so they survive reloads.
+//! The routing table: one immutable value holding everything a shard reads to route a message:
+//! proxy identity, limits and branch key, dispatcher sets with their precomputed selectors,
+//! load_balancer groups, routes, failover settings, and the addresses of all destinations. The
+//! control plane builds it with a pure function (`controlplane/src/table_builder.rs`) and swaps it
+//! into one `ArcSwap`; shards load it once per datagram and never lock. Per-destination counters,
+//! load_balancer loads and FreeSWITCH box gates live in `Arc`s that the control plane carries from
+//! one table to the next, so they survive reloads.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,9 +54,8 @@ impl Destination {
 #[derive(Debug, Default)]
 pub struct DestCounters {
     pub forwarded: AtomicU64,
-    /// Requests (initial or in-dialog) that were sent to this destination.
-    pub requests: AtomicU64,
-    /// Final responses >= 300 received from this destination for INVITEs.
+    /// Final responses >= 300 from this destination to a failover INVITE of a dispatcher route
+    /// (stateless routes and load_balancer destinations do not count them).
     pub failed: AtomicU64,
 }
 
@@ -278,7 +279,7 @@ impl BranchKey {
 impl ProxySettings {
     /// Whether `host[:port]` names fsroute (port 5060 when absent).
     pub fn is_local(&self, host: &[u8], port: Option<u16>) -> bool {
-        let host = host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")).unwrap_or(host);
+        let host = crate::sip::unbracket(host);
         let port = port.unwrap_or(5060);
         self.local_names
             .iter()
@@ -309,7 +310,8 @@ impl ProxySettings {
 
 #[derive(Debug)]
 pub struct RoutingTable {
-    /// Increases with every build; shards use it to notice a swap.
+    /// Increases with every build; shown as `table_generation` in `/status` and `/metrics`.
+    /// Shards do not read it: they load the current table for every datagram.
     pub generation: u64,
     pub proxy: ProxySettings,
     pub sets: Vec<DispatcherSet>,

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use fsroute_dataplane::lb::{
-    release, reserve, reserve_held, select, select_and_reserve, LbDestination, LbFlags, LbGroup,
+    reserve_held, select, select_and_reserve, LbDestination, LbFlags, LbGroup,
     LbResource, LoadCounter,
 };
 
@@ -64,8 +64,8 @@ fn selecting_reserving_failing_over_and_releasing_allocate_nothing() {
             calls.push(held);
         }
         if let Some(d) = select(&g, w, f, 0, i, now) {
-            if reserve(&g.destinations[d], w, f.allow_negative) {
-                release(&g.destinations[d], w);
+            if let Some(h) = reserve_held(&g.destinations[d], w, f.allow_negative, now) {
+                h.release();
             }
         }
         if i % 3 == 0 {

@@ -13,12 +13,14 @@
 //! late heartbeat from an overloaded box recovers it without a reconnect. If the silence
 //! lasts `recycle_after` (default twice the timeout), the connection is presumed
 //! half-open and is closed and reconnected ([`PoolEvent::Disconnected`]).
+//!
+//! Every failure, before or after authentication, is a [`ClientError`]: the events carry it,
+//! [`ConnStatus::last_error`] keeps the last one.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::str::FromStr;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,153 +30,86 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use rand::Rng;
 use socket2::{SockRef, TcpKeepalive};
 
-use crate::client_proto::{ClientConfig, ClientEvent, ClientProto, HeartbeatFormat};
-use crate::command::Credentials;
+use crate::client_proto::{
+    ClientConfig, ClientEvent, ClientProto, ClientState, HeartbeatFormat, ProtoError,
+};
+use crate::command::{CommandError, Credentials};
 use crate::frame::Limits;
 use crate::heartbeat::{HeartbeatError, HeartbeatStats};
+use crate::url::EslUrl;
 
-/// FreeSWITCH's default event socket port.
-pub const DEFAULT_ESL_PORT: u16 = 8021;
-
-/// A password that never prints.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-
-    /// The secret itself. Named so that every use is easy to audit.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-/// Why an `fs://` URL was refused. Never contains the password.
+/// Why a connection attempt failed or an established connection was closed: what
+/// [`PoolEvent::ConnectFailed`] and [`PoolEvent::Disconnected`] carry and
+/// [`ConnStatus::last_error`] keeps. `Clone + Eq` like the events (an I/O error is kept as its
+/// kind and message, [`IoError`]); never contains a password.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum UrlError {
-    #[error("ESL URL must start with fs://")]
-    Scheme,
-    #[error("ESL URL needs credentials: fs://[user]:password@host[:port]")]
-    MissingCredentials,
-    #[error("ESL URL has an empty password (OpenSIPS refuses those too)")]
-    EmptyPassword,
-    #[error("ESL URL has no host")]
-    MissingHost,
-    #[error("ESL URL port {0:?} is not a number between 1 and 65535")]
-    BadPort(String),
+pub enum ClientError {
+    /// The URL's credentials cannot be sent (a CR, LF or NUL would split the command, a
+    /// `userauth` user is not one token); every attempt fails the same way.
     #[error("ESL URL credentials are unusable: {0}")]
-    Credentials(String),
+    Credentials(CommandError),
+    #[error("{host} resolves to no address")]
+    NoAddress { host: String },
+    #[error("cannot resolve {host}: {source}")]
+    Resolve { host: String, source: IoError },
+    #[error("resolving {host} timed out")]
+    ResolveTimeout { host: String },
+    #[error("cannot start resolver: {0}")]
+    ResolverSpawn(IoError),
+    #[error("resolver thread vanished")]
+    ResolverGone,
+    /// TCP connect failed: at once (`addr`: the socket could not be made, tuned or registered),
+    /// or when the handshake completed with an error (refused, unreachable).
+    #[error("connect{}: {source}", .addr.map(|a| format!(" to {a}")).unwrap_or_default())]
+    Connect {
+        addr: Option<SocketAddr>,
+        source: IoError,
+    },
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    /// No greeting, or no answer to `auth`, within `connect_timeout`.
+    #[error("handshake timed out after {after:?} in state {state:?}")]
+    HandshakeTimeout { after: Duration, state: ClientState },
+    /// `-ERR invalid` to `auth`/`userauth`.
+    #[error("authentication failed: {reply}")]
+    AuthRefused { reply: String },
+    /// The server's `rude-rejection` notice (its ACL refuses this address).
+    #[error("rejected by the server's ACL: {0}")]
+    AclRejected(String),
+    /// The server's disconnect notice, first line.
+    #[error("server disconnected: {0}")]
+    ServerDisconnected(String),
+    /// Authenticated but silent for `recycle_after`: presumed half-open.
+    #[error("no heartbeat for {0:?}; connection presumed dead")]
+    Silent(Duration),
+    #[error("read: {0}")]
+    Read(IoError),
+    #[error("write: {0}")]
+    Write(IoError),
+    /// The peer closed the connection (a read of 0 bytes).
+    #[error("connection closed by peer")]
+    Closed,
+    /// The bytes broke the protocol (framing, an unexpected reply): the codec's error.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ProtoError),
 }
 
-/// `fs://[user]:password@host[:port]`, as OpenSIPS's freeswitch module spells it. The
-/// user, when present, is `name@domain` and selects `userauth`. `Debug` and `Display`
-/// show only `fs://host:port`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct EslUrl {
-    pub host: String,
-    pub port: u16,
-    pub user: Option<String>,
-    pub password: Secret,
+/// An I/O error as [`ClientError`] keeps it: its kind and its message, so that the error can be
+/// cloned and compared like the events that carry it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct IoError {
+    pub kind: io::ErrorKind,
+    pub message: String,
 }
 
-impl EslUrl {
-    /// `fs://host:port`, safe for logs, `/status` and `check` output.
-    pub fn display_masked(&self) -> String {
-        if self.host.contains(':') {
-            format!("fs://[{}]:{}", self.host, self.port)
-        } else {
-            format!("fs://{}:{}", self.host, self.port)
+impl From<io::Error> for IoError {
+    fn from(e: io::Error) -> IoError {
+        IoError {
+            kind: e.kind(),
+            message: e.to_string(),
         }
     }
-
-    pub fn credentials(&self) -> Result<Credentials, UrlError> {
-        let c = match &self.user {
-            Some(u) => Credentials::user(u.clone(), self.password.expose()),
-            None => Credentials::password(self.password.expose()),
-        };
-        c.map_err(|e| UrlError::Credentials(e.to_string()))
-    }
-}
-
-impl fmt::Display for EslUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.display_masked())
-    }
-}
-
-impl fmt::Debug for EslUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "EslUrl({}, user: {:?})",
-            self.display_masked(),
-            self.user
-        )
-    }
-}
-
-impl FromStr for EslUrl {
-    type Err = UrlError;
-
-    fn from_str(s: &str) -> Result<EslUrl, UrlError> {
-        let rest = s
-            .get(..5)
-            .filter(|p| p.eq_ignore_ascii_case("fs://"))
-            .map(|_| &s[5..])
-            .ok_or(UrlError::Scheme)?;
-        // OpenSIPS's API comment allows `?EVENT,...`, which it then ignores; so do we.
-        let rest = rest.split_once('?').map_or(rest, |(r, _)| r);
-        // The user may hold `@domain`, so the host starts after the *last* `@`.
-        let (userinfo, hostport) = rest.rsplit_once('@').ok_or(UrlError::MissingCredentials)?;
-        let (user, password) = userinfo
-            .split_once(':')
-            .ok_or(UrlError::MissingCredentials)?;
-        if password.is_empty() {
-            return Err(UrlError::EmptyPassword);
-        }
-        let (host, port) = split_host_port(hostport)?;
-        let url = EslUrl {
-            host,
-            port,
-            user: (!user.is_empty()).then(|| user.to_owned()),
-            password: Secret::new(password),
-        };
-        url.credentials()?;
-        Ok(url)
-    }
-}
-
-fn split_host_port(s: &str) -> Result<(String, u16), UrlError> {
-    let s = s.trim_end_matches('/');
-    let parse_port = |p: &str| match p.parse::<u16>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(UrlError::BadPort(p.chars().take(16).collect())),
-    };
-    let (host, port) = if let Some(v6) = s.strip_prefix('[') {
-        let (h, after) = v6.split_once(']').ok_or(UrlError::MissingHost)?;
-        match after.strip_prefix(':') {
-            Some(p) => (h, parse_port(p)?),
-            None if after.is_empty() => (h, DEFAULT_ESL_PORT),
-            None => return Err(UrlError::BadPort(after.chars().take(16).collect())),
-        }
-    } else {
-        match s.rsplit_once(':') {
-            Some((h, p)) => (h, parse_port(p)?),
-            None => (s, DEFAULT_ESL_PORT),
-        }
-    };
-    if host.is_empty() {
-        return Err(UrlError::MissingHost);
-    }
-    Ok((host.to_owned(), port))
 }
 
 /// Pool-wide policy.
@@ -264,10 +199,10 @@ pub enum PoolEvent {
     Stale(ConnId),
     /// A connection that had reached [`PoolEvent::Connected`] is gone; a reconnect is
     /// scheduled.
-    Disconnected(ConnId, String),
+    Disconnected(ConnId, ClientError),
     /// An attempt failed before authentication (refused, timed out, ACL rejection,
     /// protocol error); a retry is scheduled with backoff.
-    ConnectFailed(ConnId, String),
+    ConnectFailed(ConnId, ClientError),
     /// Credentials refused. Retried with backoff like any other failure.
     AuthFailed(ConnId),
     /// The answer to an `api` command sent with [`EslPool::api`]: load figures when the command
@@ -296,7 +231,13 @@ pub struct ConnStatus {
     /// Consecutive failed attempts (reset once a connection is ready or heartbeats).
     pub failures: u32,
     pub next_attempt: Option<Instant>,
-    pub last_error: Option<String>,
+    pub last_error: Option<ClientError>,
+}
+
+/// Since when an authenticated connection has been silent: its last heartbeat, or when it was
+/// established if that came later (a heartbeat from before a reconnect does not count).
+fn silent_since(established: Instant, last_heartbeat: Option<Instant>) -> Instant {
+    last_heartbeat.map_or(established, |h| h.max(established))
 }
 
 const WAKER: Token = Token(0);
@@ -335,7 +276,8 @@ struct Session {
 
 struct Conn {
     url: EslUrl,
-    credentials: Option<Credentials>,
+    /// Checked once, when the box is added: unusable ones fail every attempt.
+    credentials: Result<Credentials, CommandError>,
     phase: Phase,
     addrs: Vec<SocketAddr>,
     next_addr: usize,
@@ -343,7 +285,7 @@ struct Conn {
     last_heartbeat: Option<Instant>,
     last_stats: Option<HeartbeatStats>,
     core_uuid: Option<String>,
-    last_error: Option<String>,
+    last_error: Option<ClientError>,
 }
 
 impl Conn {
@@ -353,6 +295,28 @@ impl Conn {
             Phase::Session(s) => Some(s.token),
             _ => None,
         }
+    }
+}
+
+/// Closes the socket `phase` holds, if any, saying `exit` first when `polite` and authenticated.
+/// Returns whether it was an authenticated session.
+fn hang_up(registry: &mio::Registry, phase: Phase, polite: bool) -> bool {
+    match phase {
+        Phase::Session(mut s) => {
+            let established = s.established.is_some();
+            if polite && established {
+                // Best effort: a full send buffer just means no polite goodbye.
+                let _ = s.stream.write(b"exit\n\n");
+            }
+            let _ = registry.deregister(&mut s.stream);
+            let _ = s.stream.shutdown(std::net::Shutdown::Both);
+            established
+        }
+        Phase::Connecting { mut stream, .. } => {
+            let _ = registry.deregister(&mut stream);
+            false
+        }
+        _ => false,
     }
 }
 
@@ -412,12 +376,13 @@ impl EslPool {
     pub fn add(&mut self, url: EslUrl) -> ConnId {
         let id = ConnId(self.next_id);
         self.next_id += 1;
-        // `FromStr` already validated the credentials; a hand-built URL that fails here
-        // still gets a connection slot, which reports the problem on every attempt.
-        let (credentials, bad) = match url.credentials() {
-            Ok(c) => (Some(c), None),
-            Err(e) => (None, Some(e.to_string())),
-        };
+        // Credentials that cannot be sent still get a connection slot, which reports the
+        // problem on every attempt.
+        let credentials = url.credentials();
+        let bad = credentials
+            .as_ref()
+            .err()
+            .map(|e| ClientError::Credentials(e.clone()));
         self.conns.insert(
             id,
             Conn {
@@ -445,20 +410,8 @@ impl EslPool {
         if let Some(t) = conn.token() {
             self.tokens.remove(&t);
         }
-        match std::mem::replace(&mut conn.phase, Phase::Waiting { at: Instant::now() }) {
-            Phase::Session(mut s) => {
-                if s.established.is_some() {
-                    // Best effort: a full send buffer just means no polite goodbye.
-                    let _ = s.stream.write(b"exit\n\n");
-                }
-                let _ = self.poll.registry().deregister(&mut s.stream);
-                let _ = s.stream.shutdown(std::net::Shutdown::Both);
-            }
-            Phase::Connecting { mut stream, .. } => {
-                let _ = self.poll.registry().deregister(&mut stream);
-            }
-            _ => {}
-        }
+        let phase = std::mem::replace(&mut conn.phase, Phase::Waiting { at: Instant::now() });
+        hang_up(self.poll.registry(), phase, true);
         tracing::info!(conn = %id, url = %conn.url, "ESL connection removed");
     }
 
@@ -549,7 +502,7 @@ impl EslPool {
                 Phase::Session(s) => match s.established {
                     None => Some(s.handshake_deadline),
                     Some(at) => {
-                        let since = c.last_heartbeat.map_or(at, |h| h.max(at));
+                        let since = silent_since(at, c.last_heartbeat);
                         match (s.stale, self.cfg.recycle_after) {
                             (false, _) => Some(since + hb),
                             (true, Some(r)) => Some(since + r),
@@ -574,7 +527,7 @@ impl EslPool {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        let action: Option<String> = match &mut conn.phase {
+        let action: Option<ClientError> = match &mut conn.phase {
             Phase::Waiting { at } if *at <= now => {
                 self.start_attempt(id, now, out);
                 return;
@@ -587,35 +540,36 @@ impl EslPool {
                     self.connect(id, now, out);
                     return;
                 }
-                Ok(Ok(_)) => Some(format!("{} resolves to no address", conn.url.host)),
-                Ok(Err(e)) => Some(format!("cannot resolve {}: {e}", conn.url.host)),
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    Some("resolver thread vanished".to_owned())
-                }
+                Ok(Ok(_)) => Some(ClientError::NoAddress {
+                    host: conn.url.host.clone(),
+                }),
+                Ok(Err(e)) => Some(ClientError::Resolve {
+                    host: conn.url.host.clone(),
+                    source: e.into(),
+                }),
+                Err(mpsc::TryRecvError::Disconnected) => Some(ClientError::ResolverGone),
                 Err(mpsc::TryRecvError::Empty) if *deadline <= now => {
-                    Some(format!("resolving {} timed out", conn.url.host))
+                    Some(ClientError::ResolveTimeout {
+                        host: conn.url.host.clone(),
+                    })
                 }
                 Err(mpsc::TryRecvError::Empty) => None,
             },
-            Phase::Connecting { deadline, .. } if *deadline <= now => Some(format!(
-                "connect timed out after {:?}",
-                self.cfg.connect_timeout
-            )),
+            Phase::Connecting { deadline, .. } if *deadline <= now => {
+                Some(ClientError::ConnectTimeout(self.cfg.connect_timeout))
+            }
             Phase::Connecting { .. } => None,
             Phase::Session(s) => match s.established {
-                None if s.handshake_deadline <= now => Some(format!(
-                    "handshake timed out after {:?} in state {:?}",
-                    self.cfg.connect_timeout,
-                    s.proto.state()
-                )),
+                None if s.handshake_deadline <= now => Some(ClientError::HandshakeTimeout {
+                    after: self.cfg.connect_timeout,
+                    state: s.proto.state(),
+                }),
                 None => None,
                 Some(at) => {
-                    let since = conn.last_heartbeat.map_or(at, |h| h.max(at));
-                    let silent = now.saturating_duration_since(since);
+                    let silent =
+                        now.saturating_duration_since(silent_since(at, conn.last_heartbeat));
                     if recycle.is_some_and(|r| silent >= r) {
-                        Some(format!(
-                            "no heartbeat for {silent:?}; connection presumed dead"
-                        ))
+                        Some(ClientError::Silent(silent))
                     } else {
                         if silent >= hb && !s.stale {
                             s.stale = true;
@@ -637,11 +591,8 @@ impl EslPool {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        if conn.credentials.is_none() {
-            let reason = conn
-                .last_error
-                .clone()
-                .unwrap_or_else(|| "unusable credentials".to_owned());
+        if let Err(e) = &conn.credentials {
+            let reason = ClientError::Credentials(e.clone());
             self.fail(id, now, reason, out);
             return;
         }
@@ -670,7 +621,7 @@ impl EslPool {
             });
         match spawned {
             Ok(_) => conn.phase = Phase::Resolving { rx, deadline },
-            Err(e) => self.fail(id, now, format!("cannot start resolver: {e}"), out),
+            Err(e) => self.fail(id, now, ClientError::ResolverSpawn(e.into()), out),
         }
     }
 
@@ -713,12 +664,20 @@ impl EslPool {
                 };
                 self.tokens.insert(token, id);
             }
-            Err(e) => self.fail(id, now, format!("connect to {addr}: {e}"), out),
+            Err(e) => self.fail(
+                id,
+                now,
+                ClientError::Connect {
+                    addr: Some(addr),
+                    source: e.into(),
+                },
+                out,
+            ),
         }
     }
 
     /// Closes whatever the connection has, reports it, and schedules the next attempt.
-    fn fail(&mut self, id: ConnId, now: Instant, reason: String, out: &mut Vec<PoolEvent>) {
+    fn fail(&mut self, id: ConnId, now: Instant, reason: ClientError, out: &mut Vec<PoolEvent>) {
         self.close(id, now, reason, true, out);
     }
 
@@ -726,7 +685,7 @@ impl EslPool {
         &mut self,
         id: ConnId,
         now: Instant,
-        reason: String,
+        reason: ClientError,
         report: bool,
         out: &mut Vec<PoolEvent>,
     ) {
@@ -738,18 +697,8 @@ impl EslPool {
             self.tokens.remove(&t);
         }
         self.again.remove(&id);
-        let was_established = match std::mem::replace(&mut conn.phase, Phase::Waiting { at: now }) {
-            Phase::Session(mut s) => {
-                let _ = self.poll.registry().deregister(&mut s.stream);
-                let _ = s.stream.shutdown(std::net::Shutdown::Both);
-                s.established.is_some()
-            }
-            Phase::Connecting { mut stream, .. } => {
-                let _ = self.poll.registry().deregister(&mut stream);
-                false
-            }
-            _ => false,
-        };
+        let phase = std::mem::replace(&mut conn.phase, Phase::Waiting { at: now });
+        let was_established = hang_up(self.poll.registry(), phase, false);
         // A box that was up gets its first retry after the initial delay; one that keeps
         // failing backs off further each time.
         conn.failures = conn.failures.saturating_add(1);
@@ -783,12 +732,19 @@ impl EslPool {
             match outcome {
                 Ok(false) => return,
                 Err(e) => {
-                    let reason = format!("connect: {e}");
-                    self.fail(id, now, reason, out);
+                    self.fail(
+                        id,
+                        now,
+                        ClientError::Connect {
+                            addr: None,
+                            source: e.into(),
+                        },
+                        out,
+                    );
                     return;
                 }
                 Ok(true) => {
-                    let Some(credentials) = conn.credentials.clone() else {
+                    let Ok(credentials) = conn.credentials.clone() else {
                         return;
                     };
                     let Phase::Connecting { stream, token, .. } =
@@ -827,7 +783,7 @@ impl EslPool {
         id: ConnId,
         now: Instant,
         out: &mut Vec<PoolEvent>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ClientError> {
         let mut total = 0;
         loop {
             let Some(conn) = self.conns.get_mut(&id) else {
@@ -841,19 +797,17 @@ impl EslPool {
                 return Ok(());
             }
             let n = match s.stream.read(&mut self.scratch) {
-                Ok(0) => return Err("connection closed by peer".to_owned()),
+                Ok(0) => return Err(ClientError::Closed),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("read: {e}")),
+                Err(e) => return Err(ClientError::Read(e.into())),
             };
             total += n;
             let fed = s.proto.handle_input(&self.scratch[..n]);
             // Events decoded before a protocol error still count (a heartbeat, a notice).
             self.drain_proto(id, now, out)?;
-            if let Err(e) = fed {
-                return Err(format!("protocol error: {e}"));
-            }
+            fed?;
             self.flush(id)?;
         }
     }
@@ -863,7 +817,7 @@ impl EslPool {
         id: ConnId,
         now: Instant,
         out: &mut Vec<PoolEvent>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ClientError> {
         loop {
             let Some(conn) = self.conns.get_mut(&id) else {
                 return Ok(());
@@ -914,28 +868,18 @@ impl EslPool {
                 ClientEvent::AuthFailed { reply } => {
                     tracing::warn!(conn = %id, url = %conn.url, %reply, "ESL authentication failed");
                     out.push(PoolEvent::AuthFailed(id));
-                    self.close(
-                        id,
-                        now,
-                        format!("authentication failed: {reply}"),
-                        false,
-                        out,
-                    );
+                    self.close(id, now, ClientError::AuthRefused { reply }, false, out);
                     return Ok(());
                 }
                 ClientEvent::RudeRejection { reason } => {
-                    return Err(format!(
-                        "rejected by the server's ACL: {}",
-                        reason.trim_end()
-                    ));
+                    return Err(ClientError::AclRejected(reason.trim_end().to_owned()));
                 }
                 ClientEvent::Disconnected {
                     linger: false,
                     reason,
                 } => {
-                    return Err(format!(
-                        "server disconnected: {}",
-                        reason.lines().next().unwrap_or("").trim_end()
+                    return Err(ClientError::ServerDisconnected(
+                        reason.lines().next().unwrap_or("").trim_end().to_owned(),
                     ));
                 }
                 ClientEvent::Disconnected { linger: true, .. } => {}
@@ -983,7 +927,7 @@ impl EslPool {
         true
     }
 
-    fn flush(&mut self, id: ConnId) -> Result<(), String> {
+    fn flush(&mut self, id: ConnId) -> Result<(), ClientError> {
         let Some(conn) = self.conns.get_mut(&id) else {
             return Ok(());
         };
@@ -995,14 +939,20 @@ impl EslPool {
         }
         while !s.wbuf.is_empty() {
             match s.stream.write(&s.wbuf) {
-                Ok(0) => return Err("write: connection closed".to_owned()),
+                Ok(0) => {
+                    let closed = IoError {
+                        kind: io::ErrorKind::WriteZero,
+                        message: "connection closed".to_owned(),
+                    };
+                    return Err(ClientError::Write(closed));
+                }
                 Ok(n) => {
                     s.wbuf.drain(..n);
                 }
                 // Writable readiness will bring us back.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("write: {e}")),
+                Err(e) => return Err(ClientError::Write(e.into())),
             }
         }
         Ok(())
@@ -1012,69 +962,6 @@ impl EslPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn url_with_password_only_uses_default_port_and_masks_the_password() {
-        let u: EslUrl = "fs://:ClueCon@127.0.0.1".parse().unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.user.as_deref()),
-            ("127.0.0.1", 8021, None)
-        );
-        assert_eq!(u.password.expose(), "ClueCon");
-        for shown in [u.to_string(), format!("{u:?}"), u.display_masked()] {
-            assert!(!shown.contains("ClueCon"), "{shown}");
-        }
-        assert_eq!(u.to_string(), "fs://127.0.0.1:8021");
-    }
-
-    #[test]
-    fn url_user_may_carry_a_domain_and_the_host_follows_the_last_at() {
-        let u: EslUrl = "fs://1000@example.com:s3cr@t@fs1.example.net:8022"
-            .parse()
-            .unwrap();
-        assert_eq!(u.user.as_deref(), Some("1000@example.com"));
-        assert_eq!(u.password.expose(), "s3cr@t");
-        assert_eq!((u.host.as_str(), u.port), ("fs1.example.net", 8022));
-        assert!(matches!(
-            u.credentials().unwrap().command(),
-            crate::Command::UserAuth { .. }
-        ));
-    }
-
-    #[test]
-    fn url_accepts_bracketed_ipv6_and_ignores_an_event_list() {
-        let u: EslUrl = "fs://:pw@[::1]:8023?HEARTBEAT".parse().unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("::1", 8023));
-        assert_eq!(u.display_masked(), "fs://[::1]:8023");
-    }
-
-    #[test]
-    fn url_without_password_or_with_bad_port_is_refused_without_echoing_secrets() {
-        assert_eq!(
-            "fs://127.0.0.1:8021".parse::<EslUrl>(),
-            Err(UrlError::MissingCredentials)
-        );
-        assert_eq!(
-            "fs://user@127.0.0.1".parse::<EslUrl>(),
-            Err(UrlError::MissingCredentials)
-        );
-        assert_eq!(
-            "fs://:@127.0.0.1".parse::<EslUrl>(),
-            Err(UrlError::EmptyPassword)
-        );
-        assert_eq!("http://:pw@h".parse::<EslUrl>(), Err(UrlError::Scheme));
-        assert!(matches!(
-            "fs://:pw@h:99999".parse::<EslUrl>(),
-            Err(UrlError::BadPort(_))
-        ));
-        assert!(matches!(
-            "fs://:pw@h:0".parse::<EslUrl>(),
-            Err(UrlError::BadPort(_))
-        ));
-        assert_eq!("fs://:pw@".parse::<EslUrl>(), Err(UrlError::MissingHost));
-        let e = "fs://:hunter2\n@h".parse::<EslUrl>().unwrap_err();
-        assert!(!e.to_string().contains("hunter2"), "{e}");
-    }
 
     #[test]
     fn backoff_doubles_from_initial_to_the_cap_within_jitter() {

@@ -6,7 +6,9 @@
 use crate::frame::excerpt;
 use crate::message::Event;
 
-/// Idle-CPU is a percentage; this is 100 % in millionths.
+/// Idle-CPU is a percentage; this is 100 % in millionths. The data plane, which does not depend
+/// on this crate, has the same figure (`fsroute_dataplane::lb::HUNDRED_PERCENT_MICRO`); the control
+/// plane, which uses both, asserts at compile time that they agree.
 pub const IDLE_CPU_MICRO_MAX: u32 = 100_000_000;
 
 /// One load sample. The first three fields are what weighting needs and are always

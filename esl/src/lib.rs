@@ -18,8 +18,9 @@ pub mod message;
 pub mod percent;
 pub mod serialize;
 pub mod server_proto;
+pub mod url;
 
-pub use client::{ConnId, ConnStatus, EslPool, EslUrl, PoolConfig, PoolEvent, Secret, UrlError};
+pub use client::{ClientError, ConnId, ConnStatus, EslPool, IoError, PoolConfig, PoolEvent};
 pub use client_proto::{ClientConfig, ClientEvent, ClientProto, ClientState, HeartbeatFormat, ProtoError};
 pub use command::{Command, CommandError, Credentials, EventFormat, ReplyKind};
 pub use frame::{Decoder, Frame, FrameError, Headers, Limits, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES};
@@ -27,3 +28,4 @@ pub use heartbeat::{HeartbeatError, HeartbeatStats};
 pub use message::{CommandReply, Event, EventError, Message};
 pub use serialize::{EncodedEvent, HeartbeatParams, OutEvent, StatusParams, Value};
 pub use server_proto::{CommandReadError, CommandReader, FilterOp, ServerCommand, ServerRequest};
+pub use url::{EslUrl, Secret, DEFAULT_ESL_PORT};

@@ -22,9 +22,11 @@ fn config() -> PoolConfig {
 }
 
 fn url(emu: &EmulatorHandle, password: &str) -> EslUrl {
-    format!("fs://:{password}@{}", emu.esl_addr())
-        .parse()
-        .unwrap()
+    url_at(emu.esl_addr(), password)
+}
+
+fn url_at(addr: std::net::SocketAddr, password: &str) -> EslUrl {
+    EslUrl::new(addr.ip().to_string(), addr.port(), fsroute_esl::Secret::new(password))
 }
 
 /// Polls until `done` says so or `limit` passes; returns every event with its arrival time.
@@ -143,7 +145,7 @@ fn killed_box_is_disconnected_at_once_and_reconnects_after_restart_with_a_new_co
     let (at, reason) = seen
         .iter()
         .find_map(|(t, e)| match e {
-            PoolEvent::Disconnected(i, r) if *i == id => Some((*t, r.clone())),
+            PoolEvent::Disconnected(i, r) if *i == id => Some((*t, r.to_string())),
             _ => None,
         })
         .expect("Disconnected after kill");
@@ -241,7 +243,7 @@ fn stale_connection_is_recycled_after_recycle_after() {
         .iter()
         .filter_map(|(_, e)| match e {
             PoolEvent::Stale(_) => Some("stale"),
-            PoolEvent::Disconnected(_, r) if r.contains("no heartbeat") => Some("recycled"),
+            PoolEvent::Disconnected(_, r) if r.to_string().contains("no heartbeat") => Some("recycled"),
             PoolEvent::Connected(_) => Some("connected"),
             _ => None,
         })
@@ -290,7 +292,7 @@ fn garbage_closes_only_that_connection_with_a_reason() {
     bad.set_fault(Fault::Garbage);
     let seen = run_until(&mut pool, Duration::from_millis(800), |_| false);
     let reason = seen.iter().find_map(|(_, e)| match e {
-        PoolEvent::Disconnected(i, r) if *i == a => Some(r.clone()),
+        PoolEvent::Disconnected(i, r) if *i == a => Some(r.to_string()),
         _ => None,
     });
     let reason = reason.expect("the garbage box is dropped");
@@ -325,7 +327,7 @@ fn refused_port_is_retried_with_backoff_and_remove_closes_politely() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_addr = closed.local_addr().unwrap();
     drop(closed);
-    let dead = pool.add(format!("fs://:ClueCon@{dead_addr}").parse().unwrap());
+    let dead = pool.add(url_at(dead_addr, "ClueCon"));
     let live = pool.add(url(&emu, "ClueCon"));
     let seen = run_until(&mut pool, Duration::from_secs(1), |_| false);
     let failures = seen

@@ -8,8 +8,9 @@
 
 use std::path::Path;
 
-use fsroute_controlplane::build::{build_table, AdminState, CounterStore, Stats};
 use fsroute_controlplane::config;
+use fsroute_controlplane::state::{AdminState, CounterStore, Stats};
+use fsroute_controlplane::table_builder::build_table;
 use libfuzzer_sys::fuzz_target;
 
 const SECRET: &str = "s3cr3t-fuzz";

@@ -23,8 +23,13 @@ use fsroute_dataplane::dispatch::{Algorithm, HashMode};
 use fsroute_dataplane::socket::Ingress;
 use fsroute_dataplane::table::RouteMatch;
 
+/// OpenSIPS `lb_start` flags, as the data plane routes by them: one type from the file to the table.
+pub use fsroute_dataplane::lb::LbFlags;
+
 pub use error::{redact, ConfigError, ConfigErrors, Position};
-pub use value::{parse_duration, ESL_DEFAULT_PORT, SIP_DEFAULT_PORT};
+/// Passwords, the admin token and the branch secret: the ESL crate's never-printed string.
+pub use fsroute_esl::Secret;
+pub use value::{parse_duration, SIP_DEFAULT_PORT};
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -82,24 +87,17 @@ pub struct Config {
 impl Config {
     /// The dispatcher setids in order of their first row.
     pub fn setids(&self) -> Vec<i32> {
-        let mut ids: Vec<i32> = Vec::new();
-        for row in &self.dispatcher {
-            if !ids.contains(&row.setid) {
-                ids.push(row.setid);
-            }
-        }
-        ids
+        first_seen(self.dispatcher.iter().map(|r| r.setid))
     }
 
     /// The load_balancer group ids in order of their first row.
     pub fn group_ids(&self) -> Vec<i32> {
-        let mut ids: Vec<i32> = Vec::new();
-        for row in &self.load_balancer {
-            if !ids.contains(&row.group_id) {
-                ids.push(row.group_id);
-            }
-        }
-        ids
+        first_seen(self.load_balancer.iter().map(|r| r.group_id))
+    }
+
+    /// The `[[dispatcher]]` row of `uri` (as written) in set `setid`.
+    pub fn dispatcher_row(&self, setid: i32, uri: &str) -> Option<&DispatcherRow> {
+        self.dispatcher.iter().find(|r| r.setid == setid && r.uri == uri)
     }
 
     /// Every distinct FreeSWITCH ESL endpoint named by a dispatcher weight or a load_balancer
@@ -130,6 +128,17 @@ impl Config {
     pub fn summary(&self) -> String {
         summary::render(self)
     }
+}
+
+/// Each distinct id once, in order of its first appearance.
+fn first_seen(ids: impl Iterator<Item = i32>) -> Vec<i32> {
+    let mut out: Vec<i32> = Vec::new();
+    for id in ids {
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    out
 }
 
 /// `[proxy]`.
@@ -322,33 +331,6 @@ impl fmt::Display for HostPort {
     }
 }
 
-/// A string that must never be printed: `Debug` and `Display` show `****`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-
-    /// The secret itself, for the places that need it (ESL `auth`, the admin token check).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(****)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("****")
-    }
-}
-
 /// A FreeSWITCH box's Event Socket address: one ESL connection per distinct key.
 pub type FsKey = HostPort;
 
@@ -511,15 +493,4 @@ pub enum RouteTo {
         flags: LbFlags,
         failover: bool,
     },
-}
-
-/// OpenSIPS `lb_start` flags.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LbFlags {
-    /// `r`: pick by relative (percentage) load instead of absolute.
-    pub relative: bool,
-    /// `s`: break ties at random.
-    pub random_tie_break: bool,
-    /// `n`: allow destinations with zero or negative availability.
-    pub allow_negative: bool,
 }

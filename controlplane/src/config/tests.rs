@@ -649,7 +649,7 @@ lb_flags = "rs"
             resources: vec!["ch".into()],
             flags: LbFlags {
                 relative: true,
-                random_tie_break: true,
+                random_tie: true,
                 allow_negative: false
             },
             failover: false,

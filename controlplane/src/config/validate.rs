@@ -1237,17 +1237,9 @@ impl Ctx<'_> {
         let flags = match &r.lb_flags {
             None => Some(LbFlags::default()),
             Some(s) => {
-                let mut f = LbFlags::default();
-                let mut ok = true;
-                for c in s.get_ref().chars() {
-                    match c {
-                        'r' | 'R' => f.relative = true,
-                        's' | 'S' => f.random_tie_break = true,
-                        'n' | 'N' => f.allow_negative = true,
-                        _ => ok = false,
-                    }
-                }
-                if !ok {
+                // The data plane's parser, case-insensitive here as the config always was.
+                let f = LbFlags::parse(&s.get_ref().to_ascii_lowercase()).ok();
+                if f.is_none() {
                     self.invalid(
                         &s.span(),
                         &format!("{pre}.lb_flags"),
@@ -1255,7 +1247,7 @@ impl Ctx<'_> {
                         "flags are r (relative), s (random tie-break), n (allow zero/negative)",
                     );
                 }
-                ok.then_some(f)
+                f
             }
         };
         let resources = match &r.resources {

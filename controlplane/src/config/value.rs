@@ -6,11 +6,10 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use fsroute_dataplane::table::Cidr;
+use fsroute_esl::DEFAULT_ESL_PORT;
 
 use super::{Capacity, FsEndpoint, Host, HostPort, LbResource, Secret};
 
-/// FreeSWITCH's default Event Socket port.
-pub const ESL_DEFAULT_PORT: u16 = 8021;
 pub const SIP_DEFAULT_PORT: u16 = 5060;
 
 /// `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address; host names are lower-cased.
@@ -111,7 +110,10 @@ pub(crate) fn parse_sip_destination(uri: &str) -> Result<SocketAddr, String> {
     }
 }
 
-/// `fs://[user]:password@host[:port]`, port 8021 by default.
+/// `fs://[user]:password@host[:port]`, port 8021 by default: the one parser of ESL URLs (the ESL
+/// crate takes the parts, as an `EslUrl`). Strict: a path (even a lone trailing `/`) or a query
+/// such as OpenSIPS's `?EVENT,...` is refused rather than ignored, and the host must be an IP
+/// literal (IPv6 bracketed when a port follows) or a valid host name.
 pub(crate) fn parse_fs_url(s: &str) -> Result<FsEndpoint, String> {
     let rest = match s.get(..5) {
         Some(scheme) if scheme.eq_ignore_ascii_case("fs://") => &s[5..],
@@ -131,7 +133,7 @@ pub(crate) fn parse_fs_url(s: &str) -> Result<FsEndpoint, String> {
     if hostport.contains('/') {
         return Err("an ESL URL has no path: fs://[user]:password@host[:port]".into());
     }
-    let endpoint = parse_host_port(hostport, ESL_DEFAULT_PORT)?;
+    let endpoint = parse_host_port(hostport, DEFAULT_ESL_PORT)?;
     Ok(FsEndpoint {
         user: (!user.is_empty()).then(|| user.to_string()),
         password: Secret::new(password),
@@ -240,4 +242,79 @@ fn check_resource_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fs(s: &str) -> FsEndpoint {
+        parse_fs_url(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn fs_urls_take_an_optional_user_a_password_with_any_bytes_and_port_8021_by_default() {
+        let u = fs("fs://:ClueCon@127.0.0.1");
+        assert_eq!(
+            (
+                u.user.as_deref(),
+                u.password.expose(),
+                u.endpoint.to_string()
+            ),
+            (None, "ClueCon", "127.0.0.1:8021".into())
+        );
+        assert_eq!(u.endpoint.port, fsroute_esl::DEFAULT_ESL_PORT);
+        // The user may hold `@domain` and the password `@` and `:`: the host follows the last `@`.
+        let u = fs("fs://1000@example.com:s3cr@t:x@FS1.example.net:8022");
+        assert_eq!(
+            (u.user.as_deref(), u.password.expose()),
+            (Some("1000@example.com"), "s3cr@t:x")
+        );
+        assert_eq!(u.endpoint.to_string(), "fs1.example.net:8022");
+        assert_eq!(fs("fs://:pw@[::1]:8023").endpoint.to_string(), "[::1]:8023");
+        assert_eq!(fs("fs://:pw@::1").endpoint.to_string(), "[::1]:8021");
+    }
+
+    /// The ESL client once had a parser of its own that dropped a trailing `/` and a `?EVENT,...`
+    /// list; this one, the only one now, refuses both, so what is written is what is connected to.
+    #[test]
+    fn fs_urls_with_a_path_or_a_query_are_refused_not_trimmed() {
+        for bad in [
+            "fs://:pw@127.0.0.1/",
+            "fs://:pw@127.0.0.1:8021/",
+            "fs://:pw@host/esl",
+            "fs://:pw@[::1]:8021/",
+        ] {
+            let e = parse_fs_url(bad).expect_err(bad);
+            assert!(e.contains("no path"), "{bad}: {e}");
+        }
+        for bad in [
+            "fs://:pw@127.0.0.1:8021?HEARTBEAT",
+            "fs://:pw@127.0.0.1?HEARTBEAT,CHANNEL_CREATE",
+        ] {
+            assert!(parse_fs_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fs_urls_without_scheme_password_host_or_a_usable_port_are_refused_without_echoing_the_password(
+    ) {
+        for (bad, why) in [
+            ("http://:pw@h", "starts with fs://"),
+            ("fs://127.0.0.1:8021", "needs a password"),
+            ("fs://user@127.0.0.1", "needs a password"),
+            ("fs://:@127.0.0.1", "password is empty"),
+            ("fs://:hunter2@h:99999", "not a port"),
+            ("fs://:hunter2@h:0", "port 0"),
+            ("fs://:hunter2@", "empty host"),
+            (
+                "fs://:hunter2@bad host",
+                "neither an IP address nor a host name",
+            ),
+        ] {
+            let e = parse_fs_url(bad).expect_err(bad);
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(!e.contains("hunter2"), "{bad}: {e}");
+        }
+    }
 }

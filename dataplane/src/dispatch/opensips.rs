@@ -3,6 +3,8 @@
 //! OpenSIPS `dispatcher` would, so everything here reproduces OpenSIPS bit for bit (OPENSIPS.md §1.3),
 //! quirks included.
 
+use crate::sip::is_lws;
+
 /// One key's contribution to `ds_get_hash`. OpenSIPS walks the key as `char`, which is signed on the
 /// platforms it ships for, so bytes >= 0x80 are sign-extended before the shifts (the `"é-callid"` vector
 /// pins this down).
@@ -42,10 +44,6 @@ pub fn opensips_hash(k1: &[u8], k2: &[u8]) -> u32 {
     }
 }
 
-#[inline]
-fn is_lws(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
-}
 
 /// Strips the characters OpenSIPS's `trim()` strips (space, tab, CR, LF) from both ends. OpenSIPS trims
 /// the Call-ID body before `ds_hash_callid` hashes it, so a folded or padded Call-ID must hash the same

@@ -5,16 +5,7 @@
 //! fsroute's on-the-wire behaviour (a CANCEL or ACK handled by another instance or after an upgrade must
 //! land where its INVITE went), so it must not depend on std's unspecified `DefaultHasher`.
 
-/// murmur3's 64-bit finaliser: a bijection with full avalanche, used both to absorb words and to turn
-/// (call, member) pairs into independent-looking uniform values.
-#[inline(always)]
-pub(crate) fn fmix64(mut z: u64) -> u64 {
-    z ^= z >> 33;
-    z = z.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    z ^= z >> 33;
-    z = z.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    z ^ (z >> 33)
-}
+use crate::hash::fmix64;
 
 /// Domain seeds, so a call key can never hash like a member key. Frozen: changing them remaps calls.
 const CALL_SEED: u64 = 0x6673_726f_7574_6543; // "fsrouteC"

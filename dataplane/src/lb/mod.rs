@@ -4,8 +4,10 @@
 //! and call accounting on shared per-(destination, resource) counters that every shard reserves with
 //! compare-and-swap, so two shards never take the last unit twice. The control plane builds the
 //! immutable [`LbGroup`]s, carrying each [`Load`] from one table to the next so counts survive reloads;
-//! shards select, reserve and release on the fast path without locks and without allocating. Capacities
-//! from FreeSWITCH heartbeats are computed in [`capacity`]; randomness comes in as an argument (sans-IO).
+//! shards select, reserve and release on the fast path without locks and without allocating. Under
+//! `capacity_model = "opensips"` capacities from heartbeats are computed in [`capacity`]; under the
+//! default headroom model a box-backed resource has no cap of its own and is admitted against the
+//! box's gate (`crate::admission`). Randomness comes in as an argument (sans-IO).
 //!
 //! A call whose end fsroute never sees (its BYE lost) would hold its units until its dialog memory
 //! expires, hours later, while the box has long freed its sessions. The control plane therefore
@@ -35,6 +37,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::admission::{BoxAdmission, BoxGate};
+use crate::candidates::{is_tried, select_with, Tried};
 
 pub use capacity::{capacity_from_heartbeat, FsCapacity, HUNDRED_PERCENT_MICRO};
 
@@ -175,13 +178,14 @@ impl LoadCounter {
 }
 
 /// The most resources one call may hold: [`Reservation`] keeps its counters in a fixed array so that
-/// holding a call costs no allocation. A route asking for more is refused by [`reserve_held`] (config
-/// validation should reject it first).
+/// holding a call costs no allocation. A route asking for more is refused by [`reserve_held`] (the
+/// table builder skips such a route and logs why).
 pub const MAX_RESOURCES_PER_CALL: usize = 4;
 
 /// The `tried` mask of [`select`] has one bit per destination, so only the first 64 destinations of a
-/// group can be excluded by failover. The control plane keeps groups at or below this size.
-pub const MAX_DESTINATIONS: usize = 64;
+/// group can be excluded by failover; past them, [`select_and_reserve`]'s iteration bound ends the
+/// search.
+pub const MAX_DESTINATIONS: usize = crate::candidates::TRIED_BITS;
 
 /// One resource of one destination.
 #[derive(Debug, Clone)]
@@ -321,10 +325,6 @@ pub fn available(r: &LbResource, now: Instant) -> u32 {
     }
 }
 
-fn is_tried(tried: u64, i: usize) -> bool {
-    i < MAX_DESTINATIONS && (tried >> i) & 1 == 1
-}
-
 /// SplitMix64's finaliser: turns (r, tie number) into an independent-looking draw, so one caller-supplied
 /// random value drives the whole reservoir sample.
 fn mix(r: u64, n: u64) -> u64 {
@@ -338,13 +338,13 @@ fn mix(r: u64, n: u64) -> u64 {
 /// (bit i = destination i already tried), the highest score wins, score = min over wanted of
 /// [`availability`]. The score must be > 0 unless `allow_negative`. Ties go to the first in config
 /// order, or with `random_tie` to one chosen uniformly by `r` (reservoir sampling in one pass, so each
-/// destination's loads are read once). No allocation, no lock; the result is advisory until [`reserve`]
-/// succeeds.
+/// destination's loads are read once). No allocation, no lock; the result is advisory until
+/// [`reserve_held`] succeeds.
 pub fn select(
     group: &LbGroup,
     wanted: &[usize],
     flags: LbFlags,
-    tried: u64,
+    tried: Tried,
     r: u64,
     now: Instant,
 ) -> Option<usize> {
@@ -381,39 +381,6 @@ pub fn select(
 /// Takes one unit unless the resource is exhausted (or the counter is at `u32::MAX`).
 fn take_one(r: &LbResource, allow_negative: bool) -> bool {
     r.load.take((!allow_negative).then_some(r.effective))
-}
-
-/// Takes one unit of each wanted resource with compare-and-swap so two shards never take the last unit
-/// twice; if any one is exhausted (load >= effective, unless `allow_negative`) or missing, gives back what
-/// it took and returns false. Does not look at `enabled` ([`select`] does). A resource id listed twice
-/// takes two units. While a multi-resource reservation is being rolled back another shard may briefly
-/// see a unit as taken: admission errs on the safe side, never over `effective`.
-pub fn reserve(dest: &LbDestination, wanted: &[usize], allow_negative: bool) -> bool {
-    for (j, &id) in wanted.iter().enumerate() {
-        let taken = dest
-            .resource(id)
-            .is_some_and(|r| take_one(r, allow_negative));
-        if !taken {
-            for &undo in wanted[..j].iter().rev() {
-                if let Some(r) = dest.resource(undo) {
-                    r.load.give_back();
-                }
-            }
-            return false;
-        }
-    }
-    true
-}
-
-/// Gives back one unit of each wanted resource that [`reserve`] took on this same table's destination.
-/// Never underflows: a counter at 0 stays 0. Returns how many units were actually given back (a
-/// forgiven unit paid off counts as given back). Prefer
-/// [`Reservation`], which holds the counters themselves and so stays correct across reloads.
-pub fn release(dest: &LbDestination, wanted: &[usize]) -> usize {
-    wanted
-        .iter()
-        .filter(|&&id| dest.resource(id).is_some_and(|r| r.load.give_back() != Returned::Nothing))
-        .count()
 }
 
 /// A held call's units, detached from any table: it owns clones of the [`Load`] `Arc`s, so a reload that
@@ -520,31 +487,25 @@ pub fn reserve_held(
     Some(held)
 }
 
-/// [`select`] then [`reserve_held`], moving on to the next best destination when another shard took
-/// the last unit between the two (or a reservation fails for any other reason). Returns the chosen
-/// index and its reservation; None when no destination can take the call (fsroute answers 503). The
-/// loop ends because every failed attempt adds a new bit to the local tried mask.
+/// OpenSIPS `lb_route`: [`select`] then [`reserve_held`] through [`select_with`], moving on to
+/// the next best destination when another shard took the last unit between the two (or a
+/// reservation fails for any other reason). Returns the chosen index and its reservation; None
+/// when no destination can take the call (fsroute answers 503).
 pub fn select_and_reserve(
     group: &LbGroup,
     wanted: &[usize],
     flags: LbFlags,
-    tried: u64,
+    tried: Tried,
     r: u64,
     now: Instant,
 ) -> Option<(usize, Reservation)> {
     if wanted.len() > MAX_RESOURCES_PER_CALL {
         return None;
     }
-    let mut skip = tried;
-    loop {
-        let i = select(group, wanted, flags, skip, r, now)?;
-        if let Some(held) = reserve_held(&group.destinations[i], wanted, flags.allow_negative, now) {
-            return Some((i, held));
-        }
-        if i >= MAX_DESTINATIONS {
-            // Cannot be masked out; stop rather than pick it forever.
-            return None;
-        }
-        skip |= 1 << i;
-    }
+    select_with(
+        tried,
+        group.destinations.len(),
+        |skip| select(group, wanted, flags, skip, r, now),
+        |i| reserve_held(&group.destinations[i], wanted, flags.allow_negative, now),
+    )
 }

@@ -422,6 +422,41 @@ fn resource_ids_follow_the_group_order_by_exact_name() {
 
 // ---------------------------------------------------------------- reserve and release
 
+// Bare counter operations: what a `Reservation` does underneath, without holding the units.
+/// Takes one unit of each wanted resource with compare-and-swap so two shards never take the last unit
+/// twice; if any one is exhausted (load >= effective, unless `allow_negative`) or missing, gives back what
+/// it took and returns false. Does not look at `enabled` ([`select`] does). A resource id listed twice
+/// takes two units. While a multi-resource reservation is being rolled back another shard may briefly
+/// see a unit as taken: admission errs on the safe side, never over `effective`.
+fn reserve(dest: &LbDestination, wanted: &[usize], allow_negative: bool) -> bool {
+    for (j, &id) in wanted.iter().enumerate() {
+        let taken = dest
+            .resource(id)
+            .is_some_and(|r| take_one(r, allow_negative));
+        if !taken {
+            for &undo in wanted[..j].iter().rev() {
+                if let Some(r) = dest.resource(undo) {
+                    r.load.give_back();
+                }
+            }
+            return false;
+        }
+    }
+    true
+}
+
+/// Gives back one unit of each wanted resource that `reserve` took on this same table's destination.
+/// Never underflows: a counter at 0 stays 0. Returns how many units were actually given back (a
+/// forgiven unit paid off counts as given back). Production code holds a
+/// [`Reservation`], which holds the counters themselves and so stays correct across reloads.
+fn release(dest: &LbDestination, wanted: &[usize]) -> usize {
+    wanted
+        .iter()
+        .filter(|&&id| dest.resource(id).is_some_and(|r| r.load.give_back() != Returned::Nothing))
+        .count()
+}
+
+
 #[test]
 fn reserve_takes_one_unit_of_each_wanted_resource() {
     let g = group(&["ch", "conf"], vec![vec![res(10, 3), res(4, 0)]]);

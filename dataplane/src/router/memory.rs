@@ -68,11 +68,13 @@ pub struct DialogEntry {
 pub struct DialogView {
     pub dest: SocketAddr,
     pub caller: SocketAddr,
+    /// Answered (2xx) and not yet ended.
+    pub established: bool,
 }
 
 impl DialogEntry {
     fn view(&self) -> DialogView {
-        DialogView { dest: self.dest, caller: self.caller }
+        DialogView { dest: self.dest, caller: self.caller, established: self.established }
     }
 }
 
@@ -414,7 +416,7 @@ mod tests {
         let txn = std::mem::size_of::<(u64, TxnEntry)>();
         let dialog = std::mem::size_of::<(u64, DialogEntry)>();
         let record = std::mem::size_of::<(Instant, u64)>();
-        let fork = std::mem::size_of::<(u64, crate::router::fork::Fork)>();
+        let fork = crate::router::failover::ENTRY_SIZE;
         eprintln!("sizes: transaction {txn} B, dialog {dialog} B, record {record} B, fork {fork} B");
         assert!(fork <= 640, "fork entry: {fork} B");
         assert!(txn <= 64, "transaction entry: {txn} B");

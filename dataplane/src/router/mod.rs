@@ -1,11 +1,18 @@
-//! The sans-IO proxy core: `handle(table, src, datagram, now, out) -> Action`. It owns the RFC 3261
+//! The sans-IO proxy core: `handle(table, src, datagram, now, out) -> Action`: one datagram in, at
+//! most one out in `out`; anything more (100 Trying, fsroute's ACKs and CANCELs, an attempt a timer
+//! started) is queued in the outbox (`outbox`) and drained with `poll_transmit`; `tick` runs the
+//! timers. A request goes through one pipeline, classify -> choose a destination -> remember ->
+//! forward; a response through verify -> failover or call memory -> relay. It owns the RFC 3261
 //! §16 / §16.11 decisions of a stateless load-balancing proxy (validate, answer locally, pick a
-//! destination, keep a call's later messages on the INVITE's destination, rewrite) and the small
-//! per-shard call memory that makes those decisions stick. It performs no I/O, reads time and
-//! randomness only from its arguments and its seeded generator, and never panics on input.
+//! destination, keep a call's later messages on the INVITE's destination), writing messages out
+//! in `rewrite`, the per-shard call memory that makes the decisions stick in `memory`, and hands
+//! INVITEs on failover routes to their state machines in `failover`, its only
+//! transaction-stateful part. It performs no I/O, reads time and randomness only from its
+//! arguments and its seeded generator, and never panics on input.
 
-mod fork;
+mod failover;
 mod memory;
+mod outbox;
 pub mod rewrite;
 
 use std::net::SocketAddr;
@@ -13,16 +20,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use memory::{CallMemory, DialogView, Full, AFTER_FINAL};
+use failover::{Ctx, Failovers, NotStarted, Target};
+use outbox::Outbox;
 use rewrite::{forward_request, forward_response, host_ip, local_reply, parse_branch, parse_token, reply_address, RequestRewrite};
 
+use crate::candidates::select_with;
 use crate::dispatch::{opensips_uri_keys, trim_callid, Algorithm};
-use crate::lb;
-use fork::{Fork, ForkTarget};
-use std::collections::{HashMap, VecDeque};
 use crate::hash;
+use crate::lb;
 use crate::sip::{self, uri_host_port, uri_params, uri_user, Message, Method, ParseError};
 use crate::stats::{DropReason, Refusal, ShardStats};
-use crate::table::{DestCounters, MemoryLimits, ProxySettings, RouteTarget, RoutingTable};
+use crate::table::{DestCounters, DispatcherSet, RouteTarget, RoutingTable};
 
 const SEED_OWNER: u64 = 0x6673_726f_7574_6531; // "fsroute1"
 const SEED_TXN: u64 = 0x6673_726f_7574_6532;
@@ -50,24 +58,78 @@ pub fn owner_shard(call_id: &[u8], shards: usize) -> usize {
     (hash::hash_one(SEED_OWNER, trim_callid(call_id)) % shards as u64) as usize
 }
 
+/// A call's key in the dialog memory.
+fn dialog_key(call_id: &[u8]) -> u64 {
+    hash::hash_one(SEED_DIALOG, trim_callid(call_id))
+}
+
+/// The To tag of fsroute's own replies to a request: the same for its retransmissions.
+fn reply_tag(m: &Message<'_>) -> u64 {
+    let branch = m.top_via.and_then(|v| v.branch).unwrap_or_default();
+    hash::finish(hash::mix(hash::mix(SEED_TXN, m.call_id.unwrap_or_default()), branch))
+}
+
+/// xorshift64*: plenty for spreading calls; seeded per shard by the shell.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// A request that passed validation, with the keys every later step uses.
+struct Request<'m> {
+    method: Method,
+    in_dialog: bool,
+    ruri: &'m [u8],
+    /// The transaction key: the same for an INVITE, its retransmissions, CANCEL and non-2xx ACK.
+    tkey: u64,
+    /// The call's key in the dialog memory.
+    ckey: u64,
+    /// fsroute's own Route is on top (loose routing, §16.4): popped when forwarding.
+    own_route: bool,
+    /// The destination named by fsroute's Record-Route token, when it is a known one.
+    token: Option<SocketAddr>,
+}
+
+/// Where a request goes, and what forwarding it must remember.
+struct Next<'t> {
+    dest: SocketAddr,
+    /// The dispatcher destination chosen for a new transaction (its counters).
+    chosen: Option<&'t Arc<DestCounters>>,
+    /// A new transaction: remembered so its retransmissions, CANCEL and ACK follow it.
+    new_transaction: bool,
+    /// The ACK of a non-2xx final response to an initial INVITE: it repeats the INVITE's branch.
+    invite_ack: bool,
+}
+
+/// What choosing a destination decided.
+enum Choice<'t> {
+    Send(Next<'t>),
+    /// Answered, dropped, or taken on by a failover: nothing left to forward.
+    Done(Action),
+}
+
 pub struct Router {
     shard: usize,
     shards: usize,
     /// Per-set weighted round-robin cursors (OpenSIPS keeps one shared, racy cursor; per-core
     /// cursors make the split exact per shard and need no synchronisation).
     cursors: Vec<u64>,
-    rng: u64,
+    rng: Rng,
     memory: CallMemory,
     stats: Arc<ShardStats>,
     draining: bool,
-    /// Forked INVITE transactions (failover routes), by the caller's transaction key.
-    forks: HashMap<u64, Fork, std::hash::BuildHasherDefault<memory::IdentityHasher>>,
-    /// Datagrams beyond the one an action sends (100 Trying, fsroute's ACKs and CANCELs, the
-    /// next attempt after a timeout), drained by the shell with `poll_transmit`.
-    outbox: VecDeque<(SocketAddr, Vec<u8>)>,
-    free: Vec<Vec<u8>>,
-    /// Bytes of the INVITEs the forks hold (bounded by `limits.fork_bytes`).
-    fork_bytes: usize,
+    /// INVITEs being failed over (failover routes), by the caller's transaction key.
+    failovers: Failovers,
+    /// Datagrams beyond the one an action sends, drained by the shell with `poll_transmit`.
+    outbox: Outbox,
 }
 
 impl Router {
@@ -76,50 +138,32 @@ impl Router {
             shard,
             shards: shards.max(1),
             cursors: Vec::new(),
-            rng: seed | 1,
-            memory: CallMemory::new(MemoryLimits::default()),
+            rng: Rng(seed | 1),
+            memory: CallMemory::new(Default::default()),
             stats,
             draining: false,
-            forks: HashMap::default(),
-            outbox: VecDeque::new(),
-            free: Vec::new(),
-            fork_bytes: 0,
+            failovers: Failovers::default(),
+            outbox: Outbox::default(),
         }
     }
 
     /// The next datagram fsroute itself must send, if any. Give the buffer back with `recycle`.
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
-        self.outbox.pop_front()
+        self.outbox.poll()
     }
 
     /// Returns a sent buffer for reuse, so steady state allocates nothing.
-    pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        buf.clear();
-        if self.free.len() < 256 {
-            self.free.push(buf);
-        }
-    }
-
-    fn take_buffer(&mut self) -> Vec<u8> {
-        self.free.pop().unwrap_or_else(|| Vec::with_capacity(2048))
-    }
-
-    fn emit(&mut self, to: SocketAddr, write: impl FnOnce(&mut Vec<u8>)) {
-        let mut buf = self.take_buffer();
-        write(&mut buf);
-        self.outbox.push_back((to, buf));
-    }
-
-    fn emit_buffer(&mut self, to: SocketAddr, buf: Vec<u8>) {
-        self.outbox.push_back((to, buf));
-    }
-
-    fn dialog_key(&self, m: &Message<'_>) -> u64 {
-        hash::hash_one(SEED_DIALOG, trim_callid(m.call_id.unwrap_or_default()))
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.outbox.recycle(buf);
     }
 
     pub fn stats(&self) -> &Arc<ShardStats> {
         &self.stats
+    }
+
+    /// Which shard this router serves.
+    pub fn shard_index(&self) -> usize {
+        self.shard
     }
 
     /// While draining, new INVITEs are answered 503 with Retry-After; everything else still flows.
@@ -133,7 +177,7 @@ impl Router {
 
     /// INVITE transactions still without a final response.
     pub fn pending_invites(&self, now: Instant) -> usize {
-        self.memory.pending_invites(now) + self.pending_forks()
+        self.memory.pending_invites(now) + self.failovers.pending()
     }
 
     /// What a graceful stop waits for: INVITEs without a final response and answered calls not
@@ -142,29 +186,26 @@ impl Router {
         self.pending_invites(now) + self.memory.established()
     }
 
+    /// What a failover step borrows from the router.
+    fn ctx<'a>(&'a mut self, t: &'a RoutingTable, now: Instant) -> (&'a mut Failovers, Ctx<'a>) {
+        let ctx = Ctx { t, memory: &mut self.memory, outbox: &mut self.outbox, stats: &self.stats, rng: &mut self.rng, now };
+        (&mut self.failovers, ctx)
+    }
+
     /// Runs failover timers and ages out call memory; the shell calls it periodically (and drains
     /// `poll_transmit` afterwards).
     pub fn tick(&mut self, table: &RoutingTable, now: Instant) {
-        self.fork_tick(table, now);
+        let (failovers, mut ctx) = self.ctx(table, now);
+        failovers.tick(&mut ctx);
         self.memory.expire(now);
         let st = &self.stats;
         ShardStats::set(&st.memory_entries, self.memory.len() as u64);
         ShardStats::set(&st.transactions, self.memory.transactions() as u64);
         ShardStats::set(&st.dialogs, self.memory.dialogs() as u64);
         ShardStats::set(&st.established, self.memory.established() as u64);
-        ShardStats::set(&st.forks, self.forks.len() as u64);
-        ShardStats::set(&st.fork_bytes, self.fork_bytes as u64);
+        ShardStats::set(&st.forks, self.failovers.len() as u64);
+        ShardStats::set(&st.fork_bytes, self.failovers.bytes() as u64);
         ShardStats::set(&st.calls_timed_out, self.memory.timed_out);
-    }
-
-    fn next_random(&mut self) -> u64 {
-        // xorshift64*: plenty for spreading calls; seeded per shard by the shell.
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
     /// Routes one datagram received from `src`. `out` is cleared and filled when the action sends.
@@ -210,6 +251,240 @@ impl Router {
         }
     }
 
+    /// The request pipeline: classify, choose a destination, remember, forward.
+    fn request(&mut self, t: &RoutingTable, src: SocketAddr, m: &Message<'_>, now: Instant, out: &mut Vec<u8>) -> Action {
+        let req = match self.classify(t, src, m, out) {
+            Ok(req) => req,
+            Err(done) => return done,
+        };
+        // A failover's retransmissions, CANCEL and non-2xx ACK belong to it.
+        let (failovers, mut ctx) = self.ctx(t, now);
+        if let Some(done) = failovers.request(&mut ctx, m, src, req.tkey, out) {
+            return done;
+        }
+        match self.choose(t, src, m, &req, now, out) {
+            Choice::Send(next) => self.forward(t, src, m, &req, next, now, out),
+            Choice::Done(done) => done,
+        }
+    }
+
+    /// Validates a request and answers what fsroute answers itself; otherwise its keys.
+    fn classify<'m>(&self, t: &RoutingTable, src: SocketAddr, m: &Message<'m>, out: &mut Vec<u8>) -> Result<Request<'m>, Action> {
+        let method = m.method().unwrap_or(Method::Other);
+        if let Err(e) = m.validate_request() {
+            if method == Method::Ack || m.top_via.is_none() {
+                return Err(Action::Drop(DropReason::Malformed));
+            }
+            return Err(match e {
+                ParseError::UnsupportedVersion => self.reply(m, src, 505, "Version Not Supported", &[], out),
+                _ => self.reply(m, src, 400, "Bad Request", &[], out),
+            });
+        }
+        // validate_request guarantees these.
+        let (Some(call_id), Some(cseq), Some(ruri)) = (m.call_id, m.cseq, m.request_uri()) else {
+            return Err(Action::Drop(DropReason::Malformed));
+        };
+        let px = &t.proxy;
+        let in_dialog = m.to_tag().is_some();
+        // Keepalive OPTIONS addressed to fsroute itself (no user part): answered here, whatever
+        // Max-Forwards says (§16.3 allows it).
+        if method == Method::Options && !in_dialog && uri_user(ruri).is_none() && px.is_local_uri(ruri) {
+            return Err(self.reply(m, src, 200, "OK", &[("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS")], out));
+        }
+        if m.max_forwards.is_some_and(|mf| mf.value == 0) {
+            if method == Method::Ack {
+                return Err(Action::Drop(DropReason::TooManyHops));
+            }
+            return Err(self.reply(m, src, 483, "Too Many Hops", &[], out));
+        }
+        let caller_branch = m.top_via.and_then(|v| v.branch).filter(|b| b.starts_with(b"z9hG4bK"));
+        // fsroute's own Route (loose routing, §16.4): popped, its token names the destination.
+        let own_route = m.route.filter(|r| px.is_local_uri(r.uri));
+        let token = own_route
+            .and_then(|r| sip::param_value(uri_params(r.uri), b"fsd").flatten())
+            .and_then(parse_token)
+            .filter(|d| t.is_known_destination(d));
+        Ok(Request {
+            method,
+            in_dialog,
+            ruri,
+            tkey: txn_key(call_id, cseq.number, caller_branch, m),
+            ckey: dialog_key(call_id),
+            own_route: own_route.is_some(),
+            token,
+        })
+    }
+
+    /// Where a request goes: §16.11, INVITE retransmissions, CANCEL and non-2xx ACK follow the
+    /// INVITE's choice; in-dialog requests follow their route set under the relay policy; a new
+    /// transaction is routed by the table.
+    fn choose<'t>(&mut self, t: &'t RoutingTable, src: SocketAddr, m: &Message<'_>, req: &Request<'_>, now: Instant, out: &mut Vec<u8>) -> Choice<'t> {
+        let method = req.method;
+        if let Some(txn) = self.memory.txn(req.tkey, now) {
+            if matches!(method, Method::Ack | Method::Cancel) || !req.in_dialog {
+                let invite_ack = method == Method::Ack && txn.initial_invite;
+                return Choice::Send(Next { dest: txn.dest, chosen: None, new_transaction: false, invite_ack });
+            }
+        }
+        if req.in_dialog || method == Method::Ack {
+            return match self.in_dialog_destination(t, src, m, req, now) {
+                Ok(dest) => Choice::Send(Next { dest, chosen: None, new_transaction: false, invite_ack: false }),
+                Err(denied) => Choice::Done(match (method, denied) {
+                    (Method::Ack, Denied::Unknown) => Action::Drop(DropReason::UnroutableAck),
+                    (Method::Ack, Denied::Relay) => Action::Drop(DropReason::RelayDenied),
+                    (_, Denied::Unknown) => self.reply(m, src, 481, "Call/Transaction Does Not Exist", &[], out),
+                    (_, Denied::Relay) => self.refuse(m, src, Refusal::RelayDenied, out),
+                }),
+            };
+        }
+        if method == Method::Cancel {
+            // The INVITE's memory is gone (or it never passed here): the dialog memory may still
+            // know the call, if the CANCEL comes from its caller; otherwise there is nothing to
+            // cancel (§16.10).
+            return match self.memory.dialog(req.ckey, now).filter(|d| d.is_caller(src)) {
+                Some(d) => Choice::Send(Next { dest: d.dest, chosen: None, new_transaction: false, invite_ack: false }),
+                None => Choice::Done(self.reply(m, src, 481, "Call/Transaction Does Not Exist", &[], out)),
+            };
+        }
+        self.new_transaction(t, src, m, req, now, out)
+    }
+
+    /// A new transaction: the routing table decides. A new INVITE on a failover route starts a
+    /// failover; a new INVITE anywhere is admitted against its box's headroom.
+    fn new_transaction<'t>(&mut self, t: &'t RoutingTable, src: SocketAddr, m: &Message<'_>, req: &Request<'_>, now: Instant, out: &mut Vec<u8>) -> Choice<'t> {
+        let invite = req.method == Method::Invite;
+        if invite {
+            if let Err(why) = self.room_for_call() {
+                return Choice::Done(self.refuse(m, src, why, out));
+            }
+        }
+        let method_raw = match m.start {
+            sip::StartLine::Request { method_raw, .. } => method_raw,
+            sip::StartLine::Response { .. } => b"",
+        };
+        let Some(route) = t.match_route(method_raw, req.ruri, src.ip()) else {
+            let code = t.proxy.no_route_reply;
+            let reason = if code == 503 { "Service Unavailable" } else { "Not Found" };
+            return Choice::Done(self.reply(m, src, code, reason, &[], out));
+        };
+        let send = |dest, chosen| Choice::Send(Next { dest, chosen, new_transaction: req.method != Method::Ack, invite_ack: false });
+        match route.target {
+            RouteTarget::Dispatcher { set, algorithm, failover } => {
+                let Some(ds) = t.sets.get(set) else {
+                    return Choice::Done(self.reply(m, src, 500, "Server Internal Error", &[], out));
+                };
+                let picked = self.dispatch_pick(t, set, algorithm, m);
+                if failover && invite {
+                    let target = Target::Dispatcher { setid: ds.setid };
+                    return Choice::Done(self.start_failover(t, src, m, req, target, picked, now, out));
+                }
+                // Only a new call costs a box a session; other requests go where the set says.
+                let admitted = if invite {
+                    picked.and_then(|i| admit_in_set(ds, i, now, |_| false)).map(|(i, held)| {
+                        // A stateless route cannot see the call end: the unit stays counted.
+                        if let Some(h) = held {
+                            h.keep_counted();
+                        }
+                        i
+                    })
+                } else {
+                    picked
+                };
+                match admitted {
+                    Some(i) => send(ds.destinations[i].addr, Some(&ds.destinations[i].counters)),
+                    None => Choice::Done(self.reply_exhausted(t, m, src, out)),
+                }
+            }
+            RouteTarget::LoadBalancer { group, wanted, flags } => {
+                let Some(g) = t.lb_groups.get(group) else {
+                    return Choice::Done(self.reply(m, src, 500, "Server Internal Error", &[], out));
+                };
+                if invite {
+                    let target = Target::LoadBalancer { group_id: g.group_id, wanted, flags };
+                    return Choice::Done(self.start_failover(t, src, m, req, target, None, now, out));
+                }
+                // Out-of-dialog requests other than INVITE hold no call: the best box, no units.
+                let r = self.rng.next();
+                match lb::select(g, wanted.ids(), flags, 0, r, now) {
+                    Some(i) => send(g.destinations[i].addr, None),
+                    None => Choice::Done(self.reply_exhausted(t, m, src, out)),
+                }
+            }
+        }
+    }
+
+    /// A call fsroute could not remember could not be cancelled, failed over or ended cleanly:
+    /// refused while the memory is full (or fsroute is stopping), never half-handled.
+    fn room_for_call(&self) -> Result<(), Refusal> {
+        if self.draining {
+            return Err(Refusal::Draining);
+        }
+        self.memory.room_for_call().map_err(|full| match full {
+            Full::Transactions => Refusal::TransactionsFull,
+            Full::Dialogs => Refusal::DialogsFull,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_failover(
+        &mut self,
+        t: &RoutingTable,
+        src: SocketAddr,
+        m: &Message<'_>,
+        req: &Request<'_>,
+        target: Target,
+        hint: Option<usize>,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Action {
+        let keys = (req.tkey, req.ckey, reply_tag(m));
+        let (failovers, mut ctx) = self.ctx(t, now);
+        match failovers.start(&mut ctx, m, src, keys, req.own_route, target, hint, out) {
+            Ok(dest) => Action::Forward(dest),
+            Err(NotStarted::Full) => self.refuse(m, src, Refusal::ForksFull, out),
+            Err(NotStarted::Exhausted) => self.reply_exhausted(t, m, src, out),
+        }
+    }
+
+    /// Remembers what the request's later messages need, and writes it out for `next.dest`.
+    #[allow(clippy::too_many_arguments)]
+    fn forward(&mut self, t: &RoutingTable, src: SocketAddr, m: &Message<'_>, req: &Request<'_>, next: Next<'_>, now: Instant, out: &mut Vec<u8>) -> Action {
+        let (px, dest, method) = (&t.proxy, next.dest, req.method);
+        if px.is_self(&dest) {
+            if method == Method::Ack {
+                return Action::Drop(DropReason::RelayDenied);
+            }
+            return self.refuse(m, src, Refusal::Loop, out);
+        }
+        if next.new_transaction {
+            let initial_invite = method == Method::Invite;
+            let ttl = if initial_invite { px.transaction_memory } else { AFTER_FINAL };
+            // Room was checked for an INVITE; other requests are routed even when their
+            // transaction cannot be remembered (their retransmissions are routed again).
+            self.memory.remember_txn(req.tkey, dest, initial_invite, now, ttl);
+            if initial_invite {
+                // Held while the call rings; a 2xx stretches it to dialog_memory.
+                self.memory.start_dialog(req.ckey, dest, src, now, px.transaction_memory);
+            }
+        }
+        if let Some(c) = next.chosen {
+            DestCounters::bump(&c.forwarded);
+        }
+        let record_route =
+            (px.record_route && !req.in_dialog && matches!(method, Method::Invite | Method::Subscribe | Method::Refer)).then_some(dest);
+        // The ACK of a non-2xx response repeats its INVITE's branch, so it carries the INVITE's MAC.
+        let mac_method = if next.invite_ack { &b"INVITE"[..] } else { request_method(m) };
+        let rw = RequestRewrite {
+            branch: req.tkey,
+            mac: px.branch_key.mac(req.tkey, reply_address(m, src), mac_method),
+            record_route,
+            pop_route: req.own_route,
+            default_max_forwards: px.max_forwards,
+        };
+        forward_request(m, src, px, &rw, out);
+        Action::Forward(dest)
+    }
+
     /// fsroute's own answer to a request it will not forward, counted by why.
     fn refuse(&self, m: &Message<'_>, src: SocketAddr, why: Refusal, out: &mut Vec<u8>) -> Action {
         self.stats.refusal(why);
@@ -222,25 +497,8 @@ impl Router {
         }
     }
 
-    /// The MAC that goes into the branch of a request from `src`: it binds the branch to where its
-    /// responses will be relayed.
-    fn branch_mac(px: &ProxySettings, branch: u64, m: &Message<'_>, src: SocketAddr) -> u64 {
-        let method = match m.start {
-            sip::StartLine::Request { method_raw, .. } => method_raw,
-            sip::StartLine::Response { .. } => b"",
-        };
-        px.branch_key.mac(branch, reply_address(m, src), method)
-    }
-
-    /// [`Self::branch_mac`] for the ACK of a non-2xx response: it repeats its INVITE's branch, so
-    /// it carries the INVITE's MAC.
-    fn invite_branch_mac(px: &ProxySettings, branch: u64, m: &Message<'_>, src: SocketAddr) -> u64 {
-        px.branch_key.mac(branch, reply_address(m, src), b"INVITE")
-    }
-
     fn reply(&self, m: &Message<'_>, src: SocketAddr, code: u16, reason: &str, extra: &[(&str, &str)], out: &mut Vec<u8>) -> Action {
-        let tag = hash::finish(hash::mix(hash::mix(SEED_TXN, m.call_id.unwrap_or_default()), m.top_via.and_then(|v| v.branch).unwrap_or_default()));
-        local_reply(m, src, code, reason, tag, extra, out);
+        local_reply(m, src, code, reason, reply_tag(m), extra, out);
         Action::Reply(reply_address(m, src))
     }
 
@@ -254,195 +512,6 @@ impl Router {
             Some(v) => self.reply(m, src, code, reason, &[("Retry-After", v)], out),
             None => self.reply(m, src, code, reason, &[], out),
         }
-    }
-
-    fn request(&mut self, t: &RoutingTable, src: SocketAddr, m: &Message<'_>, now: Instant, out: &mut Vec<u8>) -> Action {
-        let method = m.method().unwrap_or(Method::Other);
-        if let Err(e) = m.validate_request() {
-            if method == Method::Ack || m.top_via.is_none() {
-                return Action::Drop(DropReason::Malformed);
-            }
-            return match e {
-                ParseError::UnsupportedVersion => self.reply(m, src, 505, "Version Not Supported", &[], out),
-                _ => self.reply(m, src, 400, "Bad Request", &[], out),
-            };
-        }
-        // validate_request guarantees these.
-        let (Some(call_id), Some(cseq), Some(ruri)) = (m.call_id, m.cseq, m.request_uri()) else {
-            return Action::Drop(DropReason::Malformed);
-        };
-        let px = &t.proxy;
-        let in_dialog = m.to_tag().is_some();
-
-        // Keepalive OPTIONS addressed to fsroute itself (no user part): answered here, whatever
-        // Max-Forwards says (§16.3 allows it).
-        if method == Method::Options && !in_dialog && uri_user(ruri).is_none() && px.is_local_uri(ruri) {
-            return self.reply(m, src, 200, "OK", &[("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS")], out);
-        }
-        if m.max_forwards.is_some_and(|mf| mf.value == 0) {
-            if method == Method::Ack {
-                return Action::Drop(DropReason::TooManyHops);
-            }
-            return self.reply(m, src, 483, "Too Many Hops", &[], out);
-        }
-
-        let caller_branch = m.top_via.and_then(|v| v.branch).filter(|b| b.starts_with(b"z9hG4bK"));
-        let tkey = txn_key(call_id, cseq.number, caller_branch, m);
-        let ckey = hash::hash_one(SEED_DIALOG, trim_callid(call_id));
-
-        // fsroute's own Route (loose routing, §16.4): popped, its token names the destination.
-        let own_route = m.route.filter(|r| px.is_local_uri(r.uri));
-        let token = own_route
-            .and_then(|r| sip::param_value(uri_params(r.uri), b"fsd").flatten())
-            .and_then(parse_token)
-            .filter(|d| t.is_known_destination(d));
-
-        // A forked transaction's retransmissions, CANCEL and non-2xx ACK belong to it.
-        if let Some(a) = self.fork_request(t, m, src, tkey, now, out) {
-            return a;
-        }
-
-        let mut dest = None;
-        let mut chosen: Option<&Arc<DestCounters>> = None;
-        let mut remember = false;
-        let mut invite_ack = false;
-
-        // §16.11: INVITE retransmissions, CANCEL and non-2xx ACK follow the INVITE's choice.
-        if let Some(txn) = self.memory.txn(tkey, now) {
-            if matches!(method, Method::Ack | Method::Cancel) || !in_dialog {
-                dest = Some(txn.dest);
-                invite_ack = method == Method::Ack && txn.initial_invite;
-            }
-        }
-        if dest.is_none() && (in_dialog || method == Method::Ack) {
-            match self.in_dialog_destination(t, src, m, own_route.is_some(), token, ckey, now) {
-                Ok(d) => dest = Some(d),
-                Err(denied) => {
-                    return match (method, denied) {
-                        (Method::Ack, Denied::Unknown) => Action::Drop(DropReason::UnroutableAck),
-                        (Method::Ack, Denied::Relay) => Action::Drop(DropReason::RelayDenied),
-                        (_, Denied::Unknown) => self.reply(m, src, 481, "Call/Transaction Does Not Exist", &[], out),
-                        (_, Denied::Relay) => self.refuse(m, src, Refusal::RelayDenied, out),
-                    };
-                }
-            }
-        }
-        if dest.is_none() && method == Method::Cancel {
-            // The INVITE's memory is gone (or it never passed here): the dialog memory may still
-            // know the call, if the CANCEL comes from its caller; otherwise there is nothing to
-            // cancel (§16.10).
-            match self.memory.dialog(ckey, now).filter(|d| d.is_caller(src)) {
-                Some(d) => dest = Some(d.dest),
-                None => return self.reply(m, src, 481, "Call/Transaction Does Not Exist", &[], out),
-            }
-        }
-        if dest.is_none() {
-            // A new transaction: the routing table decides.
-            if method == Method::Invite {
-                if self.draining {
-                    return self.refuse(m, src, Refusal::Draining, out);
-                }
-                // A call fsroute could not remember could not be cancelled, failed over or
-                // ended cleanly: refused while the memory is full, never half-handled.
-                match self.memory.room_for_call() {
-                    Ok(()) => {}
-                    Err(Full::Transactions) => return self.refuse(m, src, Refusal::TransactionsFull, out),
-                    Err(Full::Dialogs) => return self.refuse(m, src, Refusal::DialogsFull, out),
-                }
-            }
-            let method_raw = match m.start {
-                sip::StartLine::Request { method_raw, .. } => method_raw,
-                sip::StartLine::Response { .. } => b"",
-            };
-            let Some(route) = t.match_route(method_raw, ruri, src.ip()) else {
-                let code = px.no_route_reply;
-                let reason = if code == 503 { "Service Unavailable" } else { "Not Found" };
-                return self.reply(m, src, code, reason, &[], out);
-            };
-            match route.target {
-                RouteTarget::Dispatcher { set, algorithm, failover } => {
-                    let Some(ds) = t.sets.get(set) else {
-                        return self.reply(m, src, 500, "Server Internal Error", &[], out);
-                    };
-                    if failover && method == Method::Invite {
-                        let target = ForkTarget::Dispatcher { setid: ds.setid, algorithm };
-                        return self.fork_start(t, src, m, tkey, target, now, out);
-                    }
-                    let picked = self.dispatch_pick(t, set, algorithm, m);
-                    // Only a new call costs a box a session; other requests go where the set says.
-                    let admitted = if method == Method::Invite {
-                        picked.and_then(|i| admit_in_set(ds, i, now, |_| false)).map(|(i, held)| {
-                            // A stateless route cannot see the call end: the unit stays counted.
-                            if let Some(h) = held {
-                                h.keep_counted();
-                            }
-                            i
-                        })
-                    } else {
-                        picked
-                    };
-                    let Some(idx) = admitted else {
-                        return self.reply_exhausted(t, m, src, out);
-                    };
-                    let d = &ds.destinations[idx];
-                    dest = Some(d.addr);
-                    chosen = Some(&d.counters);
-                }
-                RouteTarget::LoadBalancer { group, wanted, flags } => {
-                    let Some(g) = t.lb_groups.get(group) else {
-                        return self.reply(m, src, 500, "Server Internal Error", &[], out);
-                    };
-                    if method == Method::Invite {
-                        let target = ForkTarget::LoadBalancer { group_id: g.group_id, wanted, flags };
-                        return self.fork_start(t, src, m, tkey, target, now, out);
-                    }
-                    // Out-of-dialog requests other than INVITE hold no call: the best box, no units.
-                    let r = self.next_random();
-                    let Some(idx) = lb::select(g, wanted.ids(), flags, 0, r, now) else {
-                        return self.reply_exhausted(t, m, src, out);
-                    };
-                    dest = Some(g.destinations[idx].addr);
-                }
-            }
-            remember = method != Method::Ack;
-        }
-        let Some(dest) = dest else {
-            return Action::Drop(DropReason::Malformed);
-        };
-        if px.is_self(&dest) {
-            if method == Method::Ack {
-                return Action::Drop(DropReason::RelayDenied);
-            }
-            return self.refuse(m, src, Refusal::Loop, out);
-        }
-
-        if remember {
-            let initial_invite = method == Method::Invite;
-            let ttl = if initial_invite { px.transaction_memory } else { AFTER_FINAL };
-            // Room was checked above for an INVITE; other requests are routed even when their
-            // transaction cannot be remembered (their retransmissions are routed again).
-            self.memory.remember_txn(tkey, dest, initial_invite, now, ttl);
-            if initial_invite {
-                // Held while the call rings; a 2xx stretches it to dialog_memory.
-                self.memory.start_dialog(ckey, dest, src, now, px.transaction_memory);
-            }
-        }
-        if let Some(c) = chosen {
-            DestCounters::bump(&c.forwarded);
-        }
-        let record_route = (px.record_route
-            && !in_dialog
-            && matches!(method, Method::Invite | Method::Subscribe | Method::Refer))
-        .then_some(dest);
-        let rw = RequestRewrite {
-            branch: tkey,
-            mac: if invite_ack { Self::invite_branch_mac(px, tkey, m, src) } else { Self::branch_mac(px, tkey, m, src) },
-            record_route,
-            pop_route: own_route.is_some(),
-            default_max_forwards: px.max_forwards,
-        };
-        forward_request(m, src, px, &rw, out);
-        Action::Forward(dest)
     }
 
     /// A destination index of `ds` for a new transaction, by `algorithm`.
@@ -462,7 +531,7 @@ impl Router {
         if alg == Algorithm::RoundRobin {
             self.cursors[set] = cursor.wrapping_add(1);
         }
-        let r = if alg == Algorithm::Random { self.next_random() } else { 0 };
+        let r = if alg == Algorithm::Random { self.rng.next() } else { 0 };
         ds.selector.pick(alg, t.proxy.hash, keys, cursor, r)
     }
 
@@ -471,19 +540,9 @@ impl Router {
     /// set says; any other source reaches only a configured destination (named by fsroute's own
     /// Record-Route token, the route set or the Request-URI) or the remembered destination of a
     /// call it is the caller of. Anything else would make fsroute an open relay.
-    #[allow(clippy::too_many_arguments)]
-    fn in_dialog_destination(
-        &self,
-        t: &RoutingTable,
-        src: SocketAddr,
-        m: &Message<'_>,
-        popped: bool,
-        token: Option<SocketAddr>,
-        ckey: u64,
-        now: Instant,
-    ) -> Result<SocketAddr, Denied> {
+    fn in_dialog_destination(&self, t: &RoutingTable, src: SocketAddr, m: &Message<'_>, req: &Request<'_>, now: Instant) -> Result<SocketAddr, Denied> {
         let route_next = match m.route {
-            Some(r) if popped => r.next_uri,
+            Some(r) if req.own_route => r.next_uri,
             Some(r) => Some(r.uri),
             None => None,
         };
@@ -491,62 +550,34 @@ impl Router {
             let (h, p) = uri_host_port(uri)?;
             Some(SocketAddr::new(host_ip(h)?, p.unwrap_or(5060)))
         };
-        let ruri = m.request_uri().and_then(|u| uri_addr(u).filter(|_| !t.proxy.is_local_uri(u)));
+        let ruri = uri_addr(req.ruri).filter(|_| !t.proxy.is_local_uri(req.ruri));
         if t.is_from_destination(&src) {
             // From the FreeSWITCH side towards the caller: the route set, else the Request-URI.
             return route_next.and_then(uri_addr).or(ruri).ok_or(Denied::Unknown);
         }
         let named = route_next.and_then(uri_addr).or(ruri);
-        let remembered = self.memory.dialog(ckey, now).filter(|d| d.is_caller(src)).map(|d| d.dest);
-        token
+        let remembered = self.memory.dialog(req.ckey, now).filter(|d| d.is_caller(src)).map(|d| d.dest);
+        req.token
             .or_else(|| named.filter(|a| t.is_known_destination(a)))
             .or(remembered)
-            .ok_or(if named.is_some() || token.is_some() { Denied::Relay } else { Denied::Unknown })
+            .ok_or(if named.is_some() || req.token.is_some() { Denied::Relay } else { Denied::Unknown })
     }
 
+    /// The response pipeline: verify fsroute's branch, let a failover take what is its own, keep
+    /// the call memory in step, relay to the next Via.
     fn response(&mut self, t: &RoutingTable, src: SocketAddr, m: &Message<'_>, now: Instant, out: &mut Vec<u8>) -> Action {
-        if m.validate_response().is_err() {
-            return Action::Drop(DropReason::BadResponse);
+        let (key, next_hop) = match self.verify_response(t, m) {
+            Ok(v) => v,
+            Err(drop) => return Action::Drop(drop),
+        };
+        let (failovers, mut ctx) = self.ctx(t, now);
+        if let Some(done) = failovers.response(&mut ctx, m, src, key, next_hop, out) {
+            return done;
         }
-        let px = &t.proxy;
-        let Some(top) = m.top_via else {
-            return Action::Drop(DropReason::BadResponse);
-        };
-        let branch = top.branch.and_then(parse_branch);
-        let (Some((key, mac)), true) = (branch, px.is_local(top.host, top.port)) else {
-            return Action::Drop(DropReason::NotOurVia);
-        };
-        // Where it would be relayed: the next Via's received/rport (§18.2.2, RFC 3581), or nowhere
-        // for a response to one of fsroute's own requests.
-        let next_hop = match m.second_via {
-            Some(next) => {
-                let Some(ip) = next.received.and_then(host_ip).or_else(|| host_ip(next.host)) else {
-                    return Action::Drop(DropReason::Unresolvable);
-                };
-                Some(SocketAddr::new(ip, next.rport.flatten().or(next.port).unwrap_or(5060)))
-            }
-            None => None,
-        };
-        // The branch must be one fsroute wrote for a request of this CSeq method whose responses
-        // go to that address (for an answer to fsroute's own CANCEL, the caller's, which the
-        // CANCEL's branch repeats): a forged or altered response is never relayed, nor does it
-        // touch a call's state.
-        let Some(reply_to) = next_hop.or_else(|| self.fork_reply_to(key)) else {
+        let (Some(next_hop), Some(code), Some(cseq), Some(call_id)) = (next_hop, m.status(), m.cseq, m.call_id) else {
             return Action::Drop(DropReason::NoNextVia);
         };
-        let (Some(code), Some(cseq), Some(call_id)) = (m.status(), m.cseq, m.call_id) else {
-            return Action::Drop(DropReason::BadResponse);
-        };
-        if px.branch_key.mac(key, reply_to, cseq.method) != mac {
-            return Action::Drop(DropReason::ForgedResponse);
-        }
-        if let Some(a) = self.fork_response(t, m, src, key, next_hop, now, out) {
-            return a;
-        }
-        let Some(next_hop) = next_hop else {
-            return Action::Drop(DropReason::NoNextVia);
-        };
-        let ckey = hash::hash_one(SEED_DIALOG, trim_callid(call_id));
+        let (px, ckey) = (&t.proxy, dialog_key(call_id));
         match cseq.method {
             b"INVITE" => match code {
                 // Each provisional response restarts Timer C: a long ring keeps its CANCEL route.
@@ -559,13 +590,18 @@ impl Router {
                         }
                     }
                 }
-                200..=299 => {
-                    if let Some(e) = self.memory.answer_txn(key, now) {
-                        if e.initial_invite {
-                            self.memory.confirm_dialog(ckey, now, px.dialog_memory, px.max_call_duration, None);
-                        }
+                200..=299 => match self.memory.answer_txn(key, now) {
+                    Some(e) if e.initial_invite => {
+                        self.memory.confirm_dialog(ckey, now, px.dialog_memory, px.max_call_duration, None);
                     }
-                }
+                    Some(_) => {}
+                    // No INVITE of this call went out with this branch, and the call is still
+                    // being failed over: only its attempts may answer it.
+                    None if self.memory.dialog(ckey, now).is_some_and(|d| !d.established) => {
+                        return Action::Drop(DropReason::StrayAnswer);
+                    }
+                    None => {}
+                },
                 _ => {
                     if let Some(e) = self.memory.answer_txn(key, now) {
                         if e.initial_invite {
@@ -584,6 +620,39 @@ impl Router {
         forward_response(m, px, out);
         Action::Forward(next_hop)
     }
+
+    /// A response is relayed only on a branch fsroute wrote for a request of its CSeq method whose
+    /// responses go to the address it would be relayed to (for an answer to fsroute's own CANCEL,
+    /// the caller's, which the CANCEL's branch repeats): a forged or altered response is never
+    /// relayed, nor does it touch a call's state. Returns the branch's transaction key and the
+    /// next Via's address (§18.2.2, RFC 3581), None for a response to one of fsroute's own requests.
+    fn verify_response(&self, t: &RoutingTable, m: &Message<'_>) -> Result<(u64, Option<SocketAddr>), DropReason> {
+        let px = &t.proxy;
+        let top = m.validate_response().ok().and(m.top_via).ok_or(DropReason::BadResponse)?;
+        let (key, mac) = top.branch.and_then(parse_branch).filter(|_| px.is_local(top.host, top.port)).ok_or(DropReason::NotOurVia)?;
+        let next_hop = match m.second_via {
+            Some(next) => {
+                let ip = next.received.and_then(host_ip).or_else(|| host_ip(next.host)).ok_or(DropReason::Unresolvable)?;
+                Some(SocketAddr::new(ip, next.rport.flatten().or(next.port).unwrap_or(5060)))
+            }
+            None => None,
+        };
+        let reply_to = next_hop.or_else(|| self.failovers.reply_to(key)).ok_or(DropReason::NoNextVia)?;
+        let (Some(_), Some(cseq), Some(_)) = (m.status(), m.cseq, m.call_id) else {
+            return Err(DropReason::BadResponse);
+        };
+        if px.branch_key.mac(key, reply_to, cseq.method) != mac {
+            return Err(DropReason::ForgedResponse);
+        }
+        Ok((key, next_hop))
+    }
+}
+
+fn request_method<'a>(m: &Message<'a>) -> &'a [u8] {
+    match m.start {
+        sip::StartLine::Request { method_raw, .. } => method_raw,
+        sip::StartLine::Response { .. } => b"",
+    }
 }
 
 /// Why an in-dialog request has no destination.
@@ -595,36 +664,32 @@ enum Denied {
     Relay,
 }
 
-/// The destination of `ds` that takes a new call, with its hold on the destination's box: `picked`
-/// if its box admits the call, else the active destination whose box has the most room now. None
-/// when no box in the set has room. Destinations without a gate (static weights, stale boxes)
-/// always admit, so a set without fs:// headroom behaves exactly as its selector says.
+/// The destination of `ds` that takes a new call, with its hold on the destination's box: `first`
+/// if its box admits the call, else the destination whose box has the most room now, through
+/// [`select_with`]. None when no box in the set has room. Destinations without a gate (static
+/// weights, stale boxes) always admit, so a set without fs:// headroom behaves exactly as its
+/// selector says.
 pub(crate) fn admit_in_set(
-    ds: &crate::table::DispatcherSet,
-    picked: usize,
+    ds: &DispatcherSet,
+    first: usize,
     now: Instant,
     excluded: impl Fn(&crate::table::Destination) -> bool,
 ) -> Option<(usize, Option<lb::Reservation>)> {
-    let first = ds.destinations.get(picked).filter(|d| !excluded(d));
-    if let Some(held) = first.and_then(|d| d.admit(now)) {
-        return Some((picked, held));
-    }
-    // A failed admission leaves that box with no room, so the ranking moves on; the bound only
-    // matters when shards race for the last unit.
-    for _ in 0..ds.destinations.len() {
-        let (best, _) = ds
-            .destinations
+    let dests = &ds.destinations;
+    let rank = |skip| {
+        if !crate::candidates::is_tried(skip, first) && dests.get(first).is_some_and(|d| !excluded(d)) {
+            return Some(first);
+        }
+        dests
             .iter()
             .enumerate()
-            .filter(|(_, d)| d.active && !excluded(d))
+            .filter(|&(i, d)| d.active && !excluded(d) && !crate::candidates::is_tried(skip, i))
             .map(|(i, d)| (i, d.available(now)))
             .filter(|&(_, a)| a > 0)
-            .max_by_key(|&(i, a)| (a, std::cmp::Reverse(i)))?;
-        if let Some(held) = ds.destinations[best].admit(now) {
-            return Some((best, held));
-        }
-    }
-    None
+            .max_by_key(|&(i, a)| (a, std::cmp::Reverse(i)))
+            .map(|(i, _)| i)
+    };
+    select_with(0, dests.len() + 1, rank, |i| dests[i].admit(now))
 }
 
 /// Key of a request's transaction: the same for an INVITE, its retransmissions, its CANCEL and its

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::sip::{is_reply_copied, is_to, is_via, HeaderIter, Message, Span, Via};
+use crate::sip::{header_name, unbracket, HeaderIter, HeaderName, Message, Span, Via};
 use crate::table::ProxySettings;
 
 /// The prefix of every branch fsroute writes: RFC 3261's magic cookie, then a marker that lets a
@@ -80,11 +80,7 @@ fn render(insert: Insert, eol: &[u8], adv: (&str, u16), out: &mut Vec<u8>) {
     match insert {
         Insert::Nothing => {}
         Insert::TopLines { branch, mac, record_route, max_forwards } => {
-            out.extend_from_slice(b"Via: SIP/2.0/UDP ");
-            push_host_port(out, adv.0, adv.1);
-            out.extend_from_slice(b";branch=");
-            push_branch(out, branch, mac);
-            out.extend_from_slice(eol);
+            push_own_via(out, adv, branch, mac, eol);
             if let Some(dest) = record_route {
                 out.extend_from_slice(b"Record-Route: <sip:");
                 push_host_port(out, adv.0, adv.1);
@@ -155,6 +151,16 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
+/// fsroute's own Via line: on a request it forwards, and on the CANCEL it sends for a failover
+/// attempt (which must repeat that request's branch, §9.1).
+pub(super) fn push_own_via(out: &mut Vec<u8>, adv: (&str, u16), branch: u64, mac: u64, eol: &[u8]) {
+    out.extend_from_slice(b"Via: SIP/2.0/UDP ");
+    push_host_port(out, adv.0, adv.1);
+    out.extend_from_slice(b";branch=");
+    push_branch(out, branch, mac);
+    out.extend_from_slice(eol);
+}
+
 /// `host:port`, with the host already in URI form (IPv6 bracketed).
 fn push_host_port(out: &mut Vec<u8>, host: &str, port: u16) {
     out.extend_from_slice(host.as_bytes());
@@ -179,9 +185,7 @@ fn push_token(out: &mut Vec<u8>, dest: SocketAddr) {
 /// Reads back a token written by `push_token`.
 pub fn parse_token(token: &[u8]) -> Option<SocketAddr> {
     let tilde = memchr::memrchr(b'~', token)?;
-    let host = &token[..tilde];
-    let host = host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")).unwrap_or(host);
-    let ip: IpAddr = std::str::from_utf8(host).ok()?.parse().ok()?;
+    let ip = host_ip(&token[..tilde])?;
     let port: u16 = std::str::from_utf8(&token[tilde + 1..]).ok()?.parse().ok()?;
     Some(SocketAddr::new(ip, port))
 }
@@ -218,8 +222,7 @@ fn parse_hex16(hex: &[u8]) -> Option<u64> {
 
 /// An IP literal host (`127.0.0.1`, `[::1]`), or None for a name.
 pub fn host_ip(host: &[u8]) -> Option<IpAddr> {
-    let h = host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")).unwrap_or(host);
-    std::str::from_utf8(h).ok()?.parse().ok()
+    std::str::from_utf8(unbracket(host)).ok()?.parse().ok()
 }
 
 /// RFC 3261 §18.2.1 and RFC 3581 on the received top Via: fill `rport` (and then always add
@@ -263,8 +266,20 @@ pub struct RequestRewrite {
 }
 
 pub fn forward_request(m: &Message<'_>, src: SocketAddr, px: &ProxySettings, rw: &RequestRewrite, out: &mut Vec<u8>) {
-    let buf = m.raw;
     let mut edits = Edits::new();
+    let max_forwards = request_edits(m, src, rw.pop_route, rw.default_max_forwards, &mut edits);
+    edits.push(
+        m.headers_start as usize,
+        0,
+        Insert::TopLines { branch: rw.branch, mac: rw.mac, record_route: rw.record_route, max_forwards },
+    );
+    out.clear();
+    splice(m.raw, 0, m.framed_len(), edits.sorted(), eol(m), advertised(px), out);
+}
+
+/// Everything [`forward_request`] changes in a request except fsroute's own top lines; returns the
+/// Max-Forwards line to add among them when the request has none.
+fn request_edits(m: &Message<'_>, src: SocketAddr, pop_route: bool, default_max_forwards: u32, edits: &mut Edits) -> Option<u32> {
     let max_forwards = match m.max_forwards {
         // RFC 3261 allows up to 2^32-1; anything above 255 only serves a loop, so it is clamped.
         Some(mf) => {
@@ -272,17 +287,12 @@ pub fn forward_request(m: &Message<'_>, src: SocketAddr, px: &ProxySettings, rw:
             edits.push(mf.digits.start as usize, mf.digits.len(), Insert::Number(value));
             None
         }
-        None => Some(rw.default_max_forwards),
+        None => Some(default_max_forwards),
     };
-    edits.push(
-        m.headers_start as usize,
-        0,
-        Insert::TopLines { branch: rw.branch, mac: rw.mac, record_route: rw.record_route, max_forwards },
-    );
     if let Some(via) = &m.top_via {
-        via_edits(via, src, &mut edits);
+        via_edits(via, src, edits);
     }
-    if rw.pop_route {
+    if pop_route {
         if let Some(r) = &m.route {
             match r.next_on_line {
                 Some(next) => edits.push(r.value.start as usize, next as usize - r.value.start as usize, Insert::Nothing),
@@ -290,9 +300,57 @@ pub fn forward_request(m: &Message<'_>, src: SocketAddr, px: &ProxySettings, rw:
             }
         }
     }
-    out.clear();
-    let adv = (px.advertise_host.as_str(), px.advertise_port);
-    splice(buf, 0, m.framed_len(), edits.sorted(), eol(m), adv, out);
+    max_forwards
+}
+
+/// A request as [`forward_request`] writes it, less fsroute's top lines, which go at `top_at`:
+/// what a failover keeps of its INVITE, so each attempt is one copy with a new branch and
+/// Record-Route instead of another scan.
+pub struct Template {
+    pub bytes: Vec<u8>,
+    top_at: u32,
+    /// The Max-Forwards line fsroute adds (the request had none).
+    max_forwards: Option<u32>,
+    crlf: bool,
+}
+
+pub fn forward_template(m: &Message<'_>, src: SocketAddr, pop_route: bool, default_max_forwards: u32, mut bytes: Vec<u8>) -> Template {
+    let mut edits = Edits::new();
+    let max_forwards = request_edits(m, src, pop_route, default_max_forwards, &mut edits);
+    bytes.clear();
+    // Room for the received/rport values, so the copy grows once; the copy is kept for the whole
+    // call, so it keeps only what it holds.
+    bytes.reserve_exact(m.framed_len() + 64);
+    splice(m.raw, 0, m.framed_len(), edits.sorted(), eol(m), ("", 0), &mut bytes);
+    bytes.shrink_to_fit();
+    // Nothing before the first header line is ever edited: the top lines go where they would in
+    // `forward_request`, so both write the same bytes.
+    Template { bytes, top_at: m.headers_start, max_forwards, crlf: m.crlf }
+}
+
+impl Template {
+    /// The request for one attempt: the stored copy with fsroute's Via (and Record-Route) on top.
+    pub fn write(&self, px: &ProxySettings, branch: u64, mac: u64, record_route: Option<SocketAddr>, out: &mut Vec<u8>) {
+        let top_at = self.top_at as usize;
+        out.clear();
+        out.extend_from_slice(&self.bytes[..top_at]);
+        let top = Insert::TopLines { branch, mac, record_route, max_forwards: self.max_forwards };
+        render(top, self.eol(), advertised(px), out);
+        out.extend_from_slice(&self.bytes[top_at..]);
+    }
+
+    /// The line break the request uses, for the lines fsroute writes into it.
+    pub fn eol(&self) -> &'static [u8] {
+        if self.crlf {
+            b"\r\n"
+        } else {
+            b"\n"
+        }
+    }
+}
+
+fn advertised(px: &ProxySettings) -> (&str, u16) {
+    (px.advertise_host.as_str(), px.advertise_port)
 }
 
 /// Removes fsroute's top Via: its whole line, or just the value when other values share the line.
@@ -315,8 +373,7 @@ pub fn forward_response(m: &Message<'_>, px: &ProxySettings, out: &mut Vec<u8>) 
         }
     }
     out.clear();
-    let adv = (px.advertise_host.as_str(), px.advertise_port);
-    splice(buf, 0, m.framed_len(), edits.sorted(), eol(m), adv, out);
+    splice(buf, 0, m.framed_len(), edits.sorted(), eol(m), advertised(px), out);
 }
 
 /// The physical header line(s) holding `s..e`, including the line break (and folded continuations).
@@ -366,36 +423,50 @@ pub fn local_reply(
 ) {
     let buf = m.raw;
     let eol = eol(m);
-    out.clear();
-    out.extend_from_slice(b"SIP/2.0 ");
-    push_u32(out, u32::from(code));
-    out.push(b' ');
-    out.extend_from_slice(reason.as_bytes());
-    out.extend_from_slice(eol);
+    reply_status(code, reason, eol, out);
     let mut edits = Edits::new();
     if let Some(via) = &m.top_via {
         via_edits(via, src, &mut edits);
     }
     let add_tag = code != 100 && m.to_tag().is_none();
     let edits = edits.sorted();
-    let adv = ("", 0);
     for h in HeaderIter::new(buf, m.headers_start as usize).filter_map(Result::ok) {
-        let name = h.name.get(buf);
-        if !is_reply_copied(name) {
+        let name = header_name(h.name.get(buf));
+        if !name.is_reply_copied() {
             continue;
         }
         let (ls, le) = (h.line.start as usize, h.line.end as usize);
-        if is_via(name) {
-            splice(buf, ls, le, edits, eol, adv, out);
-        } else if add_tag && is_to(name) {
-            out.extend_from_slice(&buf[ls..h.value.end as usize]);
-            out.extend_from_slice(b";tag=fsr");
-            push_hex16(out, to_tag);
-            out.extend_from_slice(&buf[h.value.end as usize..le]);
+        if name == HeaderName::Via {
+            splice(buf, ls, le, edits, eol, ("", 0), out);
+        } else if add_tag && name == HeaderName::To {
+            push_tagged(&buf[ls..le], h.value.end as usize - ls, to_tag, out);
         } else {
             out.extend_from_slice(&buf[ls..le]);
         }
     }
+    reply_tail(extra, eol, out);
+}
+
+/// A reply's status line (the buffer is cleared first).
+pub(super) fn reply_status(code: u16, reason: &str, eol: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(b"SIP/2.0 ");
+    push_u32(out, u32::from(code));
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(eol);
+}
+
+/// A To header line with fsroute's tag added after its value (`value_end` bytes into `line`).
+pub(super) fn push_tagged(line: &[u8], value_end: usize, to_tag: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(&line[..value_end]);
+    out.extend_from_slice(b";tag=fsr");
+    push_hex16(out, to_tag);
+    out.extend_from_slice(&line[value_end..]);
+}
+
+/// What ends every reply of fsroute's own: the extra headers, Server, an empty body.
+pub(super) fn reply_tail(extra: &[(&str, &str)], eol: &[u8], out: &mut Vec<u8>) {
     for (name, value) in extra {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");

@@ -8,9 +8,9 @@
 mod params;
 mod scan;
 
-pub use params::{host_port, param_value, split_list, uri_host_port, uri_params, uri_user, ParamIter};
-pub use scan::{is_named, parse, Header, HeaderIter, HeaderName};
-pub(crate) use scan::{is_reply_copied, is_to, is_via};
+pub use params::{host_port, param_value, split_list, unbracket, uri_host_port, uri_params, uri_user, ParamIter};
+pub(crate) use params::is_lws;
+pub use scan::{header_name, parse, Header, HeaderIter, HeaderName};
 
 use thiserror::Error;
 

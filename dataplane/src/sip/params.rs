@@ -3,6 +3,11 @@
 //! Folded header values keep their line breaks in place, so CR and LF count as white space here.
 
 #[inline]
+/// A host without the brackets of an IPv6 reference (`[::1]` -> `::1`); any other host as it is.
+pub fn unbracket(host: &[u8]) -> &[u8] {
+    host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")).unwrap_or(host)
+}
+
 pub(crate) fn is_lws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }

@@ -4,8 +4,10 @@
 use super::params::{host_port, is_lws, name_addr_uri, parse_u16, parse_u32, split_list, trim, trim_bounds, ParamIter};
 use super::{CSeq, MaxForwards, Message, Method, NameAddr, ParseError, RouteEntry, Span, StartLine, Via};
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Name {
+/// A header's name as the scanner and the router tell them apart (full or compact form, any
+/// case); every other header is `Other`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderName {
     Via,
     CallId,
     CSeq,
@@ -20,33 +22,41 @@ enum Name {
     Other,
 }
 
-#[inline]
-fn classify(name: &[u8]) -> Name {
+impl HeaderName {
+    /// Whether a locally generated reply copies this header (§8.2.6.2).
+    pub fn is_reply_copied(self) -> bool {
+        matches!(self, HeaderName::Via | HeaderName::CallId | HeaderName::CSeq | HeaderName::From | HeaderName::To)
+    }
+}
+
+/// Which header a header line's name is.
+#[inline(always)]
+pub fn header_name(name: &[u8]) -> HeaderName {
     // Compact forms first: a single byte (RFC 3261 §7.3.3).
     if name.len() == 1 {
         return match name[0] | 0x20 {
-            b'v' => Name::Via,
-            b'i' => Name::CallId,
-            b'f' => Name::From,
-            b't' => Name::To,
-            b'l' => Name::ContentLength,
-            _ => Name::Other,
+            b'v' => HeaderName::Via,
+            b'i' => HeaderName::CallId,
+            b'f' => HeaderName::From,
+            b't' => HeaderName::To,
+            b'l' => HeaderName::ContentLength,
+            _ => HeaderName::Other,
         };
     }
     let eq = |s: &[u8]| name.eq_ignore_ascii_case(s);
     match name.len() {
-        2 if eq(b"to") => Name::To,
-        3 if eq(b"via") => Name::Via,
-        4 if eq(b"cseq") => Name::CSeq,
-        4 if eq(b"from") => Name::From,
-        5 if eq(b"route") => Name::Route,
-        7 if eq(b"call-id") => Name::CallId,
-        12 if eq(b"max-forwards") => Name::MaxForwards,
-        12 if eq(b"record-route") => Name::RecordRoute,
-        13 if eq(b"authorization") => Name::Authorization,
-        14 if eq(b"content-length") => Name::ContentLength,
-        19 if eq(b"proxy-authorization") => Name::ProxyAuthorization,
-        _ => Name::Other,
+        2 if eq(b"to") => HeaderName::To,
+        3 if eq(b"via") => HeaderName::Via,
+        4 if eq(b"cseq") => HeaderName::CSeq,
+        4 if eq(b"from") => HeaderName::From,
+        5 if eq(b"route") => HeaderName::Route,
+        7 if eq(b"call-id") => HeaderName::CallId,
+        12 if eq(b"max-forwards") => HeaderName::MaxForwards,
+        12 if eq(b"record-route") => HeaderName::RecordRoute,
+        13 if eq(b"authorization") => HeaderName::Authorization,
+        14 if eq(b"content-length") => HeaderName::ContentLength,
+        19 if eq(b"proxy-authorization") => HeaderName::ProxyAuthorization,
+        _ => HeaderName::Other,
     }
 }
 
@@ -69,7 +79,7 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
     let (start, unsupported_version) = parse_start_line(&buf[pos..line_end])?;
     let headers_start = lf + 1;
 
-    let mut m = Message {
+    let m = Message {
         raw: buf,
         start,
         crlf,
@@ -91,139 +101,18 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
         unsupported_version,
         defect: None,
     };
-    let mut proxy_auth_seen = false;
-    // Set while the last Route value seen so far is the first one, to learn whether more follow.
-    let mut route_values = 0u32;
-
+    let mut scan = Scan { m, proxy_auth_seen: false, route_values: 0 };
     let mut headers = HeaderIter::new(buf, headers_start);
-    while let Some(h) = headers.next() {
-        let h = match h {
-            Ok(h) => h,
+    for h in headers.by_ref() {
+        match h {
+            Ok(h) => scan.header(h)?,
             Err(e @ ParseError::HeaderWithoutColon) => {
-                m.defect.get_or_insert(e);
-                continue;
+                scan.m.defect.get_or_insert(e);
             }
             Err(e) => return Err(e),
-        };
-        let value = h.value.get(buf);
-        let (vs, ve) = (h.value.start as usize, h.value.end as usize);
-        let line = h.line;
-        if memchr::memchr(0, h.line.get(buf)).is_some() {
-            m.defect.get_or_insert(ParseError::NulByte);
-        }
-        match classify(h.name.get(buf)) {
-            Name::Via => {
-                for (a, b) in split_list(value) {
-                    m.via_count = m.via_count.saturating_add(1);
-                    if m.via_count <= 2 {
-                        match parse_via(buf, vs + a, vs + b) {
-                            Ok(via) if m.via_count == 1 => m.top_via = Some(via),
-                            Ok(via) => m.second_via = Some(via),
-                            // Without a usable top Via there is nobody to answer.
-                            Err(e) if m.via_count == 1 => return Err(e),
-                            Err(e) => {
-                                m.defect.get_or_insert(e);
-                            }
-                        }
-                    }
-                }
-            }
-            Name::CallId => {
-                if value.is_empty() {
-                    m.defect.get_or_insert(ParseError::Malformed("Call-ID"));
-                } else {
-                    m.call_id.get_or_insert(value);
-                }
-            }
-            Name::CSeq => {
-                if m.cseq.is_none() {
-                    match parse_cseq(value) {
-                        Ok(c) => m.cseq = Some(c),
-                        Err(e) => {
-                            m.defect.get_or_insert(e);
-                        }
-                    }
-                }
-            }
-            Name::From => {
-                if m.from.is_none() {
-                    m.from = parse_name_addr(value);
-                    if m.from.is_none() {
-                        m.defect.get_or_insert(ParseError::Malformed("From"));
-                    }
-                }
-            }
-            Name::To => {
-                if m.to.is_none() {
-                    m.to = parse_name_addr(value);
-                    if m.to.is_none() {
-                        m.defect.get_or_insert(ParseError::Malformed("To"));
-                    }
-                }
-            }
-            Name::MaxForwards => {
-                if m.max_forwards.is_none() {
-                    match parse_u32(value) {
-                        Some(v) => m.max_forwards = Some(MaxForwards { value: v, digits: Span::new(vs, ve) }),
-                        None => {
-                            m.defect.get_or_insert(ParseError::Malformed("Max-Forwards"));
-                        }
-                    }
-                }
-            }
-            Name::Route => {
-                for (a, b) in split_list(value) {
-                    route_values += 1;
-                    if route_values == 1 {
-                        m.route = route_entry(value, vs, a, b, line);
-                        if m.route.is_none() {
-                            m.defect.get_or_insert(ParseError::Malformed("Route"));
-                        }
-                    } else if route_values == 2 {
-                        if let Some(r) = m.route.as_mut() {
-                            r.more = true;
-                            r.next_uri = name_addr_uri(&value[a..b]).map(|(u, _)| u);
-                            if r.line == line {
-                                r.next_on_line = Some((vs + a) as u32);
-                            }
-                        }
-                    }
-                }
-            }
-            Name::RecordRoute => {
-                if m.record_route.is_none() {
-                    if let Some((a, b)) = split_list(value).next() {
-                        m.record_route = route_entry(value, vs, a, b, line);
-                        if m.record_route.is_none() {
-                            m.defect.get_or_insert(ParseError::Malformed("Record-Route"));
-                        }
-                    }
-                }
-            }
-            Name::ContentLength => match parse_u32(value) {
-                Some(v) if m.content_length.is_none_or(|old| old == v as usize) => {
-                    m.content_length = Some(v as usize)
-                }
-                _ => {
-                    m.defect.get_or_insert(ParseError::Malformed("Content-Length"));
-                }
-            },
-            Name::ProxyAuthorization => {
-                if !proxy_auth_seen {
-                    proxy_auth_seen = true;
-                    if let Some(u) = digest_username(value) {
-                        m.auth_username = Some(u);
-                    }
-                }
-            }
-            Name::Authorization => {
-                if !proxy_auth_seen && m.auth_username.is_none() {
-                    m.auth_username = digest_username(value);
-                }
-            }
-            Name::Other => {}
         }
     }
+    let mut m = scan.m;
     m.headers_end = headers.headers_end as u32;
     let pos = headers.body_start;
 
@@ -240,6 +129,125 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
     };
     m.body = Span::new(pos, pos + body_len);
     Ok(m)
+}
+
+/// The header walk's state: the message being filled in, and what later headers depend on.
+struct Scan<'a> {
+    m: Message<'a>,
+    /// Proxy-Authorization wins over Authorization for `auth_username`.
+    proxy_auth_seen: bool,
+    /// Route values seen so far: the router reads the first and whether a second follows.
+    route_values: u32,
+}
+
+impl<'a> Scan<'a> {
+    /// Records one header. Only a defect that leaves nobody to answer (an unusable top Via) is an
+    /// error; anything else is noted in `defect` and the walk goes on.
+    #[inline]
+    fn header(&mut self, h: Header) -> Result<(), ParseError> {
+        let buf = self.m.raw;
+        let value = h.value.get(buf);
+        if memchr::memchr(0, h.line.get(buf)).is_some() {
+            self.defect(ParseError::NulByte);
+        }
+        match header_name(h.name.get(buf)) {
+            HeaderName::Via => return self.via(h),
+            HeaderName::CallId if value.is_empty() => self.defect(ParseError::Malformed("Call-ID")),
+            HeaderName::CallId => {
+                self.m.call_id.get_or_insert(value);
+            }
+            HeaderName::CSeq if self.m.cseq.is_none() => match parse_cseq(value) {
+                Ok(c) => self.m.cseq = Some(c),
+                Err(e) => self.defect(e),
+            },
+            HeaderName::From if self.m.from.is_none() => {
+                self.m.from = parse_name_addr(value);
+                if self.m.from.is_none() {
+                    self.defect(ParseError::Malformed("From"));
+                }
+            }
+            HeaderName::To if self.m.to.is_none() => {
+                self.m.to = parse_name_addr(value);
+                if self.m.to.is_none() {
+                    self.defect(ParseError::Malformed("To"));
+                }
+            }
+            HeaderName::MaxForwards if self.m.max_forwards.is_none() => match parse_u32(value) {
+                Some(v) => self.m.max_forwards = Some(MaxForwards { value: v, digits: h.value }),
+                None => self.defect(ParseError::Malformed("Max-Forwards")),
+            },
+            HeaderName::Route => self.route(h),
+            HeaderName::RecordRoute if self.m.record_route.is_none() => {
+                if let Some((a, b)) = split_list(value).next() {
+                    self.m.record_route = route_entry(value, h.value.start as usize, a, b, h.line);
+                    if self.m.record_route.is_none() {
+                        self.defect(ParseError::Malformed("Record-Route"));
+                    }
+                }
+            }
+            HeaderName::ContentLength => match parse_u32(value) {
+                Some(v) if self.m.content_length.is_none_or(|old| old == v as usize) => self.m.content_length = Some(v as usize),
+                _ => self.defect(ParseError::Malformed("Content-Length")),
+            },
+            HeaderName::ProxyAuthorization if !self.proxy_auth_seen => {
+                self.proxy_auth_seen = true;
+                if let Some(u) = digest_username(value) {
+                    self.m.auth_username = Some(u);
+                }
+            }
+            HeaderName::Authorization if !self.proxy_auth_seen && self.m.auth_username.is_none() => {
+                self.m.auth_username = digest_username(value);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The first defect is the one reported.
+    fn defect(&mut self, e: ParseError) {
+        self.m.defect.get_or_insert(e);
+    }
+
+    /// Counts every Via value and reads the first two.
+    fn via(&mut self, h: Header) -> Result<(), ParseError> {
+        let (buf, vs) = (self.m.raw, h.value.start as usize);
+        for (a, b) in split_list(h.value.get(buf)) {
+            self.m.via_count = self.m.via_count.saturating_add(1);
+            if self.m.via_count > 2 {
+                continue;
+            }
+            match parse_via(buf, vs + a, vs + b) {
+                Ok(via) if self.m.via_count == 1 => self.m.top_via = Some(via),
+                Ok(via) => self.m.second_via = Some(via),
+                // Without a usable top Via there is nobody to answer.
+                Err(e) if self.m.via_count == 1 => return Err(e),
+                Err(e) => self.defect(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The first Route value, and whether (and where) a second one follows.
+    fn route(&mut self, h: Header) {
+        let (value, vs) = (h.value.get(self.m.raw), h.value.start as usize);
+        for (a, b) in split_list(value) {
+            self.route_values += 1;
+            if self.route_values == 1 {
+                self.m.route = route_entry(value, vs, a, b, h.line);
+                if self.m.route.is_none() {
+                    self.defect(ParseError::Malformed("Route"));
+                }
+            } else if self.route_values == 2 {
+                if let Some(r) = self.m.route.as_mut() {
+                    r.more = true;
+                    r.next_uri = name_addr_uri(&value[a..b]).map(|(u, _)| u);
+                    if r.line == h.line {
+                        r.next_on_line = Some((vs + a) as u32);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The start line, and whether a request names a SIP version other than 2.0 (answered 505).
@@ -486,42 +494,4 @@ impl Iterator for HeaderIter<'_> {
             value: Span::new(vstart + a, vstart + b),
         }))
     }
-}
-
-/// Headers other modules look for by name (full or compact form).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HeaderName {
-    Via,
-    CallId,
-    From,
-    To,
-    CSeq,
-}
-
-/// Whether a header line's name (full or compact, any case) is `which`.
-pub fn is_named(name: &[u8], which: HeaderName) -> bool {
-    let n = classify(name);
-    matches!(
-        (which, n),
-        (HeaderName::Via, Name::Via)
-            | (HeaderName::CallId, Name::CallId)
-            | (HeaderName::From, Name::From)
-            | (HeaderName::To, Name::To)
-            | (HeaderName::CSeq, Name::CSeq)
-    )
-}
-
-/// Whether a header name (full or compact) is one a locally generated reply copies (§8.2.6.2).
-pub(crate) fn is_reply_copied(name: &[u8]) -> bool {
-    matches!(classify(name), Name::Via | Name::CallId | Name::CSeq | Name::From | Name::To)
-}
-
-/// Whether a header name (full or compact) is Via.
-pub(crate) fn is_via(name: &[u8]) -> bool {
-    classify(name) == Name::Via
-}
-
-/// Whether a header name (full or compact) is To.
-pub(crate) fn is_to(name: &[u8]) -> bool {
-    classify(name) == Name::To
 }

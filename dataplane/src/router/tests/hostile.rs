@@ -322,3 +322,27 @@ fn a_non_2xx_ack_repeats_its_invites_branch_and_a_2xx_ack_cannot_carry_an_invite
     let ok = backend_response(&out.clone(), OK_INVITE);
     assert_eq!(r.handle(&t, dest, &ok, now, &mut out), Action::Drop(DropReason::ForgedResponse));
 }
+
+#[test]
+fn a_2xx_on_a_branch_no_invite_went_out_with_cannot_answer_a_call_being_failed_over() {
+    // Found by the `router` fuzz target: a CANCEL with another branch than its INVITE's goes on
+    // statelessly; a "200 to the INVITE" sent back on that CANCEL's branch (its MAC is the
+    // INVITE's, §9.1) was relayed, the caller took the call as answered, and failover went on.
+    let t = failover_table(&[1, 1]);
+    let mut r = router();
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    let Action::Forward(first) = r.handle(&t, caller(), INVITE, t0, &mut out) else { panic!() };
+    drain(&mut r);
+    let cancel = text(CANCEL).replace("4d7a1c9e8f2b3a61", "0000000000000bad");
+    let Action::Forward(to) = r.handle(&t, caller(), cancel.as_bytes(), t0, &mut out) else { panic!("{}", text(&out)) };
+    assert_eq!(to, first, "a stray CANCEL still goes where the call is");
+    let stray = backend_response(&out.clone(), OK_INVITE);
+    assert_eq!(r.handle(&t, first, &stray, t0, &mut out), Action::Drop(DropReason::StrayAnswer));
+    assert_eq!(r.stats().dropped(DropReason::StrayAnswer), 1);
+    // The call is still the failover's: silence moves it on, and the caller has seen no answer.
+    r.tick(&t, t0 + Duration::from_millis(2100));
+    let sent = drain(&mut r);
+    assert!(sent.iter().all(|(to, m)| *to != caller() || !m.starts_with("SIP/2.0 2")), "{sent:?}");
+    assert!(sent.iter().any(|(to, m)| *to != first && m.starts_with("INVITE ")), "{sent:?}");
+}

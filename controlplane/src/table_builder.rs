@@ -8,263 +8,18 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use fsroute_dataplane::admission::{BoxAdmission, BoxGate, RateLog};
+use fsroute_dataplane::admission::{BoxAdmission, RateLog};
 use fsroute_dataplane::dispatch::{Member, Selector};
-use fsroute_dataplane::lb::{capacity_from_heartbeat, LbDestination, LbFlags as DpLbFlags, LbGroup, LbResource as DpLbResource, Load};
+use fsroute_dataplane::lb::{capacity_from_heartbeat, LbDestination, LbGroup, LbResource as DpLbResource, HUNDRED_PERCENT_MICRO};
 use fsroute_dataplane::table::{
-    DestCounters, Destination, DispatcherSet, FailoverSettings, LbWanted, ProxySettings, Route, RouteTarget, RoutingTable,
+    Destination, DispatcherSet, FailoverSettings, LbWanted, ProxySettings, Route, RouteTarget, RoutingTable,
 };
 
 use crate::config::{
     Capacity, CapacityModel, Config, ControlConfig, DestState, DispatcherRow, FsKey, LbResource as ConfigLbResource, LoadBalancerRow, RouteTo, Weight,
 };
-use crate::headroom::{self, BoxReport, CostSource, CpuCostFit, Headroom, Knobs};
-use crate::probe::ProbeHealth;
-
-/// What one FreeSWITCH box last told us over ESL. The ESL side fills it; staleness is decided
-/// there too (it owns the clock), so building stays pure.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FsStats {
-    pub connected: bool,
-    /// `Idle-CPU` in millionths of a percent (`78.400000` -> 78_400_000), so weights and
-    /// capacities are computed in integers.
-    pub idle_cpu_micro: u32,
-    pub session_count: u32,
-    pub max_sessions: u32,
-    pub last_heartbeat: Option<Instant>,
-    /// Connected but silent for longer than `control.heartbeat_timeout`.
-    pub stale: bool,
-    /// Grows with every new set of numbers, so the load at heartbeat time (`p_hb`) is taken once
-    /// per heartbeat.
-    pub seq: u64,
-    /// Configured `sessions-per-second` and `min-idle-cpu`, from `api status`.
-    pub sps_limit: Option<u64>,
-    pub min_idle_cpu_micro: u32,
-    pub session_since_startup: Option<u64>,
-    pub uptime_msec: Option<u64>,
-    pub core_uuid: Option<String>,
-    /// Grows each time the box restarts (new Core-UUID, or Uptime-msec going backwards): its
-    /// accounting starts again.
-    pub boot: u64,
-    /// `SHUTDOWN_REQUESTED` seen (an elegant shutdown waits for the balancer to stop sending).
-    pub shutdown_requested: bool,
-    /// `fsctl pause_check inbound` said true.
-    pub paused: bool,
-    /// (Session-Count, Idle-CPU) history for the per-session CPU cost.
-    pub cpu_fit: CpuCostFit,
-}
-
-impl FsStats {
-    /// Whether the numbers may be used: connected, heard from, not stale.
-    pub fn is_fresh(&self) -> bool {
-        self.connected && !self.stale && self.last_heartbeat.is_some()
-    }
-
-    /// Stale: disconnected, or silent past `heartbeat_timeout` (never while numbers are fresh).
-    pub fn is_stale(&self) -> bool {
-        !self.is_fresh() && (self.stale || !self.connected)
-    }
-
-    /// Connected and waiting for its first numbers.
-    pub fn awaiting_numbers(&self) -> bool {
-        self.connected && !self.stale && self.last_heartbeat.is_none()
-    }
-
-    /// Why the box takes no new calls although it is up: it is draining.
-    pub fn draining(&self) -> Option<&'static str> {
-        if self.shutdown_requested {
-            Some("shutdown_requested")
-        } else if self.paused {
-            Some("paused")
-        } else {
-            None
-        }
-    }
-
-    /// The box's lifecycle as `/status` names it.
-    pub fn lifecycle(&self) -> &'static str {
-        match (self.draining(), self.is_stale()) {
-            (Some(why), _) => why,
-            (None, true) => "stale",
-            (None, false) if self.is_fresh() => "running",
-            _ => "connecting",
-        }
-    }
-
-    pub fn report(&self) -> BoxReport {
-        BoxReport {
-            session_count: u64::from(self.session_count),
-            max_sessions: u64::from(self.max_sessions),
-            idle_cpu_micro: self.idle_cpu_micro,
-            sps_limit: self.sps_limit,
-            min_idle_cpu_micro: self.min_idle_cpu_micro,
-        }
-    }
-}
-
-/// fsroute's own counts on one box when its numbers for `seq` arrived.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BoxSnapshot {
-    pub seq: u64,
-    pub boot: u64,
-    /// The gate's `used` then: the base the new headroom is added to.
-    pub used: u64,
-    /// The gate's `started` and the box's Session-Since-Startup then, and when.
-    pub started: u64,
-    pub since_startup: Option<u64>,
-    pub at: Instant,
-    /// Sessions per second others start on the box, from the last two snapshots.
-    pub others_sps: u64,
-}
-
-/// What the control plane has observed at runtime: per FreeSWITCH ESL endpoint, and per
-/// dispatcher destination the OPTIONS probe verdict (absent while probing is off).
-#[derive(Debug, Clone, Default)]
-pub struct Stats {
-    pub fs: HashMap<FsKey, FsStats>,
-    pub probes: HashMap<(i32, String), ProbeHealth>,
-    /// Per load_balancer (group, destination, resource) on a FreeSWITCH box: fsroute's calls there
-    /// when the box's last heartbeat arrived (`p_hb`), with that heartbeat's `seq` (`opensips` model).
-    pub p_hb: HashMap<(i32, String, String), (u64, u32)>,
-    /// Per box, the headroom model's base counts at its last numbers.
-    pub boxes: HashMap<FsKey, BoxSnapshot>,
-}
-
-/// Runtime admin overrides (`POST /dispatcher/state`), keyed by (setid, destination URI as
-/// written in the config). An override wins over the row's `state`.
-#[derive(Debug, Clone, Default)]
-pub struct AdminState {
-    dispatcher: HashMap<(i32, String), DestState>,
-    /// `POST /load_balancer/status` (OpenSIPS lb_status): enabled or not, sticky (NOEN).
-    load_balancer: HashMap<(i32, String), bool>,
-}
-
-impl AdminState {
-    pub fn set_dispatcher_state(&mut self, setid: i32, uri: &str, state: DestState) {
-        self.dispatcher.insert((setid, uri.to_string()), state);
-    }
-
-    pub fn dispatcher_state(&self, setid: i32, uri: &str) -> Option<DestState> {
-        self.dispatcher.get(&(setid, uri.to_string())).copied()
-    }
-
-    pub fn set_lb_enabled(&mut self, group_id: i32, uri: &str, enabled: bool) {
-        self.load_balancer.insert((group_id, uri.to_string()), enabled);
-    }
-
-    pub fn lb_enabled(&self, group_id: i32, uri: &str) -> Option<bool> {
-        self.load_balancer.get(&(group_id, uri.to_string())).copied()
-    }
-
-    /// The override's name (`active`, `inactive`, `probing`), for `/status`.
-    pub fn state_name(&self, setid: i32, uri: &str) -> Option<&'static str> {
-        self.dispatcher_state(setid, uri).map(DestState::name)
-    }
-
-    /// Forgets the override, so the row's `state` applies again.
-    pub fn clear_dispatcher_state(&mut self, setid: i32, uri: &str) -> Option<DestState> {
-        self.dispatcher.remove(&(setid, uri.to_string()))
-    }
-
-    /// Drops overrides for destinations `config` no longer has (after a reload), so one that is
-    /// removed and later re-added starts from its row's state.
-    pub fn retain_known(&mut self, config: &Config) {
-        let known: HashSet<(i32, &str)> = config
-            .dispatcher
-            .iter()
-            .map(|r| (r.setid, r.uri.as_str()))
-            .collect();
-        self.dispatcher
-            .retain(|(setid, uri), _| known.contains(&(*setid, uri.as_str())));
-        let lb: HashSet<(i32, &str)> = config.load_balancer.iter().map(|r| (r.group_id, r.uri.as_str())).collect();
-        self.load_balancer.retain(|(g, uri), _| lb.contains(&(*g, uri.as_str())));
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.dispatcher.is_empty() && self.load_balancer.is_empty()
-    }
-}
-
-/// The per-destination counters, kept across builds by (setid, destination URI), and the parts
-/// of fsroute's identity that come from the process and the host rather than the config.
-#[derive(Debug)]
-pub struct CounterStore {
-    /// The branch MAC key when `proxy.branch_secret` is not set: random, for the process's life.
-    pub branch_key: fsroute_dataplane::table::BranchKey,
-    /// This host's addresses (for wildcard listeners); refreshed by the runtime.
-    pub host_ips: Vec<std::net::IpAddr>,
-    dispatcher: HashMap<(i32, String), Arc<DestCounters>>,
-    /// load_balancer loads by (group, destination, resource): the calls fsroute holds there,
-    /// shared with every shard and kept across reloads for destinations that stay.
-    lb: HashMap<(i32, String, String), Load>,
-    /// Per FreeSWITCH box: its admission gate for the current boot, and its rate log.
-    gates: HashMap<FsKey, BoxCounters>,
-}
-
-/// The shared counters of one box (headroom model), kept across builds.
-#[derive(Debug)]
-pub struct BoxCounters {
-    pub boot: u64,
-    pub gate: Arc<BoxGate>,
-    pub rate: Option<Arc<RateLog>>,
-}
-
-impl Default for CounterStore {
-    fn default() -> Self {
-        CounterStore {
-            branch_key: fsroute_dataplane::table::BranchKey::random(),
-            host_ips: Vec::new(),
-            dispatcher: HashMap::new(),
-            lb: HashMap::new(),
-            gates: HashMap::new(),
-        }
-    }
-}
-
-impl CounterStore {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn get(&self, setid: i32, uri: &str) -> Option<&Arc<DestCounters>> {
-        self.dispatcher.get(&(setid, uri.to_string()))
-    }
-
-    pub fn len(&self) -> usize {
-        self.dispatcher.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.dispatcher.is_empty()
-    }
-
-    pub fn lb_load(&self, group_id: i32, uri: &str, resource: &str) -> Option<&Load> {
-        self.lb.get(&(group_id, uri.to_string(), resource.to_string()))
-    }
-
-    fn lb_load_or_create(&mut self, group_id: i32, uri: &str, resource: &str) -> Load {
-        Arc::clone(self.lb.entry((group_id, uri.to_string(), resource.to_string())).or_default())
-    }
-
-    /// The box's counters for boot `boot`: a restarted box gets fresh ones, so the calls fsroute
-    /// held on its previous boot can no longer count against (or be given back to) the new one.
-    fn box_counters(&mut self, key: &FsKey, boot: u64) -> &mut BoxCounters {
-        let fresh = || BoxCounters { boot, gate: Arc::new(BoxGate::default()), rate: None };
-        let c = self.gates.entry(key.clone()).or_insert_with(fresh);
-        if c.boot != boot {
-            *c = fresh();
-        }
-        c
-    }
-
-    pub fn box_gate(&self, key: &FsKey) -> Option<&BoxCounters> {
-        self.gates.get(key)
-    }
-
-    fn get_or_create(&mut self, setid: i32, uri: &str) -> Arc<DestCounters> {
-        Arc::clone(self.dispatcher.entry((setid, uri.to_string())).or_default())
-    }
-}
+use crate::headroom::{self, CostSource, Headroom, Knobs};
+use crate::state::{AdminState, BoxSnapshot, CounterStore, Freshness, FsStats, Stats};
 
 /// Builds the routing table for `config` as the runtime sees it now. `generation` must grow
 /// with every build. Counters for destinations that left the config are dropped from `counters`.
@@ -289,7 +44,7 @@ pub fn build_table(
             .filter(|r| r.setid == setid)
             .map(|r| {
                 live.insert((setid, r.uri.clone()));
-                let state = admin.dispatcher_state(setid, &r.uri).unwrap_or(r.state);
+                let state = admin.state_of(r);
                 // Inactive is an admin decision and sticks; otherwise a probe verdict, when there
                 // is one, says whether the box answers.
                 let active = match (state, stats.probes.get(&(setid, r.uri.clone()))) {
@@ -374,12 +129,7 @@ pub fn build_table(
                     tracing::error!(line = r.line, group_id, "route asks for resources the group lacks (or more than 4); skipped");
                     return None;
                 };
-                let flags = DpLbFlags {
-                    relative: flags.relative,
-                    random_tie: flags.random_tie_break,
-                    allow_negative: flags.allow_negative,
-                };
-                Some(Route { matcher: r.matcher.clone(), target: RouteTarget::LoadBalancer { group, wanted, flags } })
+                Some(Route { matcher: r.matcher.clone(), target: RouteTarget::LoadBalancer { group, wanted, flags: *flags } })
             }
         })
         .collect();
@@ -427,8 +177,8 @@ pub fn snapshot_p_hb(config: &Config, stats: &mut Stats, counters: &CounterStore
 pub fn effective_capacity(row: &LoadBalancerRow, res: &ConfigLbResource, control: &ControlConfig, stats: &Stats) -> u32 {
     match &res.capacity {
         Capacity::Fixed(n) => *n,
-        Capacity::Fs(fs) => match stats.fs.get(&fs.key()) {
-            Some(s) if s.is_fresh() => {
+        Capacity::Fs(fs) => match (stats.freshness(&fs.key()), stats.fs.get(&fs.key())) {
+            (Freshness::Fresh, Some(s)) => {
                 let p_hb = stats.p_hb.get(&(row.group_id, row.uri.clone(), res.name.clone())).map_or(0, |(_, p)| *p);
                 capacity_from_heartbeat(
                     s.idle_cpu_micro,
@@ -439,9 +189,8 @@ pub fn effective_capacity(row: &LoadBalancerRow, res: &ConfigLbResource, control
                 )
                 .effective
             }
-            None => control.initial_capacity,
-            Some(s) if s.connected && !s.stale && s.last_heartbeat.is_none() => control.initial_capacity,
-            Some(_) => 0,
+            (Freshness::AwaitingNumbers, _) => control.initial_capacity,
+            _ => 0,
         },
     }
 }
@@ -478,29 +227,31 @@ fn box_admissions(config: &Config, stats: &Stats, counters: &mut CounterStore) -
         let snap = stats.boxes.get(&key).filter(|b| b.boot == s.boot);
         let c = counters.box_counters(&key, s.boot);
         let gate = Arc::clone(&c.gate);
-        let adm = if s.is_fresh() && s.draining().is_none() {
-            let h = box_headroom(control, &s, snap);
-            let base = snap.filter(|b| b.seq == s.seq).map_or_else(|| gate.used(), |b| b.used);
-            let rate = h.rate.map(|budget| {
-                let capacity = (budget as usize).clamp(1, RATE_LOG_MAX);
-                let log = match &c.rate {
-                    // A budget past the longest log keeps the longest log, rather than a new empty
-                    // one at every reading (which would forget the window).
-                    Some(l) if l.capacity() >= capacity => Arc::clone(l),
-                    // A limit that grew (fsctl sps) needs a longer log; the new one starts empty.
-                    _ => Arc::new(RateLog::new(capacity)),
-                };
-                c.rate = Some(Arc::clone(&log));
-                (budget, log)
-            });
-            BoxAdmission { gate, limit: base.saturating_add(h.calls), headroom: h.calls, rate, seq: s.seq, accepting: true }
-        } else if (s.awaiting_numbers() || !stats.fs.contains_key(&key)) && s.draining().is_none() {
-            // Before the first numbers: initial_capacity, as OpenSIPS's initial_freeswitch_load.
-            let base = gate.used();
-            let initial = u64::from(control.initial_capacity);
-            BoxAdmission { gate, limit: base + initial, headroom: initial, rate: None, seq: s.seq, accepting: initial > 0 }
-        } else {
-            BoxAdmission::closed(gate, s.seq)
+        let adm = match (stats.freshness(&key), s.draining()) {
+            (Freshness::Fresh, None) => {
+                let h = box_headroom(control, &s, snap);
+                let base = snap.filter(|b| b.seq == s.seq).map_or_else(|| gate.used(), |b| b.used);
+                let rate = h.rate.map(|budget| {
+                    let capacity = (budget as usize).clamp(1, RATE_LOG_MAX);
+                    let log = match &c.rate {
+                        // A budget past the longest log keeps the longest log, rather than a new empty
+                        // one at every reading (which would forget the window).
+                        Some(l) if l.capacity() >= capacity => Arc::clone(l),
+                        // A limit that grew (fsctl sps) needs a longer log; the new one starts empty.
+                        _ => Arc::new(RateLog::new(capacity)),
+                    };
+                    c.rate = Some(Arc::clone(&log));
+                    (budget, log)
+                });
+                BoxAdmission { gate, limit: base.saturating_add(h.calls), headroom: h.calls, rate, seq: s.seq, accepting: true }
+            }
+            (Freshness::AwaitingNumbers, None) => {
+                // Before the first numbers: initial_capacity, as OpenSIPS's initial_freeswitch_load.
+                let base = gate.used();
+                let initial = u64::from(control.initial_capacity);
+                BoxAdmission { gate, limit: base + initial, headroom: initial, rate: None, seq: s.seq, accepting: initial > 0 }
+            }
+            _ => BoxAdmission::closed(gate, s.seq),
         };
         out.insert(key, (Arc::new(adm), s));
     }
@@ -671,11 +422,10 @@ fn branch_key_from(secret: &str) -> fsroute_dataplane::table::BranchKey {
 pub fn effective_weight(row: &DispatcherRow, control: &ControlConfig, stats: &Stats) -> u32 {
     match &row.weight {
         Weight::Static(w) => *w,
-        Weight::Fs(fs) => match stats.fs.get(&fs.key()) {
-            Some(s) if s.is_fresh() => fs_weight(control.max_freeswitch_weight, s),
+        Weight::Fs(fs) => match (stats.freshness(&fs.key()), stats.fs.get(&fs.key())) {
+            (Freshness::Fresh, Some(s)) => fs_weight(control.max_freeswitch_weight, s),
             // Not tried yet, or connected and waiting for its first numbers.
-            None => control.max_freeswitch_weight,
-            Some(s) if s.connected && !s.stale && s.last_heartbeat.is_none() => control.max_freeswitch_weight,
+            (Freshness::AwaitingNumbers, _) => control.max_freeswitch_weight,
             _ => row.fallback_weight.unwrap_or(control.stale_weight),
         },
     }
@@ -684,14 +434,14 @@ pub fn effective_weight(row: &DispatcherRow, control: &ControlConfig, stats: &St
 /// OpenSIPS's `round(max_w × (1 − S/M) × Idle/100)`, in integers. A box reporting S ≥ M is full
 /// and one reporting M = 0 has no capacity: both weigh 0.
 pub fn fs_weight(max_weight: u32, s: &FsStats) -> u32 {
-    const HUNDRED_PERCENT_MICRO: u128 = 100_000_000;
+    let hundred = u128::from(HUNDRED_PERCENT_MICRO);
     if s.max_sessions == 0 || s.session_count >= s.max_sessions {
         return 0;
     }
-    let idle = u128::from(s.idle_cpu_micro).min(HUNDRED_PERCENT_MICRO);
+    let idle = u128::from(s.idle_cpu_micro).min(hundred);
     let free = u128::from(s.max_sessions - s.session_count);
     let num = u128::from(max_weight) * free * idle;
-    let den = u128::from(s.max_sessions) * HUNDRED_PERCENT_MICRO;
+    let den = u128::from(s.max_sessions) * hundred;
     // Round half up, as OpenSIPS's round() does for these non-negative values.
     let w = (2 * num + den) / (2 * den);
     u32::try_from(w).unwrap_or(u32::MAX)
