@@ -7,7 +7,7 @@
 //! codec serves the load balancer's client and the FreeSWITCH emulator (the `fsroute-fsemu`
 //! crate, which owns the server side's I/O and the `fsemu` binary). I/O lives in one place
 //! only here: [`client`] ([`EslPool`], one mio poll for every FreeSWITCH box). The wire protocol is
-//! described in `design/reference/ESL.md`; section numbers in comments refer to it.
+//! described in `docs/ESL.md`; section numbers in comments refer to it.
 
 pub mod client;
 pub mod client_proto;
