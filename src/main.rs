@@ -1,5 +1,8 @@
 //! The `fsroute` binary: a thin command line over the control plane (`run`, `check`) and the
 //! first-run demo (which lives in the bench crate with the scenario it shortens). All behaviour lives in the workspace crates.
+//! The demo is the `demo` cargo feature (on by default); a build without it
+//! (`--no-default-features`) has no `demo` subcommand and links neither the bench harness nor the
+//! FreeSWITCH emulator.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +35,7 @@ enum Command {
     },
     /// First run: three emulated FreeSWITCH boxes of unequal size, a proxy on a built-in config and
     /// a short load, once per balancing mode; prints what happened. No flags, under a minute.
+    #[cfg(feature = "demo")]
     Demo,
 }
 
@@ -42,7 +46,10 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own table; its emulators' start-up lines would only bury it.
+    #[cfg(feature = "demo")]
     let default_level = if matches!(cli.command, Command::Demo) { "warn" } else { "info" };
+    #[cfg(not(feature = "demo"))]
+    let default_level = "info";
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
@@ -54,6 +61,7 @@ fn main() -> ExitCode {
             fsroute_controlplane::runtime::run(fsroute_controlplane::runtime::RunOptions { config_path: config, drain_timeout })
         }
         Command::Check { config } => fsroute_controlplane::runtime::check(&config),
+        #[cfg(feature = "demo")]
         Command::Demo => match fsroute_bench::demo() {
             Ok(()) => 0,
             Err(e) => {

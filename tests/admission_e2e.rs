@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use fsroute_esl::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
+use fsroute_fsemu::{Emulator, EmulatorConfig, EmulatorHandle};
 
 fn emulator(cfg: EmulatorConfig) -> EmulatorHandle {
     Emulator::start(EmulatorConfig {

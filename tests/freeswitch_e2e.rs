@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use fsroute_esl::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
+use fsroute_fsemu::{Emulator, EmulatorConfig, EmulatorHandle};
 
 const HEARTBEAT: Duration = Duration::from_millis(300);
 

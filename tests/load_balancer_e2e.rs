@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use fsroute_esl::emulator::{Emulator, EmulatorConfig, EmulatorHandle, Respond503};
+use fsroute_fsemu::{Emulator, EmulatorConfig, EmulatorHandle, Respond503};
 
 fn emulator(answer_delay: Duration, heartbeat: Duration) -> EmulatorHandle {
     Emulator::start(EmulatorConfig {

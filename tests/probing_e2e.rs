@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use fsroute_esl::emulator::{Emulator, EmulatorConfig, EmulatorHandle, Respond503};
+use fsroute_fsemu::{Emulator, EmulatorConfig, EmulatorHandle, Respond503};
 
 fn emulator_on(sip: SocketAddr) -> EmulatorHandle {
     Emulator::start(EmulatorConfig {

@@ -3,7 +3,7 @@
 # route in the same run (same emulated boxes, same SIPp load, fsroute restarted between), and PDD
 # (INVITE -> 180, SIPp "Response Time 1" with pdd_uac.xml) with and without a failover.
 # Loopback only. Usage: bench/scripts/lb-vs-dispatcher.sh [rate] [seconds]
-# Build first: cargo build --release && cargo build --release -p fsroute-esl --bin fsemu
+# Build first: cargo build --release && cargo build --release -p fsroute-fsemu --bin fsemu
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RATE=${1:-2000}; SECS=${2:-10}; BIN=target/release

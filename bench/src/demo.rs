@@ -1,5 +1,5 @@
-//! What `fsroute demo` runs: three emulated FreeSWITCH boxes in-process (the ESL crate's
-//! emulator), each bound by a different FreeSWITCH limit, the fsroute binary found next to the
+//! What `fsroute demo` runs: three emulated FreeSWITCH boxes in-process (`fsroute-fsemu`,
+//! the emulator), each bound by a different FreeSWITCH limit, the fsroute binary found next to the
 //! current executable on a built-in config, and a short fs-aware comparison of four balancing
 //! modes (see `fs_aware`). Prints the table and one line saying what it shows. Under a minute, no flags. The proxy runs as a child process because it owns
 //! process-wide signals (SIGHUP/SIGTERM).

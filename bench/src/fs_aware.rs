@@ -8,7 +8,7 @@
 //! `capacity_model = "opensips"`; each at every heartbeat interval asked for. A mode this build
 //! rejects (`fsroute check` fails) is reported as not available, never guessed.
 //!
-//! The boxes are the ESL crate's emulator in-process, enforcing FreeSWITCH's admission (503
+//! The boxes are the emulator (`fsroute-fsemu`) in-process, enforcing FreeSWITCH's admission (503
 //! Maximum Calls In Progress + Retry-After: 300) and reporting the same story over ESL. Callers do
 //! not retry: a call the caller did not get answered is lost. The table: calls lost, INVITEs the
 //! boxes refused (each a wasted round trip), PDD p50/p90/p99, per-box utilisation of its real
@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fsroute_esl::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
+use fsroute_fsemu::{Emulator, EmulatorConfig, EmulatorHandle};
 use serde::Serialize;
 
 use crate::common::{machine, next_run_id, Opts};

@@ -1,5 +1,5 @@
 //! `soak`: fsroute at a public edge for N minutes (default 10). One real `fsroute` process, four
-//! emulated FreeSWITCH boxes (the ESL crate's emulator, so `fs://` admission is live), and at once:
+//! emulated FreeSWITCH boxes (the `fsroute-fsemu` emulator, so `fs://` admission is live), and at once:
 //! legitimate calls through a dispatcher failover route and a load_balancer route (INVITE, 100,
 //! 180, 200, ACK, BYE after a hold; every tenth caller hangs up while it rings, with CANCEL);
 //! floods from a hostile peer on another loopback address, in phases of one kind each and then
@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fsroute_esl::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
+use fsroute_fsemu::{Emulator, EmulatorConfig, EmulatorHandle};
 use serde::Serialize;
 use serde_json::Value;
 

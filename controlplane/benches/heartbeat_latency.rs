@@ -1,7 +1,7 @@
 //! Heartbeat -> table-visible latency of the real `fsroute` binary, as its control thread records
 //! it (`/status` `control.heartbeat_to_table`: from the moment the ESL poll hands the heartbeat
 //! over to the moment the rebuilt table is stored) plus `control.table_rebuild`. K emulated
-//! FreeSWITCH boxes (`fsroute_esl::emulator`, in this process, loopback) heartbeat every
+//! FreeSWITCH boxes (`fsroute_fsemu`, in this process, loopback) heartbeat every
 //! `HB_INTERVAL_MS`; a driver thread changes every box's reported Session-Count every 10 ms, so
 //! every heartbeat carries new numbers and forces a rebuild. `/status` is read only before and
 //! after the measured window, since serving it occupies the control thread.
@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fsroute_esl::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
+use fsroute_fsemu::{Emulator, EmulatorConfig, EmulatorHandle};
 use support::{config_text, cpu_seconds, free_tcp, free_udp, fs_connected, median, Fsroute, Row, RowWeight};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {

@@ -22,5 +22,6 @@ pub mod sip;
 pub mod socket;
 pub mod stats;
 pub mod table;
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;

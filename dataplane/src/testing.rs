@@ -1,6 +1,8 @@
 //! Fixtures shared by the router's unit tests, the zero-allocation test and the benches: a loopback
 //! proxy identity and a one-set routing table, built the way the control plane builds them. Not
-//! part of the product's interface (hidden from docs).
+//! part of the product's interface: hidden from docs, and compiled only for this crate's own unit
+//! tests or with the `testing` feature (which the benches, the integration tests and the fuzz
+//! targets turn on).
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,18 +1,17 @@
-//! FreeSWITCH Event Socket (ESL): a sans-IO codec and client protocol state machine, the
-//! control plane's ESL connection pool, and a FreeSWITCH emulator for tests and benches.
+//! FreeSWITCH Event Socket (ESL): a sans-IO codec and client protocol state machine, and the
+//! control plane's ESL connection pool.
 //!
 //! The codec modules ([`frame`], [`message`], [`heartbeat`], [`command`], [`client_proto`],
 //! [`serialize`], [`server_proto`]) touch no socket and no clock: bytes go in, frames,
 //! events and load samples come out, and commands come out as bytes to write. The same
-//! codec serves the load balancer's client and the emulator. I/O lives in two places
-//! only: [`client`] ([`EslPool`], one mio poll for every FreeSWITCH box) and [`emulator`]
-//! (ESL server + SIP UAS on std threads, plus the `fsemu` binary). The wire protocol is
-//! described in `design/reference/ESL.md`; section numbers in comments refer to it.
+//! codec serves the load balancer's client and the FreeSWITCH emulator (the `fsroute-fsemu`
+//! crate, which owns the server side's I/O and the `fsemu` binary). I/O lives in one place
+//! only here: [`client`] ([`EslPool`], one mio poll for every FreeSWITCH box). The wire protocol is
+//! described in `docs/ESL.md`; section numbers in comments refer to it.
 
 pub mod client;
 pub mod client_proto;
 pub mod command;
-pub mod emulator;
 pub mod frame;
 pub mod heartbeat;
 pub mod message;

@@ -2,7 +2,7 @@
 //! It owns exactly what a UAS needs: the start line, headers in order (compact forms
 //! expanded, folded lines joined, CRLF or bare LF), the body by Content-Length, tags,
 //! CSeq, Contact and Record-Route URIs. Hostile input yields an error, never a panic.
-//! (The product's zero-copy scanner lives in the data plane crate, which `esl` must not
+//! (The product's zero-copy scanner lives in the data plane crate, which the emulator does not
 //! depend on.)
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};

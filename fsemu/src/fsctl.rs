@@ -137,7 +137,7 @@ pub(crate) fn run(shared: &Shared, args: &str) -> Vec<u8> {
             if c.min_idle_cpu_micro == 0 {
                 b"+OK min idle cpu: DISABLED\n".to_vec()
             } else {
-                let pct = crate::serialize::format_percent2(c.min_idle_cpu_micro);
+                let pct = fsroute_esl::serialize::format_percent2(c.min_idle_cpu_micro);
                 format!("+OK min idle cpu: {pct}%\n").into_bytes()
             }
         }

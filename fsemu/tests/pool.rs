@@ -6,8 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::emulator;
-use fsroute_esl::emulator::{EmulatorHandle, Fault};
 use fsroute_esl::{ConnId, EslPool, EslUrl, HeartbeatFormat, PoolConfig, PoolEvent};
+use fsroute_fsemu::{EmulatorHandle, Fault};
 
 fn config() -> PoolConfig {
     PoolConfig {

@@ -6,9 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{emulator, Raw};
-use fsroute_esl::emulator::Fault;
 use fsroute_esl::serialize::{self, GOODBYE, GREETING};
 use fsroute_esl::{Event, HeartbeatStats};
+use fsroute_fsemu::Fault;
 
 fn notice() -> Vec<u8> {
     serialize::disconnect_notice(GOODBYE)

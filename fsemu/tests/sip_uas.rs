@@ -168,7 +168,7 @@ fn hold_expiry_sends_bye_through_the_record_route_set() {
         recv(&proxy, Duration::from_secs(2)).expect("BYE goes to the first Route's host:port");
     assert_eq!(bye.method(), Some("BYE"));
     assert!(
-        matches!(&bye.start, fsroute_esl::emulator::sip::StartLine::Request { uri, .. } if *uri == format!("sip:caller@{}", uac.addr()))
+        matches!(&bye.start, fsroute_fsemu::sip::StartLine::Request { uri, .. } if *uri == format!("sip:caller@{}", uac.addr()))
     );
     assert_eq!(
         bye.header("Route"),

@@ -10,10 +10,10 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::{emulator, Raw, Uac};
-use fsroute_esl::emulator::sip::{SipMessage, StartLine};
-use fsroute_esl::emulator::{EmulatorHandle, Refusals};
 use fsroute_esl::serialize::SHUTDOWN_NOTICE;
 use fsroute_esl::{Event, HeartbeatStats};
+use fsroute_fsemu::sip::{SipMessage, StartLine};
+use fsroute_fsemu::{EmulatorHandle, Refusals};
 
 /// Sleeps until just after the box's next 1 s tick, so a burst sent now falls in one
 /// box-second.

@@ -1,11 +1,14 @@
-//! A FreeSWITCH box for tests and benchmarks: an ESL server (ESL.md §9) and a SIP UAS on
-//! UDP that share one admission and load model, so what the box reports over ESL is what
-//! its SIP side does, and what it refuses is what a real FreeSWITCH refuses
+//! The FreeSWITCH emulator: a FreeSWITCH box for tests and benchmarks, built on the sans-IO
+//! codec of `fsroute-esl` (the same codec fsroute's ESL client uses): an ESL server (ESL.md §9)
+//! and a SIP UAS on UDP that share one admission and load model, so what the box reports over
+//! ESL is what its SIP side does, and what it refuses is what a real FreeSWITCH refuses
 //! (ADMISSION.md). It is a test tool, not the product: plain std threads, a mutex around
-//! the counters. [`Emulator::start`] binds both sockets and returns an [`EmulatorHandle`]
+//! the counters, and no production binary links it (`fsroute` only through its `demo`
+//! feature). [`Emulator::start`] binds both sockets and returns an [`EmulatorHandle`]
 //! through which tests change the reported numbers, drive `fsctl`-like controls (pause,
 //! sps, max sessions, shutdown), inject faults, kill or restart the ESL side and read call
-//! and refusal counters, with no control plane involved.
+//! and refusal counters, with no control plane involved. The `fsemu` binary
+//! (`src/bin/fsemu.rs`) runs one box from the command line.
 
 pub mod esl_server;
 mod fsctl;
@@ -24,7 +27,7 @@ pub use model::{
     DEFAULT_CPU_PER_SESSION, DEFAULT_IDLE_CPU_SMOOTHING,
 };
 
-use crate::serialize::{HeartbeatParams, StatusParams};
+use fsroute_esl::serialize::{HeartbeatParams, StatusParams};
 
 /// Faults the ESL side can inject into every connection (ESL.md §9 "fault knobs").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -641,7 +644,7 @@ impl EmulatorHandle {
 
     /// Sends every ESL connection the 31-byte shutdown notice, then closes it.
     pub fn shutdown_connections(&self) {
-        esl_server::drop_connections(&self.shared, Some(crate::serialize::SHUTDOWN_NOTICE));
+        esl_server::drop_connections(&self.shared, Some(fsroute_esl::serialize::SHUTDOWN_NOTICE));
     }
 
     /// A FreeSWITCH restart: kill (if still running), then listen again on the same

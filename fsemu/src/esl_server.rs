@@ -1,6 +1,6 @@
 //! The emulator's ESL server (ESL.md §1, §2, §4, §9): one thread per connection, as in
 //! mod_event_socket, reading commands with [`CommandReader`] and answering with the
-//! byte-exact frames of [`crate::serialize`]; plus the HEARTBEAT ticker that broadcasts to
+//! byte-exact frames of [`fsroute_esl::serialize`]; plus the HEARTBEAT ticker that broadcasts to
 //! every connection, each of which keeps only what its subscription and filters allow.
 //! Fault knobs (split, stall, garbage, drop, kill, shutdown notice) live here too, as do
 //! the box's own shutdown (SHUTDOWN_REQUESTED, then the notice once no session is left)
@@ -17,9 +17,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{fsctl, lock, uuid_v4, Fault, Shared, ShutdownMode, VERSION, VERSION_HUMAN};
-use crate::command::EventFormat;
-use crate::serialize::{self, OutEvent, GOODBYE, GREETING};
-use crate::server_proto::{CommandReader, FilterOp, ServerCommand, ServerRequest};
+use fsroute_esl::command::EventFormat;
+use fsroute_esl::serialize::{self, OutEvent, GOODBYE, GREETING};
+use fsroute_esl::server_proto::{CommandReader, FilterOp, ServerCommand, ServerRequest};
 
 /// FreeSWITCH polls each connection every 20 ms between commands.
 const POLL: Duration = Duration::from_millis(20);

@@ -1,5 +1,5 @@
 //! Shared helpers for the socket-level tests: start an emulator on loopback with short
-//! intervals, a raw ESL client that reads frames with the crate's own decoder, and a
+//! intervals, a raw ESL client that reads frames with fsroute-esl's decoder, and a
 //! bare UDP caller for the SIP side.
 #![allow(dead_code)]
 
@@ -7,9 +7,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use fsroute_esl::emulator::sip::SipMessage;
-use fsroute_esl::emulator::{Emulator, EmulatorConfig, EmulatorHandle};
 use fsroute_esl::{Decoder, Frame};
+use fsroute_fsemu::sip::SipMessage;
+use fsroute_fsemu::{Emulator, EmulatorConfig, EmulatorHandle};
 
 pub fn emulator(tweak: impl FnOnce(&mut EmulatorConfig)) -> EmulatorHandle {
     let mut cfg = EmulatorConfig {

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use fsroute_esl::emulator::{Emulator, EmulatorConfig, Fault, Respond503};
+use fsroute_fsemu::{Emulator, EmulatorConfig, Fault, Respond503};
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
@@ -68,13 +68,13 @@ struct Args {
     #[arg(long, default_value = "5", value_parser = percent)]
     background_cpu: u32,
     /// Idle-CPU points one session costs.
-    #[arg(long, default_value_t = fsroute_esl::emulator::DEFAULT_CPU_PER_SESSION, value_parser = cost)]
+    #[arg(long, default_value_t = fsroute_fsemu::DEFAULT_CPU_PER_SESSION, value_parser = cost)]
     cpu_per_session: f64,
     /// FreeSWITCH's min-idle-cpu: refuse new sessions while Idle-CPU is below it (0 = unset).
     #[arg(long, default_value = "0", value_parser = percent_f64)]
     min_idle_cpu: f64,
     /// FreeSWITCH's cpu-idle-smoothing-depth: Idle-CPU is the mean of this many 1 s samples.
-    #[arg(long, default_value_t = fsroute_esl::emulator::DEFAULT_IDLE_CPU_SMOOTHING,
+    #[arg(long, default_value_t = fsroute_fsemu::DEFAULT_IDLE_CPU_SMOOTHING,
           value_parser = clap::value_parser!(u32).range(1..))]
     idle_cpu_smoothing: u32,
     /// Channels one call occupies (2 where FreeSWITCH bridges the call onward).
