@@ -90,7 +90,7 @@ fn url_of(fs: &FsEndpoint) -> EslUrl {
     }
 }
 
-/// The command whose answer says whether inbound calls are paused (ESL.md §4; `true` = paused).
+/// The command whose answer says whether inbound calls are paused (docs/ESL.md §4; `true` = paused).
 pub const PAUSE_CHECK: &str = "fsctl pause_check inbound";
 
 /// Folds one set of numbers (a HEARTBEAT, or an `api status` reading) into a box's stats: figures

@@ -33,7 +33,7 @@ fn probe_settings(c: &Config) -> ProbeSettings {
     }
 }
 
-/// Exit codes of `fsroute run` (CONTRACT.md).
+/// Exit codes of `fsroute run` (docs/CONTRACT.md).
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_CONFIG: i32 = 1;
 pub const EXIT_RUNTIME: i32 = 2;

@@ -172,7 +172,7 @@ pub fn snapshot_p_hb(config: &Config, stats: &mut Stats, counters: &CounterStore
 }
 
 /// The most calls fsroute may hold on one resource now: a fixed capacity as written; from the
-/// box's heartbeat `capacity − others` (ARCHITECTURE.md); `initial_capacity` before its first
+/// box's heartbeat `capacity − others` (docs/OPENSIPS.md §7.1); `initial_capacity` before its first
 /// numbers; 0 while it is stale (a stale box takes no new calls).
 pub fn effective_capacity(row: &LoadBalancerRow, res: &ConfigLbResource, control: &ControlConfig, stats: &Stats) -> u32 {
     match &res.capacity {

@@ -4,7 +4,7 @@
 //! clocks and policy: non-blocking connect with a deadline, TCP keepalive and TCP_NODELAY,
 //! a heartbeat watchdog, and reconnects with capped exponential backoff plus jitter. It
 //! exists because the OpenSIPS client connects blocking from its one manager loop and has
-//! no keepalive or watchdog (OPENSIPS.md §3), so one dead box stalls or silently freezes
+//! no keepalive or watchdog (docs/OPENSIPS.md §3), so one dead box stalls or silently freezes
 //! the others. Here nothing ever blocks on one box: a dead, slow or hostile peer costs
 //! only its own connection.
 //!
@@ -129,7 +129,7 @@ pub struct PoolConfig {
     pub backoff_jitter: f64,
     pub format: HeartbeatFormat,
     /// TCP keepalive idle time and probe interval; zero disables it. FreeSWITCH does not
-    /// enable keepalive itself (ESL.md §5), so without this a partition goes unnoticed.
+    /// enable keepalive itself (docs/ESL.md §5), so without this a partition goes unnoticed.
     pub keepalive: Duration,
     /// Codec limits per connection; a heartbeat connection never needs 16 MiB frames.
     pub limits: Limits,

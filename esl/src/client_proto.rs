@@ -1,4 +1,4 @@
-//! Sans-IO client for one inbound ESL connection (ESL.md §1, §2, §6): drives the handshake
+//! Sans-IO client for one inbound ESL connection (docs/ESL.md §1, §2, §6): drives the handshake
 //! (greeting → auth → `event <fmt> HEARTBEAT` → `api status` seed), matches each reply to
 //! the oldest unanswered command while events interleave, and turns heartbeats into load
 //! samples. The caller owns the socket and the clock: it passes received bytes to
@@ -35,7 +35,7 @@ pub struct ClientConfig {
     pub credentials: Credentials,
     pub format: HeartbeatFormat,
     /// Issue `api status` after subscribing so the node has load figures before its first
-    /// heartbeat, which can be a whole interval away (ESL.md §6.11).
+    /// heartbeat, which can be a whole interval away (docs/ESL.md §6.11).
     pub seed_with_status: bool,
     pub limits: Limits,
     /// Events to subscribe to besides HEARTBEAT (e.g. `SHUTDOWN_REQUESTED`); they surface as
@@ -89,7 +89,7 @@ pub enum ClientEvent {
     CommandFailed { command: String, reply: String },
     /// Output of an `api` command the caller sent.
     ApiResponse { command: String, body: Vec<u8> },
-    /// Wrong credentials. Back off before retrying (ESL.md §6.8).
+    /// Wrong credentials. Back off before retrying (docs/ESL.md §6.8).
     AuthFailed { reply: String },
     /// The server's ACL refused this client. Do not retry quickly.
     RudeRejection { reason: String },

@@ -1,4 +1,4 @@
-//! Client-side command encoding (ESL.md §1.3–2): each command is one line ended by a blank
+//! Client-side command encoding (docs/ESL.md §1.3–2): each command is one line ended by a blank
 //! line. Arguments are validated before encoding because the server cuts a command at the
 //! first CR or LF, so a password or API argument holding one would smuggle in a second
 //! command. Secrets never appear in `Debug` output.

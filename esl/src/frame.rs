@@ -1,4 +1,4 @@
-//! Wire framing (ESL.md §0, §6.1–6.4): turns an arbitrary sequence of byte chunks into
+//! Wire framing (docs/ESL.md §0, §6.1–6.4): turns an arbitrary sequence of byte chunks into
 //! frames, each a block of `Name: value` lines ended by an empty line plus, when the block
 //! has `Content-Length: N`, exactly N body bytes. Owns the size limits, so a hostile or
 //! desynchronised peer yields a typed [`FrameError`] instead of a panic or unbounded
@@ -148,7 +148,7 @@ pub(crate) fn split_header_line(line: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 /// Strict `Content-Length` parse: ASCII digits only, so `-1`, `+1`, ` 1x` and `1e3` are
-/// all rejected rather than guessed at (ESL.md §6.4).
+/// all rejected rather than guessed at (docs/ESL.md §6.4).
 pub(crate) fn parse_content_length(value: &str, max: usize) -> Result<usize, FrameError> {
     let v = value.trim_end_matches([' ', '\t']);
     if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {

@@ -1,4 +1,4 @@
-//! Load figures a FreeSWITCH box reports about itself: from a HEARTBEAT event (ESL.md §3.5)
+//! Load figures a FreeSWITCH box reports about itself: from a HEARTBEAT event (docs/ESL.md §3.5)
 //! or from the `api status` body used to seed a node before its first heartbeat (§4).
 //! Numbers are parsed exactly as decimal text (Idle-CPU as fixed-point millionths of a
 //! percent, never through `f64`) so that weights computed from them are reproducible.
@@ -182,7 +182,7 @@ impl HeartbeatStats {
         })
     }
 
-    /// Reads the body of `api status` (ESL.md §4). Lines are recognised by their wording,
+    /// Reads the body of `api status` (docs/ESL.md §4). Lines are recognised by their wording,
     /// not position, because the version line's format varies by build. The session
     /// count, max sessions and idle CPU lines are required; the others fill the optional
     /// fields when present and well-formed.

@@ -1,4 +1,4 @@
-//! Meaning of a decoded [`Frame`] (ESL.md §0, §3, §6.5–6.8, §6.13): which of the server's
+//! Meaning of a decoded [`Frame`] (docs/ESL.md §0, §3, §6.5–6.8, §6.13): which of the server's
 //! Content-Types it is, and for events, the event's headers and body in one shape whatever
 //! the wire format (plain percent-decoded, or JSON decoded leniently).
 
@@ -41,7 +41,7 @@ impl CommandReply {
 }
 
 /// An event with its headers in wire order. Plain values are percent-decoded; both plain
-/// and JSON values are converted to UTF-8 lossily (ESL.md §6.7), and an array header is
+/// and JSON values are converted to UTF-8 lossily (docs/ESL.md §6.7), and an array header is
 /// represented as FreeSWITCH's `ARRAY::v1|:v2` string whichever format carried it. The
 /// inner `Content-Length` / `_body` become [`Event::body`] rather than headers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -76,7 +76,7 @@ impl Event {
         self.body.as_deref()
     }
 
-    /// Parses a `text/event-plain` body (ESL.md §3.2).
+    /// Parses a `text/event-plain` body (docs/ESL.md §3.2).
     pub fn parse_plain(body: &[u8]) -> Result<Event, EventError> {
         let mut headers = Headers::new();
         let mut inner_len: Option<usize> = None;
@@ -118,7 +118,7 @@ impl Event {
         Ok(Event { headers, body })
     }
 
-    /// Parses a `text/event-json` body (ESL.md §3.3). Raw bytes that are not UTF-8 (cJSON
+    /// Parses a `text/event-json` body (docs/ESL.md §3.3). Raw bytes that are not UTF-8 (cJSON
     /// copies them through) are replaced with U+FFFD first instead of failing the event.
     pub fn parse_json(body: &[u8]) -> Result<Event, EventError> {
         let text = String::from_utf8_lossy(body);
@@ -247,7 +247,7 @@ pub enum Message {
     DisconnectNotice { linger: bool, reason: Vec<u8> },
     /// `text/rude-rejection`: refused by the server's ACL.
     RudeRejection { reason: Vec<u8> },
-    /// `log/data` or any Content-Type this crate does not interpret (ESL.md §6.13).
+    /// `log/data` or any Content-Type this crate does not interpret (docs/ESL.md §6.13).
     Other(Frame),
 }
 

@@ -1,7 +1,7 @@
 //! FreeSWITCH's percent-encoding (`switch_url_encode`) for `text/event-plain` and
-//! `text/event-xml` values, and the lenient decoder a client needs (ESL.md §3.2, §6.6).
+//! `text/event-xml` values, and the lenient decoder a client needs (docs/ESL.md §3.2, §6.6).
 
-/// Bytes FreeSWITCH escapes besides controls and non-ASCII (ESL.md §3.2).
+/// Bytes FreeSWITCH escapes besides controls and non-ASCII (docs/ESL.md §3.2).
 const RESERVED: &[u8] = b"\r\n #%&+:;<=>?@[\\]^`{|}\"";
 const UPPER_HEX: &[u8; 16] = b"0123456789ABCDEF";
 

@@ -1,4 +1,4 @@
-//! Byte-exact producers of what a FreeSWITCH server sends (ESL.md §1–§4), for the emulator:
+//! Byte-exact producers of what a FreeSWITCH server sends (docs/ESL.md §1–§4), for the emulator:
 //! the greeting, replies, notices, `api/response` frames, events in plain / JSON / XML the
 //! way `switch_event_serialize`, cJSON 1.7.12 and `switch_xml` print them, the HEARTBEAT
 //! event with its 27 headers, and the `api status` body.
@@ -85,7 +85,7 @@ pub fn show_count(n: u64) -> Vec<u8> {
 }
 
 /// A header value: FreeSWITCH values are C strings, so bytes rather than `String` (JSON
-/// bodies may legitimately carry invalid UTF-8, ESL.md §3.3).
+/// bodies may legitimately carry invalid UTF-8, docs/ESL.md §3.3).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Value {
     Single(Vec<u8>),
@@ -156,7 +156,7 @@ impl OutEvent {
         }
     }
 
-    /// `text/event-plain` body (ESL.md §3.2).
+    /// `text/event-plain` body (docs/ESL.md §3.2).
     pub fn plain_body(&self) -> Vec<u8> {
         let mut out = Vec::new();
         for (name, value) in &self.headers {
@@ -180,7 +180,7 @@ impl OutEvent {
         out
     }
 
-    /// `text/event-json` body (ESL.md §3.3): compact cJSON, every value a string.
+    /// `text/event-json` body (docs/ESL.md §3.3): compact cJSON, every value a string.
     pub fn json_body(&self) -> Vec<u8> {
         let mut out = vec![b'{'];
         let mut first = true;
@@ -218,7 +218,7 @@ impl OutEvent {
         out
     }
 
-    /// `text/event-xml` body (ESL.md §3.4).
+    /// `text/event-xml` body (docs/ESL.md §3.4).
     pub fn xml_body(&self) -> Vec<u8> {
         let mut out = b"<event>\n  <headers>\n".to_vec();
         for (name, value) in &self.headers {
@@ -366,7 +366,7 @@ pub fn format_percent2(micro: u32) -> String {
 }
 
 /// Everything a HEARTBEAT carries. [`HeartbeatParams::to_event`] lays it out in
-/// FreeSWITCH's order (ESL.md §3.5).
+/// FreeSWITCH's order (docs/ESL.md §3.5).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeartbeatParams {
     pub core_uuid: String,
@@ -434,7 +434,7 @@ impl HeartbeatParams {
     }
 }
 
-/// Everything the `api status` body shows (ESL.md §4).
+/// Everything the `api status` body shows (docs/ESL.md §4).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatusParams {
     pub uptime_us: u64,

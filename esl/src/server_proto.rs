@@ -1,4 +1,4 @@
-//! Server side of command reading (ESL.md §0, §1, §2), for a sans-IO emulator: splits the
+//! Server side of command reading (docs/ESL.md §0, §1, §2), for a sans-IO emulator: splits the
 //! client's byte stream into commands the way mod_event_socket's `read_packet` does, and
 //! classifies each with `parse_command`'s prefix rules. Deciding replies (auth state,
 //! subscriptions) is the emulator's job; the frames it sends are built with

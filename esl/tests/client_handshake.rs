@@ -1,5 +1,5 @@
 //! Handshake and steady-state scenarios through `ClientProto`, fed with frames built by the
-//! crate's own server serialisers (which tests/vectors.rs pins to ESL.md byte for byte).
+//! crate's own server serialisers (which tests/vectors.rs pins to docs/ESL.md byte for byte).
 
 use fsroute_esl::serialize::{self, GOODBYE};
 use fsroute_esl::{

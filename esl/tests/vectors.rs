@@ -1,4 +1,4 @@
-//! Every frame ESL.md gives in full, decoded and (for server frames) re-encoded byte for
+//! Every frame docs/ESL.md gives in full, decoded and (for server frames) re-encoded byte for
 //! byte, with the lengths the document lists.
 
 use fsroute_esl::serialize::{self, GOODBYE};

@@ -1,4 +1,4 @@
-//! The emulator's ESL server (ESL.md §1, §2, §4, §9): one thread per connection, as in
+//! The emulator's ESL server (docs/ESL.md §1, §2, §4, §9): one thread per connection, as in
 //! mod_event_socket, reading commands with [`CommandReader`] and answering with the
 //! byte-exact frames of [`fsroute_esl::serialize`]; plus the HEARTBEAT ticker that broadcasts to
 //! every connection, each of which keeps only what its subscription and filters allow.
@@ -180,7 +180,7 @@ pub(crate) fn shutdown(shared: &Shared) {
     drop_connections(shared, Some(serialize::SHUTDOWN_NOTICE));
 }
 
-/// The 13 headers every FreeSWITCH event starts with (ESL.md §3.5, rows 1–13).
+/// The 13 headers every FreeSWITCH event starts with (docs/ESL.md §3.5, rows 1–13).
 fn common_event(
     shared: &Shared,
     name: &str,

@@ -1,8 +1,8 @@
 //! The FreeSWITCH emulator: a FreeSWITCH box for tests and benchmarks, built on the sans-IO
-//! codec of `fsroute-esl` (the same codec fsroute's ESL client uses): an ESL server (ESL.md §9)
+//! codec of `fsroute-esl` (the same codec fsroute's ESL client uses): an ESL server (docs/ESL.md §9)
 //! and a SIP UAS on UDP that share one admission and load model, so what the box reports over
 //! ESL is what its SIP side does, and what it refuses is what a real FreeSWITCH refuses
-//! (ADMISSION.md). It is a test tool, not the product: plain std threads, a mutex around
+//! (docs/ADMISSION.md). It is a test tool, not the product: plain std threads, a mutex around
 //! the counters, and no production binary links it (`fsroute` only through its `demo`
 //! feature). [`Emulator::start`] binds both sockets and returns an [`EmulatorHandle`]
 //! through which tests change the reported numbers, drive `fsctl`-like controls (pause,
@@ -29,7 +29,7 @@ pub use model::{
 
 use fsroute_esl::serialize::{HeartbeatParams, StatusParams};
 
-/// Faults the ESL side can inject into every connection (ESL.md §9 "fault knobs").
+/// Faults the ESL side can inject into every connection (docs/ESL.md §9 "fault knobs").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Fault {
     #[default]

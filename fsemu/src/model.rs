@@ -2,7 +2,7 @@
 //! of the numbers both faces report, so the SIP UAS (which INVITEs it refuses, how fast it
 //! answers) and the ESL server (HEARTBEAT, `api status`, `fsctl`) always tell the same story.
 //!
-//! Admission follows FreeSWITCH 1.10 (ADMISSION.md): sofia's pre-check on every INVITE
+//! Admission follows FreeSWITCH 1.10 (docs/ADMISSION.md): sofia's pre-check on every INVITE
 //! (`Session-Count >= Max-Sessions`, not running, inbound not ready), then, for each of the
 //! `k` sessions a call creates, `switch_core_session_request_uuid`'s checks in its own order:
 //! direction paused, shutting down, Idle-CPU below `min-idle-cpu`, the per-second budget

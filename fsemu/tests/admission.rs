@@ -1,4 +1,4 @@
-//! The emulator refuses what a real FreeSWITCH refuses (ADMISSION.md) and says so the way
+//! The emulator refuses what a real FreeSWITCH refuses (docs/ADMISSION.md) and says so the way
 //! FreeSWITCH does: sofia's 503 on the SIP side; `api status`, HEARTBEAT and `fsctl` on
 //! the ESL side; per-reason refusal counters on the handle. Loopback only; every wait is
 //! bounded.

@@ -1,4 +1,4 @@
-//! The emulator's ESL server, byte for byte against ESL.md §1, §2, §4 and §9, over real
+//! The emulator's ESL server, byte for byte against docs/ESL.md §1, §2, §4 and §9, over real
 //! loopback sockets.
 
 mod common;

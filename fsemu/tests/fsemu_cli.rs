@@ -1,4 +1,4 @@
-//! The `fsemu` binary honours the command line of CONTRACT.md and announces its ports.
+//! The `fsemu` binary honours the command line of docs/CONTRACT.md and announces its ports.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -495,7 +495,7 @@ impl Ctx<'_> {
         let d = fsroute_dataplane::table::MemoryLimits::default();
         let Some(l) = raw else { return d };
         // Below 1000 an edge refuses calls under any real load; the ceilings keep the arithmetic
-        // of the defaults (docs/LIMITS.md) within a machine.
+        // of the defaults (docs/SECURITY.md, "Bounded call state") within a machine.
         fsroute_dataplane::table::MemoryLimits {
             transactions: self.ranged(&l.transactions, "limits.transactions", 1000, 1 << 26, d.transactions),
             dialogs: self.ranged(&l.dialogs, "limits.dialogs", 1000, 1 << 26, d.dialogs),

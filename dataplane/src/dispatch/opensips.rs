@@ -1,6 +1,6 @@
 //! OpenSIPS compatibility: `ds_get_hash`, the hash keys OpenSIPS extracts from Call-ID and URIs, and its
 //! cumulative-weight pick. With `hash = "opensips"` fsroute must send a call to the same destination an
-//! OpenSIPS `dispatcher` would, so everything here reproduces OpenSIPS bit for bit (OPENSIPS.md §1.3),
+//! OpenSIPS `dispatcher` would, so everything here reproduces OpenSIPS bit for bit (docs/OPENSIPS.md §1.3),
 //! quirks included.
 
 use crate::sip::is_lws;

@@ -120,7 +120,7 @@ fn hash_mode_defaults_to_rendezvous_and_parses_config_names() {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// OpenSIPS mode: vectors of OPENSIPS.md §6
+// OpenSIPS mode: vectors of docs/OPENSIPS.md §6
 
 const VECTOR_CALLID: &[u8] = b"a84b4c76e66710@pc33.atlanta.com";
 const VECTOR_HASH: u32 = 2175018094;

@@ -291,7 +291,7 @@ impl LbFlags {
 /// (OpenSIPS's integer division; 0 when effective is 0). Computed in i64, so a resource holding more
 /// calls than it may (after a heartbeat lowered `effective`, or under the `n` flag) is negative, never a
 /// wrapped 4294967295 (OpenSIPS #3294). Keeping the sign lets `n` rank overloaded boxes by how far over
-/// they are; the ARCHITECTURE.md `available = max(0, effective − p)` is [`available`].
+/// they are; the docs/OPENSIPS.md §7.1 `available = max(0, effective − p)` is [`available`].
 pub fn availability(r: &LbResource, relative: bool, now: Instant) -> i64 {
     if let Some(b) = &r.fs {
         // A box closed by its rate window ranks as full: trying it would only cost a round trip.

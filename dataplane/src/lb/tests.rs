@@ -200,7 +200,7 @@ fn calls_between_heartbeats_spread_across_boxes_instead_of_piling_onto_the_best(
 
 #[test]
 fn relative_opensips_vector_max_736_with_40_calls_is_95() {
-    // OPENSIPS.md §6: 78.4 %, 100/1000, p = 40 → max_load 736; 100 − 4000/736 = 100 − 5.
+    // docs/OPENSIPS.md §6: 78.4 %, 100/1000, p = 40 → max_load 736; 100 − 4000/736 = 100 − 5.
     let g = group(&["ch"], vec![vec![res(736, 40)]]);
     let r = g.destinations[0].resource(0).unwrap();
     assert_eq!(availability(r, true, Instant::now()), 95);

@@ -1,5 +1,5 @@
 //! `fsemu`: one emulated FreeSWITCH box (SIP UAS + ESL server telling the same story and
-//! refusing what FreeSWITCH refuses), with the command line of CONTRACT.md plus the
+//! refusing what FreeSWITCH refuses), with the command line of docs/CONTRACT.md plus the
 //! admission and network knobs. Prints one `fsemu ready sip=ADDR esl=ADDR
 //! core-uuid=UUID` line on stdout once both sockets are bound, so harnesses that pass
 //! port 0 can learn the real ports; logs go to stderr. Runs until killed, or exits 0
