@@ -152,6 +152,7 @@ impl ControlView<'_> {
                     "processed": ShardStats::get(&st.processed),
                     "replied": ShardStats::get(&st.replied),
                     "handed_off": ShardStats::get(&st.handed_off),
+                    "send_blocked": ShardStats::get(&st.send_blocked),
                     "failovers": ShardStats::get(&st.failovers),
                     "absorbed": ShardStats::get(&st.absorbed),
                     "call_memory_entries": ShardStats::get(&st.memory_entries),
@@ -625,6 +626,7 @@ pub fn metrics_text(
     per_shard("shard_processed", "Messages the shard routed and sent", &|s| &s.processed, &mut reg);
     per_shard("shard_replied", "Replies fsroute generated (404/483/503...)", &|s| &s.replied, &mut reg);
     per_shard("shard_handed_off", "Datagrams handed to the owning shard", &|s| &s.handed_off, &mut reg);
+    per_shard("shard_send_blocked", "Sends the kernel refused with EAGAIN (the datagrams stayed queued and left later)", &|s| &s.send_blocked, &mut reg);
     per_shard("shard_failovers", "Calls moved to another destination after a failure or silence", &|s| &s.failovers, &mut reg);
     let dropped = by_reason(shards, &DropReason::ALL, DropReason::label, ShardStats::dropped);
     reg.register("shard_dropped", "Datagrams dropped, by reason", dropped);

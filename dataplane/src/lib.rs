@@ -12,6 +12,7 @@
 //! docs/ARCHITECTURE.md.
 
 pub mod admission;
+pub mod batch;
 pub mod candidates;
 pub mod dispatch;
 pub mod hash;

@@ -1,14 +1,16 @@
 //! The thread-per-core shell around the router: one glommio executor per shard, pinned to its core,
-//! with its own UDP socket(s) in a REUSEPORT group. Each shard reads the one `ArcSwap` routing table
-//! per datagram (no lock, no wait on the control plane), runs the sans-IO router, and sends what it
-//! returns. Datagrams whose Call-ID another shard owns go to that shard over a bounded FIFO
+//! with its own UDP socket(s) in a REUSEPORT group. Each shard drains its socket with `recvmmsg`,
+//! reads the one `ArcSwap` routing table per datagram (no lock, no wait on the control plane), runs
+//! the sans-IO router over the batch, and sends what it returns with `sendmmsg` through one
+//! ordered send queue (`batch`); it parks in glommio only when the socket is empty, and a timer
+//! ticks the router every 100 ms. Datagrams whose Call-ID another shard owns go to that shard over a bounded FIFO
 //! channel (glommio's channel mesh), so per-call state lives in one place and a call's messages
 //! keep their order. Sockets are bound before any thread starts, so a bind error stops startup.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
 use glommio::net::UdpSocket;
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::batch::{Flushed, Outgoing, RecvBatch, SendQueue, SendScratch, BATCH};
 use crate::router::{Action, Router};
 use crate::socket::{bind_group, Ingress};
 use crate::stats::{DropReason, ShardStats};
@@ -43,14 +46,17 @@ pub struct ShardControl {
     pub stop: AtomicBool,
 }
 
-/// A datagram handed to the shard that owns its Call-ID.
+/// A datagram handed to the shard that owns its Call-ID, with the listener it arrived on (every
+/// shard has one socket per listener, in the same order).
 struct Handoff {
     src: SocketAddr,
+    socket: usize,
     data: Vec<u8>,
 }
 
 const TICK: Duration = Duration::from_millis(100);
-const MAX_DATAGRAM: usize = 65_535;
+/// How long a send queue that met EAGAIN waits before it tries again.
+const SEND_RETRY: Duration = Duration::from_micros(200);
 
 pub struct DataPlane {
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
@@ -135,61 +141,93 @@ struct Shard {
     router: RefCell<Router>,
     table: Arc<ArcSwap<RoutingTable>>,
     stats: Arc<ShardStats>,
+    /// One per listener. glommio's socket only serves to park the receive loop until a datagram
+    /// is there (`peek`); datagrams move with `recvmmsg`/`sendmmsg` on its fd (`batch`).
     sockets: Vec<UdpSocket>,
+    fds: Vec<RawFd>,
     /// Each socket's address family, read once at start (not a getsockname per datagram).
     socket_is_v4: Vec<bool>,
     senders: Senders<Handoff>,
+    queue: RefCell<SendQueue>,
+    scratch: RefCell<SendScratch>,
+    /// A flush is waiting out an EAGAIN: others only add to the queue behind it.
+    flushing: Cell<bool>,
 }
 
 impl Shard {
-    /// The socket to send from: the first one of the destination's address family.
-    fn socket_for(&self, to: SocketAddr) -> &UdpSocket {
-        self.sockets
-            .iter()
-            .zip(&self.socket_is_v4)
-            .find(|(_, v4)| **v4 == to.is_ipv4())
-            .map_or(&self.sockets[0], |(s, _)| s)
+    /// The socket a datagram for `to` leaves from: for fsroute's own reply, the listener the
+    /// request arrived on (`arrived`) when the address family matches; otherwise the first socket
+    /// of the destination's family.
+    fn socket_for(&self, arrived: Option<usize>, to: SocketAddr) -> usize {
+        let family = |i: &usize| self.socket_is_v4[*i] == to.is_ipv4();
+        arrived.filter(family).or_else(|| (0..self.sockets.len()).find(family)).unwrap_or(0)
     }
 
-    async fn send(&self, to: SocketAddr, bytes: &[u8]) {
-        if self.socket_for(to).send_to(bytes, to).await.is_err() {
+    fn enqueue(&self, to: SocketAddr, socket: usize, buf: Vec<u8>) {
+        if let Err(o) = self.queue.borrow_mut().push(Outgoing { to, socket, buf }) {
             self.stats.drop_reason(DropReason::SendError);
+            self.router.borrow_mut().recycle(o.buf);
         }
     }
 
-    /// Routes one datagram and carries out the action. `owned`: it came from another shard.
-    async fn process(&self, src: SocketAddr, data: &[u8], owned: bool, out: &mut Vec<u8>) {
+    /// Routes one datagram and queues what it sends; `owned`: another shard handed it over.
+    /// Nothing here awaits: a batch is routed whole, then flushed.
+    fn route(&self, src: SocketAddr, data: &[u8], socket: usize, owned: bool) {
+        let mut out = self.router.borrow_mut().take_buffer();
         let action = {
             let table = self.table.load();
             let mut router = self.router.borrow_mut();
             if owned {
-                router.handle_owned(&table, src, data, Instant::now(), out)
+                router.handle_owned(&table, src, data, Instant::now(), &mut out)
             } else {
-                router.handle(&table, src, data, Instant::now(), out)
+                router.handle(&table, src, data, Instant::now(), &mut out)
             }
         };
         match action {
-            Action::Forward(to) | Action::Reply(to) => self.send(to, out).await,
+            Action::Forward(to) => self.enqueue(to, self.socket_for(None, to), out),
+            Action::Reply(to) => self.enqueue(to, self.socket_for(Some(socket), to), out),
             Action::HandOff(owner) => {
-                let msg = Handoff { src, data: data.to_vec() };
+                self.router.borrow_mut().recycle(out);
+                let msg = Handoff { src, socket, data: data.to_vec() };
                 if self.senders.try_send_to(owner, msg).is_err() {
                     self.stats.drop_reason(DropReason::HandoffFull);
                 }
             }
-            Action::Drop(_) | Action::Absorbed => {}
+            Action::Drop(_) | Action::Absorbed => self.router.borrow_mut().recycle(out),
         }
-        self.flush().await;
+        self.take_outbox(Some(socket));
     }
 
-    /// Sends what the router queued besides the action's own datagram (100 Trying, fsroute's ACKs
-    /// and CANCELs, a failover attempt started by a timer).
-    async fn flush(&self) {
+    /// Queues what the router queued besides an action's own datagram (100 Trying, fsroute's ACKs
+    /// and CANCELs, a failover attempt started by a timer). fsroute's own replies among them leave
+    /// from the listener their request `arrived` on.
+    fn take_outbox(&self, arrived: Option<usize>) {
         loop {
             let next = self.router.borrow_mut().poll_transmit();
             let Some((to, buf)) = next else { break };
-            self.send(to, &buf).await;
-            self.router.borrow_mut().recycle(buf);
+            let reply = buf.starts_with(b"SIP/2.0 ");
+            self.enqueue(to, self.socket_for(arrived.filter(|_| reply), to), buf);
         }
+    }
+
+    /// Sends everything queued, in order, waiting out EAGAIN (counted) without losing a datagram.
+    async fn flush(&self) {
+        if self.flushing.replace(true) {
+            return;
+        }
+        loop {
+            let done = self.queue.borrow_mut().flush(
+                |socket, run| self.scratch.borrow_mut().send(self.fds[socket], run),
+                |buf| self.router.borrow_mut().recycle(buf),
+                || self.stats.drop_reason(DropReason::SendError),
+            );
+            if done == Flushed::All {
+                break;
+            }
+            ShardStats::inc(&self.stats.send_blocked);
+            glommio::timer::sleep(SEND_RETRY).await;
+        }
+        self.flushing.set(false);
     }
 }
 
@@ -214,10 +252,7 @@ async fn run_shard(
         // SAFETY: each fd is a bound, non-blocking UDP socket that this shard alone owns from here on.
         .map(|fd| unsafe { UdpSocket::from_raw_fd(fd.into_raw_fd()) })
         .collect();
-    for s in &sockets {
-        // Lets a receive loop notice a stop request even when no traffic arrives.
-        let _ = s.set_read_timeout(Some(TICK * 2));
-    }
+    let fds = sockets.iter().map(|s| s.as_raw_fd()).collect();
     let socket_is_v4: Vec<bool> = sockets.iter().map(|s| s.local_addr().map_or(true, |a| a.is_ipv4())).collect();
     let seed = 0x5eed_0000 ^ (index as u64) << 32 ^ std::process::id() as u64;
     let shard = Rc::new(Shard {
@@ -225,8 +260,12 @@ async fn run_shard(
         table,
         stats,
         sockets,
+        fds,
         socket_is_v4,
         senders,
+        queue: RefCell::new(SendQueue::default()),
+        scratch: RefCell::new(SendScratch::default()),
+        flushing: Cell::new(false),
     });
     tracing::debug!(shard = index, "shard started");
 
@@ -239,9 +278,9 @@ async fn run_shard(
     for (_, stream) in receivers.streams() {
         let shard = shard.clone();
         tasks.push(glommio::spawn_local(async move {
-            let mut out = Vec::with_capacity(MAX_DATAGRAM);
             while let Some(msg) = stream.recv().await {
-                shard.process(msg.src, &msg.data, true, &mut out).await;
+                shard.route(msg.src, &msg.data, msg.socket, true);
+                shard.flush().await;
             }
         }));
     }
@@ -254,21 +293,38 @@ async fn run_shard(
     tracing::debug!(shard = index, "shard stopped");
 }
 
-/// One socket's receive loop: each datagram through the router, until the stop flag.
+/// One socket's receive loop: drain it with `recvmmsg`, route the batch, send it, and park in
+/// glommio only when the socket is empty.
 async fn receive(shard: Rc<Shard>, sock_idx: usize, control: Arc<ShardControl>) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut out = Vec::with_capacity(MAX_DATAGRAM);
+    let mut batch = RecvBatch::default();
+    let fd = shard.fds[sock_idx];
+    let mut probe = [0u8; 1];
     while !control.stop.load(Ordering::Relaxed) {
-        match shard.sockets[sock_idx].recv_from(&mut buf).await {
-            Ok((n, src)) => {
-                ShardStats::inc(&shard.stats.received);
-                shard.process(src, &buf[..n], false, &mut out).await;
-            }
-            Err(e) if is_timeout(&e) => {}
+        let n = match batch.recv(fd) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => 0,
             Err(e) => {
                 tracing::warn!(shard = shard.router.borrow().shard_index(), error = %e, "receive failed");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
             }
+        };
+        for i in 0..n {
+            if let Some((src, data)) = batch.get(i) {
+                ShardStats::inc(&shard.stats.received);
+                shard.route(src, data, sock_idx, false);
+            }
+        }
+        shard.flush().await;
+        if n == BATCH {
+            // More may be waiting: let the shard's other tasks run, then drain on.
+            glommio::executor().yield_if_needed().await;
+            continue;
+        }
+        // Parked until a datagram is there: a 1-byte MSG_PEEK through io_uring, which leaves the
+        // datagram for the next recvmmsg (one wait per batch, never per datagram).
+        if shard.sockets[sock_idx].peek(&mut probe).await.is_err() {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
         }
     }
 }
@@ -288,6 +344,7 @@ async fn housekeeping(shard: &Shard, control: &ShardControl) {
             if draining { r.pending_invites(now) } else { 0 }
         };
         shard.stats.pending_invites.store(pending as u64, Ordering::Relaxed);
+        shard.take_outbox(None);
         shard.flush().await;
         if control.stop.load(Ordering::Relaxed) {
             return;
@@ -295,14 +352,3 @@ async fn housekeeping(shard: &Shard, control: &ShardControl) {
     }
 }
 
-fn is_timeout(e: &glommio::GlommioError<()>) -> bool {
-    match e {
-        glommio::GlommioError::IoError(io) => {
-            matches!(io.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
-                || io.raw_os_error() == Some(libc::ETIME)
-                || io.raw_os_error() == Some(libc::ECANCELED)
-        }
-        glommio::GlommioError::TimedOut(_) => true,
-        _ => false,
-    }
-}

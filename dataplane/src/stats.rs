@@ -119,6 +119,8 @@ pub struct ShardStats {
     pub replied: AtomicU64,
     /// Datagrams handed to the shard that owns their Call-ID.
     pub handed_off: AtomicU64,
+    /// Sends the kernel refused with EAGAIN (the datagrams stayed queued and left later).
+    pub send_blocked: AtomicU64,
     /// Calls-state entries currently held (transactions + dialogs).
     pub memory_entries: AtomicU64,
     /// INVITEs without a final response, published while draining.

@@ -157,6 +157,11 @@ impl Router {
         self.outbox.recycle(buf);
     }
 
+    /// An empty buffer for the shell to route a datagram into (give it back with `recycle`).
+    pub fn take_buffer(&mut self) -> Vec<u8> {
+        self.outbox.take_buffer()
+    }
+
     pub fn stats(&self) -> &Arc<ShardStats> {
         &self.stats
     }

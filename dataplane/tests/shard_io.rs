@@ -1,0 +1,60 @@
+//! The shard shell over real loopback sockets: batched receive and send, and which listener a
+//! reply leaves from.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fsroute_dataplane::dispatch::Algorithm;
+use fsroute_dataplane::shard::{DataPlane, ShardSpec};
+use fsroute_dataplane::socket::Ingress;
+use fsroute_dataplane::table::{ArcSwap, RoutingTable};
+use fsroute_dataplane::testing::one_set_table;
+
+/// A table whose proxy identity is the listeners fsroute ended up bound to.
+fn table_for(bound: &[SocketAddr]) -> RoutingTable {
+    let mut t = one_set_table(&[1], Algorithm::RoundRobin, 2);
+    t.proxy.local_names = bound.iter().map(|a| (a.ip().to_string(), a.port())).collect();
+    t.proxy.local_addrs = bound.to_vec();
+    t.proxy.advertise_host = bound[0].ip().to_string();
+    t.proxy.advertise_port = bound[0].port();
+    t
+}
+
+fn options_to(to: SocketAddr, from: SocketAddr, n: u32) -> String {
+    format!(
+        "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK-probe-{n};rport\r\nMax-Forwards: 70\r\nFrom: <sip:probe@{from}>;tag=p{n}\r\nTo: <sip:{to}>\r\nCall-ID: probe-{n}@{from}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+#[test]
+fn a_reply_leaves_from_the_listener_its_request_arrived_on_and_a_burst_is_answered_whole() {
+    let listeners: Vec<SocketAddr> = vec!["127.0.0.1:0".parse().unwrap(), "127.0.0.2:0".parse().unwrap()];
+    let spec = ShardSpec { listeners, shards: 1, ingress: Ingress::Flow, handoff_capacity: 64, pin: false };
+    let table = Arc::new(ArcSwap::from_pointee(table_for(&["127.0.0.1:5060".parse().unwrap()])));
+    let dp = DataPlane::start(&spec, table.clone()).expect("bind loopback listeners");
+    table.store(Arc::new(table_for(&dp.bound)));
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let me = client.local_addr().unwrap();
+    let mut buf = [0u8; 4096];
+    for (n, &listener) in dp.bound.iter().enumerate() {
+        client.send_to(options_to(listener, me, n as u32).as_bytes(), listener).unwrap();
+        let (len, from) = client.recv_from(&mut buf).expect("a 200 to the keepalive OPTIONS");
+        assert!(buf[..len].starts_with(b"SIP/2.0 200"), "{}", String::from_utf8_lossy(&buf[..len]));
+        assert_eq!(from, listener, "the reply leaves from the listener the request arrived on");
+    }
+    // More than one recvmmsg batch at once: every request gets its answer.
+    let burst = 100;
+    for n in 0..burst {
+        client.send_to(options_to(dp.bound[1], me, 1000 + n).as_bytes(), dp.bound[1]).unwrap();
+    }
+    let mut answered = 0;
+    while answered < burst {
+        let (len, from) = client.recv_from(&mut buf).expect("every request of the burst answered");
+        assert!(buf[..len].starts_with(b"SIP/2.0 200"));
+        assert_eq!(from, dp.bound[1]);
+        answered += 1;
+    }
+    dp.stop();
+}
