@@ -3,9 +3,10 @@
 //! reads the one `ArcSwap` routing table per datagram (no lock, no wait on the control plane), runs
 //! the sans-IO router over the batch, and sends what it returns with `sendmmsg` through one
 //! ordered send queue (`batch`); it parks in glommio only when the socket is empty, and a timer
-//! ticks the router every 100 ms. Datagrams whose Call-ID another shard owns go to that shard over a bounded FIFO
-//! channel (glommio's channel mesh), so per-call state lives in one place and a call's messages
-//! keep their order. Sockets are bound before any thread starts, so a bind error stops startup.
+//! ticks the router every 100 ms. Datagrams whose Call-ID another shard owns go to that shard over
+//! a bounded FIFO channel (glommio's channel mesh), one packed batch per owner per receive batch,
+//! so per-call state lives in one place and a call's messages keep their order. Sockets are bound
+//! before any thread starts, so a bind error stops startup.
 
 use std::cell::{Cell, RefCell};
 use std::io;
