@@ -112,6 +112,18 @@ impl SendQueue {
     }
 }
 
+/// Points one message header at its address and its single buffer, no control data.
+fn point(h: &mut libc::mmsghdr, name: *mut libc::c_void, namelen: libc::socklen_t, iov: &mut libc::iovec) {
+    h.msg_hdr.msg_name = name;
+    h.msg_hdr.msg_namelen = namelen;
+    h.msg_hdr.msg_iov = iov;
+    h.msg_hdr.msg_iovlen = 1;
+    h.msg_hdr.msg_control = std::ptr::null_mut();
+    h.msg_hdr.msg_controllen = 0;
+    h.msg_hdr.msg_flags = 0;
+    h.msg_len = 0;
+}
+
 /// Preallocated headers for one `sendmmsg` call.
 pub struct SendScratch {
     hdrs: Vec<libc::mmsghdr>,
@@ -140,15 +152,8 @@ impl SendScratch {
             self.iovs[i] = libc::iovec { iov_base: o.buf.as_ptr() as *mut libc::c_void, iov_len: o.buf.len() };
         }
         for i in 0..n {
-            let h = &mut self.hdrs[i];
-            h.msg_hdr.msg_name = self.addrs[i].as_ptr() as *mut libc::c_void;
-            h.msg_hdr.msg_namelen = self.addrs[i].len();
-            h.msg_hdr.msg_iov = &mut self.iovs[i];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = std::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
-            h.msg_hdr.msg_flags = 0;
-            h.msg_len = 0;
+            let name = self.addrs[i].as_ptr() as *mut libc::c_void;
+            point(&mut self.hdrs[i], name, self.addrs[i].len(), &mut self.iovs[i]);
         }
         // SAFETY: the first n headers point at live buffers and addresses owned by `run` and
         // `self` for the duration of the call; the kernel only reads them.
@@ -190,15 +195,8 @@ impl RecvBatch {
         for i in 0..BATCH {
             // SAFETY: slot i lies inside `data` (BATCH * MAX_DATAGRAM bytes).
             self.iovs[i] = libc::iovec { iov_base: unsafe { base.add(i * MAX_DATAGRAM) } as *mut libc::c_void, iov_len: MAX_DATAGRAM };
-            let h = &mut self.hdrs[i];
-            h.msg_hdr.msg_name = &mut self.addrs[i] as *mut libc::sockaddr_storage as *mut libc::c_void;
-            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_hdr.msg_iov = &mut self.iovs[i];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = std::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
-            h.msg_hdr.msg_flags = 0;
-            h.msg_len = 0;
+            let name = &mut self.addrs[i] as *mut libc::sockaddr_storage as *mut libc::c_void;
+            point(&mut self.hdrs[i], name, std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t, &mut self.iovs[i]);
         }
         // SAFETY: every header points at a slot of `data` and an address slot of `addrs`, both
         // owned by `self` and alive for the call; no timeout is passed.
