@@ -21,7 +21,7 @@ use std::time::Instant;
 use super::memory::{CallMemory, IdentityHasher, AFTER_FINAL};
 use super::outbox::Outbox;
 use super::rewrite::{self, forward_response, local_reply, push_u32, reply_address, Template};
-use super::{admit_in_set, Action, Rng};
+use super::{admit_in_set, exhausted_reply, Action, Rng};
 use crate::candidates::{mark_tried, Tried};
 use crate::lb::{self, LbFlags, Reservation};
 use crate::sip::{self, HeaderName, Message, Span};
@@ -350,12 +350,7 @@ impl Failover {
 
     /// fsroute's own final answer when no candidate is left: `[failover] exhausted_reply`.
     fn answer_exhausted(&self, t: &RoutingTable, out: &mut Vec<u8>) -> Action {
-        let (code, reason, retry_after) = t.failover.exhausted();
-        let mut digits = [0u8; 20];
-        match retry_after.and_then(|s| std::str::from_utf8(rewrite::format_u64(s, &mut digits)).ok()) {
-            Some(v) => self.invite.write_reply(code, reason, &[("Retry-After", v)], out),
-            None => self.invite.write_reply(code, reason, &[], out),
-        }
+        exhausted_reply(t, |code, reason, extra| self.invite.write_reply(code, reason, extra, out));
         Action::Reply(self.invite.reply_to)
     }
 

@@ -510,13 +510,7 @@ impl Router {
     /// fsroute's own final answer when no destination can take a new call (all tried, all full):
     /// `[failover] exhausted_reply`, with a short `Retry-After` on a 503.
     fn reply_exhausted(&self, t: &RoutingTable, m: &Message<'_>, src: SocketAddr, out: &mut Vec<u8>) -> Action {
-        let (code, reason, retry_after) = t.failover.exhausted();
-        let mut digits = [0u8; 20];
-        let retry = retry_after.and_then(|s| std::str::from_utf8(rewrite::format_u64(s, &mut digits)).ok());
-        match retry {
-            Some(v) => self.reply(m, src, code, reason, &[("Retry-After", v)], out),
-            None => self.reply(m, src, code, reason, &[], out),
-        }
+        exhausted_reply(t, |code, reason, extra| self.reply(m, src, code, reason, extra, out))
     }
 
     /// A destination index of `ds` for a new transaction, by `algorithm`.
@@ -650,6 +644,17 @@ impl Router {
             return Err(DropReason::ForgedResponse);
         }
         Ok((key, next_hop))
+    }
+}
+
+/// Calls `write` with `[failover] exhausted_reply`: its code, reason and extra headers (a short
+/// `Retry-After` on a 503), for fsroute's own answer when no destination can take a call.
+fn exhausted_reply<R>(t: &RoutingTable, write: impl FnOnce(u16, &str, &[(&str, &str)]) -> R) -> R {
+    let (code, reason, retry_after) = t.failover.exhausted();
+    let mut digits = [0u8; 20];
+    match retry_after.and_then(|s| std::str::from_utf8(rewrite::format_u64(s, &mut digits)).ok()) {
+        Some(v) => write(code, reason, &[("Retry-After", v)]),
+        None => write(code, reason, &[]),
     }
 }
 
