@@ -321,6 +321,32 @@ pub struct RoutingTable {
     pub known_destinations: Vec<SocketAddr>,
     pub lb_groups: Vec<LbGroup>,
     pub failover: FailoverSettings,
+    /// fsroute's own header prefixes, formatted once per table from `proxy`.
+    pub own: OwnLines,
+}
+
+/// The start of the Via and Record-Route lines fsroute writes into every request it forwards:
+/// they depend only on the advertised address, so the table formats them once instead of every
+/// message doing it (issue 11).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnLines {
+    /// `Via: SIP/2.0/UDP host:port;branch=`; the branch follows.
+    pub via: Vec<u8>,
+    /// `Record-Route: <sip:host:port;lr;fsd=`; the destination token and `>` follow.
+    pub record_route: Vec<u8>,
+}
+
+impl OwnLines {
+    /// For writers that never add fsroute's top lines (replies, stored templates).
+    pub const NONE: OwnLines = OwnLines { via: Vec::new(), record_route: Vec::new() };
+
+    /// `host` is already in URI form (an IPv6 address bracketed).
+    pub fn new(host: &str, port: u16) -> Self {
+        OwnLines {
+            via: format!("Via: SIP/2.0/UDP {host}:{port};branch=").into_bytes(),
+            record_route: format!("Record-Route: <sip:{host}:{port};lr;fsd=").into_bytes(),
+        }
+    }
 }
 
 impl RoutingTable {
@@ -334,7 +360,9 @@ impl RoutingTable {
             known_destinations: Vec::new(),
             lb_groups: Vec::new(),
             failover: FailoverSettings::default(),
+            own: OwnLines::NONE,
         };
+        t.own = OwnLines::new(&t.proxy.advertise_host, t.proxy.advertise_port);
         t.index_destinations();
         t
     }

@@ -775,5 +775,7 @@ proptest! {
         prop_assert_eq!(m.validate_request(), Ok(()));
         prop_assert_eq!(usize::from(m.via_count), req.vias.len());
         prop_assert_eq!(m.body.get(&raw), req.body.as_bytes());
+        // The fast walk read it, and read it as the full scanner does.
+        prop_assert_eq!(Ok(m), sip::parse_full(&raw));
     }
 }

@@ -2,7 +2,7 @@
 //! router reads a scanned message through: spans, header walk, list and parameter tokenizers, URI
 //! helpers and the RFC 3261 validity checks. Any datagram off the wire must scan without a panic,
 //! and every offset the scanner records must lie inside the datagram, since the router splices
-//! around those offsets without re-checking them.
+//! around those offsets without re-checking them. The fast walk and the full scanner must agree.
 #![no_main]
 
 use fsroute_dataplane::sip::{
@@ -12,7 +12,10 @@ use fsroute_dataplane::sip::{
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(m) = sip::parse(data) else {
+    // The fast walk must give what the full scanner gives, for every input (docs/SIP.md).
+    let scanned = sip::parse(data);
+    assert_eq!(scanned, sip::parse_full(data), "the fast scanner and the full scanner disagree");
+    let Ok(m) = scanned else {
         return;
     };
     check_layout(&m, data);

@@ -140,7 +140,7 @@ impl StoredInvite {
         out.extend_from_slice(self.ruri.get(&self.template.bytes));
         out.extend_from_slice(b" SIP/2.0\r\n");
         let mac = px.branch_key.mac(branch, self.reply_to, b"INVITE");
-        rewrite::push_own_via(out, (px.advertise_host.as_str(), px.advertise_port), branch, mac, b"\r\n");
+        rewrite::push_own_via(out, &t.own, branch, mac, b"\r\n");
         for line in self.copied(&[HeaderName::From, HeaderName::To, HeaderName::CallId]) {
             out.extend_from_slice(line);
         }
@@ -238,7 +238,7 @@ impl Failover {
         let branch = self.branch(tkey);
         let mac = t.proxy.branch_key.mac(branch, self.invite.reply_to, b"INVITE");
         let record_route = t.proxy.record_route.then_some(self.dest);
-        self.invite.template.write(&t.proxy, branch, mac, record_route, out);
+        self.invite.template.write(&t.own, branch, mac, record_route, out);
     }
 
     fn finish(&mut self, now: Instant) {
@@ -376,7 +376,7 @@ impl Failover {
         if m.status() == Some(100) {
             return Action::Absorbed;
         }
-        forward_response(m, &ctx.t.proxy, out);
+        forward_response(m, out);
         Action::Forward(next_hop)
     }
 
@@ -401,7 +401,7 @@ impl Failover {
             ctx.memory.start_dialog(ckey, answered_by, self.invite.src, now, px.dialog_memory);
             ctx.memory.confirm_dialog(ckey, now, px.dialog_memory, px.max_call_duration, None);
         }
-        forward_response(m, px, out);
+        forward_response(m, out);
         Action::Forward(next_hop)
     }
 
@@ -430,7 +430,7 @@ impl Failover {
             // Never the box's own 503 and its Retry-After: 300 (docs/ADMISSION.md).
             return self.answer_exhausted(t, out);
         }
-        forward_response(m, &t.proxy, out);
+        forward_response(m, out);
         Action::Forward(next_hop)
     }
 

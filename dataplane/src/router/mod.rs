@@ -486,7 +486,7 @@ impl Router {
             pop_route: req.own_route,
             default_max_forwards: px.max_forwards,
         };
-        forward_request(m, src, px, &rw, out);
+        forward_request(m, src, &t.own, &rw, out);
         Action::Forward(dest)
     }
 
@@ -616,7 +616,7 @@ impl Router {
             }
             _ => {}
         }
-        forward_response(m, px, out);
+        forward_response(m, out);
         Action::Forward(next_hop)
     }
 

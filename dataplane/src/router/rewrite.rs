@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::sip::{header_name, unbracket, HeaderIter, HeaderName, Message, Span, Via};
-use crate::table::ProxySettings;
+use crate::table::OwnLines;
 
 /// The prefix of every branch fsroute writes: RFC 3261's magic cookie, then a marker that lets a
 /// response be recognised as ours before anything else is looked at.
@@ -63,28 +63,26 @@ impl Edits {
 }
 
 /// Copies `buf[from..to]` into `out`, applying the edits that fall inside it.
-fn splice(buf: &[u8], from: usize, to: usize, edits: &[Edit], eol: &[u8], adv: (&str, u16), out: &mut Vec<u8>) {
+fn splice(buf: &[u8], from: usize, to: usize, edits: &[Edit], eol: &[u8], own: &OwnLines, out: &mut Vec<u8>) {
     let mut cursor = from;
     for e in edits {
         if e.at < cursor || e.at > to {
             continue;
         }
         out.extend_from_slice(&buf[cursor..e.at]);
-        render(e.insert, eol, adv, out);
+        render(e.insert, eol, own, out);
         cursor = (e.at + e.cut).min(to);
     }
     out.extend_from_slice(&buf[cursor..to]);
 }
 
-fn render(insert: Insert, eol: &[u8], adv: (&str, u16), out: &mut Vec<u8>) {
+fn render(insert: Insert, eol: &[u8], own: &OwnLines, out: &mut Vec<u8>) {
     match insert {
         Insert::Nothing => {}
         Insert::TopLines { branch, mac, record_route, max_forwards } => {
-            push_own_via(out, adv, branch, mac, eol);
+            push_own_via(out, own, branch, mac, eol);
             if let Some(dest) = record_route {
-                out.extend_from_slice(b"Record-Route: <sip:");
-                push_host_port(out, adv.0, adv.1);
-                out.extend_from_slice(b";lr;fsd=");
+                out.extend_from_slice(&own.record_route);
                 push_token(out, dest);
                 out.push(b'>');
                 out.extend_from_slice(eol);
@@ -107,16 +105,60 @@ fn render(insert: Insert, eol: &[u8], adv: (&str, u16), out: &mut Vec<u8>) {
     }
 }
 
+/// `00` to `99`: decimal formatting takes two digits per lookup and division.
+const DECIMAL_PAIRS: [[u8; 2]; 100] = {
+    let mut t = [[0u8; 2]; 100];
+    let mut i = 0;
+    while i < 100 {
+        t[i] = [b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
+        i += 1;
+    }
+    t
+};
+
+/// `00` to `ff`: a byte's two hex digits in one lookup.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    t
+};
+
+/// Each IPv4 octet in decimal, padded to three bytes, and its length.
+const OCTETS: [([u8; 3], u8); 256] = {
+    let mut t = [([0u8; 3], 0u8); 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = if i >= 100 {
+            ([b'0' + (i / 100) as u8, b'0' + (i / 10 % 10) as u8, b'0' + (i % 10) as u8], 3)
+        } else if i >= 10 {
+            ([b'0' + (i / 10) as u8, b'0' + (i % 10) as u8, 0], 2)
+        } else {
+            ([b'0' + i as u8, 0, 0], 1)
+        };
+        i += 1;
+    }
+    t
+};
+
 /// `n` in decimal, written into `buf` (20 digits hold any u64).
 pub fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
-    loop {
+    while n >= 100 {
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DECIMAL_PAIRS[(n % 100) as usize]);
+        n /= 100;
+    }
+    if n >= 10 {
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DECIMAL_PAIRS[n as usize]);
+    } else {
         i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        buf[i] = b'0' + n as u8;
     }
     &buf[i..]
 }
@@ -126,23 +168,32 @@ pub fn push_u32(out: &mut Vec<u8>, n: u32) {
     out.extend_from_slice(format_u64(u64::from(n), &mut digits));
 }
 
+/// `v` as 16 lower-case hex digits.
 pub(crate) fn push_hex16(out: &mut Vec<u8>, v: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..16).rev() {
-        out.push(HEX[((v >> (i * 4)) & 0xf) as usize]);
+    let mut digits = [0u8; 16];
+    for (pair, byte) in digits.chunks_exact_mut(2).zip(v.to_be_bytes()) {
+        pair.copy_from_slice(&HEX_PAIRS[byte as usize]);
     }
+    out.extend_from_slice(&digits);
 }
 
 fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            let o = v4.octets();
-            for (i, b) in o.iter().enumerate() {
+            // Three bytes copied per octet, then the length moved on by its digits: the
+            // fourth octet starts at most at 12, so the buffer holds every copy.
+            let mut text = [0u8; 15];
+            let mut n = 0;
+            for (i, o) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    text[n] = b'.';
+                    n += 1;
                 }
-                push_u32(out, u32::from(*b));
+                let (digits, len) = OCTETS[o as usize];
+                text[n..n + 3].copy_from_slice(&digits);
+                n += len as usize;
             }
+            out.extend_from_slice(&text[..n]);
         }
         // Rare on a carrier edge; the formatter does not allocate when writing into a Vec.
         IpAddr::V6(v6) => {
@@ -153,19 +204,10 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
 
 /// fsroute's own Via line: on a request it forwards, and on the CANCEL it sends for a failover
 /// attempt (which must repeat that request's branch, §9.1).
-pub(super) fn push_own_via(out: &mut Vec<u8>, adv: (&str, u16), branch: u64, mac: u64, eol: &[u8]) {
-    out.extend_from_slice(b"Via: SIP/2.0/UDP ");
-    push_host_port(out, adv.0, adv.1);
-    out.extend_from_slice(b";branch=");
+pub(super) fn push_own_via(out: &mut Vec<u8>, own: &OwnLines, branch: u64, mac: u64, eol: &[u8]) {
+    out.extend_from_slice(&own.via);
     push_branch(out, branch, mac);
     out.extend_from_slice(eol);
-}
-
-/// `host:port`, with the host already in URI form (IPv6 bracketed).
-fn push_host_port(out: &mut Vec<u8>, host: &str, port: u16) {
-    out.extend_from_slice(host.as_bytes());
-    out.push(b':');
-    push_u32(out, u32::from(port));
 }
 
 /// The Record-Route token naming the chosen destination: `127.0.0.1~5071` or `[::1]~5071`.
@@ -265,7 +307,7 @@ pub struct RequestRewrite {
     pub default_max_forwards: u32,
 }
 
-pub fn forward_request(m: &Message<'_>, src: SocketAddr, px: &ProxySettings, rw: &RequestRewrite, out: &mut Vec<u8>) {
+pub fn forward_request(m: &Message<'_>, src: SocketAddr, own: &OwnLines, rw: &RequestRewrite, out: &mut Vec<u8>) {
     let mut edits = Edits::new();
     let max_forwards = request_edits(m, src, rw.pop_route, rw.default_max_forwards, &mut edits);
     edits.push(
@@ -274,7 +316,7 @@ pub fn forward_request(m: &Message<'_>, src: SocketAddr, px: &ProxySettings, rw:
         Insert::TopLines { branch: rw.branch, mac: rw.mac, record_route: rw.record_route, max_forwards },
     );
     out.clear();
-    splice(m.raw, 0, m.framed_len(), edits.sorted(), eol(m), advertised(px), out);
+    splice(m.raw, 0, m.framed_len(), edits.sorted(), eol(m), own, out);
 }
 
 /// Everything [`forward_request`] changes in a request except fsroute's own top lines; returns the
@@ -321,7 +363,7 @@ pub fn forward_template(m: &Message<'_>, src: SocketAddr, pop_route: bool, defau
     // Room for the received/rport values, so the copy grows once; the copy is kept for the whole
     // call, so it keeps only what it holds.
     bytes.reserve_exact(m.framed_len() + 64);
-    splice(m.raw, 0, m.framed_len(), edits.sorted(), eol(m), ("", 0), &mut bytes);
+    splice(m.raw, 0, m.framed_len(), edits.sorted(), eol(m), &OwnLines::NONE, &mut bytes);
     bytes.shrink_to_fit();
     // Nothing before the first header line is ever edited: the top lines go where they would in
     // `forward_request`, so both write the same bytes.
@@ -330,12 +372,12 @@ pub fn forward_template(m: &Message<'_>, src: SocketAddr, pop_route: bool, defau
 
 impl Template {
     /// The request for one attempt: the stored copy with fsroute's Via (and Record-Route) on top.
-    pub fn write(&self, px: &ProxySettings, branch: u64, mac: u64, record_route: Option<SocketAddr>, out: &mut Vec<u8>) {
+    pub fn write(&self, own: &OwnLines, branch: u64, mac: u64, record_route: Option<SocketAddr>, out: &mut Vec<u8>) {
         let top_at = self.top_at as usize;
         out.clear();
         out.extend_from_slice(&self.bytes[..top_at]);
         let top = Insert::TopLines { branch, mac, record_route, max_forwards: self.max_forwards };
-        render(top, self.eol(), advertised(px), out);
+        render(top, self.eol(), own, out);
         out.extend_from_slice(&self.bytes[top_at..]);
     }
 
@@ -349,12 +391,8 @@ impl Template {
     }
 }
 
-fn advertised(px: &ProxySettings) -> (&str, u16) {
-    (px.advertise_host.as_str(), px.advertise_port)
-}
-
 /// Removes fsroute's top Via: its whole line, or just the value when other values share the line.
-pub fn forward_response(m: &Message<'_>, px: &ProxySettings, out: &mut Vec<u8>) {
+pub fn forward_response(m: &Message<'_>, out: &mut Vec<u8>) {
     let buf = m.raw;
     let mut edits = Edits::new();
     if let Some(top) = &m.top_via {
@@ -373,7 +411,7 @@ pub fn forward_response(m: &Message<'_>, px: &ProxySettings, out: &mut Vec<u8>) 
         }
     }
     out.clear();
-    splice(buf, 0, m.framed_len(), edits.sorted(), eol(m), advertised(px), out);
+    splice(buf, 0, m.framed_len(), edits.sorted(), eol(m), &OwnLines::NONE, out);
 }
 
 /// The physical header line(s) holding `s..e`, including the line break (and folded continuations).
@@ -437,7 +475,7 @@ pub fn local_reply(
         }
         let (ls, le) = (h.line.start as usize, h.line.end as usize);
         if name == HeaderName::Via {
-            splice(buf, ls, le, edits, eol, ("", 0), out);
+            splice(buf, ls, le, edits, eol, &OwnLines::NONE, out);
         } else if add_tag && name == HeaderName::To {
             push_tagged(&buf[ls..le], h.value.end as usize - ls, to_tag, out);
         } else {
@@ -493,6 +531,38 @@ pub fn reply_address(m: &Message<'_>, src: SocketAddr) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn table_driven_decimal_equals_std_formatting(n in prop_oneof![any::<u64>(), 0u64..1000, Just(u64::MAX)]) {
+            let mut buf = [0u8; 20];
+            let want = n.to_string();
+            prop_assert_eq!(format_u64(n, &mut buf), want.as_bytes());
+        }
+
+        #[test]
+        fn table_driven_hex_equals_std_formatting(v in any::<u64>()) {
+            let mut out = b"x".to_vec();
+            push_hex16(&mut out, v);
+            prop_assert_eq!(out, format!("x{v:016x}").into_bytes());
+        }
+
+        #[test]
+        fn table_driven_ipv4_equals_std_formatting(o in any::<[u8; 4]>()) {
+            let ip = IpAddr::from(o);
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            prop_assert_eq!(out, ip.to_string().into_bytes());
+        }
+    }
+
+    #[test]
+    fn own_lines_are_the_via_and_record_route_fsroute_always_wrote() {
+        let own = OwnLines::new("[::1]", 5060);
+        assert_eq!(own.via, b"Via: SIP/2.0/UDP [::1]:5060;branch=");
+        assert_eq!(own.record_route, b"Record-Route: <sip:[::1]:5060;lr;fsd=");
+    }
 
     #[test]
     fn tokens_round_trip_for_v4_and_v6() {

@@ -5,12 +5,13 @@
 //! Nothing here allocates. Headers are found line by line with memchr; compact forms, folded
 //! lines, bare LF, several Via/Route values per line and UDP framing (RFC 3261 §18.3) are handled.
 
+mod marks;
 mod params;
 mod scan;
 
 pub use params::{host_port, param_value, split_list, unbracket, uri_host_port, uri_params, uri_user, ParamIter};
 pub(crate) use params::is_lws;
-pub use scan::{header_name, parse, Header, HeaderIter, HeaderName};
+pub use scan::{header_name, parse, parse_full, Header, HeaderIter, HeaderName};
 
 use thiserror::Error;
 

@@ -33,12 +33,36 @@ pub(crate) fn trim_bounds(s: &[u8]) -> (usize, usize) {
 /// Splits a comma-separated header value into its elements, as (start, end) offsets into `value`
 /// with white space trimmed. Commas inside `<...>` or a quoted string do not split.
 pub fn split_list(value: &[u8]) -> ListIter<'_> {
-    ListIter { value, pos: 0 }
+    ListIter { value, pos: 0, kind: ListKind::Quoted }
 }
 
 pub struct ListIter<'a> {
     value: &'a [u8],
     pos: usize,
+    kind: ListKind,
+}
+
+/// What the caller knows of a list value, so the split can skip what cannot be there.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ListKind {
+    /// Anything: commas inside `<...>` and quoted strings do not split.
+    Quoted,
+    /// No `"`: a comma splits unless it is inside `<...>`.
+    Unquoted,
+    /// A trimmed value with no comma: its own single element.
+    One,
+}
+
+impl<'a> ListIter<'a> {
+    /// A trimmed value that holds no comma.
+    pub(crate) fn one(value: &'a [u8]) -> Self {
+        ListIter { value, pos: 0, kind: ListKind::One }
+    }
+
+    /// A value that holds no `"`.
+    pub(crate) fn unquoted(value: &'a [u8]) -> Self {
+        ListIter { value, pos: 0, kind: ListKind::Unquoted }
+    }
 }
 
 impl Iterator for ListIter<'_> {
@@ -49,21 +73,14 @@ impl Iterator for ListIter<'_> {
             return None;
         }
         let start = self.pos;
-        let mut i = start;
-        let mut in_quote = false;
-        let mut in_angle = false;
-        while i < v.len() {
-            match v[i] {
-                b'\\' if in_quote => i += 1,
-                b'"' => in_quote = !in_quote,
-                b'<' if !in_quote => in_angle = true,
-                b'>' if !in_quote => in_angle = false,
-                b',' if !in_quote && !in_angle => break,
-                _ => {}
+        let end = match self.kind {
+            ListKind::One => {
+                self.pos = v.len() + 1;
+                return Some((0, v.len()));
             }
-            i += 1;
-        }
-        let end = i.min(v.len());
+            ListKind::Unquoted => unquoted_element_end(v, start),
+            ListKind::Quoted => quoted_element_end(v, start),
+        };
         self.pos = end + 1;
         let (a, b) = trim_bounds(&v[start..end]);
         if a == b && self.pos > v.len() && start != 0 {
@@ -74,17 +91,59 @@ impl Iterator for ListIter<'_> {
     }
 }
 
+/// Where the element from `start` ends: at the next comma outside `<...>` and quoted strings.
+fn quoted_element_end(v: &[u8], start: usize) -> usize {
+    let mut i = start;
+    let mut in_quote = false;
+    let mut in_angle = false;
+    while i < v.len() {
+        match v[i] {
+            b'\\' if in_quote => i += 1,
+            b'"' => in_quote = !in_quote,
+            b'<' if !in_quote => in_angle = true,
+            b'>' if !in_quote => in_angle = false,
+            b',' if !in_quote && !in_angle => break,
+            _ => {}
+        }
+        i += 1;
+    }
+    i.min(v.len())
+}
+
+/// `quoted_element_end` for a value without `"`, by memchr: a `<` skips to its `>`.
+fn unquoted_element_end(v: &[u8], start: usize) -> usize {
+    let mut i = start;
+    while let Some(p) = memchr::memchr2(b',', b'<', &v[i..]) {
+        let at = i + p;
+        if v[at] == b',' {
+            return at;
+        }
+        match memchr::memchr(b'>', &v[at..]) {
+            Some(close) => i = at + close + 1,
+            None => return v.len(),
+        }
+    }
+    v.len()
+}
+
 /// Iterates `;name[=value]` parameters. Yields (name, value, start, end) where start..end covers
 /// the parameter from its name to the end of its value, relative to the iterated slice.
 pub struct ParamIter<'a> {
     s: &'a [u8],
     pos: usize,
+    /// `s` may hold a quoted string, in which a `;` does not end a parameter.
+    quoted: bool,
 }
 
 impl<'a> ParamIter<'a> {
     /// `s` starts at (or before) the first `;`.
     pub fn new(s: &'a [u8]) -> Self {
-        ParamIter { s, pos: 0 }
+        ParamIter { s, pos: 0, quoted: true }
+    }
+
+    /// Like `new` for a run the caller knows holds no `"`: each parameter ends at the next `;`.
+    pub(crate) fn unquoted(s: &'a [u8]) -> Self {
+        ParamIter { s, pos: 0, quoted: false }
     }
 }
 
@@ -97,18 +156,11 @@ impl<'a> Iterator for ParamIter<'a> {
         while start < s.len() && is_lws(s[start]) {
             start += 1;
         }
-        let mut i = start;
-        let mut in_quote = false;
-        while i < s.len() {
-            match s[i] {
-                b'\\' if in_quote => i += 1,
-                b'"' => in_quote = !in_quote,
-                b';' if !in_quote => break,
-                _ => {}
-            }
-            i += 1;
-        }
-        let end = i.min(s.len());
+        let end = if self.quoted {
+            quoted_param_end(s, start)
+        } else {
+            memchr::memchr(b';', &s[start..]).map_or(s.len(), |p| start + p)
+        };
         self.pos = end;
         let item = &s[start..end];
         let (name, value) = match memchr::memchr(b'=', item) {
@@ -118,6 +170,22 @@ impl<'a> Iterator for ParamIter<'a> {
         let (_, b) = trim_bounds(item);
         Some((name, value, start, start + b))
     }
+}
+
+/// Where the parameter from `start` ends: at the next `;` outside a quoted string.
+fn quoted_param_end(s: &[u8], start: usize) -> usize {
+    let mut i = start;
+    let mut in_quote = false;
+    while i < s.len() {
+        match s[i] {
+            b'\\' if in_quote => i += 1,
+            b'"' => in_quote = !in_quote,
+            b';' if !in_quote => break,
+            _ => {}
+        }
+        i += 1;
+    }
+    i.min(s.len())
 }
 
 /// Value of parameter `name` (case-insensitive) in a `;a=b;c` run. `Some(None)` for a bare flag.

@@ -1,7 +1,8 @@
 //! The header walk: start line, then one logical header at a time (folded continuation lines
 //! joined by position, never by copying), dispatching on the header name, then UDP body framing.
 
-use super::params::{host_port, is_lws, name_addr_uri, parse_u16, parse_u32, split_list, trim, trim_bounds, ParamIter};
+use super::marks::Marks;
+use super::params::{host_port, is_lws, name_addr_uri, parse_u16, parse_u32, split_list, trim, trim_bounds, ListIter, ParamIter};
 use super::{CSeq, MaxForwards, Message, Method, NameAddr, ParseError, RouteEntry, Span, StartLine, Via};
 
 /// A header's name as the scanner and the router tell them apart (full or compact form, any
@@ -62,47 +63,37 @@ pub fn header_name(name: &[u8]) -> HeaderName {
 
 /// Scans one datagram. Returns `Keepalive` for CRLF-only datagrams (RFC 5626), which callers
 /// count but do not answer.
+///
+/// Ordinary messages take the fast walk: line feeds and colons from 64-byte bitmaps (`marks`),
+/// comma lists that hold one value and parameters without quotes read straight. Anything unusual
+/// (a folded line, a NUL, a line without a colon, a comma or quote where the fast walk does not
+/// look for one, any defect or error) sends the datagram to [`parse_full`], which reads every case
+/// RFC 3261 allows; the two give the same `Message` for every input (docs/SIP.md, "The fast
+/// scanner", and the property tests in `sip/tests.rs`).
 pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
+    match parse_fast(buf) {
+        Some(m) => Ok(m),
+        None => parse_full(buf),
+    }
+}
+
+/// The scanner that reads every case: the fallback of [`parse`], and its oracle in tests.
+pub fn parse_full(buf: &[u8]) -> Result<Message<'_>, ParseError> {
     if buf.is_empty() {
         return Err(ParseError::Empty);
     }
-    let mut pos = 0;
-    while pos < buf.len() && (buf[pos] == b'\r' || buf[pos] == b'\n') {
-        pos += 1;
-    }
+    let pos = skip_blank_lines(buf);
     if pos == buf.len() {
         return Err(ParseError::Keepalive);
     }
     let lf = memchr::memchr(b'\n', &buf[pos..]).ok_or(ParseError::BadStartLine)? + pos;
-    let crlf = lf > pos && buf[lf - 1] == b'\r';
-    let line_end = if crlf { lf - 1 } else { lf };
-    let (start, unsupported_version) = parse_start_line(&buf[pos..line_end])?;
-    let headers_start = lf + 1;
-
-    let m = Message {
-        raw: buf,
-        start,
-        crlf,
-        headers_start: headers_start as u32,
-        headers_end: 0,
-        body: Span::default(),
-        via_count: 0,
-        top_via: None,
-        second_via: None,
-        call_id: None,
-        cseq: None,
-        from: None,
-        to: None,
-        max_forwards: None,
-        route: None,
-        record_route: None,
-        content_length: None,
-        auth_username: None,
-        unsupported_version,
-        defect: None,
-    };
-    let mut scan = Scan { m, proxy_auth_seen: false, route_values: 0 };
-    let mut headers = HeaderIter::new(buf, headers_start);
+    let line = &buf[pos..line_end(buf, pos, lf)];
+    if memchr::memchr(0, line).is_some() {
+        return Err(ParseError::NulByte);
+    }
+    let (start, unsupported_version) = parse_start_line(line)?;
+    let mut scan = Scan::new(buf, start, crlf_at(buf, pos, lf), lf + 1, unsupported_version, false);
+    let mut headers = HeaderIter::new(buf, lf + 1);
     for h in headers.by_ref() {
         match h {
             Ok(h) => scan.header(h)?,
@@ -112,12 +103,69 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
             Err(e) => return Err(e),
         }
     }
-    let mut m = scan.m;
-    m.headers_end = headers.headers_end as u32;
-    let pos = headers.body_start;
+    Ok(frame_body(scan.m, headers.headers_end, headers.body_start))
+}
 
-    // UDP framing (§18.3): Content-Length bounds the body; without it the body runs to the end.
-    let available = buf.len() - pos;
+/// The fast walk: the same `Message` as [`parse_full`], or `None` for anything it does not read.
+pub(super) fn parse_fast(buf: &[u8]) -> Option<Message<'_>> {
+    let pos = skip_blank_lines(buf);
+    let mut marks = Marks::new(buf, pos);
+    let (_, lf) = marks.next_line()?;
+    let (start, unsupported_version) = parse_start_line(&buf[pos..line_end(buf, pos, lf)]).ok()?;
+    let mut scan = Scan::new(buf, start, crlf_at(buf, pos, lf), lf + 1, unsupported_version, true);
+    let mut at = lf + 1;
+    let body_start = loop {
+        match *buf.get(at)? {
+            b'\n' => break at + 1,
+            b'\r' if buf.get(at + 1) == Some(&b'\n') => break at + 2,
+            b' ' | b'\t' | b'\r' => return None,
+            _ => {}
+        }
+        let (colon, lf) = marks.next_line()?;
+        let colon = colon?;
+        if colon == at || is_lws(buf[colon - 1]) || matches!(buf.get(lf + 1), Some(b' ' | b'\t')) {
+            return None;
+        }
+        let value_end = line_end(buf, at, lf);
+        let (a, b) = trim_bounds(&buf[colon + 1..value_end]);
+        let h = Header { line: Span::new(at, lf + 1), name: Span::new(at, colon), value: Span::new(colon + 1 + a, colon + 1 + b) };
+        scan.header(h).ok()?;
+        if scan.unusual {
+            return None;
+        }
+        at = lf + 1;
+    };
+    // The header block ends at `at`; every byte before it has been through `marks`.
+    if marks.first_nul < at || scan.m.defect.is_some() {
+        return None;
+    }
+    Some(frame_body(scan.m, at, body_start))
+}
+
+/// Leading CRLFs before a message are keep-alive padding (RFC 5626 §4.4.1).
+fn skip_blank_lines(buf: &[u8]) -> usize {
+    buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len())
+}
+
+/// The end of the line from `start` to the LF at `lf`, without its CR.
+#[inline(always)]
+fn line_end(buf: &[u8], start: usize, lf: usize) -> usize {
+    if crlf_at(buf, start, lf) {
+        lf - 1
+    } else {
+        lf
+    }
+}
+
+#[inline(always)]
+fn crlf_at(buf: &[u8], start: usize, lf: usize) -> bool {
+    lf > start && buf[lf - 1] == b'\r'
+}
+
+/// UDP framing (§18.3): Content-Length bounds the body; without it the body runs to the end.
+fn frame_body(mut m: Message<'_>, headers_end: usize, pos: usize) -> Message<'_> {
+    m.headers_end = headers_end as u32;
+    let available = m.raw.len() - pos;
     let body_len = match m.content_length {
         Some(cl) if cl > available => {
             // Still scanned, so a request can be answered 400; the router never forwards it.
@@ -128,7 +176,7 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
         None => available,
     };
     m.body = Span::new(pos, pos + body_len);
-    Ok(m)
+    m
 }
 
 /// The header walk's state: the message being filled in, and what later headers depend on.
@@ -138,16 +186,46 @@ struct Scan<'a> {
     proxy_auth_seen: bool,
     /// Route values seen so far: the router reads the first and whether a second follows.
     route_values: u32,
+    /// The fast walk: NULs are found by `marks`, and a value it does not read straight sets
+    /// `unusual` instead of being read the general way.
+    fast: bool,
+    unusual: bool,
 }
 
 impl<'a> Scan<'a> {
+    fn new(buf: &'a [u8], start: StartLine<'a>, crlf: bool, headers_start: usize, unsupported_version: bool, fast: bool) -> Self {
+        let m = Message {
+            raw: buf,
+            start,
+            crlf,
+            headers_start: headers_start as u32,
+            headers_end: 0,
+            body: Span::default(),
+            via_count: 0,
+            top_via: None,
+            second_via: None,
+            call_id: None,
+            cseq: None,
+            from: None,
+            to: None,
+            max_forwards: None,
+            route: None,
+            record_route: None,
+            content_length: None,
+            auth_username: None,
+            unsupported_version,
+            defect: None,
+        };
+        Scan { m, proxy_auth_seen: false, route_values: 0, fast, unusual: false }
+    }
+
     /// Records one header. Only a defect that leaves nobody to answer (an unusable top Via) is an
     /// error; anything else is noted in `defect` and the walk goes on.
     #[inline]
     fn header(&mut self, h: Header) -> Result<(), ParseError> {
         let buf = self.m.raw;
         let value = h.value.get(buf);
-        if memchr::memchr(0, h.line.get(buf)).is_some() {
+        if !self.fast && memchr::memchr(0, h.line.get(buf)).is_some() {
             self.defect(ParseError::NulByte);
         }
         match header_name(h.name.get(buf)) {
@@ -161,13 +239,13 @@ impl<'a> Scan<'a> {
                 Err(e) => self.defect(e),
             },
             HeaderName::From if self.m.from.is_none() => {
-                self.m.from = parse_name_addr(value);
+                self.m.from = parse_name_addr(value, self.fast);
                 if self.m.from.is_none() {
                     self.defect(ParseError::Malformed("From"));
                 }
             }
             HeaderName::To if self.m.to.is_none() => {
-                self.m.to = parse_name_addr(value);
+                self.m.to = parse_name_addr(value, self.fast);
                 if self.m.to.is_none() {
                     self.defect(ParseError::Malformed("To"));
                 }
@@ -178,7 +256,7 @@ impl<'a> Scan<'a> {
             },
             HeaderName::Route => self.route(h),
             HeaderName::RecordRoute if self.m.record_route.is_none() => {
-                if let Some((a, b)) = split_list(value).next() {
+                if let Some((a, b)) = self.elements(value).next() {
                     self.m.record_route = route_entry(value, h.value.start as usize, a, b, h.line);
                     if self.m.record_route.is_none() {
                         self.defect(ParseError::Malformed("Record-Route"));
@@ -203,6 +281,22 @@ impl<'a> Scan<'a> {
         Ok(())
     }
 
+    /// The elements of a comma list. The fast walk reads a value without a comma as its one
+    /// element, splits one without quotes by memchr, and leaves the rest to the full scanner.
+    fn elements(&mut self, value: &'a [u8]) -> ListIter<'a> {
+        if !self.fast {
+            return split_list(value);
+        }
+        if memchr::memchr(b',', value).is_none() {
+            return ListIter::one(value);
+        }
+        if memchr::memchr(b'"', value).is_none() {
+            return ListIter::unquoted(value);
+        }
+        self.unusual = true;
+        split_list(value)
+    }
+
     /// The first defect is the one reported.
     fn defect(&mut self, e: ParseError) {
         self.m.defect.get_or_insert(e);
@@ -211,12 +305,12 @@ impl<'a> Scan<'a> {
     /// Counts every Via value and reads the first two.
     fn via(&mut self, h: Header) -> Result<(), ParseError> {
         let (buf, vs) = (self.m.raw, h.value.start as usize);
-        for (a, b) in split_list(h.value.get(buf)) {
+        for (a, b) in self.elements(h.value.get(buf)) {
             self.m.via_count = self.m.via_count.saturating_add(1);
             if self.m.via_count > 2 {
                 continue;
             }
-            match parse_via(buf, vs + a, vs + b) {
+            match parse_via(buf, vs + a, vs + b, self.fast) {
                 Ok(via) if self.m.via_count == 1 => self.m.top_via = Some(via),
                 Ok(via) => self.m.second_via = Some(via),
                 // Without a usable top Via there is nobody to answer.
@@ -230,7 +324,7 @@ impl<'a> Scan<'a> {
     /// The first Route value, and whether (and where) a second one follows.
     fn route(&mut self, h: Header) {
         let (value, vs) = (h.value.get(self.m.raw), h.value.start as usize);
-        for (a, b) in split_list(value) {
+        for (a, b) in self.elements(value) {
             self.route_values += 1;
             if self.route_values == 1 {
                 self.m.route = route_entry(value, vs, a, b, h.line);
@@ -251,10 +345,8 @@ impl<'a> Scan<'a> {
 }
 
 /// The start line, and whether a request names a SIP version other than 2.0 (answered 505).
+/// NULs are the caller's to look for.
 fn parse_start_line(line: &[u8]) -> Result<(StartLine<'_>, bool), ParseError> {
-    if memchr::memchr(0, line).is_some() {
-        return Err(ParseError::NulByte);
-    }
     let sp1 = memchr::memchr(b' ', line).ok_or(ParseError::BadStartLine)?;
     let first = &line[..sp1];
     let rest = &line[sp1 + 1..];
@@ -304,7 +396,7 @@ fn route_entry(value: &[u8], vs: usize, a: usize, b: usize, line: Span) -> Optio
 }
 
 /// One Via value between `a` and `b` (offsets into the datagram).
-fn parse_via(buf: &[u8], a: usize, b: usize) -> Result<Via<'_>, ParseError> {
+fn parse_via(buf: &[u8], a: usize, b: usize, fast: bool) -> Result<Via<'_>, ParseError> {
     let v = &buf[a..b];
     let bad = ParseError::Malformed("Via");
     // sent-protocol: "SIP" / "2.0" / transport, with optional white space around the slashes.
@@ -343,7 +435,7 @@ fn parse_via(buf: &[u8], a: usize, b: usize) -> Result<Via<'_>, ParseError> {
         ..Via::default()
     };
     let params = &v[params_at..];
-    for (name, value, ps, pe) in ParamIter::new(params) {
+    for (name, value, ps, pe) in params_of(params, fast) {
         let abs = a + params_at;
         if name.eq_ignore_ascii_case(b"branch") {
             via.branch = Some(value.ok_or(bad)?);
@@ -379,9 +471,18 @@ fn parse_cseq(v: &[u8]) -> Result<CSeq<'_>, ParseError> {
     Ok(CSeq { number, method })
 }
 
-fn parse_name_addr(v: &[u8]) -> Option<NameAddr<'_>> {
+/// A run of parameters: the fast walk reads one without a quote by `;` alone.
+fn params_of(params: &[u8], fast: bool) -> ParamIter<'_> {
+    if fast && memchr::memchr(b'"', params).is_none() {
+        ParamIter::unquoted(params)
+    } else {
+        ParamIter::new(params)
+    }
+}
+
+fn parse_name_addr(v: &[u8], fast: bool) -> Option<NameAddr<'_>> {
     let (uri, params_at) = name_addr_uri(v)?;
-    let tag = ParamIter::new(&v[params_at..])
+    let tag = params_of(&v[params_at..], fast)
         .find(|(n, ..)| n.eq_ignore_ascii_case(b"tag"))
         .and_then(|(_, v, ..)| v);
     Some(NameAddr { uri, tag })

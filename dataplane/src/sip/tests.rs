@@ -224,7 +224,97 @@ fn malformed_start_lines_are_rejected() {
     }
 }
 
+/// Every message file the project keeps: the scanner corpus, its edge cases, and the fuzz corpora
+/// (the router's inputs are datagrams too, framed by the target; the scanner takes any bytes).
+fn every_corpus_file() -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dirs = ["testdata/sip-corpus", "testdata/sip-extra", "../fuzz/corpus/sip_scan", "../fuzz/corpus/router"];
+    let mut files = Vec::new();
+    for d in dirs {
+        for e in std::fs::read_dir(root.join(d)).unwrap_or_else(|e| panic!("{d}: {e}")) {
+            let p = e.unwrap().path();
+            let raw = std::fs::read(&p).unwrap();
+            files.push((p, raw));
+        }
+    }
+    files
+}
+
+/// The same bytes with bare LF, then with CRLF, line endings: both are on the wire.
+fn both_line_endings(raw: &[u8]) -> [Vec<u8>; 2] {
+    let lf: Vec<u8> = raw.iter().copied().filter(|&b| b != b'\r').collect();
+    let crlf = lf.iter().flat_map(|&b| if b == b'\n' { vec![b'\r', b'\n'] } else { vec![b] }).collect();
+    [lf, crlf]
+}
+
+#[test]
+fn the_fast_scanner_equals_the_full_scanner_on_every_corpus_file() {
+    let files = every_corpus_file();
+    assert!(files.len() > 60, "{} corpus files", files.len());
+    for (path, raw) in &files {
+        for data in both_line_endings(raw).iter().chain([raw]) {
+            assert_eq!(parse(data), parse_full(data), "{}", path.display());
+        }
+    }
+}
+
+#[test]
+fn the_fast_scanner_reads_every_ordinary_message_itself() {
+    // Without this, a fast walk that always gave up would pass every equality test.
+    for (i, raw) in CORPUS.iter().enumerate() {
+        for data in both_line_endings(raw) {
+            assert!(super::scan::parse_fast(&data).is_some(), "corpus message {i} fell back to the full scanner");
+        }
+    }
+}
+
+#[test]
+fn unusual_messages_fall_back_to_the_full_scanner() {
+    for raw in [
+        msg("INVITE sip:a@127.0.0.1 SIP/2.0|Via: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1,|  SIP/2.0/UDP 127.0.0.2|i: x||"),
+        msg("INVITE sip:a@127.0.0.1 SIP/2.0|Route: \"a,b\" <sip:127.0.0.1;lr>, <sip:127.0.0.2;lr>|i: x||"),
+        msg("INVITE sip:a@127.0.0.1 SIP/2.0|Via : SIP/2.0/UDP 127.0.0.1|i: x||"),
+        msg("INVITE sip:a@127.0.0.1 SIP/2.0|Via: SIP/2.0/UDP 127.0.0.1|no colon here|i: x||"),
+        msg("INVITE sip:a@127.0.0.1 SIP/2.0|Via: SIP/2.0/UDP 127.0.0.1|i: x\0y||"),
+    ] {
+        assert!(super::scan::parse_fast(&raw).is_none(), "{}", String::from_utf8_lossy(&raw));
+        assert_eq!(parse(&raw), parse_full(&raw));
+    }
+}
+
+/// Bytes that change how a header reads: the fast walk must notice each or read it the same way.
+fn tricky_byte() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        Just(b','), Just(b'"'), Just(0u8), Just(b' '), Just(b'\t'), Just(b'\r'), Just(b'\n'), Just(b':'), Just(b';'),
+        Just(b'<'), Just(b'>'), Just(b'\\'), Just(b'='), Just(b'['), Just(b'a'), any::<u8>(),
+    ]
+}
+
 proptest! {
+    #[test]
+    fn the_fast_scanner_equals_the_full_scanner_on_corpus_edits(
+        idx in 0usize..10,
+        crlf in any::<bool>(),
+        edits in proptest::collection::vec((any::<usize>(), tricky_byte(), 0u8..3), 1..6),
+    ) {
+        let [lf, crlf_form] = both_line_endings(CORPUS[idx]);
+        let mut data = if crlf { crlf_form } else { lf };
+        for (at, b, how) in edits {
+            let at = at % (data.len() + 1);
+            match how {
+                0 if at < data.len() => data[at] = b,
+                1 if at < data.len() => { data.remove(at); }
+                _ => data.insert(at, b),
+            }
+        }
+        prop_assert_eq!(parse(&data), parse_full(&data));
+    }
+
+    #[test]
+    fn the_fast_scanner_equals_the_full_scanner_on_arbitrary_bytes(data in proptest::collection::vec(tricky_byte(), 0..300)) {
+        prop_assert_eq!(parse(&data), parse_full(&data));
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..600)) {
         if let Ok(m) = parse(&data) {
