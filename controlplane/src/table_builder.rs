@@ -5,6 +5,7 @@
 //! a rebuild keep their counters.
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,11 +13,11 @@ use fsroute_dataplane::admission::{BoxAdmission, RateLog};
 use fsroute_dataplane::dispatch::{Member, Selector};
 use fsroute_dataplane::lb::{capacity_from_heartbeat, LbDestination, LbGroup, LbResource as DpLbResource, HUNDRED_PERCENT_MICRO};
 use fsroute_dataplane::table::{
-    Destination, DispatcherSet, FailoverSettings, LbWanted, ProxySettings, Route, RouteTarget, RoutingTable,
+    Destination, DispatcherSet, FailoverSettings, LbWanted, ProxySettings, Route, RouteTarget, RoutingTable, XAuth,
 };
 
 use crate::config::{
-    Capacity, CapacityModel, Config, ControlConfig, DestState, DispatcherRow, FsKey, LbResource as ConfigLbResource, LoadBalancerRow, RouteTo, Weight,
+    Capacity, CapacityModel, Config, ControlConfig, DestState, DispatcherRow, FsKey, LbResource as ConfigLbResource, LoadBalancerRow, RouteTo, Weight, XAuthMode,
 };
 use crate::headroom::{self, CostSource, Headroom, Knobs};
 use crate::state::{AdminState, BoxSnapshot, CounterStore, Freshness, FsStats, Stats};
@@ -399,7 +400,29 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
         max_call_duration: p.max_call_duration,
         limits: config.limits,
         branch_key: p.branch_secret.as_ref().map(|s| branch_key_from(s.expose())).unwrap_or_default(),
+        x_auth: x_auth(config),
         host_ips: Vec::new(),
+    }
+}
+
+/// Where X-AUTH-IP goes: under `fs`, to the FreeSWITCH boxes, the destinations whose weight or
+/// capacity is read over ESL.
+fn x_auth(config: &Config) -> XAuth {
+    match config.proxy.x_auth_ip {
+        XAuthMode::Always => XAuth::Always,
+        XAuthMode::Never => XAuth::Never,
+        XAuthMode::Fs => {
+            let dispatcher = config.dispatcher.iter().filter(|r| matches!(r.weight, Weight::Fs(_))).map(|r| r.addr);
+            let lb = config
+                .load_balancer
+                .iter()
+                .filter(|r| r.resources.iter().any(|res| matches!(res.capacity, Capacity::Fs(_))))
+                .map(|r| r.addr);
+            let mut boxes: Vec<SocketAddr> = dispatcher.chain(lb).collect();
+            boxes.sort_unstable();
+            boxes.dedup();
+            XAuth::To(boxes)
+        }
     }
 }
 
@@ -871,6 +894,20 @@ lb_flags = "s"
             other => panic!("{other:?}"),
         }
         assert!(t.is_known_destination(&"127.0.0.1:5082".parse().unwrap()));
+    }
+
+    #[test]
+    fn x_auth_ip_goes_to_the_freeswitch_boxes_unless_configured_otherwise() {
+        let c = lb_config();
+        let t = build_table(&c, &Stats::default(), &AdminState::default(), &mut CounterStore::new(), 1);
+        // 5081 has an fs:// capacity, 5082 only fixed ones.
+        assert_eq!(t.proxy.x_auth, XAuth::To(vec!["127.0.0.1:5081".parse().unwrap()]));
+        assert!(t.proxy.x_auth.removes_senders());
+        let mut c = lb_config();
+        c.proxy.x_auth_ip = XAuthMode::Never;
+        assert_eq!(build_table(&c, &Stats::default(), &AdminState::default(), &mut CounterStore::new(), 1).proxy.x_auth, XAuth::Never);
+        c.proxy.x_auth_ip = XAuthMode::Always;
+        assert_eq!(build_table(&c, &Stats::default(), &AdminState::default(), &mut CounterStore::new(), 1).proxy.x_auth, XAuth::Always);
     }
 
     #[test]

@@ -186,6 +186,40 @@ pub struct Route {
     pub target: RouteTarget,
 }
 
+/// Which forwarded requests carry the sender's real address as `X-AUTH-IP` / `X-AUTH-PORT`, the
+/// headers FreeSWITCH reads in place of the network address for traffic from a proxy it trusts
+/// (`apply-proxy-acl`; docs/FREESWITCH.md, "X-AUTH-IP"). `[proxy] x_auth_ip`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum XAuth {
+    /// Added to requests towards these destinations (sorted: the FreeSWITCH boxes, those with an
+    /// `fs://` weight or capacity); any a sender wrote are removed from every request.
+    To(Vec<SocketAddr>),
+    /// Added to every forwarded request; any a sender wrote are removed.
+    Always,
+    /// Neither added nor removed (an SBC in front of fsroute writes them).
+    Never,
+}
+
+impl Default for XAuth {
+    fn default() -> Self {
+        XAuth::To(Vec::new())
+    }
+}
+
+impl XAuth {
+    pub fn adds_for(&self, dest: SocketAddr) -> bool {
+        match self {
+            XAuth::To(boxes) => boxes.binary_search(&dest).is_ok(),
+            XAuth::Always => true,
+            XAuth::Never => false,
+        }
+    }
+
+    pub fn removes_senders(&self) -> bool {
+        !matches!(self, XAuth::Never)
+    }
+}
+
 /// Identity and behaviour of the proxy itself.
 #[derive(Clone, Debug)]
 pub struct ProxySettings {
@@ -208,6 +242,7 @@ pub struct ProxySettings {
     pub max_call_duration: Duration,
     /// Per-shard bounds on call state (docs/SECURITY.md, "Bounded call state").
     pub limits: MemoryLimits,
+    pub x_auth: XAuth,
     /// The key of the MAC in fsroute's branches: kept for the life of the process (and
     /// configurable, so instances sharing an address can verify each other's).
     pub branch_key: BranchKey,

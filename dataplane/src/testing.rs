@@ -25,6 +25,7 @@ pub fn loopback_proxy() -> ProxySettings {
         dialog_memory: Duration::from_secs(12 * 3600),
         max_call_duration: Duration::from_secs(4 * 3600),
         limits: Default::default(),
+        x_auth: Default::default(),
         branch_key: crate::table::BranchKey([0x6673_726f_7574_6531, 0x7465_7374_6b65_7931]),
         host_ips: Vec::new(),
     }

@@ -58,6 +58,7 @@ fn table() -> RoutingTable {
             dialog_memory: Duration::from_secs(3600),
             max_call_duration: Duration::from_secs(3600),
             limits: Default::default(),
+            x_auth: Default::default(),
             branch_key: fsroute_dataplane::table::BranchKey([1, 2]),
             host_ips: Vec::new(),
         },

@@ -166,6 +166,40 @@ pub struct ProxyConfig {
     pub max_call_duration: Duration,
     /// Key material for the MAC in fsroute's branches; None = a random key per process.
     pub branch_secret: Option<Secret>,
+    /// Which forwarded requests carry the caller's address as X-AUTH-IP / X-AUTH-PORT.
+    pub x_auth_ip: XAuthMode,
+}
+
+/// `[proxy] x_auth_ip`: FreeSWITCH's `apply-proxy-acl` trusts X-AUTH-IP / X-AUTH-PORT from a
+/// proxy to name the caller (docs/FREESWITCH.md, "X-AUTH-IP").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XAuthMode {
+    /// Added towards destinations with an `fs://` weight or capacity; removed from every request.
+    #[default]
+    Fs,
+    /// Added to every forwarded request; removed from every request.
+    Always,
+    /// Neither added nor removed.
+    Never,
+}
+
+impl XAuthMode {
+    pub fn from_name(s: &str) -> Option<XAuthMode> {
+        match s {
+            "fs" => Some(XAuthMode::Fs),
+            "always" => Some(XAuthMode::Always),
+            "never" => Some(XAuthMode::Never),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            XAuthMode::Fs => "fs",
+            XAuthMode::Always => "always",
+            XAuthMode::Never => "never",
+        }
+    }
 }
 
 /// `[control]`.

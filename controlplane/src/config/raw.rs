@@ -43,6 +43,7 @@ pub(crate) struct RawProxy {
     pub dialog_memory: Opt<IntOrStr>,
     pub max_call_duration: Opt<IntOrStr>,
     pub branch_secret: Opt<String>,
+    pub x_auth_ip: Opt<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

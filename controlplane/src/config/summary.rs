@@ -5,7 +5,7 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use super::{Capacity, Config, RouteConfig, RouteTo, Weight};
+use super::{Capacity, Config, RouteConfig, RouteTo, Weight, XAuthMode};
 
 fn dur(d: Duration) -> String {
     humantime::format_duration(d).to_string()
@@ -46,6 +46,11 @@ fn write_summary(s: &mut String, c: &Config) -> std::fmt::Result {
         dur(p.max_call_duration),
         if p.branch_secret.is_some() { "from branch_secret" } else { "random per process" }
     )?;
+    writeln!(s, "x-auth-ip   {}", match p.x_auth_ip {
+        XAuthMode::Fs => "added towards fs:// boxes, removed from callers",
+        XAuthMode::Always => "added to every request, removed from callers",
+        XAuthMode::Never => "neither added nor removed",
+    })?;
     let l = &c.limits;
     writeln!(
         s,

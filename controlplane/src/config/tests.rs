@@ -423,8 +423,11 @@ shards = 0
 hash = "maglev"
 transaction_memory = "forever"
 dialog_memory = 3600
+x_auth_ip = "sometimes"
 "#,
     );
+    assert_eq!(line_of(&e, "proxy.x_auth_ip"), 9);
+    assert!(only(&e, "proxy.x_auth_ip").to_string().contains("\"fs\", \"always\" or \"never\""));
     assert_eq!(line_of(&e, "proxy.listen[1]"), 2);
     assert!(matches!(
         only(&e, "proxy.listen[2]"),

@@ -26,7 +26,7 @@ use super::value::{
 };
 use super::{
     Capacity, CapacityModel, Config, ControlConfig, DestState, DispatcherRow, FailoverConfig, FsEndpoint, FsKey,
-    Host, HostPort, LbFlags, LoadBalancerRow, ProxyConfig, RouteConfig, RouteTo, RowInfo, Secret, Weight,
+    Host, HostPort, LbFlags, LoadBalancerRow, ProxyConfig, RouteConfig, RouteTo, RowInfo, Secret, Weight, XAuthMode,
 };
 
 pub(crate) fn validate(raw: &RawConfig, text: &str, path: &Path) -> (Config, Vec<ConfigError>) {
@@ -474,6 +474,14 @@ impl Ctx<'_> {
             }
         });
 
+        let x_auth_ip = match &p.x_auth_ip {
+            None => XAuthMode::default(),
+            Some(x) => XAuthMode::from_name(x.get_ref()).unwrap_or_else(|| {
+                self.invalid(&x.span(), "proxy.x_auth_ip", quoted(x.get_ref()), "must be \"fs\", \"always\" or \"never\"");
+                XAuthMode::default()
+            }),
+        };
+
         ProxyConfig {
             listen,
             advertise,
@@ -488,6 +496,7 @@ impl Ctx<'_> {
             dialog_memory,
             max_call_duration,
             branch_secret,
+            x_auth_ip,
         }
     }
 

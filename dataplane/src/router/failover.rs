@@ -98,7 +98,7 @@ struct StoredInvite {
 
 impl StoredInvite {
     fn new(m: &Message<'_>, src: SocketAddr, own_route: bool, t: &RoutingTable, buf: Vec<u8>, ckey: u64, reply_tag: u64) -> Option<Self> {
-        let template = rewrite::forward_template(m, src, own_route, t.proxy.max_forwards, buf);
+        let template = rewrite::forward_template(m, src, own_route, t.proxy.x_auth.removes_senders(), t.proxy.max_forwards, buf);
         // The one scan of the stored copy: its spans serve every later step.
         let copy = sip::parse(&template.bytes).ok()?;
         let sip::StartLine::Request { uri, .. } = copy.start else { return None };
@@ -238,7 +238,8 @@ impl Failover {
         let branch = self.branch(tkey);
         let mac = t.proxy.branch_key.mac(branch, self.invite.reply_to, b"INVITE");
         let record_route = t.proxy.record_route.then_some(self.dest);
-        self.invite.template.write(&t.own, branch, mac, record_route, out);
+        let x_auth = t.proxy.x_auth.adds_for(self.dest).then_some(self.invite.src);
+        self.invite.template.write(&t.own, branch, mac, record_route, x_auth, out);
     }
 
     fn finish(&mut self, now: Instant) {

@@ -485,6 +485,8 @@ impl Router {
             record_route,
             pop_route: req.own_route,
             default_max_forwards: px.max_forwards,
+            strip_x_auth: px.x_auth.removes_senders(),
+            x_auth: px.x_auth.adds_for(dest).then_some(src),
         };
         forward_request(m, src, &t.own, &rw, out);
         Action::Forward(dest)

@@ -21,7 +21,7 @@ pub const MAX_FORWARDS_CEILING: u32 = 255;
 enum Insert {
     Nothing,
     /// fsroute's own header lines, written just after the start line.
-    TopLines { branch: u64, mac: u64, record_route: Option<SocketAddr>, max_forwards: Option<u32> },
+    TopLines { branch: u64, mac: u64, record_route: Option<SocketAddr>, max_forwards: Option<u32>, x_auth: Option<SocketAddr> },
     /// `;received=<ip>`
     Received(IpAddr),
     /// `rport=<port>`
@@ -37,15 +37,15 @@ struct Edit {
     insert: Insert,
 }
 
-/// Up to eight splices, kept on the stack.
+/// Up to sixteen splices, kept on the stack.
 struct Edits {
-    items: [Edit; 8],
+    items: [Edit; 16],
     len: usize,
 }
 
 impl Edits {
     fn new() -> Self {
-        Edits { items: [Edit { at: 0, cut: 0, insert: Insert::Nothing }; 8], len: 0 }
+        Edits { items: [Edit { at: 0, cut: 0, insert: Insert::Nothing }; 16], len: 0 }
     }
     fn push(&mut self, at: usize, cut: usize, insert: Insert) {
         debug_assert!(self.len < self.items.len());
@@ -56,8 +56,10 @@ impl Edits {
     }
     fn sorted(&mut self) -> &[Edit] {
         let items = &mut self.items[..self.len];
-        // Stable, so two inserts at one offset keep the order they were pushed in.
-        items.sort_by_key(|e| e.at);
+        // At one offset an insert goes before a cut (fsroute's top lines before a popped Route
+        // that was the first header line); stable, so two inserts keep the order they were
+        // pushed in.
+        items.sort_by_key(|e| (e.at, e.cut));
         items
     }
 }
@@ -79,7 +81,7 @@ fn splice(buf: &[u8], from: usize, to: usize, edits: &[Edit], eol: &[u8], own: &
 fn render(insert: Insert, eol: &[u8], own: &OwnLines, out: &mut Vec<u8>) {
     match insert {
         Insert::Nothing => {}
-        Insert::TopLines { branch, mac, record_route, max_forwards } => {
+        Insert::TopLines { branch, mac, record_route, max_forwards, x_auth } => {
             push_own_via(out, own, branch, mac, eol);
             if let Some(dest) = record_route {
                 out.extend_from_slice(&own.record_route);
@@ -90,6 +92,15 @@ fn render(insert: Insert, eol: &[u8], own: &OwnLines, out: &mut Vec<u8>) {
             if let Some(mf) = max_forwards {
                 out.extend_from_slice(b"Max-Forwards: ");
                 push_u32(out, mf);
+                out.extend_from_slice(eol);
+            }
+            if let Some(sender) = x_auth {
+                // FreeSWITCH reads the address bare, an IPv6 one without brackets.
+                out.extend_from_slice(b"X-AUTH-IP: ");
+                push_ip(out, sender.ip());
+                out.extend_from_slice(eol);
+                out.extend_from_slice(b"X-AUTH-PORT: ");
+                push_u32(out, u32::from(sender.port()));
                 out.extend_from_slice(eol);
             }
         }
@@ -305,23 +316,25 @@ pub struct RequestRewrite {
     /// Remove the top Route (it names fsroute).
     pub pop_route: bool,
     pub default_max_forwards: u32,
+    /// Remove the X-AUTH-IP / X-AUTH-PORT lines the sender wrote.
+    pub strip_x_auth: bool,
+    /// The sender's address, written as X-AUTH-IP / X-AUTH-PORT (the destination is a
+    /// FreeSWITCH box that trusts fsroute for it).
+    pub x_auth: Option<SocketAddr>,
 }
 
 pub fn forward_request(m: &Message<'_>, src: SocketAddr, own: &OwnLines, rw: &RequestRewrite, out: &mut Vec<u8>) {
     let mut edits = Edits::new();
-    let max_forwards = request_edits(m, src, rw.pop_route, rw.default_max_forwards, &mut edits);
-    edits.push(
-        m.headers_start as usize,
-        0,
-        Insert::TopLines { branch: rw.branch, mac: rw.mac, record_route: rw.record_route, max_forwards },
-    );
+    let max_forwards = request_edits(m, src, rw.pop_route, rw.strip_x_auth, rw.default_max_forwards, &mut edits);
+    let top = Insert::TopLines { branch: rw.branch, mac: rw.mac, record_route: rw.record_route, max_forwards, x_auth: rw.x_auth };
+    edits.push(m.headers_start as usize, 0, top);
     out.clear();
     splice(m.raw, 0, m.framed_len(), edits.sorted(), eol(m), own, out);
 }
 
 /// Everything [`forward_request`] changes in a request except fsroute's own top lines; returns the
 /// Max-Forwards line to add among them when the request has none.
-fn request_edits(m: &Message<'_>, src: SocketAddr, pop_route: bool, default_max_forwards: u32, edits: &mut Edits) -> Option<u32> {
+fn request_edits(m: &Message<'_>, src: SocketAddr, pop_route: bool, strip_x_auth: bool, default_max_forwards: u32, edits: &mut Edits) -> Option<u32> {
     let max_forwards = match m.max_forwards {
         // RFC 3261 allows up to 2^32-1; anything above 255 only serves a loop, so it is clamped.
         Some(mf) => {
@@ -342,6 +355,11 @@ fn request_edits(m: &Message<'_>, src: SocketAddr, pop_route: bool, default_max_
             }
         }
     }
+    if strip_x_auth {
+        for line in m.x_auth.lines() {
+            edits.push(line.start as usize, line.len(), Insert::Nothing);
+        }
+    }
     max_forwards
 }
 
@@ -356,9 +374,9 @@ pub struct Template {
     crlf: bool,
 }
 
-pub fn forward_template(m: &Message<'_>, src: SocketAddr, pop_route: bool, default_max_forwards: u32, mut bytes: Vec<u8>) -> Template {
+pub fn forward_template(m: &Message<'_>, src: SocketAddr, pop_route: bool, strip_x_auth: bool, default_max_forwards: u32, mut bytes: Vec<u8>) -> Template {
     let mut edits = Edits::new();
-    let max_forwards = request_edits(m, src, pop_route, default_max_forwards, &mut edits);
+    let max_forwards = request_edits(m, src, pop_route, strip_x_auth, default_max_forwards, &mut edits);
     bytes.clear();
     // Room for the received/rport values, so the copy grows once; the copy is kept for the whole
     // call, so it keeps only what it holds.
@@ -372,11 +390,11 @@ pub fn forward_template(m: &Message<'_>, src: SocketAddr, pop_route: bool, defau
 
 impl Template {
     /// The request for one attempt: the stored copy with fsroute's Via (and Record-Route) on top.
-    pub fn write(&self, own: &OwnLines, branch: u64, mac: u64, record_route: Option<SocketAddr>, out: &mut Vec<u8>) {
+    pub fn write(&self, own: &OwnLines, branch: u64, mac: u64, record_route: Option<SocketAddr>, x_auth: Option<SocketAddr>, out: &mut Vec<u8>) {
         let top_at = self.top_at as usize;
         out.clear();
         out.extend_from_slice(&self.bytes[..top_at]);
-        let top = Insert::TopLines { branch, mac, record_route, max_forwards: self.max_forwards };
+        let top = Insert::TopLines { branch, mac, record_route, max_forwards: self.max_forwards, x_auth };
         render(top, self.eol(), own, out);
         out.extend_from_slice(&self.bytes[top_at..]);
     }

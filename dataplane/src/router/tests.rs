@@ -755,3 +755,84 @@ fn a_final_failure_without_a_to_header_is_still_acked_with_a_valid_ack() {
     assert_eq!(ack.to.unwrap().uri, parse(INVITE).unwrap().to.unwrap().uri);
 }
 mod hostile;
+
+#[test]
+fn a_request_whose_first_header_is_our_route_still_gets_our_via() {
+    // The popped Route line and fsroute's top lines start at the same offset: the insert must
+    // come first, or the Via would be lost with the line.
+    let t = table_with(&[1, 1], Algorithm::HashCallId, 1);
+    let bye = sip("BYE sip:mod_sofia@127.0.0.21:5080 SIP/2.0|Route: <sip:127.0.0.1:5060;lr;fsd=127.0.0.1~5072>|Via: SIP/2.0/UDP 127.0.0.7:5060;branch=z9hG4bKbye1;rport|Max-Forwards: 70|From: <sip:a@b>;tag=1|To: <sip:c@d>;tag=2|Call-ID: route-first|CSeq: 2 BYE|Content-Length: 0||");
+    let mut out = Vec::new();
+    let a = router().handle(&t, caller(), &bye, Instant::now(), &mut out);
+    assert_eq!(a, Action::Forward("127.0.0.1:5072".parse().unwrap()));
+    let fwd = parse(&out).unwrap();
+    assert_eq!(fwd.via_count, 2, "{}", text(&out));
+    assert!(fwd.top_via.unwrap().host == b"127.0.0.1", "{}", text(&out));
+    assert!(fwd.route.is_none(), "{}", text(&out));
+}
+
+/// The INVITE of the corpus with forged X-AUTH lines after its first header.
+fn invite_claiming(lines: &str) -> Vec<u8> {
+    let s = String::from_utf8(INVITE.to_vec()).unwrap().replace("\r\n", "\n");
+    let (start, rest) = s.split_once('\n').unwrap();
+    format!("{start}\n{lines}{rest}").replace('\n', "\r\n").into_bytes()
+}
+
+fn x_auth_values(out: &[u8]) -> Vec<String> {
+    text(out).lines().filter(|l| l.to_ascii_lowercase().starts_with("x-auth-")).map(str::to_string).collect()
+}
+
+#[test]
+fn x_auth_ip_names_the_caller_towards_a_freeswitch_box_and_a_forged_one_is_removed() {
+    let mut t = table_with(&[1, 1], Algorithm::HashCallId, 1);
+    let boxes: Vec<SocketAddr> = t.sets[0].destinations.iter().map(|d| d.addr).collect();
+    t.proxy.x_auth = crate::table::XAuth::To(boxes);
+    let forged = invite_claiming("X-AUTH-IP: 10.9.9.9\nx-auth-port: 1\n");
+    let mut out = Vec::new();
+    assert!(matches!(router().handle(&t, caller(), &forged, Instant::now(), &mut out), Action::Forward(_)));
+    assert_eq!(x_auth_values(&out), ["X-AUTH-IP: 127.0.0.7", "X-AUTH-PORT: 5060"], "{}", text(&out));
+    assert!(parse(&out).unwrap().validate_request().is_ok());
+}
+
+#[test]
+fn x_auth_ip_is_not_added_towards_other_destinations_but_a_forged_one_is_still_removed() {
+    let mut t = table_with(&[1, 1], Algorithm::HashCallId, 1);
+    t.proxy.x_auth = crate::table::XAuth::To(vec!["127.0.0.1:9".parse().unwrap()]);
+    let mut out = Vec::new();
+    assert!(matches!(router().handle(&t, caller(), &invite_claiming("X-AUTH-IP: 10.9.9.9\n"), Instant::now(), &mut out), Action::Forward(_)));
+    assert_eq!(x_auth_values(&out), Vec::<String>::new(), "{}", text(&out));
+}
+
+#[test]
+fn x_auth_ip_never_leaves_what_the_sender_wrote() {
+    let mut t = table_with(&[1, 1], Algorithm::HashCallId, 1);
+    t.proxy.x_auth = crate::table::XAuth::Never;
+    let mut out = Vec::new();
+    assert!(matches!(router().handle(&t, caller(), &invite_claiming("X-AUTH-IP: 10.9.9.9\n"), Instant::now(), &mut out), Action::Forward(_)));
+    assert_eq!(x_auth_values(&out), ["X-AUTH-IP: 10.9.9.9"]);
+}
+
+#[test]
+fn more_x_auth_lines_than_fsroute_removes_are_answered_400() {
+    let t = table_with(&[1, 1], Algorithm::HashCallId, 1);
+    let many = "X-AUTH-IP: 10.9.9.9\n".repeat(crate::sip::XAuthLines::MAX + 1);
+    let mut out = Vec::new();
+    assert_eq!(router().handle(&t, caller(), &invite_claiming(&many), Instant::now(), &mut out), Action::Reply(caller()));
+    assert!(text(&out).starts_with("SIP/2.0 400"), "{}", text(&out));
+}
+
+#[test]
+fn every_failover_attempt_towards_a_freeswitch_box_names_the_caller_once() {
+    let mut t = failover_table(&[1, 1]);
+    t.proxy.x_auth = crate::table::XAuth::Always;
+    let mut r = router();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    let Action::Forward(first) = r.handle(&t, caller(), &invite_claiming("X-AUTH-IP: 10.9.9.9\n"), now, &mut out) else { panic!() };
+    assert_eq!(x_auth_values(&out), ["X-AUTH-IP: 127.0.0.7", "X-AUTH-PORT: 5060"], "{}", text(&out));
+    let first_invite = out.clone();
+    drain(&mut r);
+    let Action::Forward(second) = r.handle(&t, first, &backend_response(&first_invite, REJECTED), now, &mut out) else { panic!() };
+    assert_ne!(second, first);
+    assert_eq!(x_auth_values(&out), ["X-AUTH-IP: 127.0.0.7", "X-AUTH-PORT: 5060"], "{}", text(&out));
+}

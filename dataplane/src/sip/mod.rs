@@ -135,6 +135,31 @@ pub struct RouteEntry<'a> {
     pub next_uri: Option<&'a [u8]>,
 }
 
+/// Where the X-AUTH-IP and X-AUTH-PORT lines of a message are (whole lines, name to line end).
+/// A sender has no business writing one; more than `MAX` is a defect (a request is answered 400),
+/// so removing them all stays a bounded number of splices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XAuthLines {
+    lines: [Span; XAuthLines::MAX],
+    len: u8,
+}
+
+impl XAuthLines {
+    pub const MAX: usize = 4;
+
+    /// Records one more line; false when `MAX` are already recorded.
+    pub(crate) fn push(&mut self, line: Span) -> bool {
+        let Some(slot) = self.lines.get_mut(usize::from(self.len)) else { return false };
+        *slot = line;
+        self.len += 1;
+        true
+    }
+
+    pub fn lines(&self) -> &[Span] {
+        &self.lines[..usize::from(self.len)]
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MaxForwards {
     pub value: u32,
@@ -168,6 +193,8 @@ pub struct Message<'a> {
     pub content_length: Option<usize>,
     /// Digest username from Proxy-Authorization, else Authorization.
     pub auth_username: Option<&'a [u8]>,
+    /// The X-AUTH-IP / X-AUTH-PORT lines the sender wrote, which fsroute removes.
+    pub x_auth: XAuthLines,
     /// A request line naming a SIP version other than 2.0 (answered 505).
     pub unsupported_version: bool,
     /// The first defect found in a header that does not stop the scan (a request carrying one is

@@ -3,7 +3,7 @@
 
 use super::marks::Marks;
 use super::params::{host_port, is_lws, name_addr_uri, parse_u16, parse_u32, split_list, trim, trim_bounds, ListIter, ParamIter};
-use super::{CSeq, MaxForwards, Message, Method, NameAddr, ParseError, RouteEntry, Span, StartLine, Via};
+use super::{CSeq, MaxForwards, Message, Method, NameAddr, ParseError, RouteEntry, Span, StartLine, Via, XAuthLines};
 
 /// A header's name as the scanner and the router tell them apart (full or compact form, any
 /// case); every other header is `Other`.
@@ -20,6 +20,9 @@ pub enum HeaderName {
     ContentLength,
     ProxyAuthorization,
     Authorization,
+    /// X-AUTH-IP or X-AUTH-PORT: FreeSWITCH's word for "the caller's real address", which only
+    /// fsroute may write (docs/FREESWITCH.md, "X-AUTH-IP").
+    XAuth,
     Other,
 }
 
@@ -52,6 +55,8 @@ pub fn header_name(name: &[u8]) -> HeaderName {
         4 if eq(b"from") => HeaderName::From,
         5 if eq(b"route") => HeaderName::Route,
         7 if eq(b"call-id") => HeaderName::CallId,
+        9 if eq(b"x-auth-ip") => HeaderName::XAuth,
+        11 if eq(b"x-auth-port") => HeaderName::XAuth,
         12 if eq(b"max-forwards") => HeaderName::MaxForwards,
         12 if eq(b"record-route") => HeaderName::RecordRoute,
         13 if eq(b"authorization") => HeaderName::Authorization,
@@ -213,6 +218,7 @@ impl<'a> Scan<'a> {
             record_route: None,
             content_length: None,
             auth_username: None,
+            x_auth: XAuthLines::default(),
             unsupported_version,
             defect: None,
         };
@@ -275,6 +281,11 @@ impl<'a> Scan<'a> {
             }
             HeaderName::Authorization if !self.proxy_auth_seen && self.m.auth_username.is_none() => {
                 self.m.auth_username = digest_username(value);
+            }
+            HeaderName::XAuth => {
+                if !self.m.x_auth.push(h.line) {
+                    self.defect(ParseError::Malformed("X-AUTH-IP"));
+                }
             }
             _ => {}
         }
