@@ -114,12 +114,15 @@ impl Kind {
 /// keeps a small memory from compacting on every push.
 pub const SLACK: usize = 1024;
 
+/// Records (expiry or release time, key) in push order.
+type Queue = VecDeque<(Instant, u64)>;
+
 /// One FIFO of (expiry, key) per distinct lifetime: entries pushed with the same lifetime expire in
 /// push order, so each queue only ever needs its front checked. Re-arming pushes a new record and
 /// leaves the old one to be skipped; `CallMemory::bound` compacts, so the queues stay within a
 /// constant factor of the maps.
 struct Expiry {
-    queues: Vec<(Duration, Kind, VecDeque<(Instant, u64)>)>,
+    queues: Vec<(Duration, Kind, Queue)>,
     /// Records queued, by kind (`Kind as usize`).
     records: [usize; 3],
 }
