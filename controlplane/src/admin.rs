@@ -163,6 +163,8 @@ impl ControlView<'_> {
                         "forks": ShardStats::get(&st.forks),
                         "fork_bytes": ShardStats::get(&st.fork_bytes),
                         "calls_timed_out": ShardStats::get(&st.calls_timed_out),
+                        "memory_full": ShardStats::get(&st.memory_full),
+                        "expiry_records": ShardStats::get(&st.expiry_records),
                     },
                     "dropped": dropped,
                     "refused": refused,
@@ -646,6 +648,13 @@ pub fn metrics_text(
     gauge("shard_forks", "Failover INVITE transactions (bounded by limits.forks)", &|s| &s.forks, &mut reg);
     gauge("shard_fork_bytes", "Bytes of INVITEs the failover transactions hold (bounded by limits.fork_memory_mib)", &|s| &s.fork_bytes, &mut reg);
     per_shard("shard_calls_timed_out", "Answered calls with no BYE within max_call_duration (units returned)", &|s| &s.calls_timed_out, &mut reg);
+    per_shard(
+        "shard_call_memory_full",
+        "New transactions or dialogs a full call-memory map refused (the message was still routed)",
+        &|s| &s.memory_full,
+        &mut reg,
+    );
+    gauge("shard_expiry_records", "Call-memory expiry records queued (at most 2 x transactions + 4 x dialogs + 3072)", &|s| &s.expiry_records, &mut reg);
 
     let reloads: Counter = Counter::default();
     reloads.inc_by(reload.reloads);

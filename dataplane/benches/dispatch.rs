@@ -1,5 +1,7 @@
-//! Pick latency of every dispatcher algorithm at 4 and 64 destinations, plus the cost of building a
-//! `Selector` (control-plane work on each routing-table rebuild). Before measuring, it checks that picks
+//! Pick latency of every dispatcher algorithm at 4 and 64 destinations, the rendezvous score alone
+//! (integer against the float score it replaced, at 2, 4 and 16 destinations, equal and unequal
+//! weights, side by side), plus the cost of building a `Selector` (control-plane work on each
+//! routing-table rebuild). Before measuring, it checks that picks
 //! allocate nothing, with a counting global allocator that only this bench binary installs.
 
 use fsroute_dataplane::testing::{allocations, CountingAlloc};
@@ -7,7 +9,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion};
 use fsroute_dataplane::dispatch::{
-    opensips_uri_keys, trim_callid, Algorithm, HashMode, Member, Selector,
+    opensips_uri_keys, rendezvous_call_hash, trim_callid, Algorithm, HashMode, Member, Selector,
 };
 
 #[global_allocator]
@@ -132,6 +134,35 @@ fn bench_picks(c: &mut Criterion) {
     group.finish();
 }
 
+/// The score alone, for an already hashed call: `integer` is fsroute's pick, `float` the `-ln(u) / w`
+/// pick it replaced (kept behind the `testing` feature as the tests' oracle), on the same candidates.
+fn bench_rendezvous(c: &mut Criterion) {
+    let hashes: Vec<u64> = call_ids().iter().map(|id| rendezvous_call_hash(trim_callid(id.as_bytes()), b"")).collect();
+    let mut group = c.benchmark_group("dispatch/rendezvous");
+    for n in [2, 4, 16] {
+        let keys = keys(n);
+        for (shape, weight) in [("equal", (|_| 50) as fn(usize) -> u32), ("unequal", |i| 10 + (i as u32 * 37) % 91)] {
+            let m: Vec<Member> = keys.iter().enumerate().map(|(i, key)| Member { key, weight: weight(i), priority: 0, active: true }).collect();
+            let s = Selector::new(&m);
+            group.bench_with_input(BenchmarkId::new(format!("integer/{shape}"), n), &s, |b, s| {
+                let mut i = 0usize;
+                b.iter(|| {
+                    i = (i + 1) & 1023;
+                    s.pick_rendezvous(black_box(hashes[i]))
+                })
+            });
+            group.bench_with_input(BenchmarkId::new(format!("float/{shape}"), n), &s, |b, s| {
+                let mut i = 0usize;
+                b.iter(|| {
+                    i = (i + 1) & 1023;
+                    s.pick_rendezvous_float(black_box(hashes[i]))
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 fn bench_build(c: &mut Criterion) {
     let mut group = c.benchmark_group("dispatch/build");
     for n in SIZES {
@@ -162,6 +193,7 @@ fn main() {
     assert_picks_do_not_allocate();
     let mut c = Criterion::default().configure_from_args();
     bench_picks(&mut c);
+    bench_rendezvous(&mut c);
     bench_build(&mut c);
     c.final_summary();
 }

@@ -395,6 +395,8 @@ async fn housekeeping(shard: &Shard, control: &ShardControl) {
             let draining = control.draining.load(Ordering::Relaxed);
             r.set_draining(draining);
             r.tick(&shard.table.load(), now);
+            shard.stats.memory_full.store(r.memory().not_remembered, Ordering::Relaxed);
+            shard.stats.expiry_records.store(r.memory().expiry_records() as u64, Ordering::Relaxed);
             // A scan of the memory: only worth it while a graceful stop waits on it.
             if draining { r.pending_invites(now) } else { 0 }
         };

@@ -141,6 +141,10 @@ pub struct ShardStats {
     pub fork_bytes: AtomicU64,
     /// Answered calls that saw no BYE within `max_call_duration` (their units went back), ever.
     pub calls_timed_out: AtomicU64,
+    /// New transactions or dialogs a full call-memory map refused (the message was still routed), ever.
+    pub memory_full: AtomicU64,
+    /// Expiry records queued for the call memory (bounded by 2 × transactions + 4 × dialogs + 3,072).
+    pub expiry_records: AtomicU64,
 }
 
 impl ShardStats {

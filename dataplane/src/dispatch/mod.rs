@@ -7,6 +7,7 @@
 //! Layout: [`opensips`] reproduces OpenSIPS's hash and cumulative-weight pick bit for bit,
 //! [`rendezvous`] is the default minimal-disruption hash, `wrr` builds the smooth round-robin schedule.
 
+mod log2_table;
 pub mod opensips;
 pub mod rendezvous;
 mod wrr;
@@ -163,6 +164,11 @@ pub struct Selector {
     active_idx: Vec<u32>,
     active_running: Vec<u64>,
     rendezvous: Vec<rendezvous::Candidate>,
+    /// Every rendezvous candidate has the same weight: picks compare hash bits only.
+    rendezvous_equal: bool,
+    /// The same candidates for the float pick (the bench's "before").
+    #[cfg(feature = "testing")]
+    rendezvous_float: Vec<rendezvous::FloatCandidate>,
     schedule: Vec<u32>,
     first: Option<usize>,
 }
@@ -207,7 +213,7 @@ impl Selector {
             .collect();
 
         let ordinals = key_ordinals(members);
-        let rendezvous = eligible
+        let rendezvous: Vec<rendezvous::Candidate> = eligible
             .iter()
             .map(|&(i, w)| rendezvous::Candidate {
                 index: i,
@@ -215,9 +221,10 @@ impl Selector {
                     members[i as usize].key,
                     ordinals[i as usize],
                 ),
-                inv_weight: 1.0 / w as f64,
+                weight: w,
             })
             .collect();
+        let rendezvous_equal = eligible.windows(2).all(|p| p[0].1 == p[1].1);
 
         let schedule = wrr::build_schedule(&eligible);
 
@@ -233,6 +240,9 @@ impl Selector {
             active,
             active_idx,
             active_running,
+            rendezvous_equal,
+            #[cfg(feature = "testing")]
+            rendezvous_float: rendezvous.iter().map(rendezvous::FloatCandidate::from).collect(),
             rendezvous,
             schedule,
             first,
@@ -295,7 +305,15 @@ impl Selector {
 
     /// Weighted rendezvous pick for an already computed [`rendezvous_call_hash`].
     pub fn pick_rendezvous(&self, call_hash: u64) -> Option<usize> {
-        rendezvous::pick(&self.rendezvous, call_hash)
+        rendezvous::pick(&self.rendezvous, self.rendezvous_equal, call_hash)
+    }
+
+    /// The float-scored pick before integer scores, for the dispatch bench's side-by-side (the
+    /// tests' oracle); never in the product.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn pick_rendezvous_float(&self, call_hash: u64) -> Option<usize> {
+        rendezvous::float_pick(&self.rendezvous_float, call_hash)
     }
 
     /// Weighted round-robin over ACTIVE members only. The caller keeps a per-shard cursor and passes the value

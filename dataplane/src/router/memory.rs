@@ -4,6 +4,8 @@
 //! retransmissions, CANCEL and non-2xx ACK; dialogs (Call-ID -> destination) serve in-dialog
 //! requests from UAs that ignore Record-Route. Keys are 64-bit hashes, so inserting allocates nothing
 //! once the maps have grown; expiry runs from FIFO queues, one per lifetime, in O(1) amortised.
+//! Both are bounded: the maps by `MemoryLimits` (a full map refuses new keys, counted in
+//! `not_remembered`), the queues by compaction to at most 2 records per entry plus `SLACK`.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -45,6 +47,8 @@ pub struct TxnEntry {
     /// A final response has passed: the transaction is only remembered for retransmissions now,
     /// and a graceful stop no longer waits for it.
     pub answered: bool,
+    /// Scratch for `CallMemory::compact`: this entry's current record was already kept.
+    kept: bool,
 }
 
 /// A call as the dialog memory knows it.
@@ -61,6 +65,8 @@ pub struct DialogEntry {
     pub release_at: Option<Instant>,
     /// The load_balancer units the call holds; dropped (released) when the call ends.
     pub reservation: Option<Reservation>,
+    /// Scratch for `CallMemory::compact`: this entry's current record was already kept.
+    kept: bool,
 }
 
 /// What the router may look at of a remembered dialog.
@@ -93,19 +99,32 @@ pub enum Full {
     Dialogs,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Txn,
     Dialog,
     Release,
 }
 
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Txn, Kind::Dialog, Kind::Release];
+}
+
+/// Records of one kind a queue may hold beyond twice its map's entries before it is compacted:
+/// keeps a small memory from compacting on every push.
+pub const SLACK: usize = 1024;
+
+/// Records (expiry or release time, key) in push order.
+type Queue = VecDeque<(Instant, u64)>;
+
 /// One FIFO of (expiry, key) per distinct lifetime: entries pushed with the same lifetime expire in
 /// push order, so each queue only ever needs its front checked. Re-arming pushes a new record and
-/// leaves the old one to be skipped; `CallMemory::push` compacts, so the queues stay within a
+/// leaves the old one to be skipped; `CallMemory::bound` compacts, so the queues stay within a
 /// constant factor of the maps.
 struct Expiry {
-    queues: Vec<(Duration, Kind, VecDeque<(Instant, u64)>)>,
+    queues: Vec<(Duration, Kind, Queue)>,
+    /// Records queued, by kind (`Kind as usize`).
+    records: [usize; 3],
 }
 
 impl Expiry {
@@ -113,15 +132,16 @@ impl Expiry {
         let i = match self.queues.iter().position(|(t, k, _)| *t == ttl && *k == kind) {
             Some(i) => i,
             None => {
-                self.queues.push((ttl, kind, VecDeque::with_capacity(1024)));
+                self.queues.push((ttl, kind, VecDeque::with_capacity(SLACK)));
                 self.queues.len() - 1
             }
         };
         self.queues[i].2.push_back((at, key));
+        self.records[kind as usize] += 1;
     }
 
     fn records(&self) -> usize {
-        self.queues.iter().map(|(_, _, q)| q.len()).sum()
+        self.records.iter().sum()
     }
 }
 
@@ -133,6 +153,11 @@ pub struct CallMemory {
     established: usize,
     /// Established calls whose units went back at `max_call_duration` (no BYE seen), ever.
     pub timed_out: u64,
+    /// New transactions or dialogs a full map refused, ever: the message was still routed, but its
+    /// retransmissions and later messages are routed afresh. (New calls are refused earlier, with a
+    /// 503 counted as `transactions_full` / `dialogs_full`; this counts what slips past that check:
+    /// non-INVITE transactions, and failover dialogs.)
+    pub not_remembered: u64,
 }
 
 impl CallMemory {
@@ -140,10 +165,11 @@ impl CallMemory {
         CallMemory {
             txns: Map::default(),
             dialogs: Map::default(),
-            expiry: Expiry { queues: Vec::new() },
+            expiry: Expiry { queues: Vec::new(), records: [0; 3] },
             limits,
             established: 0,
             timed_out: 0,
+            not_remembered: 0,
         }
     }
 
@@ -173,7 +199,8 @@ impl CallMemory {
         self.established
     }
 
-    /// Expiry records queued (at most about twice the entries, see [`Expiry`]).
+    /// Expiry records queued: at most `2 * transactions + 4 * dialogs + 3 * SLACK` (see
+    /// [`CallMemory::bound`]), so at most `2 * limits.transactions + 4 * limits.dialogs + 3 * SLACK`.
     pub fn expiry_records(&self) -> usize {
         self.expiry.records()
     }
@@ -206,10 +233,11 @@ impl CallMemory {
     /// Remembers a transaction's destination for `ttl`. False (nothing stored) when the map is full.
     pub fn remember_txn(&mut self, key: u64, dest: SocketAddr, initial_invite: bool, now: Instant, ttl: Duration) -> bool {
         if self.txns.len() >= self.limits.transactions && !self.txns.contains_key(&key) {
+            self.not_remembered += 1;
             return false;
         }
         let expires = now + ttl;
-        self.txns.insert(key, TxnEntry { dest, expires, initial_invite, answered: false });
+        self.txns.insert(key, TxnEntry { dest, expires, initial_invite, answered: false, kept: false });
         self.push(Kind::Txn, ttl, expires, key);
         true
     }
@@ -238,9 +266,10 @@ impl CallMemory {
             e.expires = expires;
         } else {
             if self.dialogs.len() >= self.limits.dialogs {
+                self.not_remembered += 1;
                 return false;
             }
-            self.dialogs.insert(key, DialogEntry { dest, caller, expires, established: false, release_at: None, reservation: None });
+            self.dialogs.insert(key, DialogEntry { dest, caller, expires, established: false, release_at: None, reservation: None, kept: false });
         }
         self.push(Kind::Dialog, ttl, expires, key);
         true
@@ -297,33 +326,60 @@ impl CallMemory {
         }
     }
 
-    /// Queues an expiry record. Each entry has at most one current record per kind (its expiry
-    /// or release time is in one queue), so when a kind's records outgrow twice its entries the
-    /// stale ones are dropped: amortised O(1), and the queues never hold more than about
-    /// 2 × entries + 1024 records of a kind.
+    /// Queues an expiry record, then keeps the queues within their bound.
     fn push(&mut self, kind: Kind, ttl: Duration, at: Instant, key: u64) {
         self.expiry.push(kind, ttl, at, key);
-        let live = match kind {
+        self.bound(kind);
+    }
+
+    /// Entries a kind's records can refer to.
+    fn live(&self, kind: Kind) -> usize {
+        match kind {
             Kind::Txn => self.txns.len(),
             Kind::Dialog | Kind::Release => self.dialogs.len(),
-        };
-        let records: usize = self.expiry.queues.iter().filter(|(_, k, _)| *k == kind).map(|(_, _, q)| q.len()).sum();
-        if records > 2 * live + 1024 {
+        }
+    }
+
+    /// Keeps `records(kind) <= 2 * live(kind) + SLACK`, checked after every push and expiry, so
+    /// it holds whenever a method returns. Compaction leaves at most one record per entry, so it
+    /// runs only when more than half the records it scans are stale and drops them: each record
+    /// is dropped once after being pushed once, and the scan of the map is shorter than the scan of
+    /// the queues, so the cost is O(1) amortised per push.
+    fn bound(&mut self, kind: Kind) {
+        if self.expiry.records[kind as usize] > 2 * self.live(kind) + SLACK {
             self.compact(kind);
         }
     }
 
-    /// Drops the records of `kind` that no longer match their entry (re-armed or gone).
+    /// Keeps, of the records of `kind`, only the first one that matches its entry's current expiry
+    /// (or release) time: the others were re-armed, belong to a key gone since, or repeat the
+    /// current one (an entry re-armed to the same instant, or back to the instant of a stale record).
     fn compact(&mut self, kind: Kind) {
-        let (txns, dialogs) = (&self.txns, &self.dialogs);
-        for (_, k, q) in self.expiry.queues.iter_mut().filter(|(_, k, _)| *k == kind) {
-            q.retain(|&(at, key)| match k {
-                Kind::Txn => txns.get(&key).is_some_and(|e| e.expires == at),
-                Kind::Dialog => dialogs.get(&key).is_some_and(|e| e.expires == at),
-                Kind::Release => dialogs.get(&key).is_some_and(|e| e.release_at == Some(at)),
-            });
-            q.shrink_to(q.len().max(1024));
+        match kind {
+            Kind::Txn => self.txns.values_mut().for_each(|e| e.kept = false),
+            Kind::Dialog | Kind::Release => self.dialogs.values_mut().for_each(|e| e.kept = false),
         }
+        let (txns, dialogs) = (&mut self.txns, &mut self.dialogs);
+        let mut records = 0;
+        for (_, k, q) in self.expiry.queues.iter_mut().filter(|(_, k, _)| *k == kind) {
+            q.retain(|&(at, key)| {
+                let kept = match k {
+                    Kind::Txn => txns.get_mut(&key).filter(|e| e.expires == at).map(|e| &mut e.kept),
+                    Kind::Dialog => dialogs.get_mut(&key).filter(|e| e.expires == at).map(|e| &mut e.kept),
+                    Kind::Release => dialogs.get_mut(&key).filter(|e| e.release_at == Some(at)).map(|e| &mut e.kept),
+                };
+                match kept {
+                    Some(kept) if !*kept => {
+                        *kept = true;
+                        true
+                    }
+                    _ => false,
+                }
+            });
+            q.shrink_to(q.len().max(SLACK));
+            records += q.len();
+        }
+        self.expiry.records[kind as usize] = records;
     }
 
     /// Drops what has expired by `now`. Cheap to call often: it stops at the first live entry of
@@ -335,6 +391,7 @@ impl CallMemory {
                     break;
                 }
                 q.pop_front();
+                self.expiry.records[*kind as usize] -= 1;
                 // The entry may have been re-armed since this record was queued; only a record
                 // that still matches its expiry removes it.
                 match kind {
@@ -367,6 +424,10 @@ impl CallMemory {
                     }
                 }
             }
+        }
+        // Removals shrink `live`; a re-armed entry's stale records may still be far from due.
+        for kind in Kind::ALL {
+            self.bound(kind);
         }
     }
 }
@@ -443,18 +504,106 @@ mod tests {
         assert_eq!(m.dialog(0, t0).unwrap().dest, addr(3));
     }
 
+    /// The bound `CallMemory::bound` keeps, per kind, and the running counts agreeing with the
+    /// queues.
+    fn assert_bounded(m: &CallMemory) {
+        for kind in Kind::ALL {
+            let queued: usize = m.expiry.queues.iter().filter(|(_, k, _)| *k == kind).map(|(_, _, q)| q.len()).sum();
+            assert_eq!(queued, m.expiry.records[kind as usize], "{kind:?} count");
+            assert!(queued <= 2 * m.live(kind) + SLACK, "{kind:?}: {queued} records for {} entries", m.live(kind));
+        }
+        assert!(m.expiry_records() <= 2 * m.transactions() + 4 * m.dialogs() + 3 * SLACK);
+    }
+
+    /// After a compaction every entry has exactly its one current record left (none lost: each
+    /// entry still expires), Release records only for calls with a release time.
+    fn assert_compacts_to_one_record_per_entry(m: &mut CallMemory) {
+        for kind in Kind::ALL {
+            m.compact(kind);
+        }
+        assert_eq!(m.expiry.records[Kind::Txn as usize], m.transactions());
+        assert_eq!(m.expiry.records[Kind::Dialog as usize], m.dialogs());
+        assert_eq!(m.expiry.records[Kind::Release as usize], m.dialogs.values().filter(|e| e.release_at.is_some()).count());
+    }
+
     #[test]
     fn rearming_many_times_keeps_the_expiry_queues_bounded() {
         let t0 = Instant::now();
         let mut m = CallMemory::new(limits(1000));
         m.remember_txn(1, addr(1), true, t0, Duration::from_secs(190));
+        m.start_dialog(1, addr(1), addr(2), t0, Duration::from_secs(190));
         // A long ring with a provisional every few ms pushes a record each time.
         for i in 0..100_000u64 {
             m.rearm_txn(1, t0 + Duration::from_millis(i), Duration::from_secs(190));
+            m.rearm_dialog(1, t0 + Duration::from_millis(i), Duration::from_secs(190));
+            assert_bounded(&m);
         }
-        assert!(m.expiry_records() <= 2 * m.len() + 1025, "{} records", m.expiry_records());
-        assert!(m.expiry_records() > 0);
+        assert!(m.expiry.records[Kind::Txn as usize] <= 2 + SLACK);
         assert!(m.txn(1, t0 + Duration::from_secs(200)).is_some());
+        assert_compacts_to_one_record_per_entry(&mut m);
+        m.expire(t0 + Duration::from_secs(291));
+        assert!(m.is_empty());
+        assert_eq!(m.expiry_records(), 0);
+    }
+
+    #[test]
+    fn rearming_to_the_same_instant_does_not_pile_up_records() {
+        // Every record matches the entry's expiry: only the duplicate check can drop them.
+        let t0 = Instant::now();
+        let mut m = CallMemory::new(limits(1000));
+        m.remember_txn(1, addr(1), true, t0, Duration::from_secs(190));
+        for _ in 0..10_000 {
+            m.rearm_txn(1, t0, Duration::from_secs(190));
+            // Back and forth between two lifetimes that end at the same instant.
+            m.rearm_txn(1, t0 + Duration::from_secs(158), AFTER_FINAL);
+            assert_bounded(&m);
+        }
+        assert_compacts_to_one_record_per_entry(&mut m);
+        m.expire(t0 + Duration::from_secs(189));
+        assert!(m.txn(1, t0 + Duration::from_secs(189)).is_some());
+        m.expire(t0 + Duration::from_secs(190));
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_new_calls_and_rearms_keeps_records_bounded_and_counts_what_a_full_map_refused() {
+        let t0 = Instant::now();
+        let cap = 5_000;
+        let mut m = CallMemory::new(limits(cap));
+        let mut refused = 0u64;
+        let mut most = 0;
+        // 1 ms apart with 190 s lifetimes: the maps fill after 5 s and stay full.
+        for i in 0..100_000u64 {
+            let now = t0 + Duration::from_millis(i);
+            let ttl = Duration::from_secs(190);
+            refused += u64::from(!m.remember_txn(i, addr(1), true, now, ttl));
+            refused += u64::from(!m.start_dialog(i, addr(1), addr(2), now, ttl));
+            // Earlier calls ring, get answered, some hang up: every re-arm and release kind.
+            let k = i.wrapping_sub(7);
+            m.rearm_txn(k, now, ttl);
+            m.rearm_dialog(k, now, ttl);
+            if i % 3 == 0 {
+                m.answer_txn(k, now);
+                m.confirm_dialog(k, now, Duration::from_secs(3600), Duration::from_secs(600), None);
+            }
+            if i % 5 == 0 {
+                m.end_dialog(i.wrapping_sub(11), addr(1), now);
+            }
+            if i % 100 == 0 {
+                m.expire(now);
+            }
+            assert_bounded(&m);
+            most = most.max(m.expiry_records());
+        }
+        assert!(m.transactions() <= cap && m.dialogs() <= cap);
+        assert!(refused > 90_000, "{refused}");
+        assert_eq!(m.not_remembered, refused);
+        assert!(most <= 2 * cap + 4 * cap + 3 * SLACK, "{most} records");
+        eprintln!("flood: at most {most} expiry records for {cap} + {cap} entries");
+        assert_compacts_to_one_record_per_entry(&mut m);
+        m.expire(t0 + Duration::from_secs(100_000));
+        assert!(m.is_empty());
+        assert_eq!(m.expiry_records(), 0);
     }
 
     #[test]
