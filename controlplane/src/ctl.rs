@@ -181,7 +181,11 @@ pub fn run(client: &AdminClient, command: &CtlCommand, json_out: bool, out: &mut
             }
         }
     };
-    out.write_all(text.as_bytes()).map_err(CtlError::Output)
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // `fsroute ctl ds-list | head`: the reader has what it wanted.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(CtlError::Output),
+    }
 }
 
 fn pretty(v: &Value) -> String {
