@@ -1,4 +1,5 @@
-//! The `fsroute` binary: a thin command line over the control plane (`run`, `check`) and the
+//! The `fsroute` binary: a thin command line over the control plane (`run`, `check`, and `ctl`, the
+//! admin API's client in `fsroute_controlplane::ctl`) and the
 //! first-run demo (which lives in the bench crate with the scenario it shortens). All behaviour lives in the workspace crates.
 //! The demo is the `demo` cargo feature (on by default); a build without it
 //! (`--no-default-features`) has no `demo` subcommand and links neither the bench harness nor the
@@ -33,6 +34,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Talk to a running fsroute over its admin API: list sets and groups, set a destination's
+    /// state, reload, show a box's ESL numbers (tables, or `--json`).
+    Ctl(fsroute_controlplane::ctl::CtlArgs),
     /// First run: three emulated FreeSWITCH boxes of unequal size, a proxy on a built-in config and
     /// a short load, once per balancing mode; prints what happened. No flags, under a minute.
     #[cfg(feature = "demo")]
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
             fsroute_controlplane::runtime::run(fsroute_controlplane::runtime::RunOptions { config_path: config, drain_timeout })
         }
         Command::Check { config } => fsroute_controlplane::runtime::check(&config),
+        Command::Ctl(args) => fsroute_controlplane::ctl::main(args),
         #[cfg(feature = "demo")]
         Command::Demo => match fsroute_bench::demo() {
             Ok(()) => 0,

@@ -4,6 +4,7 @@
 //! - [`runtime`]: the control thread of `fsroute run` and `fsroute check`: signals, reloads, the loop.
 //! - [`admin`]: what `/status` and `/metrics` say, assembled from the control thread's state.
 //! - [`admin_http`]: the admin HTTP listener (its own thread, limits, bearer token, hand-off).
+//! - [`ctl`]: `fsroute ctl`, the operator's client for the admin API (tables or JSON).
 //! - [`probe`]: OPTIONS probing of dispatcher destinations and their health verdicts.
 //! - [`reconcile`]: writing off load_balancer units whose calls a box no longer counts.
 //! - [`headroom`]: how many more calls one FreeSWITCH box can take, from its numbers.
@@ -16,6 +17,7 @@
 pub mod admin;
 pub mod admin_http;
 pub mod config;
+pub mod ctl;
 pub mod freeswitch;
 pub mod headroom;
 pub mod probe;

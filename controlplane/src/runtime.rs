@@ -374,6 +374,10 @@ pub fn run(opts: RunOptions) -> i32 {
             for _ in 0..a.queue_capacity() {
                 let Some(req) = a.try_next() else { break };
                 let answer = serve(&mut ctl, &dp, &req);
+                // A reload over the API may change the token, as SIGHUP does.
+                if req.path == "/reload" {
+                    a.set_token(ctl.config.control.admin_token.clone());
+                }
                 req.respond(answer);
             }
         }
@@ -419,8 +423,32 @@ fn serve(ctl: &mut Control, dp: &DataPlane, req: &AdminRequest) -> AdminResponse
         }
         (AdminMethod::Post, "/load_balancer/status") => post(ctl, &req.body, set_lb_status),
         (AdminMethod::Post, "/dispatcher/state") => post(ctl, &req.body, set_state),
+        (AdminMethod::Post, "/reload") => reload_now(ctl, &req.body),
         _ => AdminResponse::json(404, r#"{"error":"not found"}"#),
     }
+}
+
+/// `POST /reload` (`fsroute ctl reload`, OpenSIPS `ds_reload`): the SIGHUP reload, answered with
+/// its outcome: 200 with the reload count and table generation, or 422 with the error that kept
+/// the running config. The body is empty or `{}`.
+fn reload_now(ctl: &mut Control, body: &str) -> AdminResponse {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ReloadRequest {}
+    if !body.trim().is_empty() {
+        if let Err(e) = serde_json::from_str::<ReloadRequest>(body) {
+            return AdminResponse::json(400, serde_json::json!({ "error": format!("bad request body: {e}") }).to_string());
+        }
+    }
+    let failures = ctl.record.reload_failures;
+    tracing::info!("reload requested over the admin API");
+    ctl.reload();
+    if ctl.record.reload_failures != failures {
+        let e = ctl.record.last_error.clone().unwrap_or_default();
+        return AdminResponse::json(422, serde_json::json!({ "error": format!("reload rejected, the running configuration stays: {e}") }).to_string());
+    }
+    let answer = serde_json::json!({ "ok": true, "path": ctl.record.path, "reloads": ctl.record.reloads, "generation": ctl.generation });
+    AdminResponse::json(200, answer.to_string())
 }
 
 /// A POST endpoint's handler: the request read from its body in, an error status and message out.
