@@ -33,6 +33,10 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Also resolve every destination name once (with the `[dns]` servers) and fail if one does
+        /// not resolve; without it, check needs no DNS.
+        #[arg(long)]
+        resolve: bool,
     },
     /// Talk to a running fsroute over its admin API: list sets and groups, set a destination's
     /// state, reload, show a box's ESL numbers (tables, or `--json`).
@@ -64,7 +68,7 @@ fn main() -> ExitCode {
         Command::Run { config, drain_timeout } => {
             fsroute_controlplane::runtime::run(fsroute_controlplane::runtime::RunOptions { config_path: config, drain_timeout })
         }
-        Command::Check { config } => fsroute_controlplane::runtime::check(&config),
+        Command::Check { config, resolve } => fsroute_controlplane::runtime::check(&config, resolve),
         Command::Ctl(args) => fsroute_controlplane::ctl::main(args),
         #[cfg(feature = "demo")]
         Command::Demo => match fsroute_bench::demo() {

@@ -20,6 +20,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use crate::config::{CapacityModel, Config, DestState, FsKey, Weight};
+use crate::dns::{DnsBook, Skipped};
 use crate::freeswitch::{Clamped, FsInfo, FsMonitor};
 use crate::headroom::{Binding, CostSource};
 use crate::probe::Prober;
@@ -57,6 +58,8 @@ struct DestExtra {
     pub configured_weight: Option<String>,
     /// `null` for static weights.
     pub fs: Option<Value>,
+    /// The row as written, for an address of a name (docs/DNS.md).
+    pub name: Option<String>,
 }
 
 /// How fast the control plane turns news into routing: heartbeat read -> table visible, and the
@@ -94,7 +97,12 @@ fn summary(h: &Histogram<u64>) -> Value {
 
 /// The control thread's state as `/status` and `/metrics` read it, lent for one request.
 pub struct ControlView<'a> {
+    /// The config as written.
     pub config: &'a Config,
+    /// Its rows with each name expanded into its addresses now (docs/DNS.md).
+    pub routing: &'a Config,
+    pub dns: &'a DnsBook,
+    pub dns_skipped: &'a [Skipped],
     pub stats: &'a Stats,
     pub admin: &'a AdminState,
     pub counters: &'a CounterStore,
@@ -123,6 +131,7 @@ impl ControlView<'_> {
                         let x = self.dest_extra(s.setid, &d.uri);
                         json!({
                             "uri": d.uri,
+                            "name": x.name,
                             "address": d.addr.to_string(),
                             "state": state_name(d.active, x.state),
                             "probe": x.probe,
@@ -199,7 +208,14 @@ impl ControlView<'_> {
                                 })
                             })
                             .collect();
-                        json!({ "uri": d.uri, "address": d.addr.to_string(), "enabled": d.enabled, "resources": resources })
+                        let name = self
+                            .routing
+                            .load_balancer
+                            .iter()
+                            .find(|r| r.group_id == g.group_id && r.uri == d.uri)
+                            .and_then(|r| r.resolved.as_ref())
+                            .map(|f| f.uri.clone());
+                        json!({ "uri": d.uri, "name": name, "address": d.addr.to_string(), "enabled": d.enabled, "resources": resources })
                     })
                     .collect();
                 json!({ "group_id": g.group_id, "destinations": dests })
@@ -209,6 +225,7 @@ impl ControlView<'_> {
             "dispatcher": sets,
             "load_balancer": groups,
             "freeswitch": self.fs_metrics().iter().map(FsMetric::to_json).collect::<Vec<_>>(),
+            "dns": self.dns_status(Instant::now()),
             "shards": shard_values,
             "table_generation": table.generation,
             "control": {
@@ -227,7 +244,70 @@ impl ControlView<'_> {
 
     /// `GET /metrics`.
     pub fn metrics(&self) -> String {
-        metrics_text(self.table, self.shards, self.record, &self.fs_metrics(), self.timings)
+        let mut text = metrics_text(self.table, self.shards, self.record, &self.fs_metrics(), self.timings);
+        // One registry per scrape, so each family is registered once: the DNS families join it.
+        text.truncate(text.strip_suffix("# EOF\n").map_or(text.len(), str::len));
+        text.push_str(&dns_metrics_text(self.dns));
+        text
+    }
+
+    /// `/status`'s `dns`: per destination name what was asked, the addresses in force, the TTL and
+    /// the next refresh, and since when it fails and when its addresses leave.
+    fn dns_status(&self, now: Instant) -> Value {
+        let c = &self.config.dns;
+        let grace = self.dns.timers().grace;
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let names: Vec<Value> = self
+            .dns
+            .names()
+            .map(|(n, s)| {
+                let addrs: Vec<Value> = s
+                    .addrs
+                    .iter()
+                    .map(|a| match a.srv {
+                        Some(r) => json!({ "address": a.addr.to_string(), "srv_priority": r.priority, "srv_weight": r.weight }),
+                        None => json!({ "address": a.addr.to_string() }),
+                    })
+                    .collect();
+                let skipped: Vec<Value> = self
+                    .dns_skipped
+                    .iter()
+                    .filter(|k| &k.name == n)
+                    .map(|k| json!({ "address": k.addr.to_string(), "why": k.why }))
+                    .collect();
+                let state = match (s.addrs.is_empty(), s.failing_since.is_some()) {
+                    (false, false) => "resolved",
+                    (false, true) => "failing",
+                    (true, _) if s.expired => "expired",
+                    (true, _) if s.resolutions == 0 && s.failures == 0 => "pending",
+                    (true, _) => "unresolved",
+                };
+                json!({
+                    "name": n.uri(),
+                    "query": n.query(),
+                    "state": state,
+                    "addresses": addrs,
+                    "skipped": skipped,
+                    "ttl_s": s.ttl.map(|t| t.as_secs()),
+                    "refresh_s": s.refresh.map(|t| t.as_secs_f64()),
+                    "next_refresh_in_ms": s.in_flight.is_none().then(|| ms(s.next_query.saturating_duration_since(now))),
+                    "answered_ago_ms": s.answered_at.map(|t| ms(now.saturating_duration_since(t))),
+                    "failing_for_ms": s.failing_since.map(|t| ms(now.saturating_duration_since(t))),
+                    "leaves_in_ms": s.leaves_at(grace).map(|t| ms(t.saturating_duration_since(now))),
+                    "last_error": s.last_error,
+                    "resolutions": s.resolutions,
+                    "failures": s.failures,
+                    "changes": s.changes,
+                })
+            })
+            .collect();
+        json!({
+            "servers": if c.servers.is_empty() { json!("system") } else { json!(c.servers.iter().map(ToString::to_string).collect::<Vec<_>>()) },
+            "min_ttl_s": c.min_ttl.as_secs_f64(),
+            "max_ttl_s": c.max_ttl.as_secs_f64(),
+            "grace_s": c.grace.as_secs_f64(),
+            "names": names,
+        })
     }
 
     /// A box's stats and ESL counters (defaults before it has any).
@@ -314,19 +394,21 @@ impl ControlView<'_> {
     /// What `/status` shows of a destination beyond the table: its configured weight and, for an
     /// fs:// weight, what its FreeSWITCH box last said.
     fn dest_extra(&self, setid: i32, uri: &str) -> DestExtra {
-        let Some(row) = self.config.dispatcher_row(setid, uri) else {
+        let Some(row) = self.routing.dispatcher_row(setid, uri) else {
             return DestExtra::default();
         };
+        let name = row.resolved.as_ref().map(|f| f.uri.clone());
         let state = self.admin.state_of(row);
         let probe = self.prober.health(&(setid, uri.to_string())).map(|h| {
             json!({ "up": h.up, "full": h.full, "last_status": h.last_status })
         });
         match &row.weight {
-            Weight::Static(w) => DestExtra { configured_weight: Some(w.to_string()), fs: None, state: Some(state), probe },
+            Weight::Static(w) => DestExtra { configured_weight: Some(w.to_string()), fs: None, state: Some(state), probe, name },
             Weight::Fs(fs) => {
                 let key = fs.key();
                 let (s, info) = self.fs_box(&key);
                 DestExtra {
+                    name,
                     state: Some(state),
                     probe,
                     configured_weight: Some(fs.to_string()),
@@ -666,6 +748,34 @@ pub fn metrics_text(
     generation.set(table.generation as i64);
     reg.register("table_generation", "Routing table builds so far", generation);
 
+    let mut out = String::new();
+    if encode(&mut out, &reg).is_err() {
+        let _ = writeln!(out, "# encoding failed");
+    }
+    out
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct NameLabels {
+    name: String,
+}
+
+/// The DNS families of `/metrics` (without `# EOF`): per destination name, resolutions, failures and
+/// the addresses in force.
+pub fn dns_metrics_text(dns: &DnsBook) -> String {
+    let mut reg = Registry::with_prefix("fsroute");
+    let resolutions = Family::<NameLabels, Counter>::default();
+    let failures = Family::<NameLabels, Counter>::default();
+    let addresses = Family::<NameLabels, Gauge>::default();
+    for (n, s) in dns.names() {
+        let l = NameLabels { name: n.uri() };
+        resolutions.get_or_create(&l).inc_by(s.resolutions);
+        failures.get_or_create(&l).inc_by(s.failures);
+        addresses.get_or_create(&l).set(i64::try_from(s.addrs.len()).unwrap_or(i64::MAX));
+    }
+    reg.register("dns_resolutions", "Answers with addresses for a destination name", resolutions);
+    reg.register("dns_failures", "Failed resolutions of a destination name (NXDOMAIN, SERVFAIL, timeout, no address)", failures);
+    reg.register("dns_addresses", "Addresses of a destination name in force (kept through failures for dns.grace)", addresses);
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {
         let _ = writeln!(out, "# encoding failed");

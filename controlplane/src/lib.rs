@@ -8,6 +8,8 @@
 //! - [`probe`]: OPTIONS probing of dispatcher destinations and their health verdicts.
 //! - [`reconcile`]: writing off load_balancer units whose calls a box no longer counts.
 //! - [`headroom`]: how many more calls one FreeSWITCH box can take, from its numbers.
+//! - [`dns`]: destination names: resolved on a thread of their own, refreshed at their TTL, kept
+//!   through failures for a grace, expanded into one destination per address.
 //! - [`freeswitch`]: one ESL connection per box and the translation of its events into [`state`].
 //! - [`state`]: what the control plane knows at runtime: box stats, probe verdicts, admin
 //!   overrides, the counters kept across builds.
@@ -17,6 +19,7 @@
 pub mod admin;
 pub mod admin_http;
 pub mod config;
+pub mod dns;
 pub mod ctl;
 pub mod freeswitch;
 pub mod headroom;

@@ -190,6 +190,8 @@ fn record(t: &mut Target, reply: Option<u16>, s: ProbeSettings) -> bool {
 }
 
 fn options(uri: &str, local: SocketAddr, seq: u64) -> Vec<u8> {
+    // An address of a name (`sip:host#addr`, docs/DNS.md) is asked as the name: the box's domain.
+    let uri = uri.split_once('#').map_or(uri, |(written, _)| written);
     format!(
         "OPTIONS {uri} SIP/2.0\r\n\
          Via: SIP/2.0/UDP {local};branch=z9hG4bK-fsrprobe{seq:x};rport\r\n\

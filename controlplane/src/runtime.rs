@@ -1,6 +1,7 @@
 //! The control-plane thread of `fsroute run`: loads the config, starts the shards, then owns every
 //! slow decision: SIGHUP reloads (parse -> validate -> build -> swap, or keep the running table),
-//! admin requests, and the graceful stop on SIGTERM/SIGINT (new INVITEs get 503 + Retry-After while
+//! admin requests, destination names (handed to the resolver thread, their results taken between
+//! the loop's other tasks, docs/DNS.md), and the graceful stop on SIGTERM/SIGINT (new INVITEs get 503 + Retry-After while
 //! transactions in flight finish, bounded by a timeout). Shards never wait on it: they read the
 //! table it swaps in.
 
@@ -19,6 +20,8 @@ use signal_hook::iterator::Signals;
 use crate::admin::{ControlView, ReloadRecord, Timings};
 use crate::admin_http::{AdminLimits, AdminMethod, AdminRequest, AdminResponse, AdminServer};
 use crate::config::{self, Config, DestState};
+use crate::dns::resolver::Resolver;
+use crate::dns::{DnsBook, DnsTimers, Skipped};
 use crate::freeswitch::FsMonitor;
 use crate::probe::{Outgoing, ProbeSettings, ProbeSocket, Prober};
 use crate::reconcile::Reconciler;
@@ -48,7 +51,16 @@ pub struct RunOptions {
 /// Everything the control thread owns.
 struct Control {
     path: PathBuf,
+    /// The config as written (admin commands, ESL connections, `/status` of the file).
     config: Config,
+    /// `config` with each named row expanded into its addresses now: what probes, snapshots and
+    /// reconciliation follow, as the table builder sees it (docs/DNS.md).
+    routing: Config,
+    dns: DnsBook,
+    /// Started while the config names a host; a reload that changes `[dns]` starts a new one.
+    resolver: Option<Resolver>,
+    /// Resolved addresses that did not become destinations, and why (for `/status`).
+    dns_skipped: Vec<Skipped>,
     stats: Stats,
     admin: AdminState,
     counters: CounterStore,
@@ -91,11 +103,11 @@ impl Control {
         let started = Instant::now();
         // Before the snapshots: fsroute's load at a reading is what is left after reconciling with it.
         self.reconciler.on_readings(&self.stats, self.config.control.channels_per_call);
-        snapshot_p_hb(&self.config, &mut self.stats, &self.counters);
-        snapshot_boxes(&self.config, &mut self.stats, &self.counters, started);
+        snapshot_p_hb(&self.routing, &mut self.stats, &self.counters);
+        snapshot_boxes(&self.routing, &mut self.stats, &self.counters, started);
         let t = build_table(&self.config, &self.stats, &self.admin, &mut self.counters, self.generation);
         self.table.store(Arc::new(t));
-        self.reconciler.sync(&self.config, &self.counters, started);
+        self.reconciler.sync(&self.routing, &self.counters, started);
         let visible = Instant::now();
         self.timings.record_rebuild(visible - started);
         for arrived in self.fs.pending_visibility.drain(..) {
@@ -136,6 +148,8 @@ impl Control {
                 self.config = new;
                 self.admin.retain_known(&self.config);
                 self.fs.sync(&self.config, &mut self.stats);
+                self.sync_dns(Instant::now());
+                self.refresh_routing();
                 self.sync_probes();
                 self.rebuild();
                 self.record.reloads += 1;
@@ -158,11 +172,84 @@ impl Control {
         self.admin_bound.filter(|a| !a.ip().is_loopback() && new.control.admin_token.is_none())
     }
 
+    /// The names of the config, after a load or reload: the book follows them, and the resolver
+    /// runs while there is any (a new one when `[dns]` changed; queries in flight are asked again).
+    fn sync_dns(&mut self, now: Instant) {
+        let names = self.config.dns_names();
+        self.dns.sync(&names, DnsTimers::from_config(&self.config.dns), now);
+        if names.is_empty() {
+            self.resolver = None;
+        } else if self.resolver.as_ref().is_none_or(|r| r.settings != self.config.dns) {
+            self.resolver = match Resolver::start(&self.config.dns) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the DNS resolver thread; destination names will not resolve");
+                    None
+                }
+            };
+            self.dns.requeue(now);
+        }
+        self.stats.dns = self.dns.resolved();
+    }
+
+    /// The rows the table is built from now: `config` with each name's addresses in force.
+    fn refresh_routing(&mut self) {
+        let (routing, skipped) = crate::dns::expand(&self.config, &self.stats.dns);
+        for s in skipped.iter().filter(|s| !self.dns_skipped.contains(s)) {
+            tracing::warn!(name = %s.name, address = %s.addr, why = %s.why, "resolved address not used");
+        }
+        self.routing = routing.into_owned();
+        self.dns_skipped = skipped;
+    }
+
+    /// One turn of destination names: due queries to the resolver, its results into the book, the
+    /// book's clock (graces). True when the addresses in force changed: routing, probes and the table
+    /// follow.
+    fn poll_dns(&mut self, now: Instant) -> bool {
+        let Some(resolver) = &self.resolver else { return false };
+        for name in self.dns.due(now) {
+            resolver.ask(name);
+        }
+        let mut changed = false;
+        while let Some((name, result)) = resolver.try_recv() {
+            let was_failing = self.dns.get(&name).is_some_and(|s| s.failing_since.is_some());
+            if let Err(e) = &result {
+                if !was_failing {
+                    tracing::warn!(name = %name, error = %e, grace = ?self.dns.timers().grace, "destination name does not resolve; its last addresses stay for the grace");
+                }
+            }
+            let ok = result.is_ok();
+            let moved = self.dns.on_result(&name, result, now);
+            if let Some(s) = self.dns.get(&name) {
+                if ok && was_failing && s.failing_since.is_none() {
+                    tracing::info!(name = %name, "destination name resolves again");
+                }
+                if moved {
+                    let addrs: Vec<String> = s.addrs.iter().map(|a| a.addr.to_string()).collect();
+                    tracing::info!(name = %name, addresses = ?addrs, "destination name's addresses changed");
+                }
+            }
+            changed |= moved;
+        }
+        if self.dns.tick(now) {
+            for (name, s) in self.dns.names().filter(|(_, s)| s.expired && s.addrs.is_empty()) {
+                tracing::debug!(name = %name, error = ?s.last_error, "destination name without addresses");
+            }
+            changed = true;
+        }
+        if changed {
+            self.stats.dns = self.dns.resolved();
+            self.refresh_routing();
+            self.sync_probes();
+        }
+        changed
+    }
+
     /// Probe targets follow the config; with probing off, verdicts are forgotten.
     fn sync_probes(&mut self) {
         self.prober.set_settings(probe_settings(&self.config));
         let wanted: Vec<_> = if self.prober.enabled() {
-            self.config
+            self.routing
                 .dispatcher
                 .iter()
                 .map(|r| ((r.setid, r.uri.clone()), r.addr, r.state == DestState::Probing))
@@ -184,7 +271,7 @@ impl Control {
 
     fn copy_probe_health(&mut self) {
         self.stats.probes.clear();
-        for r in &self.config.dispatcher {
+        for r in &self.routing.dispatcher {
             let key = (r.setid, r.uri.clone());
             if let Some(h) = self.prober.health(&key) {
                 self.stats.probes.insert(key, h);
@@ -200,11 +287,9 @@ impl Control {
         }
         let mut changed = sock.drain(&mut self.prober);
         let admin = &self.admin;
-        let config = &self.config;
-        let inactive = |k: &(i32, String)| {
-            let row_state = config.dispatcher_row(k.0, &k.1).map(|r| r.state);
-            admin.dispatcher_state(k.0, &k.1).or(row_state) == Some(DestState::Inactive)
-        };
+        let config = &self.routing;
+        let inactive =
+            |k: &(i32, String)| config.dispatcher_row(k.0, &k.1).map(|r| admin.state_of(r)) == Some(DestState::Inactive);
         self.probe_out.clear();
         changed |= self.prober.poll(Instant::now(), sock.local, &inactive, &mut self.probe_out);
         sock.send(&self.probe_out);
@@ -214,10 +299,26 @@ impl Control {
         changed
     }
 
+    /// At start, the names' first answers, for at most the resolver's timeout: calls arriving in
+    /// the first milliseconds find their destinations, and a name that does not answer in time only
+    /// joins the table when it does (fsroute starts either way; `/status` shows it).
+    fn first_answers(&mut self) {
+        let started = Instant::now();
+        let limit = self.config.dns.timeout.min(Duration::from_secs(3));
+        self.poll_dns(started);
+        while self.dns.names().any(|(_, s)| s.in_flight.is_some()) && started.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(5));
+            self.poll_dns(Instant::now());
+        }
+    }
+
     /// The state `/status` and `/metrics` render, with the table and shard counters of this moment.
     fn view<'a>(&'a self, table: &'a RoutingTable, shards: &'a [Arc<ShardStats>]) -> ControlView<'a> {
         ControlView {
             config: &self.config,
+            routing: &self.routing,
+            dns: &self.dns,
+            dns_skipped: &self.dns_skipped,
             stats: &self.stats,
             admin: &self.admin,
             counters: &self.counters,
@@ -267,6 +368,10 @@ pub fn run(opts: RunOptions) -> i32 {
         admin_bound: None,
         reconciler: Reconciler::default(),
         path: opts.config_path.clone(),
+        routing: config.clone(),
+        dns: DnsBook::new(DnsTimers::from_config(&config.dns)),
+        resolver: None,
+        dns_skipped: Vec::new(),
         stats: Stats::default(),
         admin: AdminState::default(),
         counters: host_counters(&config),
@@ -279,6 +384,9 @@ pub fn run(opts: RunOptions) -> i32 {
         },
         config,
     };
+    ctl.sync_dns(Instant::now());
+    ctl.first_answers();
+    ctl.refresh_routing();
     ctl.sync_probes();
     ctl.rebuild();
 
@@ -366,7 +474,8 @@ pub fn run(opts: RunOptions) -> i32 {
         let heard = ctl.fs.poll(wait, Instant::now(), &mut ctl.stats);
         ctl.reconciler.tick(Instant::now());
         let probed = ctl.run_probes();
-        if heard || probed {
+        let resolved = ctl.poll_dns(Instant::now());
+        if heard || probed || resolved {
             ctl.rebuild();
         }
         if let Some(a) = &admin {
@@ -502,11 +611,20 @@ fn set_state(ctl: &mut Control, r: StateRequest) -> Result<(), (u16, String)> {
     ctl.admin.set_dispatcher_state(r.setid, &r.destination, state);
     // OpenSIPS: setting active clears the probing flags; setting probing makes the box earn its
     // way back through probes.
-    let key = (r.setid, r.destination.clone());
-    match state {
-        DestState::Active => ctl.prober.force(&key, true),
-        DestState::Probing => ctl.prober.force(&key, false),
-        DestState::Inactive => {}
+    // Every address of a name is the row's: the command applies to all of them.
+    let keys: Vec<(i32, String)> = ctl
+        .routing
+        .dispatcher
+        .iter()
+        .filter(|d| d.setid == r.setid && d.written_uri() == r.destination)
+        .map(|d| (d.setid, d.uri.clone()))
+        .collect();
+    for key in &keys {
+        match state {
+            DestState::Active => ctl.prober.force(key, true),
+            DestState::Probing => ctl.prober.force(key, false),
+            DestState::Inactive => {}
+        }
     }
     ctl.copy_probe_health();
     tracing::info!(setid = r.setid, destination = %r.destination, state = %r.state, "admin set destination state");
@@ -529,12 +647,16 @@ pub fn check_warnings(c: &Config) -> Vec<String> {
 }
 
 /// Validates a config file for `fsroute check`: prints the summary (and warnings) or the errors.
-pub fn check(path: &Path) -> i32 {
+/// With `resolve`, every destination name is resolved once and one that does not is an error.
+pub fn check(path: &Path, resolve: bool) -> i32 {
     match config::load(path) {
         Ok(c) => {
             println!("{}", c.summary());
             for w in check_warnings(&c) {
                 eprintln!("warning: {w}");
+            }
+            if resolve {
+                return check_names(&c);
             }
             EXIT_OK
         }
@@ -542,6 +664,47 @@ pub fn check(path: &Path) -> i32 {
             eprintln!("{e}");
             EXIT_CONFIG
         }
+    }
+}
+
+/// `fsroute check --resolve`: each name's addresses now, or why it has none.
+fn check_names(c: &Config) -> i32 {
+    let names = c.dns_names();
+    if names.is_empty() {
+        println!("dns names   none to resolve");
+        return EXIT_OK;
+    }
+    let outcomes = match crate::dns::resolver::resolve_all(&c.dns, &names) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{}: dns: {e}", c.path.display());
+            return EXIT_CONFIG;
+        }
+    };
+    let mut failed = 0;
+    for (name, outcome) in outcomes {
+        match outcome {
+            Ok(a) => {
+                let addrs: Vec<String> = a
+                    .addrs
+                    .iter()
+                    .map(|x| match x.srv {
+                        Some(r) => format!("{} (SRV priority {}, weight {})", x.addr, r.priority, r.weight),
+                        None => x.addr.to_string(),
+                    })
+                    .collect();
+                println!("resolved    {name}: {} (TTL {}s)", addrs.join(", "), a.ttl.as_secs());
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("{}: {name}: does not resolve: {e}", c.path.display());
+            }
+        }
+    }
+    if failed > 0 {
+        EXIT_CONFIG
+    } else {
+        EXIT_OK
     }
 }
 

@@ -13,6 +13,7 @@ use fsroute_dataplane::lb::Load;
 use fsroute_dataplane::table::DestCounters;
 
 use crate::config::{Config, DestState, DispatcherRow, FsKey};
+use crate::dns::ResolvedNames;
 use crate::headroom::{BoxReport, CpuCostFit};
 use crate::probe::ProbeHealth;
 
@@ -169,6 +170,9 @@ pub struct Stats {
     pub p_hb: HashMap<(i32, String, String), (u64, u32)>,
     /// Per box, the headroom model's base counts at its last numbers.
     pub boxes: HashMap<FsKey, BoxSnapshot>,
+    /// Per destination name, the addresses in force (docs/DNS.md): rows naming a host become one
+    /// destination per address here, and none while the name has none.
+    pub dns: ResolvedNames,
 }
 
 impl Stats {
@@ -196,9 +200,10 @@ impl AdminState {
         self.dispatcher.get(&(setid, uri.to_string())).copied()
     }
 
-    /// The state in force for a row: the override, else the row's own `state`.
+    /// The state in force for a row: the override, else the row's own `state`. An override names
+    /// the row as written, so it applies to every address of a name.
     pub fn state_of(&self, row: &DispatcherRow) -> DestState {
-        self.dispatcher_state(row.setid, &row.uri).unwrap_or(row.state)
+        self.dispatcher_state(row.setid, row.written_uri()).unwrap_or(row.state)
     }
 
     pub fn set_lb_enabled(&mut self, group_id: i32, uri: &str, enabled: bool) {

@@ -1,8 +1,9 @@
 //! The pure routing-table builder: `(Config, Stats, AdminState) -> RoutingTable`. The control
-//! plane calls [`build_table`] after a config load, a SIGHUP, a heartbeat, a probe result or an
-//! admin command, then swaps the result in. Nothing here does I/O or reads the clock; the only
-//! state carried from one build to the next is the [`CounterStore`], so destinations that survive
-//! a rebuild keep their counters.
+//! plane calls [`build_table`] after a config load, a SIGHUP, a heartbeat, a probe result, a DNS
+//! answer that changed or an admin command, then swaps the result in. Nothing here does I/O or
+//! reads the clock, nor resolves a name: rows naming a host take the addresses in
+//! `Stats::dns` (docs/DNS.md). The only state carried from one build to the next is the
+//! [`CounterStore`], so destinations that survive a rebuild keep their counters.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use fsroute_dataplane::table::{
 use crate::config::{
     Capacity, CapacityModel, Config, ControlConfig, DestState, DispatcherRow, FsKey, LbResource as ConfigLbResource, LoadBalancerRow, RouteTo, Weight, XAuthMode,
 };
+use crate::dns::scaled_weight;
 use crate::headroom::{self, CostSource, Headroom, Knobs};
 use crate::state::{AdminState, BoxSnapshot, CounterStore, Freshness, FsStats, Stats};
 
@@ -31,12 +33,17 @@ pub fn build_table(
     counters: &mut CounterStore,
     generation: u64,
 ) -> RoutingTable {
+    // Sets and groups are the written config's, so one whose only row names a host that has no
+    // address now stays, empty, and its routes keep answering as for any set without a box.
+    let written = config;
+    let (expanded, _) = crate::dns::expand(written, &stats.dns);
+    let config: &Config = &expanded;
     let mut live: HashSet<(i32, String)> = HashSet::new();
     let boxes = match config.control.capacity_model {
         CapacityModel::Headroom => box_admissions(config, stats, counters),
         CapacityModel::Opensips => HashMap::new(),
     };
-    let setids = config.setids();
+    let setids = written.setids();
     let mut sets = Vec::with_capacity(setids.len());
     for &setid in &setids {
         let destinations: Vec<Destination> = config
@@ -73,6 +80,11 @@ pub fn build_table(
         if config.control.capacity_model == CapacityModel::Headroom {
             headroom_weights(config, setid, &mut destinations);
         }
+        for (d, r) in destinations.iter_mut().zip(config.dispatcher.iter().filter(|r| r.setid == setid)) {
+            if let Some(from) = &r.resolved {
+                d.weight = scaled_weight(d.weight, from.share);
+            }
+        }
         let members: Vec<Member<'_>> = destinations
             .iter()
             .map(|d| Member {
@@ -90,7 +102,7 @@ pub fn build_table(
         });
     }
     counters.dispatcher.retain(|k, _| live.contains(k));
-    let lb_groups = build_lb_groups(config, stats, admin, counters, &boxes);
+    let lb_groups = build_lb_groups(written, config, stats, admin, counters, &boxes);
 
     let routes = config
         .routes
@@ -316,7 +328,10 @@ pub fn snapshot_boxes(config: &Config, stats: &mut Stats, counters: &CounterStor
     stats.boxes.retain(|k, _| stats.fs.contains_key(k));
 }
 
+/// The groups of `written` (so a group whose names have no address stays, with its resources and
+/// no destination), with the rows of `config`, its expansion.
 fn build_lb_groups(
+    written: &Config,
     config: &Config,
     stats: &Stats,
     admin: &AdminState,
@@ -325,10 +340,10 @@ fn build_lb_groups(
 ) -> Vec<LbGroup> {
     let mut live: HashSet<(i32, String, String)> = HashSet::new();
     let mut groups = Vec::new();
-    for group_id in config.group_ids() {
+    for group_id in written.group_ids() {
         let rows: Vec<&LoadBalancerRow> = config.load_balancer.iter().filter(|r| r.group_id == group_id).collect();
         let mut names: Vec<String> = Vec::new();
-        for r in &rows {
+        for r in written.load_balancer.iter().filter(|r| r.group_id == group_id) {
             for res in &r.resources {
                 if !names.contains(&res.name) {
                     names.push(res.name.clone());
@@ -357,7 +372,7 @@ fn build_lb_groups(
                 LbDestination {
                     uri: r.uri.clone(),
                     addr: r.addr,
-                    enabled: admin.lb_enabled(group_id, &r.uri).unwrap_or(r.state.is_active()),
+                    enabled: admin.lb_enabled(group_id, r.written_uri()).unwrap_or(r.state.is_active()),
                     resources,
                 }
             })

@@ -30,6 +30,7 @@ pub use error::{redact, ConfigError, ConfigErrors, Position};
 /// Passwords, the admin token and the branch secret: the ESL crate's never-printed string.
 pub use fsroute_esl::Secret;
 pub use value::{parse_duration, SIP_DEFAULT_PORT};
+pub(crate) use validate::is_own_listener;
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -76,6 +77,8 @@ pub struct Config {
     pub failover: FailoverConfig,
     /// `[limits]`: per-shard bounds on call state.
     pub limits: fsroute_dataplane::table::MemoryLimits,
+    /// `[dns]`: how destination names are resolved and kept (docs/DNS.md).
+    pub dns: DnsConfig,
     /// `[[dispatcher]]` rows in file order.
     pub dispatcher: Vec<DispatcherRow>,
     /// `[[load_balancer]]` rows in file order.
@@ -119,6 +122,20 @@ impl Config {
         for fs in weights.chain(resources) {
             if !out.iter().any(|o| o.key() == fs.key()) {
                 out.push(fs);
+            }
+        }
+        out
+    }
+
+    /// Every distinct destination name of the dispatcher and load_balancer rows, first mention first:
+    /// what the control plane's resolver keeps resolved (docs/DNS.md).
+    pub fn dns_names(&self) -> Vec<DnsTarget> {
+        let rows = self.dispatcher.iter().filter_map(|r| r.name.as_ref());
+        let lb = self.load_balancer.iter().filter_map(|r| r.name.as_ref());
+        let mut out: Vec<DnsTarget> = Vec::new();
+        for n in rows.chain(lb) {
+            if !out.contains(n) {
+                out.push(n.clone());
             }
         }
         out
@@ -322,6 +339,77 @@ impl Default for FailoverConfig {
     }
 }
 
+/// `[dns]`: the resolver of destination names (docs/DNS.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Name servers to ask (UDP, then TCP for a truncated answer); empty = /etc/resolv.conf.
+    pub servers: Vec<SocketAddr>,
+    /// The shortest time an answer is kept before it is asked again (a TTL of 0 never spins).
+    pub min_ttl: Duration,
+    /// The longest: a name with a day-long TTL is still re-read this often.
+    pub max_ttl: Duration,
+    /// How long a name that stops resolving keeps its last addresses before they leave the table.
+    pub grace: Duration,
+    /// How long one query may take (per attempt; the resolver tries twice per server).
+    pub timeout: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            servers: Vec::new(),
+            min_ttl: Duration::from_secs(5),
+            max_ttl: Duration::from_secs(3600),
+            grace: Duration::from_secs(300),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A destination host name and the port written after it: what the resolver is asked. Without a
+/// port, `_sip._udp.<host>` SRV first, then A/AAAA on 5060 (RFC 3263 §4.2); with one, A/AAAA only.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DnsTarget {
+    /// Lower-case, without a trailing dot.
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl DnsTarget {
+    /// The URI spelling, `sip:host[:port]`, as `/status` and the logs name the name.
+    pub fn uri(&self) -> String {
+        match self.port {
+            Some(p) => format!("sip:{}:{p}", self.host),
+            None => format!("sip:{}", self.host),
+        }
+    }
+
+    /// What is asked, for `/status` and `fsroute check`.
+    pub fn query(&self) -> String {
+        match self.port {
+            Some(p) => format!("A/AAAA {} (port {p})", self.host),
+            None => format!("SRV _sip._udp.{0}, else A/AAAA {0} (port {SIP_DEFAULT_PORT})", self.host),
+        }
+    }
+}
+
+impl fmt::Display for DnsTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.uri())
+    }
+}
+
+/// On a row expanded from a resolved name (docs/DNS.md, "One name, several destinations"): the
+/// row as written, which admin commands and overrides name, and its share of the row's weight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedFrom {
+    /// The row's `destination` / `dst_uri` as written.
+    pub uri: String,
+    /// The destination weighs `weight × share.0 / share.1` (an SRV target's weight against the
+    /// heaviest of its priority; `(0, 1)` for a backup priority; `(1, 1)` for an A/AAAA address).
+    pub share: (u32, u32),
+}
+
 /// A host as written in config: an IP literal or a lower-cased DNS name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Host {
@@ -465,10 +553,16 @@ pub struct RowInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DispatcherRow {
     pub setid: i32,
-    /// As written: the destination's identity in `/status`, admin commands and counters.
+    /// As written: the destination's identity in `/status`, admin commands and counters. A row
+    /// expanded from a name is `<as written>#<address>` (`#` never appears in a written URI).
     pub uri: String,
-    /// Where to send, resolved at load.
+    /// Where to send: the IP literal as written, or (expanded rows) one resolved address.
+    /// Meaningless while `name` is set: such a row goes to the table only as its expansions.
     pub addr: SocketAddr,
+    /// A host name to resolve (docs/DNS.md); None for an IP literal and for expanded rows.
+    pub name: Option<DnsTarget>,
+    /// Set on rows expanded from a name.
+    pub resolved: Option<ResolvedFrom>,
     pub weight: Weight,
     pub priority: i32,
     /// Weight while an fs:// destination is stale (overrides `control.stale_weight`).
@@ -478,16 +572,34 @@ pub struct DispatcherRow {
     pub info: RowInfo,
 }
 
+impl DispatcherRow {
+    /// The row as written: what admin commands and overrides name (one name, all its addresses).
+    pub fn written_uri(&self) -> &str {
+        self.resolved.as_ref().map_or(&self.uri, |r| &r.uri)
+    }
+}
+
 /// One `[[load_balancer]]` row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadBalancerRow {
     pub group_id: i32,
+    /// As written (`<as written>#<address>` on rows expanded from a name, as for dispatcher rows).
     pub uri: String,
+    /// As for [`DispatcherRow::addr`].
     pub addr: SocketAddr,
+    pub name: Option<DnsTarget>,
+    pub resolved: Option<ResolvedFrom>,
     /// Every resource of the row, in order.
     pub resources: Vec<LbResource>,
     pub state: DestState,
     pub info: RowInfo,
+}
+
+impl LoadBalancerRow {
+    /// As [`DispatcherRow::written_uri`].
+    pub fn written_uri(&self) -> &str {
+        self.resolved.as_ref().map_or(&self.uri, |r| &r.uri)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

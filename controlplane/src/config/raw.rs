@@ -19,6 +19,7 @@ pub(crate) struct RawConfig {
     pub control: Opt<RawControl>,
     pub failover: Opt<RawFailover>,
     pub limits: Opt<RawLimits>,
+    pub dns: Opt<RawDns>,
     #[serde(default)]
     pub dispatcher: Vec<Spanned<RawDispatcher>>,
     #[serde(default)]
@@ -75,6 +76,16 @@ pub(crate) struct RawControl {
     pub status_interval: Opt<IntOrStr>,
     pub idle_cpu_smoothing: Opt<i64>,
     pub max_sessions_ceiling: Opt<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDns {
+    pub servers: Opt<Vec<Spanned<String>>>,
+    pub min_ttl: Opt<IntOrStr>,
+    pub max_ttl: Opt<IntOrStr>,
+    pub grace: Opt<IntOrStr>,
+    pub timeout: Opt<IntOrStr>,
 }
 
 #[derive(Debug, Default, Deserialize)]

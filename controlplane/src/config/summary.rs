@@ -105,6 +105,28 @@ fn write_summary(s: &mut String, c: &Config) -> std::fmt::Result {
         if f.exhausted_reply == 500 { "500".to_string() } else { format!("503, Retry-After {}", dur(f.exhausted_retry_after)) }
     )?;
 
+    let names = c.dns_names();
+    if !names.is_empty() {
+        let d = &c.dns;
+        let servers = if d.servers.is_empty() {
+            "/etc/resolv.conf".to_string()
+        } else {
+            d.servers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        };
+        writeln!(
+            s,
+            "dns         {} name(s) via {servers}; refresh at the TTL within {}..{}, grace {}, timeout {}",
+            names.len(),
+            dur(d.min_ttl),
+            dur(d.max_ttl),
+            dur(d.grace),
+            dur(d.timeout)
+        )?;
+        for n in &names {
+            writeln!(s, "  {:<30} {}", n.uri(), n.query())?;
+        }
+        writeln!(s, "  (resolved by `fsroute run`, not by check: `fsroute check --resolve` tries them now)")?;
+    }
     let setids = c.setids();
     writeln!(s, "dispatcher sets: {}", setids.len())?;
     for setid in setids {

@@ -17,15 +17,15 @@ use toml::Spanned;
 
 use super::error::{redact, ConfigError, LineIndex, Position};
 use super::raw::{
-    IntOrStr, Number, Opt, RawConfig, RawControl, RawDispatcher, RawFailover, RawLimits, RawLoadBalancer,
+    IntOrStr, Number, Opt, RawConfig, RawControl, RawDispatcher, RawDns, RawFailover, RawLimits, RawLoadBalancer,
     RawProxy, RawRoute,
 };
 use super::value::{
     is_fs_url, parse_cidr, parse_duration, parse_fs_url, parse_host_port, parse_resource_names,
-    parse_resources, parse_sip_destination, SIP_DEFAULT_PORT,
+    parse_resources, parse_sip_destination, SipDest, SIP_DEFAULT_PORT,
 };
 use super::{
-    Capacity, CapacityModel, Config, ControlConfig, DestState, DispatcherRow, FailoverConfig, FsEndpoint, FsKey,
+    Capacity, CapacityModel, Config, ControlConfig, DestState, DispatcherRow, DnsConfig, DnsTarget, FailoverConfig, FsEndpoint, FsKey,
     Host, HostPort, LbFlags, LoadBalancerRow, ProxyConfig, RouteConfig, RouteTo, RowInfo, Secret, Weight, XAuthMode,
 };
 
@@ -41,6 +41,7 @@ pub(crate) fn validate(raw: &RawConfig, text: &str, path: &Path) -> (Config, Vec
     let control = cx.control(raw.control.as_ref().map(Spanned::get_ref));
     let failover = cx.failover(raw.failover.as_ref().map(Spanned::get_ref));
     let limits = cx.limits(raw.limits.as_ref().map(Spanned::get_ref));
+    let dns = cx.dns(raw.dns.as_ref().map(Spanned::get_ref));
     let dispatcher = cx.dispatcher_rows(&raw.dispatcher, &proxy.listen);
     let load_balancer = cx.load_balancer_rows(&raw.load_balancer, &proxy.listen);
     let routes = cx.routes(&raw.route, &dispatcher, &load_balancer);
@@ -50,11 +51,19 @@ pub(crate) fn validate(raw: &RawConfig, text: &str, path: &Path) -> (Config, Vec
         control,
         failover,
         limits,
+        dns,
         dispatcher,
         load_balancer,
         routes,
     };
     (config, cx.errors)
+}
+
+fn split_dest(dest: SipDest) -> (SocketAddr, Option<DnsTarget>) {
+    match dest {
+        SipDest::Addr(a) => (a, None),
+        SipDest::Name(n) => (UNRESOLVED_ADDR, Some(n)),
+    }
 }
 
 struct Ctx<'a> {
@@ -95,9 +104,23 @@ pub(crate) const DEFAULT_MAX_CALL_DURATION: Duration = Duration::from_secs(4 * 3
 /// Shortest `proxy.branch_secret` accepted: it keys the MAC that stops forged responses.
 pub(crate) const BRANCH_SECRET_MIN_LEN: usize = 16;
 
+const DNS_DEFAULT_PORT: u16 = 53;
+const DNS_MAX_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `addr` of a row that names a host: never sent to (such a row reaches the table only as the
+/// rows of its resolved addresses), and unspecified so that a slip would be refused, not routed.
+pub(crate) const UNRESOLVED_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+
 /// Stand-in for a value that failed validation; the config is discarded anyway.
 const PLACEHOLDER_ADDR: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), SIP_DEFAULT_PORT);
+
+/// Whether sending to `addr` would reach fsroute itself (a loop): one of its listeners, or loopback
+/// at the port of a wildcard listener. Resolved addresses are checked the same way (docs/DNS.md).
+pub(crate) fn is_own_listener(listen: &[SocketAddr], addr: SocketAddr) -> bool {
+    listen.contains(&addr)
+        || listen.iter().any(|l| l.ip().is_unspecified() && l.port() == addr.port() && addr.ip().is_loopback())
+}
 
 fn quoted(s: &str) -> String {
     format!("{s:?}")
@@ -646,6 +669,49 @@ impl Ctx<'_> {
         }
     }
 
+    fn dns(&mut self, raw: Option<&RawDns>) -> DnsConfig {
+        let d = DnsConfig::default();
+        let Some(r) = raw else { return d };
+        let mut servers = Vec::new();
+        for (i, s) in r.servers.iter().flat_map(|l| l.get_ref()).enumerate() {
+            match parse_host_port(s.get_ref(), DNS_DEFAULT_PORT) {
+                Ok(HostPort { host: Host::Ip(ip), port }) if !ip.is_unspecified() && !ip.is_multicast() => {
+                    servers.push(SocketAddr::new(ip, port))
+                }
+                Ok(_) => self.invalid(
+                    &s.span(),
+                    &format!("dns.servers[{i}]"),
+                    quoted(s.get_ref()),
+                    "a name server is an IP address with an optional port (53 by default), e.g. \"127.0.0.1:5353\"",
+                ),
+                Err(why) => self.invalid(&s.span(), &format!("dns.servers[{i}]"), quoted(s.get_ref()), why),
+            }
+        }
+        let min_ttl = self.duration(&r.min_ttl, "dns.min_ttl", d.min_ttl, false);
+        let max_ttl = self.duration(&r.max_ttl, "dns.max_ttl", d.max_ttl, false);
+        if min_ttl > max_ttl {
+            let span = r.max_ttl.as_ref().or(r.min_ttl.as_ref()).map_or(0..0, Spanned::span);
+            let field = if r.max_ttl.is_some() { "dns.max_ttl" } else { "dns.min_ttl" };
+            self.conflict(
+                &span,
+                field,
+                format!(
+                    "max_ttl ({}) is shorter than min_ttl ({})",
+                    humantime::format_duration(max_ttl),
+                    humantime::format_duration(min_ttl)
+                ),
+            );
+        }
+        let grace = self.duration(&r.grace, "dns.grace", d.grace, true);
+        let timeout = self.duration(&r.timeout, "dns.timeout", d.timeout, false);
+        if timeout > DNS_MAX_TIMEOUT {
+            if let Some(s) = &r.timeout {
+                self.invalid(&s.span(), "dns.timeout", s.get_ref(), "at most 30s: a slower answer is no answer");
+            }
+        }
+        DnsConfig { servers, min_ttl, max_ttl, grace, timeout: timeout.min(DNS_MAX_TIMEOUT) }
+    }
+
     fn failover(&mut self, raw: Option<&RawFailover>) -> FailoverConfig {
         let d = FailoverConfig::default();
         let Some(f) = raw else { return d };
@@ -709,12 +775,12 @@ impl Ctx<'_> {
         row: &Range<usize>,
         field: &str,
         listen: &[SocketAddr],
-    ) -> Option<(String, SocketAddr, Range<usize>)> {
+    ) -> Option<(String, SipDest, Range<usize>)> {
         let Some(s) = v else {
             self.missing(
                 row,
                 field,
-                "the destination's URI, e.g. \"sip:10.0.0.5:5060\"",
+                "the destination's URI, e.g. \"sip:10.0.0.5:5060\" or \"sip:fs1.example.net\"",
             );
             return None;
         };
@@ -724,14 +790,7 @@ impl Ctx<'_> {
                 self.invalid(&s.span(), field, quoted(uri), why);
                 None
             }
-            Ok(addr)
-                if listen.contains(&addr)
-                    || listen.iter().any(|l| {
-                        l.ip().is_unspecified()
-                            && l.port() == addr.port()
-                            && addr.ip().is_loopback()
-                    }) =>
-            {
+            Ok(SipDest::Addr(addr)) if is_own_listener(listen, addr) => {
                 self.invalid(
                     &s.span(),
                     field,
@@ -740,7 +799,34 @@ impl Ctx<'_> {
                 );
                 None
             }
-            Ok(addr) => Some((uri.to_string(), addr, s.span())),
+            Ok(dest) => Some((uri.to_string(), dest, s.span())),
+        }
+    }
+
+    /// Records a destination of a set or group: an address once per set (as
+    /// [`Ctx::first_destination`]), a name once per set.
+    #[allow(clippy::too_many_arguments)]
+    fn first_of_set(
+        &mut self,
+        seen: &mut HashMap<(i32, SocketAddr), usize>,
+        names: &mut HashMap<(i32, DnsTarget), usize>,
+        id: i32,
+        dest: &SipDest,
+        span: &Range<usize>,
+        field: &str,
+        uri: &str,
+        kind: &str,
+    ) -> bool {
+        match dest {
+            SipDest::Addr(addr) => self.first_destination(seen, (id, *addr), span, field, uri, kind),
+            SipDest::Name(n) => {
+                if let Some(&first) = names.get(&(id, n.clone())) {
+                    self.duplicate(span, field, quoted(uri), first, &format!("{kind} {id} already names {n}"));
+                    return false;
+                }
+                names.insert((id, n.clone()), self.line(span));
+                true
+            }
         }
     }
 
@@ -911,6 +997,7 @@ impl Ctx<'_> {
     ) -> Vec<DispatcherRow> {
         let mut out = Vec::new();
         let mut seen_dest: HashMap<(i32, SocketAddr), usize> = HashMap::new();
+        let mut seen_names: HashMap<(i32, DnsTarget), usize> = HashMap::new();
         let mut seen_ids = HashMap::new();
         for (i, row) in rows.iter().enumerate() {
             let (r, span) = (row.get_ref(), row.span());
@@ -956,16 +1043,20 @@ impl Ctx<'_> {
                 listen,
                 &mut seen_ids,
             );
-            let (Some(setid), Some((uri, addr, dspan))) = (setid, dest) else {
+            let (Some(setid), Some((uri, dest, dspan))) = (setid, dest) else {
                 continue;
             };
-            if !self.first_destination(&mut seen_dest, (setid, addr), &dspan, &format!("{pre}.destination"), &uri, "set") {
+            let field = format!("{pre}.destination");
+            if !self.first_of_set(&mut seen_dest, &mut seen_names, setid, &dest, &dspan, &field, &uri, "set") {
                 continue;
             }
+            let (addr, name) = split_dest(dest);
             out.push(DispatcherRow {
                 setid,
                 uri,
                 addr,
+                name,
+                resolved: None,
                 weight,
                 priority,
                 fallback_weight,
@@ -983,6 +1074,7 @@ impl Ctx<'_> {
     ) -> Vec<LoadBalancerRow> {
         let mut out = Vec::new();
         let mut seen_dest: HashMap<(i32, SocketAddr), usize> = HashMap::new();
+        let mut seen_names: HashMap<(i32, DnsTarget), usize> = HashMap::new();
         let mut seen_ids = HashMap::new();
         for (i, row) in rows.iter().enumerate() {
             let (r, span) = (row.get_ref(), row.span());
@@ -1037,18 +1129,22 @@ impl Ctx<'_> {
                 listen,
                 &mut seen_ids,
             );
-            let (Some(group_id), Some((uri, addr, dspan)), Some(resources)) =
+            let (Some(group_id), Some((uri, dest, dspan)), Some(resources)) =
                 (group_id, dest, resources)
             else {
                 continue;
             };
-            if !self.first_destination(&mut seen_dest, (group_id, addr), &dspan, &format!("{pre}.dst_uri"), &uri, "group") {
+            let field = format!("{pre}.dst_uri");
+            if !self.first_of_set(&mut seen_dest, &mut seen_names, group_id, &dest, &dspan, &field, &uri, "group") {
                 continue;
             }
+            let (addr, name) = split_dest(dest);
             out.push(LoadBalancerRow {
                 group_id,
                 uri,
                 addr,
+                name,
+                resolved: None,
                 resources,
                 state,
                 info,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use fsroute_dataplane::table::Cidr;
 use fsroute_esl::DEFAULT_ESL_PORT;
 
-use super::{Capacity, FsEndpoint, Host, HostPort, LbResource, Secret};
+use super::{Capacity, DnsTarget, FsEndpoint, Host, HostPort, LbResource, Secret};
 
 pub const SIP_DEFAULT_PORT: u16 = 5060;
 
@@ -83,8 +83,16 @@ fn parse_host(h: &str) -> Result<Host, String> {
     Ok(Host::Name(name.to_ascii_lowercase()))
 }
 
-/// `sip:host[:port]` with an IP literal host (IPv6 bracketed), resolved to the address to send to.
-pub(crate) fn parse_sip_destination(uri: &str) -> Result<SocketAddr, String> {
+/// Where a `sip:` destination sends: an IP literal as written, or a name the control plane resolves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SipDest {
+    Addr(SocketAddr),
+    Name(DnsTarget),
+}
+
+/// `sip:host[:port]`: an IP literal host (IPv6 bracketed) is the address to send to; a host name
+/// is resolved on the control plane (docs/DNS.md): SRV first when no port is written (RFC 3263).
+pub(crate) fn parse_sip_destination(uri: &str) -> Result<SipDest, String> {
     let rest = match uri.get(..4) {
         Some(scheme) if scheme.eq_ignore_ascii_case("sip:") => &uri[4..],
         _ => return Err("a destination is a sip: URI, e.g. \"sip:10.0.0.5:5060\"".into()),
@@ -92,7 +100,7 @@ pub(crate) fn parse_sip_destination(uri: &str) -> Result<SocketAddr, String> {
     if rest.contains('@') {
         return Err("a destination has no user part: write sip:host[:port]".into());
     }
-    if rest.contains([';', '?', '>', '<', ' ']) {
+    if rest.contains([';', '?', '>', '<', ' ', '#']) {
         return Err("URI parameters and headers are not supported: write sip:host[:port]".into());
     }
     let hp = parse_host_port(rest, SIP_DEFAULT_PORT)?;
@@ -103,10 +111,12 @@ pub(crate) fn parse_sip_destination(uri: &str) -> Result<SocketAddr, String> {
         Host::Ip(ip) if ip.is_unspecified() || ip.is_multicast() => {
             Err(format!("{ip} cannot be a destination address"))
         }
-        Host::Ip(ip) => Ok(SocketAddr::new(ip, hp.port)),
-        Host::Name(_) => Err(
-            "the host must be an IP address: this build does not resolve DNS names (write the box's IP)".into(),
-        ),
+        Host::Ip(ip) => Ok(SipDest::Addr(SocketAddr::new(ip, hp.port))),
+        Host::Name(host) => {
+            // The port as written, not the default: `sip:host` asks for SRV, `sip:host:5060` does not.
+            let explicit = rest.rsplit_once(':').is_some();
+            Ok(SipDest::Name(DnsTarget { host, port: explicit.then_some(hp.port) }))
+        }
     }
 }
 
