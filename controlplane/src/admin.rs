@@ -245,9 +245,7 @@ impl ControlView<'_> {
     /// `GET /metrics`.
     pub fn metrics(&self) -> String {
         let mut text = metrics_text(self.table, self.shards, self.record, &self.fs_metrics(), self.timings);
-        // One registry per scrape, so each family is registered once: the DNS families join it.
-        text.truncate(text.strip_suffix("# EOF\n").map_or(text.len(), str::len));
-        text.push_str(&dns_metrics_text(self.dns));
+        append_families(&mut text, &dns_metrics_text(self.dns));
         text
     }
 
@@ -760,7 +758,13 @@ struct NameLabels {
     name: String,
 }
 
-/// The DNS families of `/metrics` (without `# EOF`): per destination name, resolutions, failures and
+/// Joins a second registry's families to a scrape: one `# EOF`, at the end.
+pub fn append_families(text: &mut String, more: &str) {
+    text.truncate(text.strip_suffix("# EOF\n").map_or(text.len(), str::len));
+    text.push_str(more);
+}
+
+/// The DNS families of `/metrics`: per destination name, resolutions, failures and
 /// the addresses in force.
 pub fn dns_metrics_text(dns: &DnsBook) -> String {
     let mut reg = Registry::with_prefix("fsroute");
@@ -803,7 +807,13 @@ mod metrics_tests {
         let t = build_table(&c, &Stats::default(), &AdminState::default(), &mut CounterStore::new(), 1);
         let shards = vec![Arc::new(ShardStats::default()), Arc::new(ShardStats::default())];
         let boxes = vec![FsMetric { url: "fs://127.0.0.1:8021".into(), lifecycle: "running", headroom: Some(BoxHeadroom::default()), ..FsMetric::default() }];
-        let text = metrics_text(&t, &shards, &ReloadRecord::default(), &boxes, &Timings::default());
+        let mut text = metrics_text(&t, &shards, &ReloadRecord::default(), &boxes, &Timings::default());
+        let mut dns = crate::dns::DnsBook::new(crate::dns::DnsTimers::from_config(&c.dns));
+        let names = [crate::config::DnsTarget { host: "a.example.net".into(), port: None }, crate::config::DnsTarget { host: "b.example.net".into(), port: Some(5080) }];
+        dns.sync(&names, dns.timers(), Instant::now());
+        append_families(&mut text, &dns_metrics_text(&dns));
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.contains("fsroute_dns_failures_total{name=\"sip:b.example.net:5080\"} 0"), "{text}");
         let mut seen = HashSet::new();
         for name in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split_whitespace().next()) {
             assert!(seen.insert(name.to_string()), "{name} is registered twice:\n{text}");

@@ -1164,4 +1164,157 @@ to_dispatcher = 2
         assert!(matches!(t.routes[0].target, RouteTarget::Dispatcher { failover: true, .. }));
         assert!(matches!(t.routes[1].target, RouteTarget::Dispatcher { failover: false, .. }));
     }
+
+    mod dns_names {
+        use super::*;
+        use crate::dns::{DnsAddr, SrvRank};
+        use crate::config::DnsTarget;
+
+        const NAMED: &str = r#"
+[proxy]
+listen = ["127.0.0.1:5060"]
+
+[[dispatcher]]
+setid = 1
+destination = "sip:pool.example.net:5080"
+weight = 7
+priority = 3
+
+[[dispatcher]]
+setid = 1
+destination = "sip:10.0.0.9:5060"
+weight = 2
+
+[[dispatcher]]
+setid = 2
+destination = "sip:srv.example.net"
+weight = 100
+
+[[dispatcher]]
+setid = 3
+destination = "sip:gone.example.net"
+
+[[load_balancer]]
+group_id = 1
+dst_uri = "sip:pool.example.net:5080"
+resources = "ch=10"
+
+[[route]]
+to_dispatcher = 1
+
+[[route]]
+to_dispatcher = 3
+
+[[route]]
+to_load_balancer = 1
+resources = "ch"
+"#;
+
+        fn pool() -> DnsTarget {
+            DnsTarget { host: "pool.example.net".into(), port: Some(5080) }
+        }
+
+        fn with_names(names: &[(DnsTarget, Vec<DnsAddr>)]) -> Stats {
+            Stats { dns: names.iter().cloned().collect(), ..Stats::default() }
+        }
+
+        fn a(addr: &str) -> DnsAddr {
+            DnsAddr { srv: None, addr: addr.parse().unwrap() }
+        }
+
+        fn uris(set: &DispatcherSet) -> Vec<(&str, String, u32, i32)> {
+            set.destinations.iter().map(|d| (d.uri.as_str(), d.addr.to_string(), d.weight, d.priority)).collect()
+        }
+
+        #[test]
+        fn a_named_row_becomes_one_destination_per_address_each_with_the_rows_weight() {
+            let c = cfg(NAMED);
+            let stats = with_names(&[(pool(), vec![a("10.0.0.1:5080"), a("10.0.0.2:5080")])]);
+            let mut counters = CounterStore::new();
+            let t = build_table(&c, &stats, &AdminState::default(), &mut counters, 1);
+            assert_eq!(
+                uris(&t.sets[0]),
+                [
+                    ("sip:pool.example.net:5080#10.0.0.1:5080", "10.0.0.1:5080".to_string(), 7, 3),
+                    ("sip:pool.example.net:5080#10.0.0.2:5080", "10.0.0.2:5080".to_string(), 7, 3),
+                    ("sip:10.0.0.9:5060", "10.0.0.9:5060".to_string(), 2, 0),
+                ]
+            );
+            // Each address has its own counters (and hash key), so one that leaves moves only its calls.
+            assert!(!Arc::ptr_eq(&t.sets[0].destinations[0].counters, &t.sets[0].destinations[1].counters));
+            // The load_balancer row of the same name: one destination per address, each with the row's resources.
+            let g = &t.lb_groups[0];
+            let lb: Vec<(&str, bool)> = g.destinations.iter().map(|d| (d.uri.as_str(), d.resources[0].is_some())).collect();
+            assert_eq!(lb, [("sip:pool.example.net:5080#10.0.0.1:5080", true), ("sip:pool.example.net:5080#10.0.0.2:5080", true)]);
+            assert_eq!(g.destinations[0].resources[0].as_ref().unwrap().effective, 10);
+
+            // The answer changes: the address that left goes with its counters, the one that stays keeps them.
+            let kept = Arc::clone(&t.sets[0].destinations[1].counters);
+            let stats = with_names(&[(pool(), vec![a("10.0.0.2:5080"), a("10.0.0.3:5080")])]);
+            let t = build_table(&c, &stats, &AdminState::default(), &mut counters, 2);
+            let got: Vec<String> = t.sets[0].destinations.iter().map(|d| d.addr.to_string()).collect();
+            assert_eq!(got, ["10.0.0.2:5080", "10.0.0.3:5080", "10.0.0.9:5060"]);
+            assert!(Arc::ptr_eq(&kept, &t.sets[0].destinations[0].counters));
+            assert!(counters.get(1, "sip:pool.example.net:5080#10.0.0.1:5080").is_none());
+        }
+
+        #[test]
+        fn an_admin_override_on_the_written_name_applies_to_every_address() {
+            let c = cfg(NAMED);
+            let stats = with_names(&[(pool(), vec![a("10.0.0.1:5080"), a("10.0.0.2:5080")])]);
+            let mut admin = AdminState::default();
+            admin.set_dispatcher_state(1, "sip:pool.example.net:5080", DestState::Inactive);
+            admin.set_lb_enabled(1, "sip:pool.example.net:5080", false);
+            let t = build_table(&c, &stats, &admin, &mut CounterStore::new(), 1);
+            let active: Vec<bool> = t.sets[0].destinations.iter().map(|d| d.active).collect();
+            assert_eq!(active, [false, false, true]);
+            assert!(t.lb_groups[0].destinations.iter().all(|d| !d.enabled));
+        }
+
+        #[test]
+        fn srv_answers_set_weights_in_proportion_priorities_in_order_and_backups_at_zero() {
+            let c = cfg(NAMED);
+            let srv = |priority, weight, addr: &str| DnsAddr { srv: Some(SrvRank { priority, weight }), addr: addr.parse().unwrap() };
+            let name = DnsTarget { host: "srv.example.net".into(), port: None };
+            let stats = with_names(&[(name, vec![srv(10, 60, "10.0.1.1:5060"), srv(10, 20, "10.0.1.2:5062"), srv(20, 50, "10.0.1.3:5060")])]);
+            let t = build_table(&c, &stats, &AdminState::default(), &mut CounterStore::new(), 1);
+            let set = &t.sets[1];
+            let got: Vec<(String, u32, i32)> = set.destinations.iter().map(|d| (d.addr.to_string(), d.weight, d.priority)).collect();
+            assert_eq!(got, [("10.0.1.1:5060".into(), 100, 10), ("10.0.1.2:5062".into(), 33, 10), ("10.0.1.3:5060".into(), 0, 20)]);
+            // Weighted picks never reach the backup while a preferred target is active; `first` takes priority 10.
+            assert!((0..200).all(|cursor| set.selector.pick_round_robin(cursor) != Some(2)));
+            assert_eq!(set.selector.pick_first(), Some(0));
+        }
+
+        #[test]
+        fn a_name_without_addresses_leaves_its_set_and_routes_in_place_with_no_destination() {
+            let c = cfg(NAMED);
+            let t = build_table(&c, &Stats::default(), &AdminState::default(), &mut CounterStore::new(), 1);
+            let sets: Vec<(i32, usize)> = t.sets.iter().map(|s| (s.setid, s.destinations.len())).collect();
+            assert_eq!(sets, [(1, 1), (2, 0), (3, 0)]);
+            assert_eq!(t.routes.len(), 3, "every route stays: a name that comes back needs no reload");
+            assert!(t.lb_groups[0].destinations.is_empty());
+            assert_eq!(t.lb_groups[0].resource_names, ["ch"]);
+        }
+
+        #[test]
+        fn resolved_addresses_that_loop_duplicate_a_row_or_lack_a_listener_family_are_skipped() {
+            let c = cfg(NAMED);
+            let name = pool();
+            let stats = with_names(&[(
+                name.clone(),
+                vec![a("10.0.0.9:5060"), a("127.0.0.1:5060"), a("[2001:db8::1]:5080"), a("10.0.0.4:5080")],
+            )]);
+            let (expanded, skipped) = crate::dns::expand(&c, &stats.dns);
+            let why: Vec<(String, &str)> = skipped.iter().filter(|s| s.name == name).map(|s| (s.addr.to_string(), s.why.as_str())).collect();
+            assert_eq!(why[0], ("10.0.0.9:5060".to_string(), "set 1 already has a destination at 10.0.0.9:5060"));
+            assert_eq!(why[1], ("127.0.0.1:5060".to_string(), "one of fsroute's own listeners: calls would loop"));
+            assert_eq!(why[2], ("[2001:db8::1]:5080".to_string(), "fsroute has no IPv6 listener to send from"));
+            let set1: Vec<SocketAddr> = expanded.dispatcher.iter().filter(|r| r.setid == 1).map(|r| r.addr).collect();
+            assert_eq!(set1, ["10.0.0.4:5080".parse::<SocketAddr>().unwrap(), "10.0.0.9:5060".parse().unwrap()]);
+            assert!(expanded.dispatcher.iter().all(|r| r.name.is_none()), "an expansion names no host");
+            let t = build_table(&c, &stats, &AdminState::default(), &mut CounterStore::new(), 1);
+            assert_eq!(t.sets[0].destinations.len(), 2);
+        }
+    }
 }

@@ -321,7 +321,7 @@ no_route_reply = 302
 
 [[dispatcher]]
 setid = 1
-destination = "sip:fs1.example.net"
+destination = "sip:fs1.example.net;transport=tcp"
 
 [[dispatcher]]
 setid = 1
@@ -365,7 +365,7 @@ algorithm = "least-loaded"
     );
     assert!(
         lines[2].contains(
-            "dispatcher[0].destination: \"sip:fs1.example.net\": the host must be an IP address"
+            "dispatcher[0].destination: \"sip:fs1.example.net;transport=tcp\": URI parameters and headers are not supported"
         ),
         "{}",
         lines[2]
@@ -962,4 +962,80 @@ fn limits_out_of_range_a_short_branch_secret_and_unknown_limit_keys_are_named() 
     assert!(secret.contains("at least 16") && !secret.contains("short"), "{secret}");
     let e = errs(&with_listen("[limits]\nsessions = 10\n"));
     assert!(e.to_string().contains("sessions"), "{e}");
+}
+
+#[test]
+fn a_destination_may_name_a_host_srv_without_a_port_a_aaaa_with_one() {
+    let c = ok(&with_listen(
+        r#"
+[[dispatcher]]
+setid = 1
+destination = "sip:FS-Pool.Example.NET"
+
+[[dispatcher]]
+setid = 1
+destination = "sip:fs1.example.net:5080"
+
+[[dispatcher]]
+setid = 1
+destination = "sip:10.0.0.5"
+
+[[load_balancer]]
+group_id = 1
+dst_uri = "sip:fs-pool.example.net"
+resources = "ch=10"
+"#,
+    ));
+    let names: Vec<Option<DnsTarget>> = c.dispatcher.iter().map(|r| r.name.clone()).collect();
+    assert_eq!(
+        names,
+        [
+            Some(DnsTarget { host: "fs-pool.example.net".into(), port: None }),
+            Some(DnsTarget { host: "fs1.example.net".into(), port: Some(5080) }),
+            None,
+        ]
+    );
+    assert_eq!(c.dispatcher[2].addr, "10.0.0.5:5060".parse::<SocketAddr>().unwrap());
+    assert!(c.dispatcher[0].addr.ip().is_unspecified(), "a named row has no address to send to before expansion");
+    // One query per distinct name, the load_balancer row sharing the dispatcher's.
+    assert_eq!(c.dns_names().len(), 2);
+    assert_eq!(c.dns_names()[0].query(), "SRV _sip._udp.fs-pool.example.net, else A/AAAA fs-pool.example.net (port 5060)");
+    assert_eq!(c.dns_names()[1].query(), "A/AAAA fs1.example.net (port 5080)");
+    assert_eq!(c.dns, DnsConfig::default());
+    let summary = c.summary();
+    assert!(summary.contains("2 name(s) via /etc/resolv.conf") && summary.contains("sip:fs1.example.net:5080"), "{summary}");
+}
+
+#[test]
+fn the_same_name_twice_in_a_set_is_a_duplicate_and_a_bad_name_is_named() {
+    let e = errs(&with_listen(
+        "[[dispatcher]]\nsetid = 1\ndestination = \"sip:fs.example.net\"\n\n[[dispatcher]]\nsetid = 1\ndestination = \"sip:FS.example.net\"\n\n[[dispatcher]]\nsetid = 2\ndestination = \"sip:-bad-.example.net\"\n",
+    ));
+    assert!(matches!(only(&e, "dispatcher[1].destination"), ConfigError::Duplicate { first_line: 5, .. }), "{e}");
+    assert!(only(&e, "dispatcher[2].destination").to_string().contains("neither an IP address nor a host name"), "{e}");
+}
+
+#[test]
+fn dns_settings_parse_and_their_errors_name_the_field() {
+    let c = ok(&with_listen(
+        "[dns]\nservers = [\"127.0.0.1:5353\", \"::1\"]\nmin_ttl = \"1s\"\nmax_ttl = \"10m\"\ngrace = \"0s\"\ntimeout = \"500ms\"\n",
+    ));
+    assert_eq!(
+        c.dns,
+        DnsConfig {
+            servers: vec!["127.0.0.1:5353".parse().unwrap(), "[::1]:53".parse().unwrap()],
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(600),
+            grace: Duration::ZERO,
+            timeout: Duration::from_millis(500),
+        }
+    );
+    let e = errs(&with_listen(
+        "[dns]\nservers = [\"ns1.example.net\"]\nmin_ttl = \"1m\"\nmax_ttl = \"10s\"\ntimeout = \"0s\"\n",
+    ));
+    assert_eq!(line_of(&e, "dns.servers[0]"), 4);
+    assert!(only(&e, "dns.max_ttl").to_string().contains("shorter than min_ttl"), "{e}");
+    assert_eq!(line_of(&e, "dns.timeout"), 7);
+    let e = errs(&with_listen("[dns]\nretries = 3\n"));
+    assert!(e.to_string().contains("retries"), "unknown keys are refused: {e}");
 }
