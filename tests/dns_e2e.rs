@@ -232,3 +232,26 @@ fn a_name_that_stops_resolving_keeps_its_address_for_the_grace_then_leaves() {
     assert!(wait_for(Duration::from_secs(5), || destinations(&proxy).len() == 2), "{}", dns_name(&proxy, "sip:pool.test"));
     assert!(proxy.stop().is_some_and(|s| s.success()));
 }
+
+#[test]
+fn check_lists_names_without_dns_and_check_resolve_names_the_one_that_does_not_resolve() {
+    let dns = Responder::start();
+    dns.serve_srv("pool.test", 5071);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fsroute.toml");
+    let rows = "[[dispatcher]]\nsetid = 1\ndestination = \"sip:pool.test\"\n\n[[dispatcher]]\nsetid = 1\ndestination = \"sip:typo.test:5080\"\n";
+    std::fs::write(&path, config(dns.addr, rows, "round-robin").replace("{SIP}", "127.0.0.1:5060").replace("{ADMIN}", "127.0.0.1:9060")).unwrap();
+    let check = |extra: &[&str]| {
+        let out = std::process::Command::new(fsroute_bin()).args(["check", "--config"]).arg(&path).args(extra).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let asked = dns.queries.load(Ordering::Relaxed);
+    let (code, stdout, _) = check(&[]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("SRV _sip._udp.pool.test, else A/AAAA pool.test (port 5060)") && stdout.contains("A/AAAA typo.test (port 5080)"), "{stdout}");
+    assert_eq!(dns.queries.load(Ordering::Relaxed), asked, "check alone asks no DNS");
+    let (code, stdout, stderr) = check(&["--resolve"]);
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("resolved    sip:pool.test: 127.0.0.1:5071 (SRV priority 10, weight 50)"), "{stdout}");
+    assert!(stderr.contains("sip:typo.test:5080: does not resolve: A/AAAA typo.test: NXDOMAIN"), "{stderr}");
+}
