@@ -135,6 +135,15 @@ fn dns_name(proxy: &Proxy, name: &str) -> serde_json::Value {
     st["dns"]["names"].as_array().unwrap().iter().find(|n| n["name"] == name).cloned().unwrap_or_default()
 }
 
+/// Two SIPp backends, and a responder whose `_sip._udp.pool.test` points at the first.
+fn two_backends_and_a_pool() -> (u16, u16, [Sipp; 2], Responder) {
+    let (p1, p2) = (free_udp_port(), free_udp_port());
+    let uas = [Sipp::uas(p1, None, &[]), Sipp::uas(p2, None, &[])];
+    let dns = Responder::start();
+    dns.serve_srv("pool.test", p1);
+    (p1, p2, uas, dns)
+}
+
 fn calls(proxy: &Proxy, n: u32) {
     let run = Sipp::uac(proxy.sip, None, n, 20, &[], Duration::from_secs(20));
     assert!(run.all_calls_succeeded(), "{}\n{}", run.explain(), proxy.log());
@@ -143,11 +152,7 @@ fn calls(proxy: &Proxy, n: u32) {
 #[test]
 fn a_dns_answer_that_changes_moves_new_calls_to_the_new_address() {
     let _g = serial();
-    let (p1, p2) = (free_udp_port(), free_udp_port());
-    let _uas1 = Sipp::uas(p1, None, &[]);
-    let _uas2 = Sipp::uas(p2, None, &[]);
-    let dns = Responder::start();
-    dns.serve_srv("pool.test", p1);
+    let (p1, p2, _uas, dns) = two_backends_and_a_pool();
     let rows = "[[dispatcher]]\nsetid = 1\ndestination = \"sip:pool.test\"\nweight = 10\n";
     let proxy = Proxy::start(&config(dns.addr, rows, "round-robin"));
 
@@ -189,11 +194,7 @@ fn a_dns_answer_that_changes_moves_new_calls_to_the_new_address() {
 #[test]
 fn a_name_that_stops_resolving_keeps_its_address_for_the_grace_then_leaves() {
     let _g = serial();
-    let (p1, p2) = (free_udp_port(), free_udp_port());
-    let _uas1 = Sipp::uas(p1, None, &[]);
-    let _uas2 = Sipp::uas(p2, None, &[]);
-    let dns = Responder::start();
-    dns.serve_srv("pool.test", p1);
+    let (p1, p2, _uas, dns) = two_backends_and_a_pool();
     // "first": the name's address while it has one, the literal row behind it.
     let rows = format!(
         "[[dispatcher]]\nsetid = 1\ndestination = \"sip:pool.test\"\npriority = 0\n\n\

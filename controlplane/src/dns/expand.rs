@@ -33,69 +33,42 @@ pub fn expand<'a>(config: &'a Config, names: &ResolvedNames) -> (Cow<'a, Config>
     }
     let listen = &config.proxy.listen;
     let mut skipped = Vec::new();
-    let mut check = |name: &DnsTarget, taken: &mut HashSet<(i32, SocketAddr)>, id: i32, kind: &str, addr: SocketAddr| {
-        let why = if is_own_listener(listen, addr) {
-            Some("one of fsroute's own listeners: calls would loop".to_string())
-        } else if !listen.iter().any(|l| l.is_ipv4() == addr.is_ipv4()) {
-            Some(format!("fsroute has no {} listener to send from", if addr.is_ipv4() { "IPv4" } else { "IPv6" }))
-        } else if !taken.insert((id, addr)) {
-            Some(format!("{kind} {id} already has a destination at {addr}"))
-        } else {
-            None
-        };
-        match why {
-            Some(why) => {
-                skipped.push(Skipped { name: name.clone(), addr, why });
-                false
-            }
-            None => true,
-        }
-    };
-
-    let mut taken: HashSet<(i32, SocketAddr)> = config.dispatcher.iter().filter(|r| r.name.is_none()).map(|r| (r.setid, r.addr)).collect();
-    let mut dispatcher = Vec::with_capacity(config.dispatcher.len());
-    for r in &config.dispatcher {
-        let Some(name) = &r.name else {
-            dispatcher.push(r.clone());
-            continue;
-        };
-        let addrs = names.get(name).map_or(&[][..], Vec::as_slice);
-        for (a, share) in addrs.iter().zip(weight_shares(addrs)) {
-            if !check(name, &mut taken, r.setid, "set", a.addr) {
-                continue;
-            }
+    let dispatcher = expand_rows(
+        &config.dispatcher,
+        |r| (r.setid, r.name.as_ref(), r.addr),
+        "set",
+        true,
+        names,
+        listen,
+        &mut skipped,
+        |r, a, share| {
             let mut e = r.clone();
             e.uri = expanded_uri(&r.uri, a.addr);
             e.addr = a.addr;
             e.name = None;
             e.priority = r.priority.saturating_add(a.srv.map_or(0, |s| i32::from(s.priority)));
             e.resolved = Some(ResolvedFrom { uri: r.uri.clone(), share });
-            dispatcher.push(e);
-        }
-    }
-
-    let mut taken: HashSet<(i32, SocketAddr)> =
-        config.load_balancer.iter().filter(|r| r.name.is_none()).map(|r| (r.group_id, r.addr)).collect();
-    let mut load_balancer = Vec::with_capacity(config.load_balancer.len());
-    for r in &config.load_balancer {
-        let Some(name) = &r.name else {
-            load_balancer.push(r.clone());
-            continue;
-        };
-        let addrs = names.get(name).map_or(&[][..], Vec::as_slice);
-        // load_balancer has no weight to make a backup of: only the preferred SRV priority serves.
-        for (a, share) in addrs.iter().zip(weight_shares(addrs)).filter(|(_, s)| s.0 > 0) {
-            if !check(name, &mut taken, r.group_id, "group", a.addr) {
-                continue;
-            }
+            e
+        },
+    );
+    // load_balancer has no weight to make a backup of: only the preferred SRV priority serves.
+    let load_balancer = expand_rows(
+        &config.load_balancer,
+        |r| (r.group_id, r.name.as_ref(), r.addr),
+        "group",
+        false,
+        names,
+        listen,
+        &mut skipped,
+        |r, a, share| {
             let mut e = r.clone();
             e.uri = expanded_uri(&r.uri, a.addr);
             e.addr = a.addr;
             e.name = None;
             e.resolved = Some(ResolvedFrom { uri: r.uri.clone(), share });
-            load_balancer.push(e);
-        }
-    }
+            e
+        },
+    );
 
     let out = Config {
         path: config.path.clone(),
@@ -109,6 +82,48 @@ pub fn expand<'a>(config: &'a Config, names: &ResolvedNames) -> (Cow<'a, Config>
         routes: config.routes.clone(),
     };
     (Cow::Owned(out), skipped)
+}
+
+/// One table's rows (dispatcher or load_balancer) with each named row replaced by `make` for each
+/// usable address; `key` gives a row's set or group, name and literal address; `backups` keeps the
+/// SRV targets of higher priorities.
+#[allow(clippy::too_many_arguments)]
+fn expand_rows<R: Clone>(
+    rows: &[R],
+    key: impl Fn(&R) -> (i32, Option<&DnsTarget>, SocketAddr),
+    kind: &str,
+    backups: bool,
+    names: &ResolvedNames,
+    listen: &[SocketAddr],
+    skipped: &mut Vec<Skipped>,
+    make: impl Fn(&R, &DnsAddr, (u32, u32)) -> R,
+) -> Vec<R> {
+    let mut taken: HashSet<(i32, SocketAddr)> =
+        rows.iter().map(&key).filter(|(_, name, _)| name.is_none()).map(|(id, _, addr)| (id, addr)).collect();
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let (id, Some(name), _) = key(r) else {
+            out.push(r.clone());
+            continue;
+        };
+        let addrs = names.get(name).map_or(&[][..], Vec::as_slice);
+        for (a, share) in addrs.iter().zip(weight_shares(addrs)).filter(|(_, s)| backups || s.0 > 0) {
+            let why = if is_own_listener(listen, a.addr) {
+                Some("one of fsroute's own listeners: calls would loop".to_string())
+            } else if !listen.iter().any(|l| l.is_ipv4() == a.addr.is_ipv4()) {
+                Some(format!("fsroute has no {} listener to send from", if a.addr.is_ipv4() { "IPv4" } else { "IPv6" }))
+            } else if !taken.insert((id, a.addr)) {
+                Some(format!("{kind} {id} already has a destination at {}", a.addr))
+            } else {
+                None
+            };
+            match why {
+                Some(why) => skipped.push(Skipped { name: name.clone(), addr: a.addr, why }),
+                None => out.push(make(r, a, share)),
+            }
+        }
+    }
+    out
 }
 
 /// The identity of one address of a named row: `#` never appears in a written URI, so it cannot
