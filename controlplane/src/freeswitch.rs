@@ -36,13 +36,15 @@ pub struct FsInfo {
     pub clamped: Clamped,
 }
 
-/// Per field, the readings in which a box reported more than fsroute believes: Max-Sessions or
-/// sessions-per-second above `control.max_sessions_ceiling`, Idle-CPU above 100 %. A box that
-/// claims a million free sessions (or 2^64 − 1, or an idle CPU of 400 %) would otherwise look
-/// the emptiest by far and attract every call.
+/// Per field, the readings in which a box reported more than fsroute believes: Max-Sessions,
+/// Session-Count or sessions-per-second above `control.max_sessions_ceiling`, Idle-CPU above
+/// 100 %. A box that claims a million free sessions (or 2^64 − 1, or an idle CPU of 400 %) would
+/// otherwise look the emptiest by far and attract every call; a Session-Count of 2^64 − 1 would
+/// overflow the CPU-cost fit's window sum and flatten its line for every later reading.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Clamped {
     pub max_sessions: u64,
+    pub session_count: u64,
     pub sessions_per_second: u64,
     pub idle_cpu: u64,
 }
@@ -94,12 +96,13 @@ fn url_of(fs: &FsEndpoint) -> EslUrl {
 pub const PAUSE_CHECK: &str = "fsctl pause_check inbound";
 
 /// Folds one set of numbers (a HEARTBEAT, or an `api status` reading) into a box's stats: figures
-/// past what a real box reports are read as their bound (`ceiling` for Max-Sessions and
-/// sessions-per-second, 100 % for Idle-CPU), a restart resets its accounting, a shrinking
+/// past what a real box reports are read as their bound (`ceiling` for Max-Sessions,
+/// Session-Count and sessions-per-second, 100 % for Idle-CPU), a restart resets its accounting, a shrinking
 /// Max-Sessions is counted, the CPU-cost history grows.
 fn apply_numbers(entry: &mut FsStats, info: &mut FsInfo, h: &HeartbeatStats, now: Instant, smoothing_s: u32, ceiling: u32) {
     let c = &mut info.clamped;
     let max_sessions = bounded(h.max_sessions, u64::from(ceiling), &mut c.max_sessions, &info.url, "Max-Sessions") as u32;
+    let session_count = bounded(h.session_count, u64::from(ceiling), &mut c.session_count, &info.url, "Session-Count");
     let sps_limit = h.sessions_per_sec_limit.map(|v| bounded(v, u64::from(ceiling), &mut c.sessions_per_second, &info.url, "sessions-per-second"));
     let idle_cpu_micro = bounded(u64::from(h.idle_cpu_micro), u64::from(HUNDRED_PERCENT_MICRO), &mut c.idle_cpu, &info.url, "Idle-CPU") as u32;
     let new_uuid = matches!((&entry.core_uuid, &h.core_uuid), (Some(a), Some(b)) if a != b);
@@ -120,12 +123,12 @@ fn apply_numbers(entry: &mut FsStats, info: &mut FsInfo, h: &HeartbeatStats, now
     entry.seq += 1;
     entry.on_numbers(now);
     entry.idle_cpu_micro = idle_cpu_micro;
-    entry.session_count = u32::try_from(h.session_count).unwrap_or(u32::MAX);
+    entry.session_count = session_count as u32;
     entry.max_sessions = max_sessions;
     // A box younger than its smoothing depth still averages in the 100 % its ring started with.
     let settled = h.uptime_msec.or(entry.uptime_msec).is_none_or(|up| up >= u64::from(smoothing_s) * 1000);
     if settled {
-        entry.cpu_fit.push(now, h.session_count, idle_cpu_micro, Duration::from_secs(u64::from(smoothing_s)));
+        entry.cpu_fit.push(now, session_count, idle_cpu_micro, Duration::from_secs(u64::from(smoothing_s)));
     }
     // Only `api status` carries these; a heartbeat keeps the last reading.
     if sps_limit.is_some() {
@@ -426,10 +429,10 @@ mod tests {
         lying.sessions_per_sec_limit = Some(u64::MAX);
         apply_numbers(&mut s, &mut info, &lying, t, 0, 5_000);
         assert_eq!((s.max_sessions, s.sps_limit, s.idle_cpu_micro), (5_000, Some(5_000), HUNDRED_PERCENT_MICRO));
-        assert_eq!(info.clamped, Clamped { max_sessions: 1, sessions_per_second: 1, idle_cpu: 1 });
+        assert_eq!(info.clamped, Clamped { max_sessions: 1, session_count: 0, sessions_per_second: 1, idle_cpu: 1 });
         // A heartbeat carries no sps limit: only its Max-Sessions is bounded again.
         apply_numbers(&mut s, &mut info, &hb("a", 2_000, 10, 1 << 40), t, 0, 5_000);
-        assert_eq!(info.clamped, Clamped { max_sessions: 2, sessions_per_second: 1, idle_cpu: 1 });
+        assert_eq!(info.clamped, Clamped { max_sessions: 2, session_count: 0, sessions_per_second: 1, idle_cpu: 1 });
         // Figures at the bound and below are the box's own, and nothing is counted.
         let mut honest = hb("a", 3_000, 10, 5_000);
         honest.sessions_per_sec_limit = Some(5_000);
@@ -438,6 +441,31 @@ mod tests {
         assert_eq!((s.max_sessions, s.sps_limit, s.idle_cpu_micro), (5_000, Some(5_000), HUNDRED_PERCENT_MICRO));
         assert_eq!(info.clamped.max_sessions, 2);
         assert_eq!(info.max_sessions_shrunk, 0, "a bounded figure that stays is not a shrink");
+    }
+
+    #[test]
+    fn a_session_count_past_the_ceiling_is_read_at_the_bound_and_leaves_the_cpu_fit_intact() {
+        let (mut s, mut info) = (FsStats::default(), FsInfo::default());
+        let t = Instant::now();
+        // An honest box: 1 % of Idle-CPU per session, 0 to 40 sessions.
+        for (i, n) in [0u64, 10, 20, 30, 40].into_iter().enumerate() {
+            let mut h = hb("a", 1_000 * (i as u64 + 1), n, 1_000);
+            h.idle_cpu_micro = HUNDRED_PERCENT_MICRO - (n as u32) * 1_000_000;
+            apply_numbers(&mut s, &mut info, &h, t + Duration::from_secs(i as u64), 0, 5_000);
+        }
+        let honest_cost = s.cpu_fit.cost_micro(0, 0).0;
+        assert_eq!(honest_cost, 1_000_000);
+        // Two readings of 2^64 − 1 sessions in one smoothing window: summed raw, they overflow.
+        for i in 5..7u64 {
+            let mut h = hb("a", 1_000 * (i + 1), u64::MAX, 1_000);
+            h.idle_cpu_micro = 60_000_000;
+            apply_numbers(&mut s, &mut info, &h, t + Duration::from_secs(i), 30, 5_000);
+        }
+        assert_eq!(s.session_count, 5_000, "read at the ceiling, not u32::MAX");
+        assert_eq!(info.clamped.session_count, 2);
+        assert_eq!(info.clamped.max_sessions, 0, "only the field that lied is counted");
+        let cost = s.cpu_fit.cost_micro(0, 0).0;
+        assert!(cost > 0, "the line still slopes down: {cost}");
     }
 
     #[test]

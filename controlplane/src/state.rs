@@ -252,6 +252,20 @@ pub struct CounterStore {
     pub(crate) lb: HashMap<(i32, String, String), Load>,
     /// Per FreeSWITCH box: its admission gate for the current boot, and its rate log.
     pub(crate) gates: HashMap<FsKey, BoxCounters>,
+    /// Names fsroute answered to before a reload changed its advertise or aliases.
+    pub former_names: Vec<FormerName>,
+}
+
+/// A (host, port) a reload took out of fsroute's names. Requests already sent carry it in their
+/// Via, and dialogs made under it carry it in their Record-Route: dropping it at once would drop
+/// their responses as `not_our_via` and deny their in-dialog requests. It stays fsroute's own
+/// until dialogs made under it can have ended (`until`: the reload plus `dialog_memory`); a
+/// response still has to carry a valid branch MAC, so keeping a name opens nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FormerName {
+    pub host: String,
+    pub port: u16,
+    pub until: Instant,
 }
 
 /// The shared counters of one box (headroom model), kept across builds.
@@ -270,6 +284,7 @@ impl Default for CounterStore {
             dispatcher: HashMap::new(),
             lb: HashMap::new(),
             gates: HashMap::new(),
+            former_names: Vec::new(),
         }
     }
 }
@@ -277,6 +292,17 @@ impl Default for CounterStore {
 impl CounterStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A reload replaced the names `old` with `new` at `now`: what `old` had and `new` lacks is
+    /// kept as a former name until `until`; a name `new` has again is no longer former. Former
+    /// names past their time are forgotten.
+    pub fn retire_names(&mut self, old: &[(String, u16)], new: &[(String, u16)], now: Instant, until: Instant) {
+        self.former_names.retain(|f| f.until > now && !new.iter().any(|(h, p)| *h == f.host && *p == f.port));
+        for (host, port) in old.iter().filter(|n| !new.contains(n)) {
+            self.former_names.retain(|f| !(f.host == *host && f.port == *port));
+            self.former_names.push(FormerName { host: host.clone(), port: *port, until });
+        }
     }
 
     pub fn get(&self, setid: i32, uri: &str) -> Option<&Arc<DestCounters>> {
