@@ -39,6 +39,8 @@ pub struct FsStats {
     pub min_idle_cpu_micro: u32,
     pub session_since_startup: Option<u64>,
     pub uptime_msec: Option<u64>,
+    /// The last uptime of each kind of reading, for telling a restart from a late heartbeat.
+    pub uptime: Uptimes,
     pub core_uuid: Option<String>,
     /// Grows each time the box restarts (new Core-UUID, or Uptime-msec going backwards): its
     /// accounting starts again.
@@ -49,6 +51,48 @@ pub struct FsStats {
     pub paused: bool,
     /// (Session-Count, Idle-CPU) history for the per-session CPU cost.
     pub cpu_fit: CpuCostFit,
+}
+
+/// Where a set of numbers came from: a HEARTBEAT event, or an `api status` reply (the seed at
+/// connect and the periodic status readings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    Heartbeat,
+    Status,
+}
+
+/// The last Uptime-msec of each kind of reading. Each kind arrives in the order the box made it,
+/// but the two kinds do not: FreeSWITCH stamps a HEARTBEAT when it creates the event and queues
+/// it for the event thread, while an `api status` reply is computed and written by the
+/// connection's own thread, so a heartbeat made before a status reading can arrive after it,
+/// a few milliseconds "back in time". Taking that for a restart would reset the box's accounting
+/// and forget that it drains (docs/ESL.md §6, item 9). So uptime going back within one kind is a
+/// restart, and across kinds only by more than [`Uptimes::REORDER_SLACK_MS`]; a restart that the
+/// slack hides is still seen by the Core-UUID of the box's next heartbeat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Uptimes {
+    pub heartbeat: Option<u64>,
+    pub status: Option<u64>,
+}
+
+impl Uptimes {
+    pub const REORDER_SLACK_MS: u64 = 10_000;
+
+    /// Whether a reading of `kind` saying `up` ms means the box started again since.
+    pub fn went_back(&self, kind: Reading, up: u64) -> bool {
+        let (same, other) = match kind {
+            Reading::Heartbeat => (self.heartbeat, self.status),
+            Reading::Status => (self.status, self.heartbeat),
+        };
+        same.is_some_and(|last| up < last) || other.is_some_and(|last| up.saturating_add(Self::REORDER_SLACK_MS) < last)
+    }
+
+    pub fn record(&mut self, kind: Reading, up: u64) {
+        match kind {
+            Reading::Heartbeat => self.heartbeat = Some(up),
+            Reading::Status => self.status = Some(up),
+        }
+    }
 }
 
 /// Whether a box's numbers may be used, as every reader of [`FsStats`] decides it.
