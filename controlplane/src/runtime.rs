@@ -235,17 +235,18 @@ impl Control {
                 if ok && was_failing && s.failing_since.is_none() {
                     tracing::info!(name = %name, "destination name resolves again");
                 }
-                if moved {
+                if moved && s.expired {
+                    tracing::warn!(name = %name, error = ?s.last_error, "destination name failed for its whole grace: its addresses left the table");
+                } else if moved {
                     let addrs: Vec<String> = s.addrs.iter().map(|a| a.addr.to_string()).collect();
                     tracing::info!(name = %name, addresses = ?addrs, "destination name's addresses changed");
                 }
             }
             changed |= moved;
         }
-        if self.dns.tick(now) {
-            for (name, s) in self.dns.names().filter(|(_, s)| s.expired && s.addrs.is_empty()) {
-                tracing::debug!(name = %name, error = ?s.last_error, "destination name without addresses");
-            }
+        for name in self.dns.tick(now) {
+            let error = self.dns.get(&name).and_then(|s| s.last_error.clone());
+            tracing::warn!(name = %name, error = ?error, "destination name failed for its whole grace: its addresses left the table");
             changed = true;
         }
         if changed {

@@ -246,18 +246,22 @@ impl DnsBook {
     }
 
     /// The clock: graces that ran out, and queries whose result never came (counted as failures).
-    /// Whether the addresses in force changed.
-    pub fn tick(&mut self, now: Instant) -> bool {
+    /// The names whose addresses left the table (none: nothing to rebuild).
+    pub fn tick(&mut self, now: Instant) -> Vec<DnsTarget> {
         let timers = self.timers;
-        let mut changed = false;
-        for s in self.names.values_mut() {
+        let mut left = Vec::new();
+        for (n, s) in &mut self.names {
+            let mut gone = false;
             if s.in_flight.is_some_and(|t| now.saturating_duration_since(t) >= timers.lost_after) {
                 s.in_flight = None;
-                changed |= Self::failed(s, "no result from the resolver".into(), timers, now);
+                gone |= Self::failed(s, "no result from the resolver".into(), timers, now);
             }
-            changed |= Self::expire(s, timers.grace, now);
+            gone |= Self::expire(s, timers.grace, now);
+            if gone {
+                left.push(n.clone());
+            }
         }
-        changed
+        left
     }
 
     /// The addresses in force, per name that has any.

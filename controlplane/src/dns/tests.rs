@@ -115,13 +115,13 @@ fn a_failing_name_keeps_its_last_addresses_for_the_grace_then_they_leave() {
     book.due(t2);
     assert!(!book.on_result(&n, Err("SERVFAIL".into()), t2));
     assert_eq!(book.get(&n).unwrap().failing_since, Some(t1));
-    assert!(!book.tick(t1 + Duration::from_secs(59)));
+    assert!(book.tick(t1 + Duration::from_secs(59)).is_empty());
     assert_eq!(book.resolved().len(), 1);
-    assert!(book.tick(t1 + Duration::from_secs(60)), "the grace ran out: the table must change");
+    assert_eq!(book.tick(t1 + Duration::from_secs(60)), std::slice::from_ref(&n), "the grace ran out: the table must change");
     assert!(book.resolved().is_empty());
     let s = book.get(&n).unwrap();
     assert!(s.expired && s.addrs.is_empty());
-    assert!(!book.tick(t1 + Duration::from_secs(61)), "once gone, nothing more to change");
+    assert!(book.tick(t1 + Duration::from_secs(61)).is_empty(), "once gone, nothing more to change");
     // It comes back with its next answer.
     let t3 = t1 + Duration::from_secs(70);
     book.due(t3);
@@ -154,7 +154,7 @@ fn a_name_that_never_resolved_has_no_addresses_and_shows_why() {
     assert!(book.resolved().is_empty());
     let s = book.get(&n).unwrap();
     assert_eq!((s.failures, s.failing_since, s.leaves_at(timers().grace)), (1, Some(t0), None));
-    assert!(!book.tick(t0 + Duration::from_secs(3600)));
+    assert!(book.tick(t0 + Duration::from_secs(3600)).is_empty());
 }
 
 #[test]
@@ -163,9 +163,9 @@ fn a_query_whose_result_never_comes_counts_as_a_failure() {
     let (mut book, n) = resolved_book(t0, &[a("10.0.0.1:5060")], 10);
     let t1 = t0 + Duration::from_secs(10);
     assert_eq!(book.due(t1), std::slice::from_ref(&n));
-    assert!(!book.tick(t1 + Duration::from_secs(19)));
+    assert!(book.tick(t1 + Duration::from_secs(19)).is_empty());
     assert!(book.get(&n).unwrap().in_flight.is_some());
-    book.tick(t1 + Duration::from_secs(20));
+    assert!(book.tick(t1 + Duration::from_secs(20)).is_empty(), "within the grace the address stays");
     let s = book.get(&n).unwrap();
     assert_eq!((s.in_flight, s.failures, s.last_error.as_deref()), (None, 1, Some("no result from the resolver")));
     assert_eq!(book.resolved().len(), 1, "the grace applies as to any failure");
