@@ -409,23 +409,25 @@ pub fn run(opts: RunOptions) -> i32 {
         handoff_capacity: 8192,
         pin: true,
     };
+    // The admin listener before the data plane: once fsroute answers SIP, /status answers too
+    // (requests wait in the admin thread's queue until the control loop starts), so a supervisor
+    // or a script that waits for SIP never meets a refused admin connection.
+    let admin = match ctl.config.control.admin {
+        Some(addr) => match AdminServer::start(addr, ctl.config.control.admin_token.clone(), AdminLimits::default()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, %addr, "cannot start the admin listener");
+                return EXIT_RUNTIME;
+            }
+        },
+        None => None,
+    };
     let dp = match DataPlane::start(&spec, ctl.table.clone()) {
         Ok(dp) => dp,
         Err(e) => {
             tracing::error!(error = %e, listen = ?spec.listeners, "cannot start the data plane");
             return EXIT_RUNTIME;
         }
-    };
-    let admin = match ctl.config.control.admin {
-        Some(addr) => match AdminServer::start(addr, ctl.config.control.admin_token.clone(), AdminLimits::default()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::error!(error = %e, %addr, "cannot start the admin listener");
-                dp.stop();
-                return EXIT_RUNTIME;
-            }
-        },
-        None => None,
     };
     ctl.admin_bound = admin.as_ref().map(AdminServer::local_addr);
     tracing::info!(

@@ -112,7 +112,7 @@ fn defaults_apply_when_only_listen_is_given() {
     );
     assert_eq!(
         p.shards,
-        std::thread::available_parallelism().unwrap().get()
+        super::validate::default_shards(std::thread::available_parallelism().unwrap().get())
     );
     assert!(p.record_route);
     assert_eq!(p.max_forwards, 70);
@@ -1038,4 +1038,10 @@ fn dns_settings_parse_and_their_errors_name_the_field() {
     assert_eq!(line_of(&e, "dns.timeout"), 7);
     let e = errs(&with_listen("[dns]\nretries = 3\n"));
     assert!(e.to_string().contains("retries"), "unknown keys are refused: {e}");
+}
+
+#[test]
+fn the_default_is_one_shard_on_two_cpus_or_fewer_and_one_per_cpu_above() {
+    use super::validate::default_shards;
+    assert_eq!([1, 2, 3, 4, 16].map(default_shards), [1, 1, 3, 4, 16]);
 }
