@@ -17,6 +17,18 @@ pub struct Skipped {
     pub why: String,
 }
 
+/// A dispatcher or load_balancer row at one address of its name (the rows share these fields).
+macro_rules! at_address {
+    ($row:expr, $addr:expr, $share:expr) => {{
+        let mut e = $row.clone();
+        e.uri = expanded_uri(&$row.uri, $addr.addr);
+        e.addr = $addr.addr;
+        e.name = None;
+        e.resolved = Some(ResolvedFrom { uri: $row.uri.clone(), share: $share });
+        e
+    }};
+}
+
 /// `config` with each named row replaced by its addresses in `names` (none while the name has
 /// none). Rows with an IP literal stay as written; a config without names is borrowed as it is.
 ///
@@ -42,12 +54,8 @@ pub fn expand<'a>(config: &'a Config, names: &ResolvedNames) -> (Cow<'a, Config>
         listen,
         &mut skipped,
         |r, a, share| {
-            let mut e = r.clone();
-            e.uri = expanded_uri(&r.uri, a.addr);
-            e.addr = a.addr;
-            e.name = None;
+            let mut e = at_address!(r, a, share);
             e.priority = r.priority.saturating_add(a.srv.map_or(0, |s| i32::from(s.priority)));
-            e.resolved = Some(ResolvedFrom { uri: r.uri.clone(), share });
             e
         },
     );
@@ -60,14 +68,7 @@ pub fn expand<'a>(config: &'a Config, names: &ResolvedNames) -> (Cow<'a, Config>
         names,
         listen,
         &mut skipped,
-        |r, a, share| {
-            let mut e = r.clone();
-            e.uri = expanded_uri(&r.uri, a.addr);
-            e.addr = a.addr;
-            e.name = None;
-            e.resolved = Some(ResolvedFrom { uri: r.uri.clone(), share });
-            e
-        },
+        |r, a, share| at_address!(r, a, share),
     );
 
     let out = Config {
