@@ -5,7 +5,9 @@
 //! other row an fs:// weight whose box has fresh heartbeat numbers in `Stats` (so the FreeSWITCH
 //! weight arithmetic runs), the rest static weights 1..=10. `rr_worst/N`: one set holding all N
 //! rows with static weights spread over 1..=100 (gcd 1), so the smooth weighted round-robin
-//! schedule is as long as the builder allows. Counters persist across iterations as in the
+//! schedule is as long as the builder allows. `named_mix/N`: `mix/N` plus one row naming a host
+//! with two resolved addresses in `Stats::dns` (docs/DNS.md), so the builder expands names (it
+//! then works on a copy of the config). Counters persist across iterations as in the
 //! runtime (steady state: every destination already has its counters).
 //!
 //! On a shared, loaded machine wall time mostly measures the scheduler; `REBUILD_CLOCK=cpu`
@@ -23,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use fsroute_controlplane::config::{self, Config, Weight};
+use fsroute_controlplane::config::{self, Config, DnsTarget, Weight};
+use fsroute_controlplane::dns::DnsAddr;
 use fsroute_controlplane::state::{AdminState, CounterStore, FsStats, Stats};
 use fsroute_controlplane::table_builder::build_table;
 use support::{config_text, dest_addr, Row, RowWeight};
@@ -83,18 +86,33 @@ fn populated_stats(config: &Config) -> Stats {
     stats
 }
 
-fn bench_case<M: Measurement>(c: &mut Criterion<M>, group: &str, rows: fn(usize) -> Vec<Row>) {
+/// Adds a row naming `pool.bench:5060` to set 1, resolved to two addresses.
+fn with_a_name(config: &mut Config, stats: &mut Stats) {
+    let name = DnsTarget { host: "pool.bench".into(), port: Some(5060) };
+    let mut row = config.dispatcher.iter().find(|r| matches!(r.weight, Weight::Static(_))).expect("a static row").clone();
+    row.uri = "sip:pool.bench:5060".into();
+    row.addr = "0.0.0.0:0".parse().unwrap();
+    row.name = Some(name.clone());
+    config.dispatcher.push(row);
+    let addrs = ["127.3.0.1:5060", "127.3.0.2:5060"].map(|a| DnsAddr { srv: None, addr: a.parse().unwrap() });
+    stats.dns.insert(name, addrs.to_vec());
+}
+
+fn bench_case<M: Measurement>(c: &mut Criterion<M>, group: &str, rows: fn(usize) -> Vec<Row>, named: bool) {
     let mut g = c.benchmark_group(group);
     g.sampling_mode(SamplingMode::Flat);
     for n in SIZES {
-        let config = parse(&rows(n));
-        let stats = populated_stats(&config);
+        let mut config = parse(&rows(n));
+        let mut stats = populated_stats(&config);
+        if named {
+            with_a_name(&mut config, &mut stats);
+        }
         let admin = AdminState::default();
         let mut counters = CounterStore::new();
         let mut generation = 1;
         let first = build_table(&config, &stats, &admin, &mut counters, generation);
         let schedule_hint: usize = first.sets.iter().map(|s| s.destinations.len()).sum();
-        assert_eq!(schedule_hint, n);
+        assert_eq!(schedule_hint, if named { n + 2 } else { n });
         drop(first);
         if n >= 10_000 {
             g.sample_size(10).measurement_time(Duration::from_secs(8));
@@ -111,10 +129,11 @@ fn bench_case<M: Measurement>(c: &mut Criterion<M>, group: &str, rows: fn(usize)
     g.finish();
 }
 
-/// Groups `mix` and `rr_worst` (wall time) or `cpu_mix` and `cpu_rr_worst` (thread CPU time).
+/// Groups `mix`, `named_mix` and `rr_worst` (wall time), or with a `cpu_` prefix (thread CPU time).
 fn benches<M: Measurement>(c: &mut Criterion<M>, prefix: &str) {
-    bench_case(c, &format!("{prefix}mix"), mix_rows);
-    bench_case(c, &format!("{prefix}rr_worst"), rr_rows);
+    bench_case(c, &format!("{prefix}mix"), mix_rows, false);
+    bench_case(c, &format!("{prefix}named_mix"), mix_rows, true);
+    bench_case(c, &format!("{prefix}rr_worst"), rr_rows, false);
 }
 
 /// CPU time of the calling thread.
