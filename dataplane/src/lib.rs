@@ -15,6 +15,7 @@ pub mod admission;
 pub mod batch;
 pub mod candidates;
 pub mod dispatch;
+pub mod framing;
 pub mod hash;
 pub mod lb;
 pub mod router;
