@@ -14,6 +14,7 @@
 pub mod admission;
 pub mod batch;
 pub mod candidates;
+pub mod conn;
 pub mod dispatch;
 pub mod framing;
 pub mod hash;

@@ -35,10 +35,12 @@ pub enum DropReason {
     /// A 2xx to an INVITE on a branch no INVITE of that call went out with, while the call is
     /// still being failed over: only the failover's own attempts may answer it.
     StrayAnswer,
+    /// A message that must leave on a stream connection that has closed since its request came.
+    ConnectionGone,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Malformed,
         DropReason::Keepalive,
         DropReason::BadResponse,
@@ -52,6 +54,7 @@ impl DropReason {
         DropReason::ForgedResponse,
         DropReason::RelayDenied,
         DropReason::StrayAnswer,
+        DropReason::ConnectionGone,
     ];
 
     pub fn label(self) -> &'static str {
@@ -69,6 +72,7 @@ impl DropReason {
             DropReason::ForgedResponse => "forged_response",
             DropReason::StrayAnswer => "stray_answer",
             DropReason::RelayDenied => "relay_denied",
+            DropReason::ConnectionGone => "connection_gone",
         }
     }
 }
@@ -145,6 +149,16 @@ pub struct ShardStats {
     pub memory_full: AtomicU64,
     /// Expiry records queued for the call memory (bounded by 2 × transactions + 4 × dialogs + 3,072).
     pub expiry_records: AtomicU64,
+    /// TCP: messages framed off this shard's connections, messages written to them, keep-alive
+    /// pings answered, connections accepted and refused (per-source limit), and closed by reason.
+    pub tcp_received: AtomicU64,
+    pub tcp_sent: AtomicU64,
+    pub tcp_keepalives: AtomicU64,
+    pub tcp_accepted: AtomicU64,
+    pub tcp_refused: AtomicU64,
+    pub tcp_closed: [AtomicU64; crate::conn::Closed::ALL.len()],
+    /// Gauge: TCP connections this shard owns now.
+    pub tcp_connections: AtomicU64,
 }
 
 impl ShardStats {

@@ -293,8 +293,10 @@ impl BranchKey {
     /// answer: a response is relayed only to where the request it answers came from, and only as
     /// an answer to that request's method. A CANCEL shares its INVITE's branch (§9.1), so it
     /// counts as INVITE; so does the ACK of a non-2xx response, which the router passes as
-    /// INVITE itself (§17.1.1.3; an ACK for a 2xx is a transaction of its own).
-    pub fn mac(&self, branch: u64, reply_to: SocketAddr, method: &[u8]) -> u64 {
+    /// INVITE itself (§17.1.1.3; an ACK for a 2xx is a transaction of its own). For a request
+    /// that came on a stream, `conn` is the connection its responses go back on (written into
+    /// the branch beside the MAC): bound too, so no one can aim a response at another connection.
+    pub fn mac(&self, branch: u64, reply_to: SocketAddr, conn: Option<crate::conn::ConnId>, method: &[u8]) -> u64 {
         use std::hash::Hasher;
         let mut h = siphasher::sip::SipHasher13::new_with_keys(self.0[0], self.0[1]);
         h.write_u64(branch);
@@ -307,6 +309,9 @@ impl BranchKey {
             IpAddr::V6(v6) => h.write(&v6.octets()),
         }
         h.write_u16(reply_to.port());
+        if let Some(c) = conn {
+            h.write_u64(c.to_bits());
+        }
         h.finish()
     }
 }

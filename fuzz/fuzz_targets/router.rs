@@ -325,7 +325,7 @@ impl Session {
 
     fn drain(&mut self, trigger: Trigger) {
         while let Some((to, bytes)) = self.router.poll_transmit() {
-            self.observe(to, &bytes, Sent::Own, trigger, "a queued datagram");
+            self.observe(to.addr, &bytes, Sent::Own, trigger, "a queued datagram");
             self.router.recycle(bytes);
         }
     }
