@@ -380,7 +380,8 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
     };
     add(p.advertise.host.bare(), p.advertise.port);
     // No request names fsroute as 0.0.0.0 or ::, so wildcard listeners add no name.
-    for l in p.listen.iter().filter(|l| !l.ip().is_unspecified()) {
+    // A request reaching fsroute over TCP names a TCP listener.
+    for l in p.listen.iter().chain(&p.listen_tcp).filter(|l| !l.ip().is_unspecified()) {
         add(l.ip().to_string(), l.port());
     }
     for a in &p.aliases {

@@ -12,24 +12,30 @@ use std::time::{Duration, Instant};
 
 /// One stream connection: the owning shard in the top 16 bits, a serial number below. Serials are
 /// not reused while a shard lives (2^48 connections), so a stale id never names a new connection.
+/// Serials start at 1, so an id is never zero and `Option<ConnId>` costs no more than the id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(u64);
+pub struct ConnId(std::num::NonZeroU64);
 
 const SERIAL_BITS: u32 = 48;
 
 impl ConnId {
+    /// Serial 0 is taken as 1.
     pub fn new(shard: usize, serial: u64) -> ConnId {
-        ConnId(((shard as u64 & 0xffff) << SERIAL_BITS) | (serial & ((1 << SERIAL_BITS) - 1)))
+        let serial = (serial & ((1 << SERIAL_BITS) - 1)).max(1);
+        // Never zero: the serial is at least 1.
+        let bits = ((shard as u64 & 0xffff) << SERIAL_BITS) | serial;
+        ConnId(std::num::NonZeroU64::new(bits).unwrap_or(std::num::NonZeroU64::MIN))
     }
     pub fn shard(self) -> usize {
-        (self.0 >> SERIAL_BITS) as usize
+        (self.0.get() >> SERIAL_BITS) as usize
     }
     /// The 64 bits written into a branch.
     pub fn to_bits(self) -> u64 {
-        self.0
+        self.0.get()
     }
-    pub fn from_bits(bits: u64) -> ConnId {
-        ConnId(bits)
+    /// None for 0, which no connection has.
+    pub fn from_bits(bits: u64) -> Option<ConnId> {
+        std::num::NonZeroU64::new(bits).map(ConnId)
     }
 }
 
@@ -148,7 +154,7 @@ impl<T> ConnTable<T> {
         self.conns
             .iter()
             .filter(|(_, c)| c.closing.is_none() && now.saturating_duration_since(c.last_active) >= idle)
-            .map(|(&k, _)| ConnId::from_bits(k))
+            .filter_map(|(&k, _)| ConnId::from_bits(k))
             .collect()
     }
 
@@ -213,7 +219,8 @@ mod tests {
     fn a_conn_id_names_its_owner_shard_and_survives_a_branch() {
         let id = ConnId::new(3, 77);
         assert_eq!(id.shard(), 3);
-        assert_eq!(ConnId::from_bits(id.to_bits()), id);
+        assert_eq!(ConnId::from_bits(id.to_bits()), Some(id));
+        assert_eq!(ConnId::from_bits(0), None);
         assert_ne!(ConnId::new(2, 77), id);
     }
 

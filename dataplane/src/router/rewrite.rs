@@ -263,7 +263,7 @@ pub fn parse_branch(branch: &[u8]) -> Option<(u64, u64, Option<ConnId>)> {
     let hex = branch.strip_prefix(BRANCH_PREFIX)?;
     let conn = match hex.len() {
         32 => None,
-        48 => Some(ConnId::from_bits(parse_hex16(&hex[32..])?)),
+        48 => Some(ConnId::from_bits(parse_hex16(&hex[32..])?)?),
         _ => return None,
     };
     Some((parse_hex16(&hex[..16])?, parse_hex16(&hex[16..32])?, conn))
