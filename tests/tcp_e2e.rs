@@ -60,7 +60,8 @@ fn sipp_with_a_tcp_connection_per_call_completes_and_every_connection_is_counted
     let _uas = Sipp::uas(b1, None, &[]);
     let tcp = tcp_addr();
     let proxy = Proxy::start(&tcp_config(2, &[b1], tcp, ""));
-    let run = Sipp::uac(tcp, None, 50, 25, &["-t", "tn"], Duration::from_secs(30));
+    // SIPp refuses tn mode when its default socket budget exceeds the open-file limit.
+    let run = Sipp::uac(tcp, None, 50, 25, &["-t", "tn", "-max_socket", "200"], Duration::from_secs(30));
     assert!(run.all_calls_succeeded(), "{}\n{}", run.explain(), proxy.log());
     assert_eq!(run.counter("Successful call"), Some(50), "{}", run.explain());
     assert!(tcp_total(&proxy, &["accepted"]) >= 50, "{}", proxy.status()["shards"]);
