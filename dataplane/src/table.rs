@@ -372,18 +372,21 @@ pub struct RoutingTable {
 pub struct OwnLines {
     /// `Via: SIP/2.0/UDP host:port;branch=`; the branch follows.
     pub via: Vec<u8>,
+    /// The same for a request that leaves on a TCP connection: `Via: SIP/2.0/TCP host:port;branch=`.
+    pub via_tcp: Vec<u8>,
     /// `Record-Route: <sip:host:port;lr;fsd=`; the destination token and `>` follow.
     pub record_route: Vec<u8>,
 }
 
 impl OwnLines {
     /// For writers that never add fsroute's top lines (replies, stored templates).
-    pub const NONE: OwnLines = OwnLines { via: Vec::new(), record_route: Vec::new() };
+    pub const NONE: OwnLines = OwnLines { via: Vec::new(), via_tcp: Vec::new(), record_route: Vec::new() };
 
     /// `host` is already in URI form (an IPv6 address bracketed).
     pub fn new(host: &str, port: u16) -> Self {
         OwnLines {
             via: format!("Via: SIP/2.0/UDP {host}:{port};branch=").into_bytes(),
+            via_tcp: format!("Via: SIP/2.0/TCP {host}:{port};branch=").into_bytes(),
             record_route: format!("Record-Route: <sip:{host}:{port};lr;fsd=").into_bytes(),
         }
     }

@@ -309,6 +309,9 @@ impl Failover {
         self.deadline = Some(ctx.now + ctx.t.failover.no_answer_timeout);
         let px = &ctx.t.proxy;
         ctx.memory.start_dialog(self.invite.ckey, pick.dest, self.invite.src, ctx.now, px.transaction_memory);
+        if let Some(c) = self.invite.reply_to.conn {
+            ctx.memory.set_caller_conn(self.invite.ckey, c);
+        }
     }
 
     /// Moves to the next candidate and writes its INVITE into `out`. False when none is left.
@@ -406,6 +409,9 @@ impl Failover {
             }
             let answered_by = self.tried[usize::from(n)].unwrap_or(self.dest);
             ctx.memory.start_dialog(ckey, answered_by, self.invite.src, now, px.dialog_memory);
+            if let Some(c) = self.invite.reply_to.conn {
+                ctx.memory.set_caller_conn(ckey, c);
+            }
             ctx.memory.confirm_dialog(ckey, now, px.dialog_memory, px.max_call_duration, None);
         }
         forward_response(m, out);

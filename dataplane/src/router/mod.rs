@@ -128,6 +128,8 @@ struct Next<'t> {
     new_transaction: bool,
     /// The ACK of a non-2xx final response to an initial INVITE: it repeats the INVITE's branch.
     invite_ack: bool,
+    /// The stream connection it leaves on (an in-dialog request towards a TCP caller).
+    conn: Option<ConnId>,
 }
 
 /// What choosing a destination decided.
@@ -369,12 +371,22 @@ impl Router {
         if let Some(txn) = self.memory.txn(req.tkey, now) {
             if matches!(method, Method::Ack | Method::Cancel) || !req.in_dialog {
                 let invite_ack = method == Method::Ack && txn.initial_invite;
-                return Choice::Send(Next { dest: txn.dest, chosen: None, new_transaction: false, invite_ack });
+                return Choice::Send(Next { dest: txn.dest, chosen: None, new_transaction: false, invite_ack, conn: None });
             }
         }
         if req.in_dialog || method == Method::Ack {
             return match self.in_dialog_destination(t, src, m, req, now) {
-                Ok(dest) => Choice::Send(Next { dest, chosen: None, new_transaction: false, invite_ack: false }),
+                Ok(dest) => {
+                    // RFC 5923: a request from the callee's side towards a caller that came on a
+                    // stream goes back on the caller's connection.
+                    let conn = t
+                        .is_from_destination(&src)
+                        .then(|| self.memory.dialog(req.ckey, now))
+                        .flatten()
+                        .filter(|d| !d.is_caller(src))
+                        .and_then(|d| d.caller_conn);
+                    Choice::Send(Next { dest, chosen: None, new_transaction: false, invite_ack: false, conn })
+                }
                 Err(denied) => Choice::Done(match (method, denied) {
                     (Method::Ack, Denied::Unknown) => Action::Drop(DropReason::UnroutableAck),
                     (Method::Ack, Denied::Relay) => Action::Drop(DropReason::RelayDenied),
@@ -388,7 +400,7 @@ impl Router {
             // know the call, if the CANCEL comes from its caller; otherwise there is nothing to
             // cancel (§16.10).
             return match self.memory.dialog(req.ckey, now).filter(|d| d.is_caller(src)) {
-                Some(d) => Choice::Send(Next { dest: d.dest, chosen: None, new_transaction: false, invite_ack: false }),
+                Some(d) => Choice::Send(Next { dest: d.dest, chosen: None, new_transaction: false, invite_ack: false, conn: None }),
                 None => Choice::Done(self.reply(m, src, 481, "Call/Transaction Does Not Exist", &[], out)),
             };
         }
@@ -413,7 +425,7 @@ impl Router {
             let reason = if code == 503 { "Service Unavailable" } else { "Not Found" };
             return Choice::Done(self.reply(m, src, code, reason, &[], out));
         };
-        let send = |dest, chosen| Choice::Send(Next { dest, chosen, new_transaction: req.method != Method::Ack, invite_ack: false });
+        let send = |dest, chosen| Choice::Send(Next { dest, chosen, new_transaction: req.method != Method::Ack, invite_ack: false, conn: None });
         match route.target {
             RouteTarget::Dispatcher { set, algorithm, failover } => {
                 let Some(ds) = t.sets.get(set) else {
@@ -510,7 +522,11 @@ impl Router {
             self.memory.remember_txn(req.tkey, dest, initial_invite, now, ttl);
             if initial_invite {
                 // Held while the call rings; a 2xx stretches it to dialog_memory.
-                self.memory.start_dialog(req.ckey, dest, src, now, px.transaction_memory);
+                if self.memory.start_dialog(req.ckey, dest, src, now, px.transaction_memory) {
+                    if let Some(c) = self.arrival {
+                        self.memory.set_caller_conn(req.ckey, c);
+                    }
+                }
             }
         }
         if let Some(c) = next.chosen {
@@ -524,6 +540,7 @@ impl Router {
             branch: req.tkey,
             mac: px.branch_key.mac(req.tkey, reply_address(m, src), self.arrival, mac_method),
             conn: self.arrival,
+            tcp: next.conn.is_some(),
             record_route,
             pop_route: req.own_route,
             default_max_forwards: px.max_forwards,
@@ -531,7 +548,7 @@ impl Router {
             x_auth: px.x_auth.adds_for(dest).then_some(src),
         };
         forward_request(m, src, &t.own, &rw, out);
-        Action::Forward(dest)
+        relay(Hop { addr: dest, conn: next.conn })
     }
 
     /// fsroute's own answer to a request it will not forward, counted by why.

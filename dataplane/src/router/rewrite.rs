@@ -22,7 +22,7 @@ pub const MAX_FORWARDS_CEILING: u32 = 255;
 enum Insert {
     Nothing,
     /// fsroute's own header lines, written just after the start line.
-    TopLines { branch: u64, mac: u64, conn: Option<ConnId>, record_route: Option<SocketAddr>, max_forwards: Option<u32>, x_auth: Option<SocketAddr> },
+    TopLines { branch: u64, mac: u64, conn: Option<ConnId>, tcp: bool, record_route: Option<SocketAddr>, max_forwards: Option<u32>, x_auth: Option<SocketAddr> },
     /// `;received=<ip>`
     Received(IpAddr),
     /// `rport=<port>`
@@ -82,8 +82,14 @@ fn splice(buf: &[u8], from: usize, to: usize, edits: &[Edit], eol: &[u8], own: &
 fn render(insert: Insert, eol: &[u8], own: &OwnLines, out: &mut Vec<u8>) {
     match insert {
         Insert::Nothing => {}
-        Insert::TopLines { branch, mac, conn, record_route, max_forwards, x_auth } => {
-            push_own_via(out, own, branch, mac, conn, eol);
+        Insert::TopLines { branch, mac, conn, tcp, record_route, max_forwards, x_auth } => {
+            if tcp {
+                out.extend_from_slice(&own.via_tcp);
+                push_branch(out, branch, mac, conn);
+                out.extend_from_slice(eol);
+            } else {
+                push_own_via(out, own, branch, mac, conn, eol);
+            }
             if let Some(dest) = record_route {
                 out.extend_from_slice(&own.record_route);
                 push_token(out, dest);
@@ -322,6 +328,8 @@ pub struct RequestRewrite {
     pub mac: u64,
     /// The stream connection the request came on, written into the branch.
     pub conn: Option<ConnId>,
+    /// The request leaves on a TCP connection: fsroute's Via says so (RFC 3261 §18.1.1).
+    pub tcp: bool,
     /// Destination named in a new Record-Route, if one is added.
     pub record_route: Option<SocketAddr>,
     /// Remove the top Route (it names fsroute).
@@ -337,7 +345,7 @@ pub struct RequestRewrite {
 pub fn forward_request(m: &Message<'_>, src: SocketAddr, own: &OwnLines, rw: &RequestRewrite, out: &mut Vec<u8>) {
     let mut edits = Edits::new();
     let max_forwards = request_edits(m, src, rw.pop_route, rw.strip_x_auth, rw.default_max_forwards, &mut edits);
-    let top = Insert::TopLines { branch: rw.branch, mac: rw.mac, conn: rw.conn, record_route: rw.record_route, max_forwards, x_auth: rw.x_auth };
+    let top = Insert::TopLines { branch: rw.branch, mac: rw.mac, conn: rw.conn, tcp: rw.tcp, record_route: rw.record_route, max_forwards, x_auth: rw.x_auth };
     edits.push(m.headers_start as usize, 0, top);
     out.clear();
     splice(m.raw, 0, m.framed_len(), edits.sorted(), eol(m), own, out);
@@ -406,7 +414,7 @@ impl Template {
         let top_at = self.top_at as usize;
         out.clear();
         out.extend_from_slice(&self.bytes[..top_at]);
-        let top = Insert::TopLines { branch, mac, conn, record_route, max_forwards: self.max_forwards, x_auth };
+        let top = Insert::TopLines { branch, mac, conn, tcp: false, record_route, max_forwards: self.max_forwards, x_auth };
         render(top, self.eol(), own, out);
         out.extend_from_slice(&self.bytes[top_at..]);
     }

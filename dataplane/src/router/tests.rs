@@ -755,6 +755,7 @@ fn a_final_failure_without_a_to_header_is_still_acked_with_a_valid_ack() {
     assert_eq!(ack.to.unwrap().uri, parse(INVITE).unwrap().to.unwrap().uri);
 }
 mod hostile;
+mod stream;
 
 #[test]
 fn a_request_whose_first_header_is_our_route_still_gets_our_via() {
