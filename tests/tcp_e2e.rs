@@ -132,3 +132,59 @@ fn garbage_a_10_mb_content_length_and_idle_connections_are_closed_and_counted_wh
         || metrics.contains("fsroute_shard_tcp_closed_total{shard=\"1\",reason=\"too_large\"}"), "{metrics}");
     assert!(metrics.contains("fsroute_shard_tcp_connections{"), "{metrics}");
 }
+
+/// A config whose set holds the given destination URIs (with `;transport=` as written), on a
+/// failover route.
+fn transport_config(dests: &[String], tcp: SocketAddr) -> String {
+    let mut c = format!("[proxy]\nlisten = [\"{{SIP}}\", \"tcp:{tcp}\"]\nshards = 2\nrecord_route = true\n\n[control]\nadmin = \"{{ADMIN}}\"\n\n");
+    for d in dests {
+        c.push_str(&format!("[[dispatcher]]\nsetid = 1\ndestination = \"{d}\"\nweight = 1\n\n"));
+    }
+    c.push_str("[[route]]\nto_dispatcher = 1\nalgorithm = \"round-robin\"\nfailover = true\n\n[failover]\nno_answer_timeout = \"5s\"\n");
+    c
+}
+
+#[test]
+fn a_udp_caller_reaches_a_tcp_backend_and_a_tcp_caller_reaches_it_too() {
+    let _g = serial();
+    let b = free_tcp_port();
+    let uas = Sipp::uas(b, None, &["-t", "t1", "-max_socket", "200"]);
+    let tcp = tcp_addr();
+    let proxy = Proxy::start(&transport_config(&[format!("sip:127.0.0.1:{b};transport=tcp")], tcp));
+    let run = Sipp::uac(proxy.sip, None, 50, 25, &[], Duration::from_secs(30));
+    assert!(run.all_calls_succeeded(), "{}\nuas: {}\n{}", run.explain(), uas.errors(), proxy.log());
+    assert_eq!(run.counter("Successful call"), Some(50), "{}", run.explain());
+    // One connection per shard that sent to the backend, reused by every call.
+    let connected = tcp_total(&proxy, &["connected"]);
+    assert!((1..=2).contains(&connected), "{}", proxy.status()["shards"]);
+    let run = Sipp::uac(tcp, None, 20, 20, &["-t", "t1"], Duration::from_secs(30));
+    assert!(run.all_calls_succeeded(), "{}\nuas: {}\n{}", run.explain(), uas.errors(), proxy.log());
+    assert_eq!(tcp_total(&proxy, &["connected"]), connected, "the backend connections are reused");
+}
+
+#[test]
+fn a_tcp_destination_that_refuses_connections_is_failed_over_at_once_and_counted() {
+    let _g = serial();
+    let good = free_udp_port();
+    let _uas = Sipp::uas(good, None, &[]);
+    // Nothing listens on this TCP port: every connect is refused.
+    let dead = free_tcp_port();
+    let tcp = tcp_addr();
+    let proxy = Proxy::start(&transport_config(&[format!("sip:127.0.0.1:{dead};transport=tcp"), format!("sip:127.0.0.1:{good}")], tcp));
+    let started = std::time::Instant::now();
+    let run = Sipp::uac(proxy.sip, None, 20, 20, &[], Duration::from_secs(30));
+    assert!(run.all_calls_succeeded(), "{}\n{}", run.explain(), proxy.log());
+    assert_eq!(run.counter("Successful call"), Some(20), "{}", run.explain());
+    // Round-robin sent half the first attempts to the dead box: each failed over without waiting
+    // out the 5 s no-answer timer.
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(tcp_total(&proxy, &["connect_failed"]) >= 5, "{}", proxy.status()["shards"]);
+    let metrics = http(proxy.admin, "GET", "/metrics", "").1;
+    let failed: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("fsroute_destination_failed_total{") && l.contains(&format!("127.0.0.1:{dead};transport=tcp")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(failed >= 5, "the dead destination's failures are counted: {metrics}");
+}

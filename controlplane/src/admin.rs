@@ -173,6 +173,8 @@ impl ControlView<'_> {
                         "connections": ShardStats::get(&st.tcp_connections),
                         "accepted": ShardStats::get(&st.tcp_accepted),
                         "refused_source_limit": ShardStats::get(&st.tcp_refused),
+                        "connected": ShardStats::get(&st.tcp_connected),
+                        "connect_failed": ShardStats::get(&st.tcp_connect_failed),
                         "received": ShardStats::get(&st.tcp_received),
                         "sent": ShardStats::get(&st.tcp_sent),
                         "keepalives": ShardStats::get(&st.tcp_keepalives),
@@ -672,6 +674,8 @@ pub fn metrics_text(
     per_shard("shard_tcp_keepalives", "CRLF CRLF keep-alive pings answered on TCP (RFC 5626)", &|s| &s.tcp_keepalives, &mut reg);
     per_shard("shard_tcp_accepted", "TCP connections accepted", &|s| &s.tcp_accepted, &mut reg);
     per_shard("shard_tcp_refused", "TCP connections refused by proxy.tcp_connections_per_source", &|s| &s.tcp_refused, &mut reg);
+    per_shard("shard_tcp_connected", "TCP connections opened to transport=tcp destinations", &|s| &s.tcp_connected, &mut reg);
+    per_shard("shard_tcp_connect_failed", "Connections to transport=tcp destinations that failed (reported to failover)", &|s| &s.tcp_connect_failed, &mut reg);
     gauge("shard_tcp_connections", "TCP connections the shard owns now", &|s| &s.tcp_connections, &mut reg);
     let closed = by_reason(shards, &Closed::ALL, Closed::label, |s, r| ShardStats::get(&s.tcp_closed[r as usize]));
     reg.register("shard_tcp_closed", "TCP connections closed, by reason (peer, idle, framing, too_large, stuck)", closed);

@@ -149,7 +149,15 @@ pub fn build_table(
         proxy.branch_key = counters.branch_key;
     }
     proxy.host_ips = counters.host_ips.clone();
-    RoutingTable::new(generation, proxy, sets, routes).with_load_balancer(lb_groups, failover)
+    let tcp = config
+        .dispatcher
+        .iter()
+        .map(|r| (&r.uri, r.addr))
+        .chain(config.load_balancer.iter().map(|r| (&r.uri, r.addr)))
+        .filter(|(uri, _)| crate::config::is_tcp_destination(uri))
+        .map(|(_, a)| a)
+        .collect();
+    RoutingTable::new(generation, proxy, sets, routes).with_load_balancer(lb_groups, failover).with_tcp_destinations(tcp)
 }
 
 /// Takes fsroute's current load as `p_hb` for every load_balancer resource whose box sent new

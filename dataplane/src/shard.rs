@@ -17,6 +17,7 @@
 //! connections are in its own table (`conn`); nothing is shared on a message's path.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -231,6 +232,16 @@ impl DataPlane {
     }
 }
 
+/// A shard's connection to a TCP destination.
+enum DestConn {
+    Open(ConnId),
+    /// Being opened: what to send once it is (bounded by `MAX_PENDING_OUTPUT`).
+    Connecting(Vec<u8>),
+}
+
+/// How long a connection to a TCP destination may take before it counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What a shard needs for TCP: its listener sockets, the limits, and the per-source count that
 /// all shards share (touched at accept and close only).
 struct Streams {
@@ -259,6 +270,9 @@ struct Shard {
     flushing: Cell<bool>,
     /// The TCP connections this shard owns, with each one's socket fd (owned by its reader task).
     conns: RefCell<ConnTable<RawFd>>,
+    /// This shard's connection to each `;transport=tcp` destination it sends to (shards do not
+    /// share them: each opens its own, so no table is shared).
+    dests: RefCell<HashMap<SocketAddr, DestConn>>,
     stream: StreamSettings,
     limit: Arc<SourceLimit>,
 }
@@ -283,8 +297,8 @@ impl Shard {
     /// Nothing here awaits: a batch is routed whole, then flushed.
     fn route(&self, src: SocketAddr, data: &[u8], arrival: Arrival, owned: bool) {
         let mut out = self.router.borrow_mut().take_buffer();
+        let table = self.table.load();
         let action = {
-            let table = self.table.load();
             let mut router = self.router.borrow_mut();
             let now = Instant::now();
             match (arrival, owned) {
@@ -295,6 +309,7 @@ impl Shard {
             }
         };
         match action {
+            Action::Forward(to) if table.is_tcp_destination(&to) => self.send_tcp(to, out),
             Action::Forward(to) => self.enqueue(to, self.socket_for(None, to), out),
             Action::Reply(to) => self.enqueue(to, self.socket_for(arrival.socket(), to), out),
             Action::ForwardOn(c) | Action::ReplyOn(c) => self.send_on(c, src, out),
@@ -318,12 +333,45 @@ impl Shard {
             let Some((to, buf)) = next else { break };
             match to {
                 Hop { conn: Some(c), addr } => self.send_on(c, addr, buf),
+                Hop { addr, conn: None } if self.table.load().is_tcp_destination(&addr) => self.send_tcp(addr, buf),
                 Hop { addr, conn: None } => {
                     let reply = buf.starts_with(b"SIP/2.0 ");
                     self.enqueue(addr, self.socket_for(arrived.filter(|_| reply), addr), buf);
                 }
             }
         }
+    }
+
+    /// Sends `buf` to TCP destination `to` on this shard's connection to it, opening one when there
+    /// is none (a connection that died was forgotten: the next message opens a new one).
+    fn send_tcp(&self, to: SocketAddr, buf: Vec<u8>) {
+        let open = {
+            let mut dests = self.dests.borrow_mut();
+            match dests.get_mut(&to) {
+                Some(DestConn::Open(c)) => Some(*c),
+                Some(DestConn::Connecting(q)) => {
+                    if q.len() + buf.len() <= crate::conn::MAX_PENDING_OUTPUT {
+                        ShardStats::inc(&self.stats.tcp_sent);
+                        q.extend_from_slice(&buf);
+                    } else {
+                        self.stats.drop_reason(DropReason::SendError);
+                    }
+                    None
+                }
+                None => {
+                    ShardStats::inc(&self.stats.tcp_sent);
+                    dests.insert(to, DestConn::Connecting(buf.clone()));
+                    if let Some(shard) = CURRENT.with(|s| s.borrow().clone()) {
+                        glommio::spawn_local(connect(shard, to)).detach();
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(c) = open {
+            self.write_conn(c, &buf);
+        }
+        self.router.borrow_mut().recycle(buf);
     }
 
     /// Sends `buf` on stream connection `c`: written here when this shard owns it, else handed to
@@ -341,14 +389,19 @@ impl Shard {
 
     /// Writes one message on a connection this shard owns, behind any output still pending; what
     /// the kernel does not take now waits (bounded) and is retried.
-    fn write_conn(self: &Shard, c: ConnId, data: &[u8]) {
+    fn write_conn(&self, c: ConnId, data: &[u8]) {
+        ShardStats::inc(&self.stats.tcp_sent);
+        self.write_bytes(c, data);
+    }
+
+    /// [`Self::write_conn`] without counting a message (bytes already counted when queued).
+    fn write_bytes(&self, c: ConnId, data: &[u8]) {
         let retry = {
             let mut conns = self.conns.borrow_mut();
             let Some(conn) = conns.get_mut(c).filter(|conn| conn.closing.is_none()) else {
                 self.stats.drop_reason(DropReason::ConnectionGone);
                 return;
             };
-            ShardStats::inc(&self.stats.tcp_sent);
             let sent = if conn.pending.is_empty() { send_some(conn.io, data) } else { Ok(0) };
             match sent {
                 Ok(n) if n == data.len() => false,
@@ -536,6 +589,7 @@ async fn run_shard(
         scratch: RefCell::new(SendScratch::default()),
         flushing: Cell::new(false),
         conns: RefCell::new(ConnTable::new(index)),
+        dests: RefCell::new(HashMap::new()),
         stream: streams.settings,
         limit: streams.limit,
     });
@@ -600,14 +654,50 @@ async fn accept(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
         let id = shard.conns.borrow_mut().open(peer, Instant::now(), stream.as_raw_fd());
         ShardStats::inc(&shard.stats.tcp_accepted);
         ShardStats::set(&shard.stats.tcp_connections, shard.conns.borrow().len() as u64);
-        glommio::spawn_local(serve(shard.clone(), stream, id, peer)).detach();
+        glommio::spawn_local(serve(shard.clone(), stream, id, peer, true)).detach();
+    }
+}
+
+/// Opens this shard's connection to TCP destination `to` and sends what waited for it; a
+/// connection that fails is counted and reported to the failovers waiting on `to`, and what
+/// waited is dropped (the caller's retransmission or the next request tries again).
+async fn connect(shard: Rc<Shard>, to: SocketAddr) {
+    let r = glommio::net::TcpStream::connect_timeout(to, CONNECT_TIMEOUT).await;
+    let queued = match shard.dests.borrow_mut().remove(&to) {
+        Some(DestConn::Connecting(q)) => q,
+        _ => Vec::new(),
+    };
+    match r {
+        Ok(stream) => {
+            let _ = stream.set_nodelay(true);
+            let id = shard.conns.borrow_mut().open(to, Instant::now(), stream.as_raw_fd());
+            shard.dests.borrow_mut().insert(to, DestConn::Open(id));
+            ShardStats::inc(&shard.stats.tcp_connected);
+            ShardStats::set(&shard.stats.tcp_connections, shard.conns.borrow().len() as u64);
+            if !queued.is_empty() {
+                shard.write_bytes(id, &queued);
+            }
+            glommio::spawn_local(serve(shard.clone(), stream, id, to, false)).detach();
+        }
+        Err(e) => {
+            ShardStats::inc(&shard.stats.tcp_connect_failed);
+            tracing::debug!(shard = shard.index, %to, error = %e, "cannot connect to a tcp destination");
+            {
+                let table = shard.table.load();
+                shard.router.borrow_mut().destination_unreachable(&table, to, Instant::now());
+            }
+            shard.take_outbox(None);
+            shard.send_handoffs();
+            shard.flush().await;
+        }
     }
 }
 
 /// One connection's reader: park until bytes are there (a 1-byte peek, like the UDP loop), read
 /// what the kernel holds straight into the framer, route every complete message, and end the
 /// connection (counted by why) on EOF, an error, a framing error or fsroute's own decision.
-async fn serve(shard: Rc<Shard>, stream: glommio::net::TcpStream, id: ConnId, peer: SocketAddr) {
+/// `inbound`: accepted (it holds a share of its source's limit), else opened to a destination.
+async fn serve(shard: Rc<Shard>, stream: glommio::net::TcpStream, id: ConnId, peer: SocketAddr, inbound: bool) {
     let fd = stream.as_raw_fd();
     let mut framer = Framer::new(shard.stream.max_message);
     let mut probe = [0u8; 1];
@@ -651,7 +741,14 @@ async fn serve(shard: Rc<Shard>, stream: glommio::net::TcpStream, id: ConnId, pe
     let closed = shard.conns.borrow_mut().close(id);
     // fsroute's own reason (idle, stuck) wins over the EOF its shutdown caused.
     let why = closed.and_then(|c| c.closing).unwrap_or(why);
-    shard.limit.give_back(peer.ip());
+    if inbound {
+        shard.limit.give_back(peer.ip());
+    } else {
+        let mut dests = shard.dests.borrow_mut();
+        if matches!(dests.get(&peer), Some(DestConn::Open(c)) if *c == id) {
+            dests.remove(&peer);
+        }
+    }
     ShardStats::inc(&shard.stats.tcp_closed[why as usize]);
     ShardStats::set(&shard.stats.tcp_connections, shard.conns.borrow().len() as u64);
     tracing::debug!(shard = shard.index, %peer, reason = why.label(), "tcp connection closed");

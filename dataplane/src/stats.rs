@@ -156,6 +156,10 @@ pub struct ShardStats {
     pub tcp_keepalives: AtomicU64,
     pub tcp_accepted: AtomicU64,
     pub tcp_refused: AtomicU64,
+    /// Connections to `;transport=tcp` destinations opened, and attempts that failed (refused or
+    /// timed out; reported to the failover of the calls waiting on them).
+    pub tcp_connected: AtomicU64,
+    pub tcp_connect_failed: AtomicU64,
     pub tcp_closed: [AtomicU64; crate::conn::Closed::ALL.len()],
     /// Gauge: TCP connections this shard owns now.
     pub tcp_connections: AtomicU64,

@@ -359,6 +359,10 @@ pub struct RoutingTable {
     /// Sorted addresses of every destination of every set and group, for Record-Route tokens and
     /// for telling a request from a backend apart from one towards it.
     pub known_destinations: Vec<SocketAddr>,
+    /// Sorted addresses of the destinations written `;transport=tcp`: requests to them leave on a
+    /// TCP connection the sending shard opens (docs/TCP.md). Empty in a UDP-only config, so the
+    /// UDP path pays one length check.
+    pub tcp_destinations: Vec<SocketAddr>,
     pub lb_groups: Vec<LbGroup>,
     pub failover: FailoverSettings,
     /// fsroute's own header prefixes, formatted once per table from `proxy`.
@@ -401,6 +405,7 @@ impl RoutingTable {
             sets,
             routes,
             known_destinations: Vec::new(),
+            tcp_destinations: Vec::new(),
             lb_groups: Vec::new(),
             failover: FailoverSettings::default(),
             own: OwnLines::NONE,
@@ -425,6 +430,20 @@ impl RoutingTable {
         known.sort_unstable();
         known.dedup();
         self.known_destinations = known;
+    }
+
+    /// Marks destinations as reached over TCP.
+    pub fn with_tcp_destinations(mut self, mut tcp: Vec<SocketAddr>) -> Self {
+        tcp.sort_unstable();
+        tcp.dedup();
+        self.tcp_destinations = tcp;
+        self
+    }
+
+    /// Whether requests to `addr` leave over TCP.
+    #[inline]
+    pub fn is_tcp_destination(&self, addr: &SocketAddr) -> bool {
+        !self.tcp_destinations.is_empty() && self.tcp_destinations.binary_search(addr).is_ok()
     }
 
     pub fn is_known_destination(&self, addr: &SocketAddr) -> bool {

@@ -29,7 +29,7 @@ pub use fsroute_dataplane::lb::LbFlags;
 pub use error::{redact, ConfigError, ConfigErrors, Position};
 /// Passwords, the admin token and the branch secret: the ESL crate's never-printed string.
 pub use fsroute_esl::Secret;
-pub use value::{parse_duration, SIP_DEFAULT_PORT};
+pub use value::{is_tcp_destination, parse_duration, SIP_DEFAULT_PORT};
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {

@@ -22,7 +22,7 @@ use super::raw::{
     RawProxy, RawRoute,
 };
 use super::value::{
-    is_fs_url, parse_cidr, parse_duration, parse_fs_url, parse_host_port, parse_resource_names,
+    is_fs_url, is_tcp_destination, parse_cidr, parse_duration, parse_fs_url, parse_host_port, parse_resource_names,
     parse_resources, parse_sip_destination, SIP_DEFAULT_PORT,
 };
 use super::{
@@ -45,6 +45,7 @@ pub(crate) fn validate(raw: &RawConfig, text: &str, path: &Path) -> (Config, Vec
     let dispatcher = cx.dispatcher_rows(&raw.dispatcher, &proxy.listen);
     let load_balancer = cx.load_balancer_rows(&raw.load_balancer, &proxy.listen);
     let routes = cx.routes(&raw.route, &dispatcher, &load_balancer);
+    cx.tcp_destinations(raw, &proxy, &control, &dispatcher, &load_balancer);
     let config = Config {
         path: path.to_path_buf(),
         proxy,
@@ -105,6 +106,36 @@ fn quoted(s: &str) -> String {
 }
 
 impl Ctx<'_> {
+    /// What `;transport=tcp` destinations need: not a TCP listener of fsroute's own (a loop), and
+    /// no OPTIONS probing, which goes over UDP in this build and would judge a TCP box by a port
+    /// it may not serve.
+    fn tcp_destinations(&mut self, raw: &RawConfig, proxy: &ProxyConfig, control: &ControlConfig, ds: &[DispatcherRow], lb: &[LoadBalancerRow]) {
+        let rows = ds.iter().map(|r| (&r.uri, r.addr, r.info.line, "dispatcher")).chain(lb.iter().map(|r| (&r.uri, r.addr, r.info.line, "load_balancer")));
+        let mut first_tcp = None;
+        for (uri, addr, line, table) in rows.filter(|(uri, ..)| is_tcp_destination(uri)) {
+            first_tcp.get_or_insert(uri.clone());
+            if proxy.listen_tcp.contains(&addr) {
+                let span = self.line_span(line);
+                self.invalid(&span, &format!("{table}.destination"), quoted(uri), "this is one of fsroute's own TCP listeners: calls would loop");
+            }
+        }
+        if let (Some(uri), false) = (first_tcp, control.probe_interval.is_zero()) {
+            let span = raw.control.as_ref().and_then(|c| c.get_ref().probe_interval.as_ref()).map_or(0..0, Spanned::span);
+            self.invalid(
+                &span,
+                "control.probe_interval",
+                format!("{:?}", control.probe_interval),
+                format!("OPTIONS probes go over UDP in this build and cannot judge the TCP destination {uri}: set probe_interval = \"0s\" or make every destination UDP"),
+            );
+        }
+    }
+
+    /// The span of the start of 1-based line `line`.
+    fn line_span(&self, line: usize) -> Range<usize> {
+        let at = self.text.split_inclusive('\n').take(line.saturating_sub(1)).map(str::len).sum::<usize>();
+        at..at
+    }
+
     fn at(&self, span: &Range<usize>) -> Position {
         self.lines.position(self.path, self.text, span.start)
     }

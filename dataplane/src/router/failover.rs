@@ -138,14 +138,14 @@ impl StoredInvite {
 
     /// §9.1: the CANCEL for attempt `branch`: the INVITE's Request-URI, Call-ID, From, To and CSeq
     /// number, and a single Via with the attempt's branch (so the same MAC).
-    fn write_cancel(&self, t: &RoutingTable, branch: u64, out: &mut Vec<u8>) {
+    fn write_cancel(&self, t: &RoutingTable, branch: u64, dest: SocketAddr, out: &mut Vec<u8>) {
         let px = &t.proxy;
         out.clear();
         out.extend_from_slice(b"CANCEL ");
         out.extend_from_slice(self.ruri.get(&self.template.bytes));
         out.extend_from_slice(b" SIP/2.0\r\n");
         let mac = px.branch_key.mac(branch, self.reply_to.addr, self.reply_to.conn, b"INVITE");
-        rewrite::push_own_via(out, &t.own, branch, mac, self.reply_to.conn, b"\r\n");
+        rewrite::push_own_via(out, &t.own, branch, mac, self.reply_to.conn, t.is_tcp_destination(&dest), b"\r\n");
         for line in self.copied(&[HeaderName::From, HeaderName::To, HeaderName::CallId]) {
             out.extend_from_slice(line);
         }
@@ -245,7 +245,7 @@ impl Failover {
         let mac = t.proxy.branch_key.mac(branch, reply_to.addr, reply_to.conn, b"INVITE");
         let record_route = t.proxy.record_route.then_some(self.dest);
         let x_auth = t.proxy.x_auth.adds_for(self.dest).then_some(self.invite.src);
-        self.invite.template.write(&t.own, branch, mac, reply_to.conn, record_route, x_auth, out);
+        self.invite.template.write(&t.own, branch, mac, reply_to.conn, t.is_tcp_destination(&self.dest), record_route, x_auth, out);
     }
 
     fn finish(&mut self, now: Instant) {
@@ -325,7 +325,7 @@ impl Failover {
 
     /// Queues fsroute's CANCEL for the attempt in progress.
     fn emit_cancel(&self, ctx: &mut Ctx<'_>, tkey: u64) {
-        ctx.outbox.emit(Hop::udp(self.dest), |buf| self.invite.write_cancel(ctx.t, self.branch(tkey), buf));
+        ctx.outbox.emit(Hop::udp(self.dest), |buf| self.invite.write_cancel(ctx.t, self.branch(tkey), self.dest, buf));
     }
 
     /// A box answered 503 although fsroute believed it had room: it is full until its next
@@ -570,7 +570,7 @@ impl Failovers {
                     f.deadline = Some(ctx.now.min(f.deadline.unwrap_or(ctx.now)));
                     return Some(Action::Absorbed);
                 }
-                f.invite.write_cancel(ctx.t, f.branch(tkey), out);
+                f.invite.write_cancel(ctx.t, f.branch(tkey), f.dest, out);
                 Some(Action::Forward(f.dest))
             }
             _ => None,
@@ -625,6 +625,18 @@ impl Failovers {
             200..=299 => f.answered(ctx, m, tkey, n, next_hop, out),
             _ => f.failed(ctx, m, tkey, n, code, next_hop, out),
         })
+    }
+
+    /// A TCP destination refused or timed out a connection: every attempt in progress there that
+    /// has not rung fails now, counted against the destination, and the call moves on as after
+    /// silence (the next candidate, or 408), instead of waiting out the no-answer timer.
+    pub fn unreachable(&mut self, ctx: &mut Ctx<'_>, dest: SocketAddr) {
+        for (&tkey, f) in self.map.iter_mut() {
+            if !f.finished && !f.provisional && f.dest == dest {
+                f.count_failure(ctx.t);
+                f.timed_out(ctx, tkey);
+            }
+        }
     }
 
     /// Runs the no-answer timers and forgets failovers whose time is up.

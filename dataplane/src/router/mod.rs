@@ -223,6 +223,13 @@ impl Router {
         (&mut self.failovers, ctx)
     }
 
+    /// The shell could not connect to TCP destination `dest`: failover attempts waiting on it move
+    /// on at once (drain `poll_transmit` afterwards).
+    pub fn destination_unreachable(&mut self, table: &RoutingTable, dest: SocketAddr, now: Instant) {
+        let (failovers, mut ctx) = self.ctx(table, now);
+        failovers.unreachable(&mut ctx, dest);
+    }
+
     /// Runs failover timers and ages out call memory; the shell calls it periodically (and drains
     /// `poll_transmit` afterwards).
     pub fn tick(&mut self, table: &RoutingTable, now: Instant) {
@@ -540,7 +547,8 @@ impl Router {
             branch: req.tkey,
             mac: px.branch_key.mac(req.tkey, reply_address(m, src), self.arrival, mac_method),
             conn: self.arrival,
-            tcp: next.conn.is_some(),
+            // On the caller's connection, or to a `;transport=tcp` destination.
+            tcp: next.conn.is_some() || t.is_tcp_destination(&dest),
             record_route,
             pop_route: req.own_route,
             default_max_forwards: px.max_forwards,

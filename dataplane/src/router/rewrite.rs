@@ -83,13 +83,7 @@ fn render(insert: Insert, eol: &[u8], own: &OwnLines, out: &mut Vec<u8>) {
     match insert {
         Insert::Nothing => {}
         Insert::TopLines { branch, mac, conn, tcp, record_route, max_forwards, x_auth } => {
-            if tcp {
-                out.extend_from_slice(&own.via_tcp);
-                push_branch(out, branch, mac, conn);
-                out.extend_from_slice(eol);
-            } else {
-                push_own_via(out, own, branch, mac, conn, eol);
-            }
+            push_own_via(out, own, branch, mac, conn, tcp, eol);
             if let Some(dest) = record_route {
                 out.extend_from_slice(&own.record_route);
                 push_token(out, dest);
@@ -222,8 +216,8 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
 
 /// fsroute's own Via line: on a request it forwards, and on the CANCEL it sends for a failover
 /// attempt (which must repeat that request's branch, §9.1).
-pub(super) fn push_own_via(out: &mut Vec<u8>, own: &OwnLines, branch: u64, mac: u64, conn: Option<ConnId>, eol: &[u8]) {
-    out.extend_from_slice(&own.via);
+pub(super) fn push_own_via(out: &mut Vec<u8>, own: &OwnLines, branch: u64, mac: u64, conn: Option<ConnId>, tcp: bool, eol: &[u8]) {
+    out.extend_from_slice(if tcp { &own.via_tcp } else { &own.via });
     push_branch(out, branch, mac, conn);
     out.extend_from_slice(eol);
 }
@@ -410,11 +404,11 @@ pub fn forward_template(m: &Message<'_>, src: SocketAddr, pop_route: bool, strip
 impl Template {
     /// The request for one attempt: the stored copy with fsroute's Via (and Record-Route) on top.
     #[allow(clippy::too_many_arguments)]
-    pub fn write(&self, own: &OwnLines, branch: u64, mac: u64, conn: Option<ConnId>, record_route: Option<SocketAddr>, x_auth: Option<SocketAddr>, out: &mut Vec<u8>) {
+    pub fn write(&self, own: &OwnLines, branch: u64, mac: u64, conn: Option<ConnId>, tcp: bool, record_route: Option<SocketAddr>, x_auth: Option<SocketAddr>, out: &mut Vec<u8>) {
         let top_at = self.top_at as usize;
         out.clear();
         out.extend_from_slice(&self.bytes[..top_at]);
-        let top = Insert::TopLines { branch, mac, conn, tcp: false, record_route, max_forwards: self.max_forwards, x_auth };
+        let top = Insert::TopLines { branch, mac, conn, tcp, record_route, max_forwards: self.max_forwards, x_auth };
         render(top, self.eol(), own, out);
         out.extend_from_slice(&self.bytes[top_at..]);
     }
