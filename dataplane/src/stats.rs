@@ -35,12 +35,15 @@ pub enum DropReason {
     /// A 2xx to an INVITE on a branch no INVITE of that call went out with, while the call is
     /// still being failed over: only the failover's own attempts may answer it.
     StrayAnswer,
+    /// An ACK (never answered) whose next hop is fsroute itself: the 482 a request gets would
+    /// be an answer.
+    Loop,
     /// A message that must leave on a stream connection that has closed since its request came.
     ConnectionGone,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::Malformed,
         DropReason::Keepalive,
         DropReason::BadResponse,
@@ -54,6 +57,7 @@ impl DropReason {
         DropReason::ForgedResponse,
         DropReason::RelayDenied,
         DropReason::StrayAnswer,
+        DropReason::Loop,
         DropReason::ConnectionGone,
     ];
 
@@ -72,6 +76,7 @@ impl DropReason {
             DropReason::ForgedResponse => "forged_response",
             DropReason::StrayAnswer => "stray_answer",
             DropReason::RelayDenied => "relay_denied",
+            DropReason::Loop => "loop",
             DropReason::ConnectionGone => "connection_gone",
         }
     }

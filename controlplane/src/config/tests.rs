@@ -112,7 +112,7 @@ fn defaults_apply_when_only_listen_is_given() {
     );
     assert_eq!(
         p.shards,
-        std::thread::available_parallelism().unwrap().get()
+        super::validate::default_shards(std::thread::available_parallelism().unwrap().get())
     );
     assert!(p.record_route);
     assert_eq!(p.max_forwards, 70);
@@ -1018,4 +1018,10 @@ fn probing_tcp_destinations_and_aiming_one_at_our_own_tcp_listener_are_refused()
     let e = errs("[proxy]\nlisten = [\"127.0.0.1:5060\", \"tcp:127.0.0.1:5070\"]\n[control]\nprobe_interval = \"5s\"\n[[dispatcher]]\nsetid = 1\ndestination = \"sip:127.0.0.1:5070;transport=tcp\"\n");
     assert_eq!(line_of(&e, "control.probe_interval"), 4);
     assert!(only(&e, "dispatcher.destination").to_string().contains("own TCP listeners"), "{e}");
+}
+
+#[test]
+fn the_default_is_one_shard_on_two_cpus_or_fewer_and_one_per_cpu_above() {
+    use super::validate::default_shards;
+    assert_eq!([1, 2, 3, 4, 16].map(default_shards), [1, 1, 3, 4, 16]);
 }
