@@ -87,13 +87,24 @@ fn parse_host(h: &str) -> Result<Host, String> {
 pub(crate) fn parse_sip_destination(uri: &str) -> Result<SocketAddr, String> {
     let rest = match uri.get(..4) {
         Some(scheme) if scheme.eq_ignore_ascii_case("sip:") => &uri[4..],
+        _ if uri.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("sips:")) => {
+            return Err("sips: (TLS) destinations are not yet supported: write sip:host[:port][;transport=tcp]".into())
+        }
         _ => return Err("a destination is a sip: URI, e.g. \"sip:10.0.0.5:5060\"".into()),
     };
     if rest.contains('@') {
         return Err("a destination has no user part: write sip:host[:port]".into());
     }
+    // One parameter is understood: the transport (docs/TCP.md).
+    let rest = match rest.split_once(';') {
+        None => rest,
+        Some((hostport, params)) => {
+            destination_transport_param(params)?;
+            hostport
+        }
+    };
     if rest.contains([';', '?', '>', '<', ' ']) {
-        return Err("URI parameters and headers are not supported: write sip:host[:port]".into());
+        return Err("URI parameters and headers other than ;transport= are not supported: write sip:host[:port][;transport=tcp]".into());
     }
     let hp = parse_host_port(rest, SIP_DEFAULT_PORT)?;
     if !rest.starts_with('[') && matches!(hp.host, Host::Ip(IpAddr::V6(_))) {
@@ -107,6 +118,28 @@ pub(crate) fn parse_sip_destination(uri: &str) -> Result<SocketAddr, String> {
         Host::Name(_) => Err(
             "the host must be an IP address: this build does not resolve DNS names (write the box's IP)".into(),
         ),
+    }
+}
+
+/// Whether a destination URI that passed [`parse_sip_destination`] asks for TCP.
+pub fn is_tcp_destination(uri: &str) -> bool {
+    uri.split_once(';').is_some_and(|(_, params)| destination_transport_param(params) == Ok(true))
+}
+
+/// `transport=udp` or `transport=tcp` (any case), the only parameter a destination may carry;
+/// true for TCP.
+fn destination_transport_param(params: &str) -> Result<bool, String> {
+    let Some((name, value)) = params.split_once('=') else {
+        return Err("the only destination parameter is ;transport=udp or ;transport=tcp".into());
+    };
+    if !name.trim().eq_ignore_ascii_case("transport") {
+        return Err("the only destination parameter is ;transport=udp or ;transport=tcp".into());
+    }
+    match value.trim().to_ascii_lowercase().as_str() {
+        "udp" => Ok(false),
+        "tcp" => Ok(true),
+        "tls" | "sctp" | "ws" | "wss" => Err(format!("transport={} is not yet supported (udp and tcp are)", value.trim())),
+        _ => Err("the only destination parameter is ;transport=udp or ;transport=tcp".into()),
     }
 }
 
