@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use fsroute_dataplane::conn::Closed;
 use fsroute_dataplane::stats::{DropReason, Refusal, ShardStats};
 use fsroute_dataplane::table::RoutingTable;
 use prometheus_client::encoding::text::encode;
@@ -177,6 +178,20 @@ impl ControlView<'_> {
                     },
                     "dropped": dropped,
                     "refused": refused,
+                    "tcp": {
+                        "connections": ShardStats::get(&st.tcp_connections),
+                        "accepted": ShardStats::get(&st.tcp_accepted),
+                        "refused_source_limit": ShardStats::get(&st.tcp_refused),
+                        "connected": ShardStats::get(&st.tcp_connected),
+                        "connect_failed": ShardStats::get(&st.tcp_connect_failed),
+                        "received": ShardStats::get(&st.tcp_received),
+                        "sent": ShardStats::get(&st.tcp_sent),
+                        "keepalives": ShardStats::get(&st.tcp_keepalives),
+                        "closed": Closed::ALL
+                            .iter()
+                            .map(|r| (r.label().to_string(), json!(ShardStats::get(&st.tcp_closed[*r as usize]))))
+                            .collect::<serde_json::Map<String, Value>>(),
+                    },
                 })
             })
             .collect();
@@ -735,6 +750,16 @@ pub fn metrics_text(
         &|s| &s.memory_full,
         &mut reg,
     );
+    per_shard("shard_tcp_received", "SIP messages framed off the shard's TCP connections", &|s| &s.tcp_received, &mut reg);
+    per_shard("shard_tcp_sent", "SIP messages written to the shard's TCP connections", &|s| &s.tcp_sent, &mut reg);
+    per_shard("shard_tcp_keepalives", "CRLF CRLF keep-alive pings answered on TCP (RFC 5626)", &|s| &s.tcp_keepalives, &mut reg);
+    per_shard("shard_tcp_accepted", "TCP connections accepted", &|s| &s.tcp_accepted, &mut reg);
+    per_shard("shard_tcp_refused", "TCP connections refused by proxy.tcp_connections_per_source", &|s| &s.tcp_refused, &mut reg);
+    per_shard("shard_tcp_connected", "TCP connections opened to transport=tcp destinations", &|s| &s.tcp_connected, &mut reg);
+    per_shard("shard_tcp_connect_failed", "Connections to transport=tcp destinations that failed (reported to failover)", &|s| &s.tcp_connect_failed, &mut reg);
+    gauge("shard_tcp_connections", "TCP connections the shard owns now", &|s| &s.tcp_connections, &mut reg);
+    let closed = by_reason(shards, &Closed::ALL, Closed::label, |s, r| ShardStats::get(&s.tcp_closed[r as usize]));
+    reg.register("shard_tcp_closed", "TCP connections closed, by reason (peer, idle, framing, too_large, stuck)", closed);
     gauge("shard_expiry_records", "Call-memory expiry records queued (at most 2 x transactions + 4 x dialogs + 3072)", &|s| &s.expiry_records, &mut reg);
 
     let reloads: Counter = Counter::default();

@@ -91,6 +91,12 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     if r.shards != n.shards {
         out.push(format!("proxy.shards: changes only on restart (running: {}, new: {})", r.shards, n.shards));
     }
+    if r.listen_tcp != n.listen_tcp {
+        out.push(format!("proxy.listen (tcp:): changes only on restart (running: {}, new: {})", list(&r.listen_tcp), list(&n.listen_tcp)));
+    }
+    if r.stream != n.stream {
+        out.push("proxy.tcp_idle_timeout / tcp_max_message / tcp_connections_per_source: change only on restart".to_string());
+    }
     if r.ingress != n.ingress {
         out.push(format!("proxy.ingress: changes only on restart (running: {:?}, new: {:?})", r.ingress.name(), n.ingress.name()));
     }
@@ -408,6 +414,8 @@ pub fn run(opts: RunOptions) -> i32 {
         ingress: ctl.config.proxy.ingress,
         handoff_capacity: 8192,
         pin: true,
+        tcp_listeners: ctl.config.proxy.listen_tcp.clone(),
+        stream: ctl.config.proxy.stream,
     };
     // The admin listener before the data plane: once fsroute answers SIP, /status answers too
     // (requests wait in the admin thread's queue until the control loop starts), so a supervisor
@@ -432,6 +440,7 @@ pub fn run(opts: RunOptions) -> i32 {
     ctl.admin_bound = admin.as_ref().map(AdminServer::local_addr);
     tracing::info!(
         listen = ?dp.bound,
+        listen_tcp = ?dp.bound_tcp,
         shards = spec.shards,
         ingress = spec.ingress.name(),
         admin = ?ctl.admin_bound,

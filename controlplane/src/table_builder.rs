@@ -161,7 +161,15 @@ pub fn build_table(
         proxy.branch_key = counters.branch_key;
     }
     proxy.host_ips = counters.host_ips.clone();
-    let mut t = RoutingTable::new(generation, proxy, sets, routes).with_load_balancer(lb_groups, failover);
+    let tcp = config
+        .dispatcher
+        .iter()
+        .map(|r| (&r.uri, r.addr))
+        .chain(config.load_balancer.iter().map(|r| (&r.uri, r.addr)))
+        .filter(|(uri, _)| crate::config::is_tcp_destination(uri))
+        .map(|(_, a)| a)
+        .collect();
+    let mut t = RoutingTable::new(generation, proxy, sets, routes).with_load_balancer(lb_groups, failover).with_tcp_destinations(tcp);
     // A former name that is now a destination's address is that destination's: a Route naming
     // it goes there, not to fsroute.
     let is_destination = |host: &str, port: u16| host.parse().is_ok_and(|ip| t.is_known_destination(&SocketAddr::new(ip, port)));
@@ -410,7 +418,8 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
     };
     add(p.advertise.host.bare(), p.advertise.port);
     // No request names fsroute as 0.0.0.0 or ::, so wildcard listeners add no name.
-    for l in p.listen.iter().filter(|l| !l.ip().is_unspecified()) {
+    // A request reaching fsroute over TCP names a TCP listener.
+    for l in p.listen.iter().chain(&p.listen_tcp).filter(|l| !l.ip().is_unspecified()) {
         add(l.ip().to_string(), l.port());
     }
     for a in &p.aliases {

@@ -14,7 +14,9 @@
 pub mod admission;
 pub mod batch;
 pub mod candidates;
+pub mod conn;
 pub mod dispatch;
+pub mod framing;
 pub mod hash;
 pub mod lb;
 pub mod router;

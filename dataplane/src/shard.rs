@@ -7,8 +7,17 @@
 //! a bounded FIFO channel (glommio's channel mesh), one packed batch per owner per receive batch,
 //! so per-call state lives in one place and a call's messages keep their order. Sockets are bound
 //! before any thread starts, so a bind error stops startup.
+//!
+//! TCP (docs/TCP.md): every shard has one listener per TCP address in a REUSEPORT group, so the
+//! kernel spreads connections and each connection is owned by the shard that accepted it, with a
+//! task that reads it, frames its messages (`framing`) and routes them like datagrams (the router
+//! knows the connection: replies and responses go back on it). A message whose Call-ID another
+//! shard owns is handed over with its connection id; bytes that must leave on a connection
+//! another shard owns are handed to that owner through the same channels. Each shard's
+//! connections are in its own table (`conn`); nothing is shared on a message's path.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -23,8 +32,10 @@ use glommio::net::UdpSocket;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::batch::{Flushed, Outgoing, RecvBatch, SendQueue, SendScratch, BATCH};
+use crate::conn::{Closed, ConnId, ConnTable, Hop, SourceLimit};
+use crate::framing::{Frame, FrameError, Framer, PONG};
 use crate::router::{Action, Router};
-use crate::socket::{bind_group, Ingress};
+use crate::socket::{bind_group, bind_tcp_group, Ingress};
 use crate::stats::{DropReason, ShardStats};
 use crate::table::RoutingTable;
 
@@ -38,6 +49,26 @@ pub struct ShardSpec {
     pub handoff_capacity: usize,
     /// Pin shard i to the i-th allowed CPU when there are at least as many allowed CPUs as shards.
     pub pin: bool,
+    /// TCP listeners (each shard gets one socket per address in a REUSEPORT group).
+    pub tcp_listeners: Vec<SocketAddr>,
+    pub stream: StreamSettings,
+}
+
+/// The limits of stream connections (`[proxy] tcp_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// A connection silent this long is closed.
+    pub idle_timeout: Duration,
+    /// The largest message (headers and body) a stream may carry.
+    pub max_message: usize,
+    /// Connections one source IP may hold open at once, over all shards.
+    pub connections_per_source: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings { idle_timeout: Duration::from_secs(600), max_message: 65_535, connections_per_source: 64 }
+    }
 }
 
 /// Flags the control plane raises; shards look at them on every tick.
@@ -55,19 +86,38 @@ struct Handoff {
     items: Vec<HandoffItem>,
 }
 
-/// One handed-over datagram: its source, the listener it arrived on (every shard has one socket
-/// per listener, in the same order) and its length in `Handoff::bytes`, where they follow each
-/// other.
+/// One handed-over message: its source, how it arrived (or, for `Arrival::Write`, the owner's
+/// connection it must leave on) and its length in `Handoff::bytes`, where they follow each other.
 struct HandoffItem {
     src: SocketAddr,
-    socket: usize,
+    via: Arrival,
     len: usize,
 }
 
+/// How a message reached fsroute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arrival {
+    /// On the listener with this index (every shard has one socket per listener, in one order).
+    Udp(usize),
+    /// On this stream connection.
+    Stream(ConnId),
+    /// Not arrived but leaving: bytes another shard routed, to be written on this connection.
+    Write(ConnId),
+}
+
+impl Arrival {
+    fn socket(self) -> Option<usize> {
+        match self {
+            Arrival::Udp(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
 impl Handoff {
-    fn push(&mut self, src: SocketAddr, socket: usize, data: &[u8]) {
+    fn push(&mut self, src: SocketAddr, via: Arrival, data: &[u8]) {
         self.bytes.extend_from_slice(data);
-        self.items.push(HandoffItem { src, socket, len: data.len() });
+        self.items.push(HandoffItem { src, via, len: data.len() });
     }
 
     fn datagrams(&self) -> impl Iterator<Item = (&HandoffItem, &[u8])> {
@@ -99,6 +149,8 @@ pub struct DataPlane {
     pub stats: Vec<Arc<ShardStats>>,
     /// The address each listener ended up bound to (port 0 resolved).
     pub bound: Vec<SocketAddr>,
+    /// The same for the TCP listeners.
+    pub bound_tcp: Vec<SocketAddr>,
 }
 
 impl DataPlane {
@@ -126,18 +178,29 @@ impl DataPlane {
                 fds_by_shard[i].push(fd);
             }
         }
+        let mut tcp_by_shard: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
+        let mut bound_tcp = Vec::new();
+        for &addr in &spec.tcp_listeners {
+            let (addr, group) = bind_tcp_group(addr, shards)?;
+            for (i, fd) in group.into_iter().enumerate() {
+                tcp_by_shard[i].push(fd);
+            }
+            bound_tcp.push(addr);
+        }
+        let limit = Arc::new(SourceLimit::new(spec.stream.connections_per_source));
         let control = Arc::new(ShardControl::default());
         let stats: Vec<Arc<ShardStats>> = (0..shards).map(|_| Arc::new(ShardStats::default())).collect();
         let mesh = MeshBuilder::<Handoff, _>::full(shards, handoff_batches(spec.handoff_capacity));
         let cpus = crate::socket::allowed_cpus();
         let mut threads = Vec::with_capacity(shards);
-        for (i, fds) in fds_by_shard.into_iter().enumerate() {
+        for (i, (fds, tcp)) in fds_by_shard.into_iter().zip(tcp_by_shard).enumerate() {
             // Pinned to the i-th CPU the process is allowed on; unpinned when shards outnumber them.
             let placement = if spec.pin && shards <= cpus.len() { Placement::Fixed(cpus[i]) } else { Placement::Unbound };
             let table = table.clone();
             let control = control.clone();
             let stats = stats[i].clone();
             let mesh = mesh.clone();
+            let streams = Streams { listeners: tcp, settings: spec.stream, limit: limit.clone() };
             let handle = LocalExecutorBuilder::new(placement)
                 .name(&format!("fsroute-shard-{i}"))
                 // glommio preallocates and registers this much for storage DMA buffers (10 MiB by
@@ -145,12 +208,12 @@ impl DataPlane {
                 // 2-shard fsroute at 6.8 MB RSS instead of 27.2 (bench/README.md, "Executor knobs").
                 .io_memory(SHARD_IO_MEMORY)
                 .spawn(move || async move {
-                    run_shard(i, shards, fds, table, control, stats, mesh).await;
+                    run_shard(i, shards, fds, streams, table, control, stats, mesh).await;
                 })
                 .map_err(|e| io::Error::other(format!("cannot start shard {i}: {e}")))?;
             threads.push(handle);
         }
-        Ok(DataPlane { threads, control, stats, bound })
+        Ok(DataPlane { threads, control, stats, bound, bound_tcp })
     }
 
     pub fn drain(&self) {
@@ -176,7 +239,26 @@ impl DataPlane {
     }
 }
 
+/// A shard's connection to a TCP destination.
+enum DestConn {
+    Open(ConnId),
+    /// Being opened: what to send once it is (bounded by `MAX_PENDING_OUTPUT`).
+    Connecting(Vec<u8>),
+}
+
+/// How long a connection to a TCP destination may take before it counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a shard needs for TCP: its listener sockets, the limits, and the per-source count that
+/// all shards share (touched at accept and close only).
+struct Streams {
+    listeners: Vec<OwnedFd>,
+    settings: StreamSettings,
+    limit: Arc<SourceLimit>,
+}
+
 struct Shard {
+    index: usize,
     router: RefCell<Router>,
     table: Arc<ArcSwap<RoutingTable>>,
     stats: Arc<ShardStats>,
@@ -193,6 +275,13 @@ struct Shard {
     scratch: RefCell<SendScratch>,
     /// A flush is waiting out an EAGAIN: others only add to the queue behind it.
     flushing: Cell<bool>,
+    /// The TCP connections this shard owns, with each one's socket fd (owned by its reader task).
+    conns: RefCell<ConnTable<RawFd>>,
+    /// This shard's connection to each `;transport=tcp` destination it sends to (shards do not
+    /// share them: each opens its own, so no table is shared).
+    dests: RefCell<HashMap<SocketAddr, DestConn>>,
+    stream: StreamSettings,
+    limit: Arc<SourceLimit>,
 }
 
 impl Shard {
@@ -211,42 +300,156 @@ impl Shard {
         }
     }
 
-    /// Routes one datagram and queues what it sends; `owned`: another shard handed it over.
+    /// Routes one message and queues what it sends; `owned`: another shard handed it over.
     /// Nothing here awaits: a batch is routed whole, then flushed.
-    fn route(&self, src: SocketAddr, data: &[u8], socket: usize, owned: bool) {
+    fn route(&self, src: SocketAddr, data: &[u8], arrival: Arrival, owned: bool) {
         let mut out = self.router.borrow_mut().take_buffer();
+        let table = self.table.load();
         let action = {
-            let table = self.table.load();
             let mut router = self.router.borrow_mut();
-            if owned {
-                router.handle_owned(&table, src, data, Instant::now(), &mut out)
-            } else {
-                router.handle(&table, src, data, Instant::now(), &mut out)
+            let now = Instant::now();
+            match (arrival, owned) {
+                (Arrival::Stream(c), false) => router.handle_stream(&table, src, c, data, now, &mut out),
+                (Arrival::Stream(c), true) => router.handle_owned_stream(&table, src, c, data, now, &mut out),
+                (_, false) => router.handle(&table, src, data, now, &mut out),
+                (_, true) => router.handle_owned(&table, src, data, now, &mut out),
             }
         };
         match action {
+            Action::Forward(to) if table.is_tcp_destination(&to) => self.send_tcp(to, out),
             Action::Forward(to) => self.enqueue(to, self.socket_for(None, to), out),
-            Action::Reply(to) => self.enqueue(to, self.socket_for(Some(socket), to), out),
+            Action::Reply(to) => self.enqueue(to, self.socket_for(arrival.socket(), to), out),
+            Action::ForwardOn(c) | Action::ReplyOn(c) => self.send_on(c, src, out),
             Action::HandOff(owner) => {
                 self.router.borrow_mut().recycle(out);
                 if let Some(h) = self.handoffs.borrow_mut().get_mut(owner) {
-                    h.push(src, socket, data);
+                    h.push(src, arrival, data);
                 }
             }
             Action::Drop(_) | Action::Absorbed => self.router.borrow_mut().recycle(out),
         }
-        self.take_outbox(Some(socket));
+        self.take_outbox(arrival.socket());
     }
 
     /// Queues what the router queued besides an action's own datagram (100 Trying, fsroute's ACKs
     /// and CANCELs, a failover attempt started by a timer). fsroute's own replies among them leave
-    /// from the listener their request `arrived` on.
+    /// from the listener their request `arrived` on, or on its connection.
     fn take_outbox(&self, arrived: Option<usize>) {
         loop {
             let next = self.router.borrow_mut().poll_transmit();
             let Some((to, buf)) = next else { break };
-            let reply = buf.starts_with(b"SIP/2.0 ");
-            self.enqueue(to, self.socket_for(arrived.filter(|_| reply), to), buf);
+            match to {
+                Hop { conn: Some(c), addr } => self.send_on(c, addr, buf),
+                Hop { addr, conn: None } if self.table.load().is_tcp_destination(&addr) => self.send_tcp(addr, buf),
+                Hop { addr, conn: None } => {
+                    let reply = buf.starts_with(b"SIP/2.0 ");
+                    self.enqueue(addr, self.socket_for(arrived.filter(|_| reply), addr), buf);
+                }
+            }
+        }
+    }
+
+    /// Sends `buf` to TCP destination `to` on this shard's connection to it, opening one when there
+    /// is none (a connection that died was forgotten: the next message opens a new one).
+    fn send_tcp(&self, to: SocketAddr, buf: Vec<u8>) {
+        let open = {
+            let mut dests = self.dests.borrow_mut();
+            match dests.get_mut(&to) {
+                Some(DestConn::Open(c)) => Some(*c),
+                Some(DestConn::Connecting(q)) => {
+                    if q.len() + buf.len() <= crate::conn::MAX_PENDING_OUTPUT {
+                        ShardStats::inc(&self.stats.tcp_sent);
+                        q.extend_from_slice(&buf);
+                    } else {
+                        self.stats.drop_reason(DropReason::SendError);
+                    }
+                    None
+                }
+                None => {
+                    ShardStats::inc(&self.stats.tcp_sent);
+                    dests.insert(to, DestConn::Connecting(buf.clone()));
+                    if let Some(shard) = CURRENT.with(|s| s.borrow().clone()) {
+                        glommio::spawn_local(connect(shard, to)).detach();
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(c) = open {
+            self.write_conn(c, &buf);
+        }
+        self.router.borrow_mut().recycle(buf);
+    }
+
+    /// Sends `buf` on stream connection `c`: written here when this shard owns it, else handed to
+    /// its owner with this batch's hand-offs.
+    fn send_on(&self, c: ConnId, peer: SocketAddr, buf: Vec<u8>) {
+        if c.shard() == self.index {
+            self.write_conn(c, &buf);
+        } else if let Some(h) = self.handoffs.borrow_mut().get_mut(c.shard()) {
+            h.push(peer, Arrival::Write(c), &buf);
+        } else {
+            self.stats.drop_reason(DropReason::ConnectionGone);
+        }
+        self.router.borrow_mut().recycle(buf);
+    }
+
+    /// Writes one message on a connection this shard owns, behind any output still pending; what
+    /// the kernel does not take now waits (bounded) and is retried.
+    fn write_conn(&self, c: ConnId, data: &[u8]) {
+        ShardStats::inc(&self.stats.tcp_sent);
+        self.write_bytes(c, data);
+    }
+
+    /// [`Self::write_conn`] without counting a message (bytes already counted when queued).
+    fn write_bytes(&self, c: ConnId, data: &[u8]) {
+        let retry = {
+            let mut conns = self.conns.borrow_mut();
+            let Some(conn) = conns.get_mut(c).filter(|conn| conn.closing.is_none()) else {
+                self.stats.drop_reason(DropReason::ConnectionGone);
+                return;
+            };
+            let sent = if conn.pending.is_empty() { send_some(conn.io, data) } else { Ok(0) };
+            match sent {
+                Ok(n) if n == data.len() => false,
+                Ok(n) => {
+                    if !conns.queue(c, &data[n..]) {
+                        self.close_soon(&mut conns, c, Closed::Stuck);
+                        return;
+                    }
+                    let conn = conns.get_mut(c).expect("queued above");
+                    !std::mem::replace(&mut conn.retrying, true)
+                }
+                Err(_) => {
+                    self.close_soon(&mut conns, c, Closed::Peer);
+                    false
+                }
+            }
+        };
+        if retry {
+            self.spawn_retry(c);
+        }
+    }
+
+    fn spawn_retry(&self, c: ConnId) {
+        // The shard outlives its tasks; a weak handle is not needed because the task ends as soon
+        // as the connection's output is out or the connection is gone.
+        let shard = CURRENT.with(|s| s.borrow().clone());
+        if let Some(shard) = shard {
+            glommio::spawn_local(retry_pending(shard, c)).detach();
+        }
+    }
+
+    /// Marks `c` for closing by `why` and wakes its reader (a shutdown ends its wait), which
+    /// removes and counts it.
+    fn close_soon(&self, conns: &mut ConnTable<RawFd>, c: ConnId, why: Closed) {
+        if let Some(conn) = conns.get_mut(c) {
+            if conn.closing.is_none() {
+                conn.closing = Some(why);
+                // SAFETY: the fd is open while the connection is in the table (its reader removes
+                // it before closing the socket).
+                unsafe { libc::shutdown(conn.io, libc::SHUT_RDWR) };
+            }
         }
     }
 
@@ -286,12 +489,79 @@ impl Shard {
         }
         self.flushing.set(false);
     }
+
+    /// Frames what a connection delivered and routes each message; Err: close it.
+    fn frames(&self, c: ConnId, peer: SocketAddr, framer: &mut Framer) -> Result<(), Closed> {
+        loop {
+            match framer.next_frame() {
+                Ok(Some(Frame::Message(m))) => {
+                    ShardStats::inc(&self.stats.tcp_received);
+                    self.route(peer, m, Arrival::Stream(c), false);
+                }
+                Ok(Some(Frame::Ping)) => {
+                    ShardStats::inc(&self.stats.tcp_keepalives);
+                    self.write_conn(c, PONG);
+                }
+                Ok(None) => return Ok(()),
+                Err(FrameError::TooLarge { .. }) => return Err(Closed::TooLarge),
+                Err(_) => return Err(Closed::Framing),
+            }
+        }
+    }
 }
 
+/// Sends what the kernel takes of `data` now on a stream socket (never blocks, never raises
+/// SIGPIPE); Ok(0) when its buffer is full.
+fn send_some(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `data` is a live slice; fd is an open socket of this shard.
+        let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => return Ok(0),
+            io::ErrorKind::Interrupted => continue,
+            _ => return Err(e),
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's shard, for the tasks a write spawns (retries of pending output).
+    static CURRENT: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
+}
+
+/// Sends a connection's pending output as the kernel takes it; ends when it is out or the
+/// connection is gone.
+async fn retry_pending(shard: Rc<Shard>, c: ConnId) {
+    loop {
+        glommio::timer::sleep(SEND_RETRY).await;
+        let mut conns = shard.conns.borrow_mut();
+        let Some(conn) = conns.get_mut(c).filter(|conn| conn.closing.is_none()) else { return };
+        match send_some(conn.io, &conn.pending) {
+            Ok(n) => {
+                conn.pending.drain(..n);
+                if conn.pending.is_empty() {
+                    conn.retrying = false;
+                    return;
+                }
+            }
+            Err(_) => {
+                shard.close_soon(&mut conns, c, Closed::Peer);
+                return;
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_shard(
     index: usize,
     shards: usize,
     fds: Vec<OwnedFd>,
+    streams: Streams,
     table: Arc<ArcSwap<RoutingTable>>,
     control: Arc<ShardControl>,
     stats: Arc<ShardStats>,
@@ -313,6 +583,7 @@ async fn run_shard(
     let socket_is_v4: Vec<bool> = sockets.iter().map(|s| s.local_addr().map_or(true, |a| a.is_ipv4())).collect();
     let seed = 0x5eed_0000 ^ (index as u64) << 32 ^ std::process::id() as u64;
     let shard = Rc::new(Shard {
+        index,
         router: RefCell::new(Router::new(index, shards, seed, stats.clone())),
         table,
         stats,
@@ -324,7 +595,12 @@ async fn run_shard(
         queue: RefCell::new(SendQueue::default()),
         scratch: RefCell::new(SendScratch::default()),
         flushing: Cell::new(false),
+        conns: RefCell::new(ConnTable::new(index)),
+        dests: RefCell::new(HashMap::new()),
+        stream: streams.settings,
+        limit: streams.limit,
     });
+    CURRENT.with(|s| *s.borrow_mut() = Some(shard.clone()));
     tracing::debug!(shard = index, "shard started");
 
     let mut tasks = Vec::new();
@@ -333,13 +609,23 @@ async fn run_shard(
         let control = control.clone();
         tasks.push(glommio::spawn_local(receive(shard, sock_idx, control)));
     }
+    for fd in streams.listeners {
+        // SAFETY: a bound, listening, non-blocking TCP socket that this shard alone owns.
+        let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd.into_raw_fd()) };
+        tasks.push(glommio::spawn_local(accept(shard.clone(), listener)));
+    }
     for (_, stream) in receivers.streams() {
         let shard = shard.clone();
         tasks.push(glommio::spawn_local(async move {
             while let Some(batch) = stream.recv().await {
                 for (it, data) in batch.datagrams() {
-                    shard.route(it.src, data, it.socket, true);
+                    match it.via {
+                        Arrival::Write(c) => shard.write_conn(c, data),
+                        via => shard.route(it.src, data, via, true),
+                    }
                 }
+                // Routing them may have produced bytes for a connection a third shard owns.
+                shard.send_handoffs();
                 shard.flush().await;
             }
         }));
@@ -350,7 +636,130 @@ async fn run_shard(
     for t in tasks {
         t.cancel().await;
     }
+    CURRENT.with(|s| s.borrow_mut().take());
     tracing::debug!(shard = index, "shard stopped");
+}
+
+/// One TCP listener's accept loop: each connection is owned by this shard from here on, within
+/// the per-source limit.
+async fn accept(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(shard = shard.index, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(peer) = stream.peer_addr() else { continue };
+        if !shard.limit.take(peer.ip()) {
+            ShardStats::inc(&shard.stats.tcp_refused);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let id = shard.conns.borrow_mut().open(peer, Instant::now(), stream.as_raw_fd());
+        ShardStats::inc(&shard.stats.tcp_accepted);
+        ShardStats::set(&shard.stats.tcp_connections, shard.conns.borrow().len() as u64);
+        glommio::spawn_local(serve(shard.clone(), stream, id, peer, true)).detach();
+    }
+}
+
+/// Opens this shard's connection to TCP destination `to` and sends what waited for it; a
+/// connection that fails is counted and reported to the failovers waiting on `to`, and what
+/// waited is dropped (the caller's retransmission or the next request tries again).
+async fn connect(shard: Rc<Shard>, to: SocketAddr) {
+    let r = glommio::net::TcpStream::connect_timeout(to, CONNECT_TIMEOUT).await;
+    let queued = match shard.dests.borrow_mut().remove(&to) {
+        Some(DestConn::Connecting(q)) => q,
+        _ => Vec::new(),
+    };
+    match r {
+        Ok(stream) => {
+            let _ = stream.set_nodelay(true);
+            let id = shard.conns.borrow_mut().open(to, Instant::now(), stream.as_raw_fd());
+            shard.dests.borrow_mut().insert(to, DestConn::Open(id));
+            ShardStats::inc(&shard.stats.tcp_connected);
+            ShardStats::set(&shard.stats.tcp_connections, shard.conns.borrow().len() as u64);
+            if !queued.is_empty() {
+                shard.write_bytes(id, &queued);
+            }
+            glommio::spawn_local(serve(shard.clone(), stream, id, to, false)).detach();
+        }
+        Err(e) => {
+            ShardStats::inc(&shard.stats.tcp_connect_failed);
+            tracing::debug!(shard = shard.index, %to, error = %e, "cannot connect to a tcp destination");
+            {
+                let table = shard.table.load();
+                shard.router.borrow_mut().destination_unreachable(&table, to, Instant::now());
+            }
+            shard.take_outbox(None);
+            shard.send_handoffs();
+            shard.flush().await;
+        }
+    }
+}
+
+/// One connection's reader: park until bytes are there (a 1-byte peek, like the UDP loop), read
+/// what the kernel holds straight into the framer, route every complete message, and end the
+/// connection (counted by why) on EOF, an error, a framing error or fsroute's own decision.
+/// `inbound`: accepted (it holds a share of its source's limit), else opened to a destination.
+async fn serve(shard: Rc<Shard>, stream: glommio::net::TcpStream, id: ConnId, peer: SocketAddr, inbound: bool) {
+    let fd = stream.as_raw_fd();
+    let mut framer = Framer::new(shard.stream.max_message);
+    let mut probe = [0u8; 1];
+    let why = 'conn: loop {
+        match stream.peek(&mut probe).await {
+            Ok(n) if n > 0 => {}
+            _ => break Closed::Peer,
+        }
+        shard.conns.borrow_mut().touch(id, Instant::now());
+        let ended = loop {
+            let room = framer.spare();
+            // SAFETY: `room` is writable memory of `room.len()` bytes owned by the framer.
+            let n = unsafe { libc::recv(fd, room.as_mut_ptr().cast(), room.len(), libc::MSG_DONTWAIT) };
+            let want = room.len();
+            if n > 0 {
+                framer.filled(n as usize);
+                if let Err(why) = shard.frames(id, peer, &mut framer) {
+                    break Some(why);
+                }
+                if (n as usize) < want {
+                    break None;
+                }
+                continue;
+            }
+            framer.filled(0);
+            if n == 0 {
+                break Some(Closed::Peer);
+            }
+            match io::Error::last_os_error().kind() {
+                io::ErrorKind::WouldBlock => break None,
+                io::ErrorKind::Interrupted => continue,
+                _ => break Some(Closed::Peer),
+            }
+        };
+        shard.send_handoffs();
+        shard.flush().await;
+        if let Some(why) = ended {
+            break 'conn why;
+        }
+    };
+    let closed = shard.conns.borrow_mut().close(id);
+    // fsroute's own reason (idle, stuck) wins over the EOF its shutdown caused.
+    let why = closed.and_then(|c| c.closing).unwrap_or(why);
+    if inbound {
+        shard.limit.give_back(peer.ip());
+    } else {
+        let mut dests = shard.dests.borrow_mut();
+        if matches!(dests.get(&peer), Some(DestConn::Open(c)) if *c == id) {
+            dests.remove(&peer);
+        }
+    }
+    ShardStats::inc(&shard.stats.tcp_closed[why as usize]);
+    ShardStats::set(&shard.stats.tcp_connections, shard.conns.borrow().len() as u64);
+    tracing::debug!(shard = shard.index, %peer, reason = why.label(), "tcp connection closed");
+    drop(stream);
 }
 
 /// One socket's receive loop: drain it with `recvmmsg`, route the batch, send it, and park in
@@ -364,7 +773,7 @@ async fn receive(shard: Rc<Shard>, sock_idx: usize, control: Arc<ShardControl>) 
             Ok(n) => n,
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => 0,
             Err(e) => {
-                tracing::warn!(shard = shard.router.borrow().shard_index(), error = %e, "receive failed");
+                tracing::warn!(shard = shard.index, error = %e, "receive failed");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
                 continue;
             }
@@ -372,7 +781,7 @@ async fn receive(shard: Rc<Shard>, sock_idx: usize, control: Arc<ShardControl>) 
         for i in 0..n {
             if let Some((src, data)) = batch.get(i) {
                 ShardStats::inc(&shard.stats.received);
-                shard.route(src, data, sock_idx, false);
+                shard.route(src, data, Arrival::Udp(sock_idx), false);
             }
         }
         shard.send_handoffs();
@@ -408,7 +817,14 @@ async fn housekeeping(shard: &Shard, control: &ShardControl) {
             if draining { r.pending_invites(now) } else { 0 }
         };
         shard.stats.pending_invites.store(pending as u64, Ordering::Relaxed);
+        {
+            let mut conns = shard.conns.borrow_mut();
+            for c in conns.idle(now, shard.stream.idle_timeout) {
+                shard.close_soon(&mut conns, c, Closed::Idle);
+            }
+        }
         shard.take_outbox(None);
+        shard.send_handoffs();
         shard.flush().await;
         if control.stop.load(Ordering::Relaxed) {
             return;

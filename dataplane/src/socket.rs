@@ -95,6 +95,39 @@ pub fn bind_group(addr: SocketAddr, count: usize, ingress: Ingress) -> io::Resul
     Ok(out)
 }
 
+/// Binds `count` listening TCP sockets to `addr` in one REUSEPORT group, one per shard: the
+/// kernel spreads new connections over them by 4-tuple, and each connection then lives on the
+/// shard whose listener took it (docs/TCP.md). Port 0 is resolved on the first socket and the
+/// others join its port. As for UDP, a plain bind first makes a port another process holds an
+/// error at startup rather than a silent share of its connections.
+pub fn bind_tcp_group(addr: SocketAddr, count: usize) -> io::Result<(SocketAddr, Vec<OwnedFd>)> {
+    if addr.port() != 0 {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        if addr.is_ipv6() {
+            probe.set_only_v6(true)?;
+        }
+        probe.bind(&addr.into())?;
+    }
+    let mut addr = addr;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_port(true)?;
+        s.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        if addr.port() == 0 {
+            addr = s.local_addr()?.as_socket().ok_or_else(|| io::Error::other("listener without an IP address"))?;
+        }
+        s.listen(1024)?;
+        out.push(OwnedFd::from(s));
+    }
+    Ok((addr, out))
+}
+
 /// `SO_ATTACH_REUSEPORT_CBPF`: load the kernel's per-packet random word, `A %= n`, return A: the
 /// index of the socket in the group that gets the datagram.
 fn attach_random_cbpf(fd: &OwnedFd, n: u32) -> io::Result<()> {
@@ -155,6 +188,17 @@ mod tests {
             }
         }
         shares
+    }
+
+    #[test]
+    fn a_tcp_group_shares_one_port_and_refuses_a_held_one() {
+        let (addr, fds) = bind_tcp_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        assert_ne!(addr.port(), 0);
+        assert_eq!(fds.len(), 2);
+        std::net::TcpStream::connect(addr).expect("the group accepts connections");
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = bind_tcp_group(held.local_addr().unwrap(), 2).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
     }
 
     #[test]

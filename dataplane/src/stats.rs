@@ -38,10 +38,12 @@ pub enum DropReason {
     /// An ACK (never answered) whose next hop is fsroute itself: the 482 a request gets would
     /// be an answer.
     Loop,
+    /// A message that must leave on a stream connection that has closed since its request came.
+    ConnectionGone,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::Malformed,
         DropReason::Keepalive,
         DropReason::BadResponse,
@@ -56,6 +58,7 @@ impl DropReason {
         DropReason::RelayDenied,
         DropReason::StrayAnswer,
         DropReason::Loop,
+        DropReason::ConnectionGone,
     ];
 
     pub fn label(self) -> &'static str {
@@ -74,6 +77,7 @@ impl DropReason {
             DropReason::StrayAnswer => "stray_answer",
             DropReason::RelayDenied => "relay_denied",
             DropReason::Loop => "loop",
+            DropReason::ConnectionGone => "connection_gone",
         }
     }
 }
@@ -150,6 +154,20 @@ pub struct ShardStats {
     pub memory_full: AtomicU64,
     /// Expiry records queued for the call memory (bounded by 2 × transactions + 4 × dialogs + 3,072).
     pub expiry_records: AtomicU64,
+    /// TCP: messages framed off this shard's connections, messages written to them, keep-alive
+    /// pings answered, connections accepted and refused (per-source limit), and closed by reason.
+    pub tcp_received: AtomicU64,
+    pub tcp_sent: AtomicU64,
+    pub tcp_keepalives: AtomicU64,
+    pub tcp_accepted: AtomicU64,
+    pub tcp_refused: AtomicU64,
+    /// Connections to `;transport=tcp` destinations opened, and attempts that failed (refused or
+    /// timed out; reported to the failover of the calls waiting on them).
+    pub tcp_connected: AtomicU64,
+    pub tcp_connect_failed: AtomicU64,
+    pub tcp_closed: [AtomicU64; crate::conn::Closed::ALL.len()],
+    /// Gauge: TCP connections this shard owns now.
+    pub tcp_connections: AtomicU64,
 }
 
 impl ShardStats {

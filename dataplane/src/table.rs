@@ -293,8 +293,10 @@ impl BranchKey {
     /// answer: a response is relayed only to where the request it answers came from, and only as
     /// an answer to that request's method. A CANCEL shares its INVITE's branch (§9.1), so it
     /// counts as INVITE; so does the ACK of a non-2xx response, which the router passes as
-    /// INVITE itself (§17.1.1.3; an ACK for a 2xx is a transaction of its own).
-    pub fn mac(&self, branch: u64, reply_to: SocketAddr, method: &[u8]) -> u64 {
+    /// INVITE itself (§17.1.1.3; an ACK for a 2xx is a transaction of its own). For a request
+    /// that came on a stream, `conn` is the connection its responses go back on (written into
+    /// the branch beside the MAC): bound too, so no one can aim a response at another connection.
+    pub fn mac(&self, branch: u64, reply_to: SocketAddr, conn: Option<crate::conn::ConnId>, method: &[u8]) -> u64 {
         use std::hash::Hasher;
         let mut h = siphasher::sip::SipHasher13::new_with_keys(self.0[0], self.0[1]);
         h.write_u64(branch);
@@ -307,6 +309,9 @@ impl BranchKey {
             IpAddr::V6(v6) => h.write(&v6.octets()),
         }
         h.write_u16(reply_to.port());
+        if let Some(c) = conn {
+            h.write_u64(c.to_bits());
+        }
         h.finish()
     }
 }
@@ -354,6 +359,10 @@ pub struct RoutingTable {
     /// Sorted addresses of every destination of every set and group, for Record-Route tokens and
     /// for telling a request from a backend apart from one towards it.
     pub known_destinations: Vec<SocketAddr>,
+    /// Sorted addresses of the destinations written `;transport=tcp`: requests to them leave on a
+    /// TCP connection the sending shard opens (docs/TCP.md). Empty in a UDP-only config, so the
+    /// UDP path pays one length check.
+    pub tcp_destinations: Vec<SocketAddr>,
     pub lb_groups: Vec<LbGroup>,
     pub failover: FailoverSettings,
     /// fsroute's own header prefixes, formatted once per table from `proxy`.
@@ -367,18 +376,21 @@ pub struct RoutingTable {
 pub struct OwnLines {
     /// `Via: SIP/2.0/UDP host:port;branch=`; the branch follows.
     pub via: Vec<u8>,
+    /// The same for a request that leaves on a TCP connection: `Via: SIP/2.0/TCP host:port;branch=`.
+    pub via_tcp: Vec<u8>,
     /// `Record-Route: <sip:host:port;lr;fsd=`; the destination token and `>` follow.
     pub record_route: Vec<u8>,
 }
 
 impl OwnLines {
     /// For writers that never add fsroute's top lines (replies, stored templates).
-    pub const NONE: OwnLines = OwnLines { via: Vec::new(), record_route: Vec::new() };
+    pub const NONE: OwnLines = OwnLines { via: Vec::new(), via_tcp: Vec::new(), record_route: Vec::new() };
 
     /// `host` is already in URI form (an IPv6 address bracketed).
     pub fn new(host: &str, port: u16) -> Self {
         OwnLines {
             via: format!("Via: SIP/2.0/UDP {host}:{port};branch=").into_bytes(),
+            via_tcp: format!("Via: SIP/2.0/TCP {host}:{port};branch=").into_bytes(),
             record_route: format!("Record-Route: <sip:{host}:{port};lr;fsd=").into_bytes(),
         }
     }
@@ -393,6 +405,7 @@ impl RoutingTable {
             sets,
             routes,
             known_destinations: Vec::new(),
+            tcp_destinations: Vec::new(),
             lb_groups: Vec::new(),
             failover: FailoverSettings::default(),
             own: OwnLines::NONE,
@@ -417,6 +430,20 @@ impl RoutingTable {
         known.sort_unstable();
         known.dedup();
         self.known_destinations = known;
+    }
+
+    /// Marks destinations as reached over TCP.
+    pub fn with_tcp_destinations(mut self, mut tcp: Vec<SocketAddr>) -> Self {
+        tcp.sort_unstable();
+        tcp.dedup();
+        self.tcp_destinations = tcp;
+        self
+    }
+
+    /// Whether requests to `addr` leave over TCP.
+    #[inline]
+    pub fn is_tcp_destination(&self, addr: &SocketAddr) -> bool {
+        !self.tcp_destinations.is_empty() && self.tcp_destinations.binary_search(addr).is_ok()
     }
 
     pub fn is_known_destination(&self, addr: &SocketAddr) -> bool {

@@ -325,7 +325,7 @@ impl Session {
 
     fn drain(&mut self, trigger: Trigger) {
         while let Some((to, bytes)) = self.router.poll_transmit() {
-            self.observe(to, &bytes, Sent::Own, trigger, "a queued datagram");
+            self.observe(to.addr, &bytes, Sent::Own, trigger, "a queued datagram");
             self.router.recycle(bytes);
         }
     }
@@ -375,6 +375,9 @@ impl Session {
                 self.observe_checked(to, &out, Sent::Own, trigger, must_validate, "a local reply");
             }
             Action::HandOff(_) => panic!("a one-shard router handed a datagram off"),
+            // Only a message that came on a stream carries a connection in fsroute's branch, and
+            // the MAC binds it: nothing a datagram peer sends can aim at a connection.
+            Action::ForwardOn(_) | Action::ReplyOn(_) => panic!("a datagram's exchange left on a stream connection"),
             Action::Drop(_) | Action::Absorbed => {}
         }
         self.out = out;

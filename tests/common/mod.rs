@@ -22,6 +22,17 @@ pub fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A port free for both UDP and TCP on loopback: a SIPp caller binds its `-p` port for the
+/// transport it uses (`-t t1` is TCP).
+pub fn free_port_both() -> u16 {
+    loop {
+        let p = free_udp_port();
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
 pub fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -223,7 +234,7 @@ impl Sipp {
     pub fn uac(target: SocketAddr, scenario: Option<&Path>, calls: u32, rate: u32, extra: &[&str], limit: Duration) -> UacRun {
         require_sipp();
         let dir = tempfile::tempdir().unwrap();
-        let port = free_udp_port();
+        let port = free_port_both();
         let screen = dir.path().join("screen.log");
         let mut cmd = Command::new("sipp");
         cmd.arg(target.to_string());

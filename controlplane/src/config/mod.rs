@@ -29,7 +29,7 @@ pub use fsroute_dataplane::lb::LbFlags;
 pub use error::{redact, ConfigError, ConfigErrors, Position};
 /// Passwords, the admin token and the branch secret: the ESL crate's never-printed string.
 pub use fsroute_esl::Secret;
-pub use value::{parse_duration, SIP_DEFAULT_PORT};
+pub use value::{is_tcp_destination, parse_duration, SIP_DEFAULT_PORT};
 pub(crate) use validate::is_own_listener;
 
 /// Reads and validates the config file at `path`.
@@ -161,8 +161,13 @@ fn first_seen(ids: impl Iterator<Item = i32>) -> Vec<i32> {
 /// `[proxy]`.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
-    /// UDP listeners, at least one.
+    /// UDP listeners, at least one (`udp:IP:PORT` or a bare `IP:PORT`).
     pub listen: Vec<SocketAddr>,
+    /// TCP listeners (`tcp:IP:PORT`), each shard with one socket per address (docs/TCP.md).
+    pub listen_tcp: Vec<SocketAddr>,
+    /// Limits of stream connections (`tcp_idle_timeout`, `tcp_max_message`,
+    /// `tcp_connections_per_source`).
+    pub stream: fsroute_dataplane::shard::StreamSettings,
     /// Written into Via and Record-Route; default: the first listener.
     pub advertise: HostPort,
     /// Further names by which requests may address fsroute (port defaults to advertise's).

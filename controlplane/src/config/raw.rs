@@ -45,6 +45,9 @@ pub(crate) struct RawProxy {
     pub max_call_duration: Opt<IntOrStr>,
     pub branch_secret: Opt<String>,
     pub x_auth_ip: Opt<String>,
+    pub tcp_idle_timeout: Opt<IntOrStr>,
+    pub tcp_max_message: Opt<i64>,
+    pub tcp_connections_per_source: Opt<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

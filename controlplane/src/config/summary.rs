@@ -21,8 +21,19 @@ pub(crate) fn render(c: &Config) -> String {
 fn write_summary(s: &mut String, c: &Config) -> std::fmt::Result {
     let p = &c.proxy;
     writeln!(s, "config {}", c.path.display())?;
-    let listen: Vec<String> = p.listen.iter().map(|a| format!("udp {a}")).collect();
+    let udp = p.listen.iter().map(|a| format!("udp {a}"));
+    let listen: Vec<String> = udp.chain(p.listen_tcp.iter().map(|a| format!("tcp {a}"))).collect();
     writeln!(s, "listen      {}", listen.join(", "))?;
+    if !p.listen_tcp.is_empty() {
+        let st = &p.stream;
+        writeln!(
+            s,
+            "tcp         idle timeout {}, max message {} bytes, {} connections per source",
+            dur(st.idle_timeout),
+            st.max_message,
+            st.connections_per_source
+        )?;
+    }
     writeln!(s, "advertise   {}", p.advertise)?;
     if !p.aliases.is_empty() {
         let aliases: Vec<String> = p.aliases.iter().map(ToString::to_string).collect();

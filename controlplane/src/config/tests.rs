@@ -321,7 +321,7 @@ no_route_reply = 302
 
 [[dispatcher]]
 setid = 1
-destination = "sip:fs1.example.net;transport=tcp"
+destination = "sip:fs1.example.net;lr"
 
 [[dispatcher]]
 setid = 1
@@ -365,7 +365,7 @@ algorithm = "least-loaded"
     );
     assert!(
         lines[2].contains(
-            "dispatcher[0].destination: \"sip:fs1.example.net;transport=tcp\": URI parameters and headers are not supported"
+            "dispatcher[0].destination: \"sip:fs1.example.net;lr\": the only destination parameter is ;transport=udp or ;transport=tcp"
         ),
         "{}",
         lines[2]
@@ -1013,6 +1013,13 @@ fn the_same_name_twice_in_a_set_is_a_duplicate_and_a_bad_name_is_named() {
     ));
     assert!(matches!(only(&e, "dispatcher[1].destination"), ConfigError::Duplicate { first_line: 5, .. }), "{e}");
     assert!(only(&e, "dispatcher[2].destination").to_string().contains("neither an IP address nor a host name"), "{e}");
+    // SRV _sip._tcp is not asked yet: a name over TCP is refused rather than resolved for UDP.
+    let e = errs(&with_listen("[[dispatcher]]\nsetid = 1\ndestination = \"sip:fs.example.net;transport=tcp\"\n"));
+    assert!(only(&e, "dispatcher[0].destination").to_string().contains("not resolved yet (SRV _sip._tcp)"), "{e}");
+    let c = ok(&with_listen("[[dispatcher]]\nsetid = 1\ndestination = \"sip:fs.example.net;transport=udp\"\n"));
+    assert_eq!(c.dns_names(), [DnsTarget { host: "fs.example.net".into(), port: None }]);
+    assert!(!is_tcp_destination(&crate::dns::expanded_uri(&c.dispatcher[0].uri, "10.0.0.1:5060".parse().unwrap())));
+    assert!(is_tcp_destination("sip:10.0.0.1;transport=tcp#10.0.0.1:5060"), "an expanded row keeps its row's transport");
 }
 
 #[test]
@@ -1038,6 +1045,62 @@ fn dns_settings_parse_and_their_errors_name_the_field() {
     assert_eq!(line_of(&e, "dns.timeout"), 7);
     let e = errs(&with_listen("[dns]\nretries = 3\n"));
     assert!(e.to_string().contains("retries"), "unknown keys are refused: {e}");
+}
+
+#[test]
+fn listeners_name_their_transport_and_a_bare_address_stays_udp() {
+    let c = ok("[proxy]\nlisten = [\"127.0.0.1:5060\", \"udp:127.0.0.1:5062\", \"tcp:127.0.0.1:5060\", \"TCP:[::1]:5060\"]\n");
+    let p = &c.proxy;
+    let addrs = |v: &[&str]| v.iter().map(|a| a.parse::<SocketAddr>().unwrap()).collect::<Vec<_>>();
+    assert_eq!(p.listen, addrs(&["127.0.0.1:5060", "127.0.0.1:5062"]));
+    assert_eq!(p.listen_tcp, addrs(&["127.0.0.1:5060", "[::1]:5060"]), "one port may serve UDP and TCP");
+    assert_eq!(p.stream, fsroute_dataplane::shard::StreamSettings::default());
+    assert!(c.summary().contains("listen      udp 127.0.0.1:5060, udp 127.0.0.1:5062, tcp 127.0.0.1:5060, tcp [::1]:5060"), "{}", c.summary());
+    assert!(c.summary().contains("tcp         idle timeout"), "{}", c.summary());
+}
+
+#[test]
+fn tls_listeners_and_tcp_only_configs_are_refused_naming_the_field() {
+    let e = errs("[proxy]\nlisten = [\"127.0.0.1:5060\", \"tls:127.0.0.1:5061\", \"tcp:127.0.0.1:5060\", \"tcp:127.0.0.1:5060\"]\n");
+    assert!(only(&e, "proxy.listen[1]").to_string().contains("not yet supported"), "{e}");
+    assert!(matches!(only(&e, "proxy.listen[3]"), ConfigError::Duplicate { first_line: 2, .. }), "{e}");
+    let e = errs("[proxy]\nlisten = [\"tcp:127.0.0.1:5060\"]\n");
+    assert!(only(&e, "proxy.listen").to_string().contains("at least one UDP listener"), "{e}");
+}
+
+#[test]
+fn tcp_limits_are_read_and_ranged() {
+    let c = ok(&with_listen("tcp_idle_timeout = \"30s\"\ntcp_max_message = 8192\ntcp_connections_per_source = 4\n"));
+    let st = c.proxy.stream;
+    assert_eq!((st.idle_timeout, st.max_message, st.connections_per_source), (Duration::from_secs(30), 8192, 4));
+    let e = errs(&with_listen("tcp_max_message = 100\ntcp_connections_per_source = 0\ntcp_idle_timeout = \"0s\"\n"));
+    assert_eq!(line_of(&e, "proxy.tcp_max_message"), 3);
+    assert_eq!(line_of(&e, "proxy.tcp_connections_per_source"), 4);
+    assert_eq!(line_of(&e, "proxy.tcp_idle_timeout"), 5);
+}
+
+#[test]
+fn a_destination_may_ask_for_tcp_and_nothing_else() {
+    let c = ok(&with_listen("[[dispatcher]]\nsetid = 1\ndestination = \"sip:10.0.0.1:5060;transport=TCP\"\n\n[[dispatcher]]\nsetid = 1\ndestination = \"sip:10.0.0.2;transport=udp\"\n"));
+    assert!(is_tcp_destination(&c.dispatcher[0].uri));
+    assert!(!is_tcp_destination(&c.dispatcher[1].uri));
+    assert_eq!(c.dispatcher[1].addr, "10.0.0.2:5060".parse::<SocketAddr>().unwrap());
+    for (uri, why) in [
+        ("sip:10.0.0.1;transport=tls", "not yet supported"),
+        ("sips:10.0.0.1", "not yet supported"),
+        ("sip:10.0.0.1;lr", "transport=udp or ;transport=tcp"),
+        ("sip:10.0.0.1;transport=tcp;lr", "transport=udp or ;transport=tcp"),
+    ] {
+        let e = errs(&with_listen(&format!("[[dispatcher]]\nsetid = 1\ndestination = \"{uri}\"\n")));
+        assert!(only(&e, "dispatcher[0].destination").to_string().contains(why), "{uri}: {e}");
+    }
+}
+
+#[test]
+fn probing_tcp_destinations_and_aiming_one_at_our_own_tcp_listener_are_refused() {
+    let e = errs("[proxy]\nlisten = [\"127.0.0.1:5060\", \"tcp:127.0.0.1:5070\"]\n[control]\nprobe_interval = \"5s\"\n[[dispatcher]]\nsetid = 1\ndestination = \"sip:127.0.0.1:5070;transport=tcp\"\n");
+    assert_eq!(line_of(&e, "control.probe_interval"), 4);
+    assert!(only(&e, "dispatcher.destination").to_string().contains("own TCP listeners"), "{e}");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
+use fsroute_dataplane::shard::StreamSettings;
 use fsroute_dataplane::socket::Ingress;
 use fsroute_dataplane::dispatch::{Algorithm, HashMode};
 use fsroute_dataplane::table::RouteMatch;
@@ -21,7 +22,7 @@ use super::raw::{
     RawProxy, RawRoute,
 };
 use super::value::{
-    is_fs_url, parse_cidr, parse_duration, parse_fs_url, parse_host_port, parse_resource_names,
+    is_fs_url, is_tcp_destination, parse_cidr, parse_duration, parse_fs_url, parse_host_port, parse_resource_names,
     parse_resources, parse_sip_destination, SipDest, SIP_DEFAULT_PORT,
 };
 use super::{
@@ -45,6 +46,7 @@ pub(crate) fn validate(raw: &RawConfig, text: &str, path: &Path) -> (Config, Vec
     let dispatcher = cx.dispatcher_rows(&raw.dispatcher, &proxy.listen);
     let load_balancer = cx.load_balancer_rows(&raw.load_balancer, &proxy.listen);
     let routes = cx.routes(&raw.route, &dispatcher, &load_balancer);
+    cx.tcp_destinations(raw, &proxy, &control, &dispatcher, &load_balancer);
     let config = Config {
         path: path.to_path_buf(),
         proxy,
@@ -140,6 +142,36 @@ fn quoted(s: &str) -> String {
 }
 
 impl Ctx<'_> {
+    /// What `;transport=tcp` destinations need: not a TCP listener of fsroute's own (a loop), and
+    /// no OPTIONS probing, which goes over UDP in this build and would judge a TCP box by a port
+    /// it may not serve.
+    fn tcp_destinations(&mut self, raw: &RawConfig, proxy: &ProxyConfig, control: &ControlConfig, ds: &[DispatcherRow], lb: &[LoadBalancerRow]) {
+        let rows = ds.iter().map(|r| (&r.uri, r.addr, r.info.line, "dispatcher")).chain(lb.iter().map(|r| (&r.uri, r.addr, r.info.line, "load_balancer")));
+        let mut first_tcp = None;
+        for (uri, addr, line, table) in rows.filter(|(uri, ..)| is_tcp_destination(uri)) {
+            first_tcp.get_or_insert(uri.clone());
+            if proxy.listen_tcp.contains(&addr) {
+                let span = self.line_span(line);
+                self.invalid(&span, &format!("{table}.destination"), quoted(uri), "this is one of fsroute's own TCP listeners: calls would loop");
+            }
+        }
+        if let (Some(uri), false) = (first_tcp, control.probe_interval.is_zero()) {
+            let span = raw.control.as_ref().and_then(|c| c.get_ref().probe_interval.as_ref()).map_or(0..0, Spanned::span);
+            self.invalid(
+                &span,
+                "control.probe_interval",
+                format!("{:?}", control.probe_interval),
+                format!("OPTIONS probes go over UDP in this build and cannot judge the TCP destination {uri}: set probe_interval = \"0s\" or make every destination UDP"),
+            );
+        }
+    }
+
+    /// The span of the start of 1-based line `line`.
+    fn line_span(&self, line: usize) -> Range<usize> {
+        let at = self.text.split_inclusive('\n').take(line.saturating_sub(1)).map(str::len).sum::<usize>();
+        at..at
+    }
+
     fn at(&self, span: &Range<usize>) -> Position {
         self.lines.position(self.path, self.text, span.start)
     }
@@ -336,7 +368,9 @@ impl Ctx<'_> {
         };
 
         let mut listen: Vec<SocketAddr> = Vec::new();
-        let mut listen_lines: Vec<usize> = Vec::new();
+        let mut listen_tcp: Vec<SocketAddr> = Vec::new();
+        // Every listener once, with its transport and line, for the duplicate check.
+        let mut seen: Vec<(&str, SocketAddr, usize)> = Vec::new();
         match &p.listen {
             None if raw.is_some() => self.missing(
                 &table,
@@ -354,36 +388,51 @@ impl Ctx<'_> {
                 for (i, a) in l.get_ref().iter().enumerate() {
                     let field = format!("proxy.listen[{i}]");
                     let span = a.span();
-                    match a.get_ref().trim().parse::<SocketAddr>() {
+                    let text = a.get_ref().trim();
+                    // A bare IP:PORT is UDP, as it always was.
+                    let (transport, addr) = match text.split_once(':') {
+                        Some((t, rest)) if t.eq_ignore_ascii_case("udp") => ("udp", rest),
+                        Some((t, rest)) if t.eq_ignore_ascii_case("tcp") => ("tcp", rest),
+                        Some((t, _)) if t.eq_ignore_ascii_case("tls") => {
+                            self.invalid(&span, &field, quoted(a.get_ref()), "TLS listeners are not yet supported (this build has udp: and tcp:)");
+                            continue;
+                        }
+                        _ => ("udp", text),
+                    };
+                    match addr.parse::<SocketAddr>() {
                         Ok(sa) if sa.port() == 0 => self.invalid(
                             &span,
                             &field,
                             quoted(a.get_ref()),
                             "port 0 is not a usable port",
                         ),
-                        Ok(sa) => match listen.iter().position(|x| *x == sa) {
-                            Some(j) => {
-                                let first = listen_lines[j];
-                                self.duplicate(
-                                    &span,
-                                    &field,
-                                    quoted(a.get_ref()),
-                                    first,
-                                    "listed twice",
-                                )
-                            }
+                        Ok(sa) => match seen.iter().find(|(t, x, _)| *t == transport && *x == sa) {
+                            Some(&(_, _, first)) => self.duplicate(&span, &field, quoted(a.get_ref()), first, "listed twice"),
                             None => {
-                                listen.push(sa);
-                                listen_lines.push(self.line(&span));
+                                seen.push((transport, sa, self.line(&span)));
+                                if transport == "tcp" {
+                                    listen_tcp.push(sa);
+                                } else {
+                                    listen.push(sa);
+                                }
                             }
                         },
                         Err(_) => self.invalid(
                             &span,
                             &field,
                             quoted(a.get_ref()),
-                            "not an IP:PORT socket address (IPv6 as \"[addr]:port\")",
+                            "not an IP:PORT socket address (IPv6 as \"[addr]:port\"), optionally after udp: or tcp:",
                         ),
                     }
+                }
+                if listen.is_empty() && !listen_tcp.is_empty() {
+                    // Requests to destinations leave over UDP in this build.
+                    self.invalid(
+                        &l.span(),
+                        "proxy.listen",
+                        format!("{:?}", l.get_ref().iter().map(|s| s.get_ref().as_str()).collect::<Vec<_>>()),
+                        "at least one UDP listener is required besides tcp: ones (requests to destinations leave over UDP)",
+                    );
                 }
             }
         }
@@ -497,6 +546,19 @@ impl Ctx<'_> {
         );
         let max_call_duration =
             self.duration(&p.max_call_duration, "proxy.max_call_duration", DEFAULT_MAX_CALL_DURATION, false);
+        let stream_defaults = StreamSettings::default();
+        let stream = StreamSettings {
+            idle_timeout: self.duration(&p.tcp_idle_timeout, "proxy.tcp_idle_timeout", stream_defaults.idle_timeout, false),
+            // Below 1 kB no INVITE fits; above 16 MiB a peer could make fsroute buffer a file.
+            max_message: self.ranged(&p.tcp_max_message, "proxy.tcp_max_message", 1024, 16 << 20, stream_defaults.max_message),
+            connections_per_source: self.ranged(
+                &p.tcp_connections_per_source,
+                "proxy.tcp_connections_per_source",
+                1,
+                1 << 20,
+                stream_defaults.connections_per_source,
+            ),
+        };
         let branch_secret = p.branch_secret.as_ref().and_then(|t| match t.get_ref().len() {
             BRANCH_SECRET_MIN_LEN.. => Some(Secret::new(t.get_ref().as_str())),
             _ => {
@@ -520,6 +582,8 @@ impl Ctx<'_> {
 
         ProxyConfig {
             listen,
+            listen_tcp,
+            stream,
             advertise,
             aliases,
             shards,

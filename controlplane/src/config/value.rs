@@ -95,13 +95,21 @@ pub(crate) enum SipDest {
 pub(crate) fn parse_sip_destination(uri: &str) -> Result<SipDest, String> {
     let rest = match uri.get(..4) {
         Some(scheme) if scheme.eq_ignore_ascii_case("sip:") => &uri[4..],
+        _ if uri.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("sips:")) => {
+            return Err("sips: (TLS) destinations are not yet supported: write sip:host[:port][;transport=tcp]".into())
+        }
         _ => return Err("a destination is a sip: URI, e.g. \"sip:10.0.0.5:5060\"".into()),
     };
     if rest.contains('@') {
         return Err("a destination has no user part: write sip:host[:port]".into());
     }
+    // One parameter is understood: the transport (docs/TCP.md).
+    let (rest, tcp) = match rest.split_once(';') {
+        None => (rest, false),
+        Some((hostport, params)) => (hostport, destination_transport_param(params)?),
+    };
     if rest.contains([';', '?', '>', '<', ' ', '#']) {
-        return Err("URI parameters and headers are not supported: write sip:host[:port]".into());
+        return Err("URI parameters and headers other than ;transport= are not supported: write sip:host[:port][;transport=tcp]".into());
     }
     let hp = parse_host_port(rest, SIP_DEFAULT_PORT)?;
     if !rest.starts_with('[') && matches!(hp.host, Host::Ip(IpAddr::V6(_))) {
@@ -112,11 +120,39 @@ pub(crate) fn parse_sip_destination(uri: &str) -> Result<SipDest, String> {
             Err(format!("{ip} cannot be a destination address"))
         }
         Host::Ip(ip) => Ok(SipDest::Addr(SocketAddr::new(ip, hp.port))),
+        // RFC 3263 would ask _sip._tcp for it; the resolver asks for UDP targets only (docs/DNS.md).
+        Host::Name(_) if tcp => Err(
+            "a host name with ;transport=tcp is not resolved yet (SRV _sip._tcp): write the box's IP for TCP".into(),
+        ),
         Host::Name(host) => {
             // The port as written, not the default: `sip:host` asks for SRV, `sip:host:5060` does not.
             let explicit = rest.rsplit_once(':').is_some();
             Ok(SipDest::Name(DnsTarget { host, port: explicit.then_some(hp.port) }))
         }
+    }
+}
+
+/// Whether a destination URI that passed [`parse_sip_destination`] asks for TCP.
+pub fn is_tcp_destination(uri: &str) -> bool {
+    // An address of a name (`<as written>#<address>`, docs/DNS.md) is its row's.
+    let uri = uri.split_once('#').map_or(uri, |(written, _)| written);
+    uri.split_once(';').is_some_and(|(_, params)| destination_transport_param(params) == Ok(true))
+}
+
+/// `transport=udp` or `transport=tcp` (any case), the only parameter a destination may carry;
+/// true for TCP.
+fn destination_transport_param(params: &str) -> Result<bool, String> {
+    let Some((name, value)) = params.split_once('=') else {
+        return Err("the only destination parameter is ;transport=udp or ;transport=tcp".into());
+    };
+    if !name.trim().eq_ignore_ascii_case("transport") {
+        return Err("the only destination parameter is ;transport=udp or ;transport=tcp".into());
+    }
+    match value.trim().to_ascii_lowercase().as_str() {
+        "udp" => Ok(false),
+        "tcp" => Ok(true),
+        "tls" | "sctp" | "ws" | "wss" => Err(format!("transport={} is not yet supported (udp and tcp are)", value.trim())),
+        _ => Err("the only destination parameter is ;transport=udp or ;transport=tcp".into()),
     }
 }
 

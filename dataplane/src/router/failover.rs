@@ -21,7 +21,8 @@ use std::time::Instant;
 use super::memory::{CallMemory, IdentityHasher, AFTER_FINAL};
 use super::outbox::Outbox;
 use super::rewrite::{self, forward_response, local_reply, push_u32, reply_address, Template};
-use super::{admit_in_set, exhausted_reply, Action, Rng};
+use super::{admit_in_set, answer, exhausted_reply, relay, Action, Rng};
+use crate::conn::{ConnId, Hop};
 use crate::candidates::{mark_tried, Tried};
 use crate::lb::{self, LbFlags, Reservation};
 use crate::sip::{self, HeaderName, Message, Span};
@@ -57,6 +58,8 @@ pub(super) struct Ctx<'a> {
     pub stats: &'a ShardStats,
     pub rng: &'a mut Rng,
     pub now: Instant,
+    /// The stream connection the message being handled came on.
+    pub arrival: Option<ConnId>,
 }
 
 /// Why a failover did not start.
@@ -89,7 +92,8 @@ struct StoredInvite {
     lines: Vec<CopiedLine>,
     /// Where the INVITE came from, and where replies to it go.
     src: SocketAddr,
-    reply_to: SocketAddr,
+    /// On its stream connection, when it came on one.
+    reply_to: Hop,
     /// The call's key in the dialog memory.
     ckey: u64,
     /// The To tag of fsroute's own final reply.
@@ -97,7 +101,8 @@ struct StoredInvite {
 }
 
 impl StoredInvite {
-    fn new(m: &Message<'_>, src: SocketAddr, own_route: bool, t: &RoutingTable, buf: Vec<u8>, ckey: u64, reply_tag: u64) -> Option<Self> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(m: &Message<'_>, src: SocketAddr, conn: Option<ConnId>, own_route: bool, t: &RoutingTable, buf: Vec<u8>, ckey: u64, reply_tag: u64) -> Option<Self> {
         let template = rewrite::forward_template(m, src, own_route, t.proxy.x_auth.removes_senders(), t.proxy.max_forwards, buf);
         // The one scan of the stored copy: its spans serve every later step.
         let copy = sip::parse(&template.bytes).ok()?;
@@ -115,7 +120,7 @@ impl StoredInvite {
             cseq: copy.cseq.map_or(1, |c| c.number),
             lines,
             src,
-            reply_to: reply_address(m, src),
+            reply_to: Hop { addr: reply_address(m, src), conn },
             ckey,
             reply_tag,
             template,
@@ -133,14 +138,14 @@ impl StoredInvite {
 
     /// §9.1: the CANCEL for attempt `branch`: the INVITE's Request-URI, Call-ID, From, To and CSeq
     /// number, and a single Via with the attempt's branch (so the same MAC).
-    fn write_cancel(&self, t: &RoutingTable, branch: u64, out: &mut Vec<u8>) {
+    fn write_cancel(&self, t: &RoutingTable, branch: u64, dest: SocketAddr, out: &mut Vec<u8>) {
         let px = &t.proxy;
         out.clear();
         out.extend_from_slice(b"CANCEL ");
         out.extend_from_slice(self.ruri.get(&self.template.bytes));
         out.extend_from_slice(b" SIP/2.0\r\n");
-        let mac = px.branch_key.mac(branch, self.reply_to, b"INVITE");
-        rewrite::push_own_via(out, &t.own, branch, mac, b"\r\n");
+        let mac = px.branch_key.mac(branch, self.reply_to.addr, self.reply_to.conn, b"INVITE");
+        rewrite::push_own_via(out, &t.own, branch, mac, self.reply_to.conn, t.is_tcp_destination(&dest), b"\r\n");
         for line in self.copied(&[HeaderName::From, HeaderName::To, HeaderName::CallId]) {
             out.extend_from_slice(line);
         }
@@ -236,10 +241,11 @@ impl Failover {
     /// The attempt in progress, as sent to `self.dest`.
     fn write_invite(&self, t: &RoutingTable, tkey: u64, out: &mut Vec<u8>) {
         let branch = self.branch(tkey);
-        let mac = t.proxy.branch_key.mac(branch, self.invite.reply_to, b"INVITE");
+        let reply_to = self.invite.reply_to;
+        let mac = t.proxy.branch_key.mac(branch, reply_to.addr, reply_to.conn, b"INVITE");
         let record_route = t.proxy.record_route.then_some(self.dest);
         let x_auth = t.proxy.x_auth.adds_for(self.dest).then_some(self.invite.src);
-        self.invite.template.write(&t.own, branch, mac, record_route, x_auth, out);
+        self.invite.template.write(&t.own, branch, mac, reply_to.conn, t.is_tcp_destination(&self.dest), record_route, x_auth, out);
     }
 
     fn finish(&mut self, now: Instant) {
@@ -303,6 +309,9 @@ impl Failover {
         self.deadline = Some(ctx.now + ctx.t.failover.no_answer_timeout);
         let px = &ctx.t.proxy;
         ctx.memory.start_dialog(self.invite.ckey, pick.dest, self.invite.src, ctx.now, px.transaction_memory);
+        if let Some(c) = self.invite.reply_to.conn {
+            ctx.memory.set_caller_conn(self.invite.ckey, c);
+        }
     }
 
     /// Moves to the next candidate and writes its INVITE into `out`. False when none is left.
@@ -316,7 +325,7 @@ impl Failover {
 
     /// Queues fsroute's CANCEL for the attempt in progress.
     fn emit_cancel(&self, ctx: &mut Ctx<'_>, tkey: u64) {
-        ctx.outbox.emit(self.dest, |buf| self.invite.write_cancel(ctx.t, self.branch(tkey), buf));
+        ctx.outbox.emit(Hop::udp(self.dest), |buf| self.invite.write_cancel(ctx.t, self.branch(tkey), self.dest, buf));
     }
 
     /// A box answered 503 although fsroute believed it had room: it is full until its next
@@ -352,11 +361,11 @@ impl Failover {
     /// fsroute's own final answer when no candidate is left: `[failover] exhausted_reply`.
     fn answer_exhausted(&self, t: &RoutingTable, out: &mut Vec<u8>) -> Action {
         exhausted_reply(t, |code, reason, extra| self.invite.write_reply(code, reason, extra, out));
-        Action::Reply(self.invite.reply_to)
+        answer(self.invite.reply_to)
     }
 
     /// A provisional response from attempt `n`.
-    fn provisional(&mut self, ctx: &mut Ctx<'_>, m: &Message<'_>, tkey: u64, current: bool, next_hop: SocketAddr, out: &mut Vec<u8>) -> Action {
+    fn provisional(&mut self, ctx: &mut Ctx<'_>, m: &Message<'_>, tkey: u64, current: bool, next_hop: Hop, out: &mut Vec<u8>) -> Action {
         if !current || self.finished {
             if current && self.canceled && !self.provisional {
                 // The caller's side is over (cancelled, or answered by an attempt given up on) but
@@ -378,11 +387,11 @@ impl Failover {
             return Action::Absorbed;
         }
         forward_response(m, out);
-        Action::Forward(next_hop)
+        relay(next_hop)
     }
 
     /// A 2xx from attempt `n`: it always reaches the caller, even from an attempt given up on.
-    fn answered(&mut self, ctx: &mut Ctx<'_>, m: &Message<'_>, tkey: u64, n: u8, next_hop: SocketAddr, out: &mut Vec<u8>) -> Action {
+    fn answered(&mut self, ctx: &mut Ctx<'_>, m: &Message<'_>, tkey: u64, n: u8, next_hop: Hop, out: &mut Vec<u8>) -> Action {
         let (px, now, ckey) = (&ctx.t.proxy, ctx.now, self.invite.ckey);
         if n == self.attempt {
             self.finish(now);
@@ -400,19 +409,22 @@ impl Failover {
             }
             let answered_by = self.tried[usize::from(n)].unwrap_or(self.dest);
             ctx.memory.start_dialog(ckey, answered_by, self.invite.src, now, px.dialog_memory);
+            if let Some(c) = self.invite.reply_to.conn {
+                ctx.memory.set_caller_conn(ckey, c);
+            }
             ctx.memory.confirm_dialog(ckey, now, px.dialog_memory, px.max_call_duration, None);
         }
         forward_response(m, out);
-        Action::Forward(next_hop)
+        relay(next_hop)
     }
 
     /// A non-2xx final response from attempt `n`: ACKed here (§17.1.1.3), whoever it came from;
     /// from the attempt in progress it moves the call on, or ends it.
     #[allow(clippy::too_many_arguments)]
-    fn failed(&mut self, ctx: &mut Ctx<'_>, m: &Message<'_>, tkey: u64, n: u8, code: u16, next_hop: SocketAddr, out: &mut Vec<u8>) -> Action {
+    fn failed(&mut self, ctx: &mut Ctx<'_>, m: &Message<'_>, tkey: u64, n: u8, code: u16, next_hop: Hop, out: &mut Vec<u8>) -> Action {
         let current = n == self.attempt;
         let ack_to = if current { self.dest } else { self.tried[usize::from(n)].unwrap_or(self.dest) };
-        ctx.outbox.emit(ack_to, |buf| self.invite.write_ack(m, buf));
+        ctx.outbox.emit(Hop::udp(ack_to), |buf| self.invite.write_ack(m, buf));
         if !current || self.finished {
             return Action::Absorbed;
         }
@@ -432,7 +444,7 @@ impl Failover {
             return self.answer_exhausted(t, out);
         }
         forward_response(m, out);
-        Action::Forward(next_hop)
+        relay(next_hop)
     }
 
     /// The no-answer timer of the attempt in progress fired: the next candidate, or 408 (487
@@ -441,7 +453,7 @@ impl Failover {
         drop(self.reservation.take());
         let mut out = ctx.outbox.take_buffer();
         if self.may_retry(ctx.t) && self.next_attempt(ctx, tkey, &mut out) {
-            ctx.outbox.push(self.dest, out);
+            ctx.outbox.push(Hop::udp(self.dest), out);
             return;
         }
         ctx.outbox.recycle(out);
@@ -497,7 +509,7 @@ impl Failovers {
             return Err(NotStarted::Full);
         }
         let buf = ctx.outbox.take_buffer();
-        let Some(invite) = StoredInvite::new(m, src, own_route, ctx.t, buf, ckey, reply_tag) else {
+        let Some(invite) = StoredInvite::new(m, src, ctx.arrival, own_route, ctx.t, buf, ckey, reply_tag) else {
             return Err(NotStarted::Exhausted);
         };
         if !room(invite.bytes()) {
@@ -549,7 +561,7 @@ impl Failovers {
                 let first = !f.canceled;
                 f.canceled = true;
                 // §16.10: the CANCEL is answered here; the attempt in progress gets fsroute's own.
-                ctx.outbox.emit(reply_address(m, src), |buf| local_reply(m, src, 200, "OK", 0, &[], buf));
+                ctx.outbox.emit(Hop { addr: reply_address(m, src), conn: ctx.arrival }, |buf| local_reply(m, src, 200, "OK", 0, &[], buf));
                 if f.finished || !first {
                     return Some(Action::Absorbed);
                 }
@@ -558,7 +570,7 @@ impl Failovers {
                     f.deadline = Some(ctx.now.min(f.deadline.unwrap_or(ctx.now)));
                     return Some(Action::Absorbed);
                 }
-                f.invite.write_cancel(ctx.t, f.branch(tkey), out);
+                f.invite.write_cancel(ctx.t, f.branch(tkey), f.dest, out);
                 Some(Action::Forward(f.dest))
             }
             _ => None,
@@ -567,7 +579,7 @@ impl Failovers {
 
     /// The caller's reply address of the failover an attempt branch belongs to: what its MAC binds
     /// when the response has no Via below fsroute's (an answer to fsroute's own CANCEL).
-    pub fn reply_to(&self, branch: u64) -> Option<SocketAddr> {
+    pub fn reply_to(&self, branch: u64) -> Option<Hop> {
         self.attempt_of(branch).and_then(|(k, _)| self.map.get(&k)).map(|f| f.invite.reply_to)
     }
 
@@ -586,7 +598,7 @@ impl Failovers {
         m: &Message<'_>,
         src: SocketAddr,
         branch: u64,
-        next_hop: Option<SocketAddr>,
+        next_hop: Option<Hop>,
         out: &mut Vec<u8>,
     ) -> Option<Action> {
         // Stateless routes never start failovers: their responses skip the search.
@@ -613,6 +625,18 @@ impl Failovers {
             200..=299 => f.answered(ctx, m, tkey, n, next_hop, out),
             _ => f.failed(ctx, m, tkey, n, code, next_hop, out),
         })
+    }
+
+    /// A TCP destination refused or timed out a connection: every attempt in progress there that
+    /// has not rung fails now, counted against the destination, and the call moves on as after
+    /// silence (the next candidate, or 408), instead of waiting out the no-answer timer.
+    pub fn unreachable(&mut self, ctx: &mut Ctx<'_>, dest: SocketAddr) {
+        for (&tkey, f) in self.map.iter_mut() {
+            if !f.finished && !f.provisional && f.dest == dest {
+                f.count_failure(ctx.t);
+                f.timed_out(ctx, tkey);
+            }
+        }
     }
 
     /// Runs the no-answer timers and forgets failovers whose time is up.

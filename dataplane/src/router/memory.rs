@@ -67,6 +67,8 @@ pub struct DialogEntry {
     pub reservation: Option<Reservation>,
     /// Scratch for `CallMemory::compact`: this entry's current record was already kept.
     kept: bool,
+    /// The stream connection the INVITE came on: requests towards the caller reuse it (RFC 5923).
+    pub caller_conn: Option<crate::conn::ConnId>,
 }
 
 /// What the router may look at of a remembered dialog.
@@ -76,11 +78,12 @@ pub struct DialogView {
     pub caller: SocketAddr,
     /// Answered (2xx) and not yet ended.
     pub established: bool,
+    pub caller_conn: Option<crate::conn::ConnId>,
 }
 
 impl DialogEntry {
     fn view(&self) -> DialogView {
-        DialogView { dest: self.dest, caller: self.caller, established: self.established }
+        DialogView { dest: self.dest, caller: self.caller, established: self.established, caller_conn: self.caller_conn }
     }
 }
 
@@ -226,6 +229,13 @@ impl CallMemory {
     }
 
     /// The dialog's destination and caller, while it is remembered.
+    /// Notes the stream connection a remembered dialog's caller is on.
+    pub fn set_caller_conn(&mut self, key: u64, conn: crate::conn::ConnId) {
+        if let Some(e) = self.dialogs.get_mut(&key) {
+            e.caller_conn = Some(conn);
+        }
+    }
+
     pub fn dialog(&self, key: u64, now: Instant) -> Option<DialogView> {
         self.dialogs.get(&key).filter(|e| e.expires > now).map(DialogEntry::view)
     }
@@ -269,7 +279,7 @@ impl CallMemory {
                 self.not_remembered += 1;
                 return false;
             }
-            self.dialogs.insert(key, DialogEntry { dest, caller, expires, established: false, release_at: None, reservation: None, kept: false });
+            self.dialogs.insert(key, DialogEntry { dest, caller, expires, established: false, release_at: None, reservation: None, kept: false, caller_conn: None });
         }
         self.push(Kind::Dialog, ttl, expires, key);
         true
@@ -479,7 +489,8 @@ mod tests {
         let record = std::mem::size_of::<(Instant, u64)>();
         let fork = crate::router::failover::ENTRY_SIZE;
         eprintln!("sizes: transaction {txn} B, dialog {dialog} B, record {record} B, fork {fork} B");
-        assert!(fork <= 640, "fork entry: {fork} B");
+        // 648: the stored INVITE's reply hop names the caller's stream connection (8 B).
+        assert!(fork <= 648, "fork entry: {fork} B");
         assert!(txn <= 64, "transaction entry: {txn} B");
         assert!(dialog <= 224, "dialog entry: {dialog} B");
         assert!(record <= 24, "expiry record: {record} B");

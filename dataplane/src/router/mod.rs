@@ -25,6 +25,7 @@ use outbox::Outbox;
 use rewrite::{forward_request, forward_response, host_ip, local_reply, parse_branch, parse_token, reply_address, RequestRewrite};
 
 use crate::candidates::select_with;
+use crate::conn::{ConnId, Hop};
 use crate::dispatch::{opensips_uri_keys, trim_callid, Algorithm};
 use crate::hash;
 use crate::lb;
@@ -43,11 +44,31 @@ pub enum Action {
     Forward(SocketAddr),
     /// Send `out`, a reply fsroute generated, to this address.
     Reply(SocketAddr),
+    /// Send `out` (a relayed response or request) on this stream connection.
+    ForwardOn(ConnId),
+    /// Send `out`, a reply fsroute generated, on this stream connection.
+    ReplyOn(ConnId),
     /// Pass the datagram unchanged to the shard that owns its Call-ID.
     HandOff(usize),
     Drop(DropReason),
     /// Handled by a stateful transaction, nothing to send for it (more may wait in the outbox).
     Absorbed,
+}
+
+/// Sends a relayed message to `hop`: on its connection when it has one (RFC 3261 §18.2.2).
+pub(crate) fn relay(hop: Hop) -> Action {
+    match hop.conn {
+        Some(c) => Action::ForwardOn(c),
+        None => Action::Forward(hop.addr),
+    }
+}
+
+/// Sends one of fsroute's own replies to `hop`: on its connection when it has one.
+pub(crate) fn answer(hop: Hop) -> Action {
+    match hop.conn {
+        Some(c) => Action::ReplyOn(c),
+        None => Action::Reply(hop.addr),
+    }
 }
 
 /// The shard that owns a Call-ID's state: every shard computes the same answer.
@@ -107,6 +128,8 @@ struct Next<'t> {
     new_transaction: bool,
     /// The ACK of a non-2xx final response to an initial INVITE: it repeats the INVITE's branch.
     invite_ack: bool,
+    /// The stream connection it leaves on (an in-dialog request towards a TCP caller).
+    conn: Option<ConnId>,
 }
 
 /// What choosing a destination decided.
@@ -130,6 +153,8 @@ pub struct Router {
     failovers: Failovers,
     /// Datagrams beyond the one an action sends, drained by the shell with `poll_transmit`.
     outbox: Outbox,
+    /// The stream connection the message being handled came on (None: a datagram).
+    arrival: Option<ConnId>,
 }
 
 impl Router {
@@ -144,11 +169,12 @@ impl Router {
             draining: false,
             failovers: Failovers::default(),
             outbox: Outbox::default(),
+            arrival: None,
         }
     }
 
     /// The next datagram fsroute itself must send, if any. Give the buffer back with `recycle`.
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+    pub fn poll_transmit(&mut self) -> Option<(Hop, Vec<u8>)> {
         self.outbox.poll()
     }
 
@@ -193,8 +219,15 @@ impl Router {
 
     /// What a failover step borrows from the router.
     fn ctx<'a>(&'a mut self, t: &'a RoutingTable, now: Instant) -> (&'a mut Failovers, Ctx<'a>) {
-        let ctx = Ctx { t, memory: &mut self.memory, outbox: &mut self.outbox, stats: &self.stats, rng: &mut self.rng, now };
+        let ctx = Ctx { t, memory: &mut self.memory, outbox: &mut self.outbox, stats: &self.stats, rng: &mut self.rng, now, arrival: self.arrival };
         (&mut self.failovers, ctx)
+    }
+
+    /// The shell could not connect to TCP destination `dest`: failover attempts waiting on it move
+    /// on at once (drain `poll_transmit` afterwards).
+    pub fn destination_unreachable(&mut self, table: &RoutingTable, dest: SocketAddr, now: Instant) {
+        let (failovers, mut ctx) = self.ctx(table, now);
+        failovers.unreachable(&mut ctx, dest);
     }
 
     /// Runs failover timers and ages out call memory; the shell calls it periodically (and drains
@@ -217,8 +250,8 @@ impl Router {
     pub fn handle(&mut self, table: &RoutingTable, src: SocketAddr, buf: &[u8], now: Instant, out: &mut Vec<u8>) -> Action {
         let action = self.route(table, src, buf, now, out);
         match action {
-            Action::Forward(_) => ShardStats::inc(&self.stats.processed),
-            Action::Reply(_) => ShardStats::inc(&self.stats.replied),
+            Action::Forward(_) | Action::ForwardOn(_) => ShardStats::inc(&self.stats.processed),
+            Action::Reply(_) | Action::ReplyOn(_) => ShardStats::inc(&self.stats.replied),
             Action::HandOff(_) => ShardStats::inc(&self.stats.handed_off),
             Action::Drop(r) => self.stats.drop_reason(r),
             Action::Absorbed => ShardStats::inc(&self.stats.absorbed),
@@ -230,6 +263,23 @@ impl Router {
     pub fn handle_owned(&mut self, table: &RoutingTable, src: SocketAddr, buf: &[u8], now: Instant, out: &mut Vec<u8>) -> Action {
         let shards = std::mem::replace(&mut self.shards, 1);
         let action = self.handle(table, src, buf, now, out);
+        self.shards = shards;
+        action
+    }
+
+    /// Like `handle`, for a message that came on stream connection `conn` from `src`: replies and
+    /// responses to it go back on that connection (RFC 3261 §18.2.2).
+    pub fn handle_stream(&mut self, table: &RoutingTable, src: SocketAddr, conn: ConnId, buf: &[u8], now: Instant, out: &mut Vec<u8>) -> Action {
+        self.arrival = Some(conn);
+        let action = self.handle(table, src, buf, now, out);
+        self.arrival = None;
+        action
+    }
+
+    /// `handle_stream` for a message another shard handed over: never handed off again.
+    pub fn handle_owned_stream(&mut self, table: &RoutingTable, src: SocketAddr, conn: ConnId, buf: &[u8], now: Instant, out: &mut Vec<u8>) -> Action {
+        let shards = std::mem::replace(&mut self.shards, 1);
+        let action = self.handle_stream(table, src, conn, buf, now, out);
         self.shards = shards;
         action
     }
@@ -328,12 +378,22 @@ impl Router {
         if let Some(txn) = self.memory.txn(req.tkey, now) {
             if matches!(method, Method::Ack | Method::Cancel) || !req.in_dialog {
                 let invite_ack = method == Method::Ack && txn.initial_invite;
-                return Choice::Send(Next { dest: txn.dest, chosen: None, new_transaction: false, invite_ack });
+                return Choice::Send(Next { dest: txn.dest, chosen: None, new_transaction: false, invite_ack, conn: None });
             }
         }
         if req.in_dialog || method == Method::Ack {
             return match self.in_dialog_destination(t, src, m, req, now) {
-                Ok(dest) => Choice::Send(Next { dest, chosen: None, new_transaction: false, invite_ack: false }),
+                Ok(dest) => {
+                    // RFC 5923: a request from the callee's side towards a caller that came on a
+                    // stream goes back on the caller's connection.
+                    let conn = t
+                        .is_from_destination(&src)
+                        .then(|| self.memory.dialog(req.ckey, now))
+                        .flatten()
+                        .filter(|d| !d.is_caller(src))
+                        .and_then(|d| d.caller_conn);
+                    Choice::Send(Next { dest, chosen: None, new_transaction: false, invite_ack: false, conn })
+                }
                 Err(denied) => Choice::Done(match (method, denied) {
                     (Method::Ack, Denied::Unknown) => Action::Drop(DropReason::UnroutableAck),
                     (Method::Ack, Denied::Relay) => Action::Drop(DropReason::RelayDenied),
@@ -347,7 +407,7 @@ impl Router {
             // know the call, if the CANCEL comes from its caller; otherwise there is nothing to
             // cancel (§16.10).
             return match self.memory.dialog(req.ckey, now).filter(|d| d.is_caller(src)) {
-                Some(d) => Choice::Send(Next { dest: d.dest, chosen: None, new_transaction: false, invite_ack: false }),
+                Some(d) => Choice::Send(Next { dest: d.dest, chosen: None, new_transaction: false, invite_ack: false, conn: None }),
                 None => Choice::Done(self.reply(m, src, 481, "Call/Transaction Does Not Exist", &[], out)),
             };
         }
@@ -372,7 +432,7 @@ impl Router {
             let reason = if code == 503 { "Service Unavailable" } else { "Not Found" };
             return Choice::Done(self.reply(m, src, code, reason, &[], out));
         };
-        let send = |dest, chosen| Choice::Send(Next { dest, chosen, new_transaction: req.method != Method::Ack, invite_ack: false });
+        let send = |dest, chosen| Choice::Send(Next { dest, chosen, new_transaction: req.method != Method::Ack, invite_ack: false, conn: None });
         match route.target {
             RouteTarget::Dispatcher { set, algorithm, failover } => {
                 let Some(ds) = t.sets.get(set) else {
@@ -469,7 +529,11 @@ impl Router {
             self.memory.remember_txn(req.tkey, dest, initial_invite, now, ttl);
             if initial_invite {
                 // Held while the call rings; a 2xx stretches it to dialog_memory.
-                self.memory.start_dialog(req.ckey, dest, src, now, px.transaction_memory);
+                if self.memory.start_dialog(req.ckey, dest, src, now, px.transaction_memory) {
+                    if let Some(c) = self.arrival {
+                        self.memory.set_caller_conn(req.ckey, c);
+                    }
+                }
             }
         }
         if let Some(c) = next.chosen {
@@ -481,7 +545,10 @@ impl Router {
         let mac_method = if next.invite_ack { &b"INVITE"[..] } else { request_method(m) };
         let rw = RequestRewrite {
             branch: req.tkey,
-            mac: px.branch_key.mac(req.tkey, reply_address(m, src), mac_method),
+            mac: px.branch_key.mac(req.tkey, reply_address(m, src), self.arrival, mac_method),
+            conn: self.arrival,
+            // On the caller's connection, or to a `;transport=tcp` destination.
+            tcp: next.conn.is_some() || t.is_tcp_destination(&dest),
             record_route,
             pop_route: req.own_route,
             default_max_forwards: px.max_forwards,
@@ -489,7 +556,7 @@ impl Router {
             x_auth: px.x_auth.adds_for(dest).then_some(src),
         };
         forward_request(m, src, &t.own, &rw, out);
-        Action::Forward(dest)
+        relay(Hop { addr: dest, conn: next.conn })
     }
 
     /// fsroute's own answer to a request it will not forward, counted by why.
@@ -506,7 +573,7 @@ impl Router {
 
     fn reply(&self, m: &Message<'_>, src: SocketAddr, code: u16, reason: &str, extra: &[(&str, &str)], out: &mut Vec<u8>) -> Action {
         local_reply(m, src, code, reason, reply_tag(m), extra, out);
-        Action::Reply(reply_address(m, src))
+        answer(Hop { addr: reply_address(m, src), conn: self.arrival })
     }
 
     /// fsroute's own final answer when no destination can take a new call (all tried, all full):
@@ -619,7 +686,7 @@ impl Router {
             _ => {}
         }
         forward_response(m, out);
-        Action::Forward(next_hop)
+        relay(next_hop)
     }
 
     /// A response is relayed only on a branch fsroute wrote for a request of its CSeq method whose
@@ -627,14 +694,14 @@ impl Router {
     /// the caller's, which the CANCEL's branch repeats): a forged or altered response is never
     /// relayed, nor does it touch a call's state. Returns the branch's transaction key and the
     /// next Via's address (§18.2.2, RFC 3581), None for a response to one of fsroute's own requests.
-    fn verify_response(&self, t: &RoutingTable, m: &Message<'_>) -> Result<(u64, Option<SocketAddr>), DropReason> {
+    fn verify_response(&self, t: &RoutingTable, m: &Message<'_>) -> Result<(u64, Option<Hop>), DropReason> {
         let px = &t.proxy;
         let top = m.validate_response().ok().and(m.top_via).ok_or(DropReason::BadResponse)?;
-        let (key, mac) = top.branch.and_then(parse_branch).filter(|_| px.is_local(top.host, top.port)).ok_or(DropReason::NotOurVia)?;
+        let (key, mac, conn) = top.branch.and_then(parse_branch).filter(|_| px.is_local(top.host, top.port)).ok_or(DropReason::NotOurVia)?;
         let next_hop = match m.second_via {
             Some(next) => {
                 let ip = next.received.and_then(host_ip).or_else(|| host_ip(next.host)).ok_or(DropReason::Unresolvable)?;
-                Some(SocketAddr::new(ip, next.rport.flatten().or(next.port).unwrap_or(5060)))
+                Some(Hop { addr: SocketAddr::new(ip, next.rport.flatten().or(next.port).unwrap_or(5060)), conn })
             }
             None => None,
         };
@@ -642,7 +709,7 @@ impl Router {
         let (Some(_), Some(cseq), Some(_)) = (m.status(), m.cseq, m.call_id) else {
             return Err(DropReason::BadResponse);
         };
-        if px.branch_key.mac(key, reply_to, cseq.method) != mac {
+        if px.branch_key.mac(key, reply_to.addr, reply_to.conn, cseq.method) != mac {
             return Err(DropReason::ForgedResponse);
         }
         Ok((key, next_hop))

@@ -4,7 +4,8 @@
 //! `recycle`, so a steady state allocates nothing.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+
+use crate::conn::Hop;
 
 /// Recycled buffers kept for reuse; past this the allocator gets them back.
 const MAX_FREE: usize = 256;
@@ -13,13 +14,13 @@ const BUFFER_CAPACITY: usize = 2048;
 
 #[derive(Default)]
 pub struct Outbox {
-    queue: VecDeque<(SocketAddr, Vec<u8>)>,
+    queue: VecDeque<(Hop, Vec<u8>)>,
     free: Vec<Vec<u8>>,
 }
 
 impl Outbox {
     /// The next datagram to send, in the order they were queued.
-    pub fn poll(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+    pub fn poll(&mut self) -> Option<(Hop, Vec<u8>)> {
         self.queue.pop_front()
     }
 
@@ -36,14 +37,14 @@ impl Outbox {
     }
 
     /// Queues what `write` puts in a fresh buffer for `to`.
-    pub fn emit(&mut self, to: SocketAddr, write: impl FnOnce(&mut Vec<u8>)) {
+    pub fn emit(&mut self, to: Hop, write: impl FnOnce(&mut Vec<u8>)) {
         let mut buf = self.take_buffer();
         write(&mut buf);
         self.queue.push_back((to, buf));
     }
 
     /// Queues a buffer already written (one from [`Self::take_buffer`]).
-    pub fn push(&mut self, to: SocketAddr, buf: Vec<u8>) {
+    pub fn push(&mut self, to: Hop, buf: Vec<u8>) {
         self.queue.push_back((to, buf));
     }
 }

@@ -6,6 +6,7 @@
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::conn::ConnId;
 use crate::sip::{header_name, unbracket, HeaderIter, HeaderName, Message, Span, Via};
 use crate::table::OwnLines;
 
@@ -20,8 +21,9 @@ pub const MAX_FORWARDS_CEILING: u32 = 255;
 #[derive(Clone, Copy, Debug)]
 enum Insert {
     Nothing,
-    /// fsroute's own header lines, written just after the start line.
-    TopLines { branch: u64, mac: u64, record_route: Option<SocketAddr>, max_forwards: Option<u32>, x_auth: Option<SocketAddr> },
+    /// fsroute's own header lines ([`TopLines`], kept outside the edit list so every edit stays
+    /// small), written just after the start line.
+    TopLines,
     /// `;received=<ip>`
     Received(IpAddr),
     /// `rport=<port>`
@@ -65,43 +67,65 @@ impl Edits {
 }
 
 /// Copies `buf[from..to]` into `out`, applying the edits that fall inside it.
-fn splice(buf: &[u8], from: usize, to: usize, edits: &[Edit], eol: &[u8], own: &OwnLines, out: &mut Vec<u8>) {
+fn splice(buf: &[u8], from: usize, to: usize, edits: &[Edit], eol: &[u8], top: Option<&TopLines<'_>>, out: &mut Vec<u8>) {
     let mut cursor = from;
     for e in edits {
         if e.at < cursor || e.at > to {
             continue;
         }
         out.extend_from_slice(&buf[cursor..e.at]);
-        render(e.insert, eol, own, out);
+        render(e.insert, eol, top, out);
         cursor = (e.at + e.cut).min(to);
     }
     out.extend_from_slice(&buf[cursor..to]);
 }
 
-fn render(insert: Insert, eol: &[u8], own: &OwnLines, out: &mut Vec<u8>) {
+/// What fsroute writes on top of a request it sends: its Via, and Record-Route, Max-Forwards and
+/// X-AUTH-IP/-PORT lines when they are due.
+struct TopLines<'a> {
+    own: &'a OwnLines,
+    branch: u64,
+    mac: u64,
+    conn: Option<ConnId>,
+    tcp: bool,
+    record_route: Option<SocketAddr>,
+    max_forwards: Option<u32>,
+    x_auth: Option<SocketAddr>,
+}
+
+impl TopLines<'_> {
+    fn write(&self, eol: &[u8], out: &mut Vec<u8>) {
+        let own = self.own;
+        push_own_via(out, own, self.branch, self.mac, self.conn, self.tcp, eol);
+        if let Some(dest) = self.record_route {
+            out.extend_from_slice(&own.record_route);
+            push_token(out, dest);
+            out.push(b'>');
+            out.extend_from_slice(eol);
+        }
+        if let Some(mf) = self.max_forwards {
+            out.extend_from_slice(b"Max-Forwards: ");
+            push_u32(out, mf);
+            out.extend_from_slice(eol);
+        }
+        if let Some(sender) = self.x_auth {
+            // FreeSWITCH reads the address bare, an IPv6 one without brackets.
+            out.extend_from_slice(b"X-AUTH-IP: ");
+            push_ip(out, sender.ip());
+            out.extend_from_slice(eol);
+            out.extend_from_slice(b"X-AUTH-PORT: ");
+            push_u32(out, u32::from(sender.port()));
+            out.extend_from_slice(eol);
+        }
+    }
+}
+
+fn render(insert: Insert, eol: &[u8], top: Option<&TopLines<'_>>, out: &mut Vec<u8>) {
     match insert {
         Insert::Nothing => {}
-        Insert::TopLines { branch, mac, record_route, max_forwards, x_auth } => {
-            push_own_via(out, own, branch, mac, eol);
-            if let Some(dest) = record_route {
-                out.extend_from_slice(&own.record_route);
-                push_token(out, dest);
-                out.push(b'>');
-                out.extend_from_slice(eol);
-            }
-            if let Some(mf) = max_forwards {
-                out.extend_from_slice(b"Max-Forwards: ");
-                push_u32(out, mf);
-                out.extend_from_slice(eol);
-            }
-            if let Some(sender) = x_auth {
-                // FreeSWITCH reads the address bare, an IPv6 one without brackets.
-                out.extend_from_slice(b"X-AUTH-IP: ");
-                push_ip(out, sender.ip());
-                out.extend_from_slice(eol);
-                out.extend_from_slice(b"X-AUTH-PORT: ");
-                push_u32(out, u32::from(sender.port()));
-                out.extend_from_slice(eol);
+        Insert::TopLines => {
+            if let Some(top) = top {
+                top.write(eol, out);
             }
         }
         Insert::Received(ip) => {
@@ -215,9 +239,9 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
 
 /// fsroute's own Via line: on a request it forwards, and on the CANCEL it sends for a failover
 /// attempt (which must repeat that request's branch, §9.1).
-pub(super) fn push_own_via(out: &mut Vec<u8>, own: &OwnLines, branch: u64, mac: u64, eol: &[u8]) {
-    out.extend_from_slice(&own.via);
-    push_branch(out, branch, mac);
+pub(super) fn push_own_via(out: &mut Vec<u8>, own: &OwnLines, branch: u64, mac: u64, conn: Option<ConnId>, tcp: bool, eol: &[u8]) {
+    out.extend_from_slice(if tcp { &own.via_tcp } else { &own.via });
+    push_branch(out, branch, mac, conn);
     out.extend_from_slice(eol);
 }
 
@@ -244,20 +268,28 @@ pub fn parse_token(token: &[u8]) -> Option<SocketAddr> {
 }
 
 /// One of fsroute's branches: the prefix, the transaction key, and the MAC binding the key to the
-/// address responses go back to (`BranchKey::mac`), each as 16 hex digits.
-pub fn push_branch(out: &mut Vec<u8>, key: u64, mac: u64) {
+/// address responses go back to (`BranchKey::mac`), each as 16 hex digits; for a request that came
+/// on a stream, then the connection its responses go back on (16 more), which the MAC binds too
+/// (docs/TCP.md, "Responses find their connection").
+pub fn push_branch(out: &mut Vec<u8>, key: u64, mac: u64, conn: Option<ConnId>) {
     out.extend_from_slice(BRANCH_PREFIX);
     push_hex16(out, key);
     push_hex16(out, mac);
+    if let Some(c) = conn {
+        push_hex16(out, c.to_bits());
+    }
 }
 
-/// The transaction key and the MAC carried in one of fsroute's branches.
-pub fn parse_branch(branch: &[u8]) -> Option<(u64, u64)> {
+/// What one of fsroute's branches carries: the transaction key, the MAC and, for a request that
+/// came on a stream, the connection its responses go back on.
+pub fn parse_branch(branch: &[u8]) -> Option<(u64, u64, Option<ConnId>)> {
     let hex = branch.strip_prefix(BRANCH_PREFIX)?;
-    if hex.len() != 32 {
-        return None;
-    }
-    Some((parse_hex16(&hex[..16])?, parse_hex16(&hex[16..])?))
+    let conn = match hex.len() {
+        32 => None,
+        48 => Some(ConnId::from_bits(parse_hex16(&hex[32..])?)?),
+        _ => return None,
+    };
+    Some((parse_hex16(&hex[..16])?, parse_hex16(&hex[16..32])?, conn))
 }
 
 fn parse_hex16(hex: &[u8]) -> Option<u64> {
@@ -311,6 +343,10 @@ pub struct RequestRewrite {
     pub branch: u64,
     /// `BranchKey::mac` of `branch` and the request's reply address.
     pub mac: u64,
+    /// The stream connection the request came on, written into the branch.
+    pub conn: Option<ConnId>,
+    /// The request leaves on a TCP connection: fsroute's Via says so (RFC 3261 §18.1.1).
+    pub tcp: bool,
     /// Destination named in a new Record-Route, if one is added.
     pub record_route: Option<SocketAddr>,
     /// Remove the top Route (it names fsroute).
@@ -326,10 +362,10 @@ pub struct RequestRewrite {
 pub fn forward_request(m: &Message<'_>, src: SocketAddr, own: &OwnLines, rw: &RequestRewrite, out: &mut Vec<u8>) {
     let mut edits = Edits::new();
     let max_forwards = request_edits(m, src, rw.pop_route, rw.strip_x_auth, rw.default_max_forwards, &mut edits);
-    let top = Insert::TopLines { branch: rw.branch, mac: rw.mac, record_route: rw.record_route, max_forwards, x_auth: rw.x_auth };
-    edits.push(m.headers_start as usize, 0, top);
+    let top = TopLines { own, branch: rw.branch, mac: rw.mac, conn: rw.conn, tcp: rw.tcp, record_route: rw.record_route, max_forwards, x_auth: rw.x_auth };
+    edits.push(m.headers_start as usize, 0, Insert::TopLines);
     out.clear();
-    splice(m.raw, 0, m.framed_len(), edits.sorted(), eol(m), own, out);
+    splice(m.raw, 0, m.framed_len(), edits.sorted(), eol(m), Some(&top), out);
 }
 
 /// Everything [`forward_request`] changes in a request except fsroute's own top lines; returns the
@@ -381,7 +417,7 @@ pub fn forward_template(m: &Message<'_>, src: SocketAddr, pop_route: bool, strip
     // Room for the received/rport values, so the copy grows once; the copy is kept for the whole
     // call, so it keeps only what it holds.
     bytes.reserve_exact(m.framed_len() + 64);
-    splice(m.raw, 0, m.framed_len(), edits.sorted(), eol(m), &OwnLines::NONE, &mut bytes);
+    splice(m.raw, 0, m.framed_len(), edits.sorted(), eol(m), None, &mut bytes);
     bytes.shrink_to_fit();
     // Nothing before the first header line is ever edited: the top lines go where they would in
     // `forward_request`, so both write the same bytes.
@@ -390,12 +426,13 @@ pub fn forward_template(m: &Message<'_>, src: SocketAddr, pop_route: bool, strip
 
 impl Template {
     /// The request for one attempt: the stored copy with fsroute's Via (and Record-Route) on top.
-    pub fn write(&self, own: &OwnLines, branch: u64, mac: u64, record_route: Option<SocketAddr>, x_auth: Option<SocketAddr>, out: &mut Vec<u8>) {
+    #[allow(clippy::too_many_arguments)]
+    pub fn write(&self, own: &OwnLines, branch: u64, mac: u64, conn: Option<ConnId>, tcp: bool, record_route: Option<SocketAddr>, x_auth: Option<SocketAddr>, out: &mut Vec<u8>) {
         let top_at = self.top_at as usize;
         out.clear();
         out.extend_from_slice(&self.bytes[..top_at]);
-        let top = Insert::TopLines { branch, mac, record_route, max_forwards: self.max_forwards, x_auth };
-        render(top, self.eol(), own, out);
+        let top = TopLines { own, branch, mac, conn, tcp, record_route, max_forwards: self.max_forwards, x_auth };
+        top.write(self.eol(), out);
         out.extend_from_slice(&self.bytes[top_at..]);
     }
 
@@ -429,7 +466,7 @@ pub fn forward_response(m: &Message<'_>, out: &mut Vec<u8>) {
         }
     }
     out.clear();
-    splice(buf, 0, m.framed_len(), edits.sorted(), eol(m), &OwnLines::NONE, out);
+    splice(buf, 0, m.framed_len(), edits.sorted(), eol(m), None, out);
 }
 
 /// The physical header line(s) holding `s..e`, including the line break (and folded continuations).
@@ -493,7 +530,7 @@ pub fn local_reply(
         }
         let (ls, le) = (h.line.start as usize, h.line.end as usize);
         if name == HeaderName::Via {
-            splice(buf, ls, le, edits, eol, &OwnLines::NONE, out);
+            splice(buf, ls, le, edits, eol, None, out);
         } else if add_tag && name == HeaderName::To {
             push_tagged(&buf[ls..le], h.value.end as usize - ls, to_tag, out);
         } else {
@@ -597,8 +634,12 @@ mod tests {
     #[test]
     fn branches_round_trip() {
         let mut out = Vec::new();
-        push_branch(&mut out, 0xdead_beef_0123_4567, 42);
-        assert_eq!(parse_branch(&out), Some((0xdead_beef_0123_4567, 42)));
+        push_branch(&mut out, 0xdead_beef_0123_4567, 42, None);
+        assert_eq!(parse_branch(&out), Some((0xdead_beef_0123_4567, 42, None)));
+        let conn = ConnId::new(1, 9);
+        out.clear();
+        push_branch(&mut out, 7, 8, Some(conn));
+        assert_eq!(parse_branch(&out), Some((7, 8, Some(conn))), "a stream request's branch names its connection");
         assert_eq!(parse_branch(b"z9hG4bK-fsr0123"), None);
         assert_eq!(parse_branch(b"z9hG4bKother"), None);
     }

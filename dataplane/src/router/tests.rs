@@ -32,7 +32,7 @@ const REJECTED: &[u8] = CORPUS[8];
 /// `reply_to`.
 fn our_branch(t: &RoutingTable, key: u64, reply_to: &str) -> String {
     let mut b = Vec::new();
-    rewrite::push_branch(&mut b, key, t.proxy.branch_key.mac(key, reply_to.parse().unwrap(), b"OPTIONS"));
+    rewrite::push_branch(&mut b, key, t.proxy.branch_key.mac(key, reply_to.parse().unwrap(), None, b"OPTIONS"), None);
     String::from_utf8(b).unwrap()
 }
 
@@ -441,7 +441,7 @@ fn failover_table(weights: &[u32]) -> RoutingTable {
 fn drain(r: &mut Router) -> Vec<(SocketAddr, String)> {
     let mut v = Vec::new();
     while let Some((to, b)) = r.poll_transmit() {
-        v.push((to, text(&b)));
+        v.push((to.addr, text(&b)));
         r.recycle(b);
     }
     v
@@ -689,7 +689,7 @@ fn failed_over_on_silence(t: &RoutingTable) -> (Router, [SocketAddr; 2], [Vec<u8
     drain(&mut r);
     let moved = t0 + t.failover.no_answer_timeout + Duration::from_millis(1);
     r.tick(t, moved);
-    let sent: Vec<(SocketAddr, Vec<u8>)> = std::iter::from_fn(|| r.poll_transmit()).collect();
+    let sent: Vec<(SocketAddr, Vec<u8>)> = std::iter::from_fn(|| r.poll_transmit()).map(|(to, b)| (to.addr, b)).collect();
     assert_eq!(sent.len(), 1, "the next attempt only");
     let (second, second_invite) = sent.into_iter().next().unwrap();
     assert_ne!(second, first);
@@ -755,6 +755,7 @@ fn a_final_failure_without_a_to_header_is_still_acked_with_a_valid_ack() {
     assert_eq!(ack.to.unwrap().uri, parse(INVITE).unwrap().to.unwrap().uri);
 }
 mod hostile;
+mod stream;
 
 #[test]
 fn a_request_whose_first_header_is_our_route_still_gets_our_via() {

@@ -1,0 +1,190 @@
+//! End-to-end specs of SIP over TCP (docs/TCP.md): `fsroute run` with a UDP and a TCP listener and
+//! two shards, SIPp callers over TCP (`-t t1`: one connection for every call, `-t tn`: one per
+//! call) in front of SIPp backends over UDP, CANCEL and ACK on the INVITE's path, and hostile
+//! peers on raw TCP sockets that must cost only their own connection. Bounded in calls and time.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::*;
+
+/// A dispatcher config with a UDP listener (`{SIP}`) and a TCP listener on `tcp`.
+fn tcp_config(shards: usize, backends: &[u16], tcp: SocketAddr, extra_proxy: &str) -> String {
+    dispatcher_config(shards, backends, "round-robin")
+        .replace("listen = [\"{SIP}\"]", &format!("listen = [\"{{SIP}}\", \"tcp:{tcp}\"]\n{extra_proxy}"))
+}
+
+fn tcp_addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap()
+}
+
+/// The sum over shards of `/status`'s `shards[].tcp.<field>` (or `tcp.closed.<field>`).
+fn tcp_total(proxy: &Proxy, path: &[&str]) -> u64 {
+    proxy.status()["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| path.iter().fold(&s["tcp"], |v, k| &v[*k]).as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn sipp_calls_over_one_tcp_connection_reach_udp_backends_and_complete() {
+    let _g = serial();
+    let (b1, b2) = (free_udp_port(), free_udp_port());
+    let _uas1 = Sipp::uas(b1, None, &[]);
+    let _uas2 = Sipp::uas(b2, None, &[]);
+    let tcp = tcp_addr();
+    let proxy = Proxy::start(&tcp_config(2, &[b1, b2], tcp, ""));
+    // One connection carries every call: half of them belong to the shard that does not own it,
+    // so their responses reach the caller through the owner.
+    let run = Sipp::uac(tcp, None, 200, 100, &["-t", "t1"], Duration::from_secs(30));
+    assert!(run.all_calls_succeeded(), "{}\n{}", run.explain(), proxy.log());
+    assert_eq!(run.counter("Successful call"), Some(200), "{}", run.explain());
+    // INVITE, ACK and BYE per call came in over TCP; 180, 200 and the BYE's 200 went back on it.
+    assert!(tcp_total(&proxy, &["received"]) >= 600, "{}", proxy.status()["shards"]);
+    assert!(tcp_total(&proxy, &["sent"]) >= 600, "{}", proxy.status()["shards"]);
+    assert_eq!(tcp_total(&proxy, &["accepted"]), 1);
+    let handed: u64 = proxy.status()["shards"].as_array().unwrap().iter().map(|s| s["handed_off"].as_u64().unwrap()).sum();
+    assert!(handed > 0, "some calls were owned by the other shard");
+    assert!(proxy.stop().is_some_and(|s| s.success()));
+}
+
+#[test]
+fn sipp_with_a_tcp_connection_per_call_completes_and_every_connection_is_counted() {
+    let _g = serial();
+    let b1 = free_udp_port();
+    let _uas = Sipp::uas(b1, None, &[]);
+    let tcp = tcp_addr();
+    let proxy = Proxy::start(&tcp_config(2, &[b1], tcp, ""));
+    // SIPp refuses tn mode when its default socket budget exceeds the open-file limit.
+    let run = Sipp::uac(tcp, None, 50, 25, &["-t", "tn", "-max_socket", "200"], Duration::from_secs(30));
+    assert!(run.all_calls_succeeded(), "{}\n{}", run.explain(), proxy.log());
+    assert_eq!(run.counter("Successful call"), Some(50), "{}", run.explain());
+    assert!(tcp_total(&proxy, &["accepted"]) >= 50, "{}", proxy.status()["shards"]);
+    assert!(proxy.stop().is_some_and(|s| s.success()));
+}
+
+#[test]
+fn a_cancel_over_tcp_and_its_ack_reach_the_backend_that_got_the_invite() {
+    let _g = serial();
+    let (b1, b2) = (free_udp_port(), free_udp_port());
+    let uas_sf = repo_path("tests/scenarios/cancel_uas.xml");
+    let uac_sf = repo_path("tests/scenarios/cancel_uac.xml");
+    let uas1 = Sipp::uas(b1, Some(&uas_sf), &[]);
+    let uas2 = Sipp::uas(b2, Some(&uas_sf), &[]);
+    let tcp = tcp_addr();
+    let proxy = Proxy::start(&tcp_config(2, &[b1, b2], tcp, ""));
+    let run = Sipp::uac(tcp, Some(&uac_sf), 40, 20, &["-t", "t1"], Duration::from_secs(30));
+    assert!(run.all_calls_succeeded(), "{}\nuas1: {}\nuas2: {}\n{}", run.explain(), uas1.errors(), uas2.errors(), proxy.log());
+    assert_eq!(run.counter("Successful call"), Some(40), "{}", run.explain());
+    let st = proxy.status();
+    let fwd: Vec<u64> = st["dispatcher"][0]["destinations"].as_array().unwrap().iter().map(|d| d["forwarded"].as_u64().unwrap()).collect();
+    assert!(fwd.iter().all(|&f| f >= 15), "round-robin gave both backends INVITEs to cancel: {fwd:?}");
+}
+
+/// True when the peer closed `s` (EOF or reset) within the timeout.
+fn closed_by_peer(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut b = [0u8; 64];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => return e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut,
+        }
+    }
+}
+
+#[test]
+fn garbage_a_10_mb_content_length_and_idle_connections_are_closed_and_counted_while_udp_calls_go_on() {
+    let _g = serial();
+    let b1 = free_udp_port();
+    let _uas = Sipp::uas(b1, None, &[]);
+    let tcp = tcp_addr();
+    let proxy = Proxy::start(&tcp_config(2, &[b1], tcp, "tcp_idle_timeout = \"1s\"\ntcp_connections_per_source = 8"));
+    let mut huge = TcpStream::connect(tcp).unwrap();
+    huge.write_all(b"INVITE sip:100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bKx\r\nContent-Length: 10485760\r\n\r\n").unwrap();
+    let mut junk = TcpStream::connect(tcp).unwrap();
+    junk.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut idle = TcpStream::connect(tcp).unwrap();
+    // UDP callers are unaffected meanwhile.
+    let run = Sipp::uac(proxy.sip, None, 100, 100, &[], Duration::from_secs(30));
+    assert!(run.all_calls_succeeded(), "{}\n{}", run.explain(), proxy.log());
+    assert!(closed_by_peer(&mut huge), "a 10 MB Content-Length closes its connection");
+    assert!(closed_by_peer(&mut junk), "a stream message without Content-Length closes its connection");
+    assert!(closed_by_peer(&mut idle), "a silent connection is closed after tcp_idle_timeout");
+    assert!(wait_for(Duration::from_secs(5), || tcp_total(&proxy, &["closed", "too_large"]) == 1
+        && tcp_total(&proxy, &["closed", "framing"]) == 1
+        && tcp_total(&proxy, &["closed", "idle"]) == 1));
+    // The per-source limit: 8 open at once from 127.0.0.1, the ninth is refused.
+    let held: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(tcp).unwrap()).collect();
+    assert!(wait_for(Duration::from_secs(5), || tcp_total(&proxy, &["connections"]) == 8));
+    let mut ninth = TcpStream::connect(tcp).unwrap();
+    assert!(closed_by_peer(&mut ninth), "the ninth connection from one source is refused");
+    assert_eq!(tcp_total(&proxy, &["refused_source_limit"]), 1);
+    drop(held);
+    let metrics = http(proxy.admin, "GET", "/metrics", "").1;
+    assert!(metrics.contains("fsroute_shard_tcp_closed_total{shard=\"0\",reason=\"too_large\"}")
+        || metrics.contains("fsroute_shard_tcp_closed_total{shard=\"1\",reason=\"too_large\"}"), "{metrics}");
+    assert!(metrics.contains("fsroute_shard_tcp_connections{"), "{metrics}");
+}
+
+/// A config whose set holds the given destination URIs (with `;transport=` as written), on a
+/// failover route.
+fn transport_config(dests: &[String], tcp: SocketAddr) -> String {
+    let mut c = format!("[proxy]\nlisten = [\"{{SIP}}\", \"tcp:{tcp}\"]\nshards = 2\nrecord_route = true\n\n[control]\nadmin = \"{{ADMIN}}\"\n\n");
+    for d in dests {
+        c.push_str(&format!("[[dispatcher]]\nsetid = 1\ndestination = \"{d}\"\nweight = 1\n\n"));
+    }
+    c.push_str("[[route]]\nto_dispatcher = 1\nalgorithm = \"round-robin\"\nfailover = true\n\n[failover]\nno_answer_timeout = \"5s\"\n");
+    c
+}
+
+#[test]
+fn a_udp_caller_reaches_a_tcp_backend_and_a_tcp_caller_reaches_it_too() {
+    let _g = serial();
+    let b = free_tcp_port();
+    let uas = Sipp::uas(b, None, &["-t", "t1", "-max_socket", "200"]);
+    let tcp = tcp_addr();
+    let proxy = Proxy::start(&transport_config(&[format!("sip:127.0.0.1:{b};transport=tcp")], tcp));
+    let run = Sipp::uac(proxy.sip, None, 50, 25, &[], Duration::from_secs(30));
+    assert!(run.all_calls_succeeded(), "{}\nuas: {}\n{}", run.explain(), uas.errors(), proxy.log());
+    assert_eq!(run.counter("Successful call"), Some(50), "{}", run.explain());
+    // One connection per shard that sent to the backend, reused by every call.
+    let connected = tcp_total(&proxy, &["connected"]);
+    assert!((1..=2).contains(&connected), "{}", proxy.status()["shards"]);
+    let run = Sipp::uac(tcp, None, 20, 20, &["-t", "t1"], Duration::from_secs(30));
+    assert!(run.all_calls_succeeded(), "{}\nuas: {}\n{}", run.explain(), uas.errors(), proxy.log());
+    assert_eq!(tcp_total(&proxy, &["connected"]), connected, "the backend connections are reused");
+}
+
+#[test]
+fn a_tcp_destination_that_refuses_connections_is_failed_over_at_once_and_counted() {
+    let _g = serial();
+    let good = free_udp_port();
+    let _uas = Sipp::uas(good, None, &[]);
+    // Nothing listens on this TCP port: every connect is refused.
+    let dead = free_tcp_port();
+    let tcp = tcp_addr();
+    let proxy = Proxy::start(&transport_config(&[format!("sip:127.0.0.1:{dead};transport=tcp"), format!("sip:127.0.0.1:{good}")], tcp));
+    let started = std::time::Instant::now();
+    let run = Sipp::uac(proxy.sip, None, 20, 20, &[], Duration::from_secs(30));
+    assert!(run.all_calls_succeeded(), "{}\n{}", run.explain(), proxy.log());
+    assert_eq!(run.counter("Successful call"), Some(20), "{}", run.explain());
+    // Round-robin sent half the first attempts to the dead box: each failed over without waiting
+    // out the 5 s no-answer timer.
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(tcp_total(&proxy, &["connect_failed"]) >= 5, "{}", proxy.status()["shards"]);
+    let metrics = http(proxy.admin, "GET", "/metrics", "").1;
+    let failed: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("fsroute_destination_failed_total{") && l.contains(&format!("127.0.0.1:{dead};transport=tcp")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(failed >= 5, "the dead destination's failures are counted: {metrics}");
+}
