@@ -145,6 +145,11 @@ pub struct ShardStats {
     pub memory_full: AtomicU64,
     /// Expiry records queued for the call memory (bounded by 2 × transactions + 4 × dialogs + 3,072).
     pub expiry_records: AtomicU64,
+    /// HEP packets the capture socket handed to the kernel (docs/CAPTURE.md).
+    pub capture_sent: AtomicU64,
+    /// Captures lost: the ring full, a datagram too large for HEP, the collector refusing
+    /// (ICMP unreachable), or left waiting when capture was turned off or moved.
+    pub capture_dropped: AtomicU64,
 }
 
 impl ShardStats {
