@@ -185,82 +185,13 @@ pub fn encode(meta: &HepMeta, payload: &[u8], out: &mut Vec<u8>) -> Result<usize
 
 #[cfg(test)]
 mod tests {
-    //! The encoder checked against a decoder written here from the spec's tables (literal chunk
-    //! numbers, not the encoder's constants) and against the chunk bytes of heplify-server's own
-    //! test packet (`decoder/decoder_test.go`, `hepPacket`, github.com/sipcapture/heplify-server).
+    //! The encoder checked against a decoder written from the spec's tables (literal chunk
+    //! numbers, not the encoder's constants: `testing::decode_hep`) and against the chunk bytes
+    //! of heplify-server's own test packet (`decoder/decoder_test.go`, `hepPacket`,
+    //! github.com/sipcapture/heplify-server).
 
     use super::*;
-
-    /// What a collector reads from a packet.
-    #[derive(Debug, Default, PartialEq, Eq)]
-    struct Decoded {
-        family: Option<u8>,
-        protocol: Option<u8>,
-        src_ip: Option<IpAddr>,
-        dst_ip: Option<IpAddr>,
-        src_port: Option<u16>,
-        dst_port: Option<u16>,
-        seconds: Option<u32>,
-        micros: Option<u32>,
-        proto_type: Option<u8>,
-        capture_id: Option<u32>,
-        payload: Option<Vec<u8>>,
-        /// Chunk types in the order they came.
-        order: Vec<u16>,
-    }
-
-    fn be16(b: &[u8]) -> u16 {
-        u16::from_be_bytes([b[0], b[1]])
-    }
-
-    fn be32(b: &[u8]) -> u32 {
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-    }
-
-    /// HEP3 as the spec lays it out; errors for anything a strict collector would refuse.
-    fn decode(p: &[u8]) -> Result<Decoded, String> {
-        if p.len() < 6 || &p[..4] != b"HEP3" {
-            return Err("no HEP3 header".into());
-        }
-        if usize::from(be16(&p[4..6])) != p.len() {
-            return Err(format!("length field {} but {} bytes", be16(&p[4..6]), p.len()));
-        }
-        let mut d = Decoded::default();
-        let mut at = 6;
-        while at < p.len() {
-            let c = &p[at..];
-            if c.len() < 6 {
-                return Err("truncated chunk header".into());
-            }
-            let (vendor, kind, len) = (be16(c), be16(&c[2..]), usize::from(be16(&c[4..])));
-            if len < 6 || len > c.len() {
-                return Err(format!("chunk {kind:#06x} length {len}"));
-            }
-            let v = &c[6..len];
-            let fixed = |n: usize| if v.len() == n { Ok(()) } else { Err(format!("chunk {kind:#06x} has {} bytes, not {n}", v.len())) };
-            if vendor == 0 {
-                d.order.push(kind);
-                match kind {
-                    0x0001 => { fixed(1)?; d.family = Some(v[0]) }
-                    0x0002 => { fixed(1)?; d.protocol = Some(v[0]) }
-                    0x0003 => { fixed(4)?; d.src_ip = Some(IpAddr::from([v[0], v[1], v[2], v[3]])) }
-                    0x0004 => { fixed(4)?; d.dst_ip = Some(IpAddr::from([v[0], v[1], v[2], v[3]])) }
-                    0x0005 => { fixed(16)?; d.src_ip = Some(IpAddr::from(<[u8; 16]>::try_from(v).unwrap())) }
-                    0x0006 => { fixed(16)?; d.dst_ip = Some(IpAddr::from(<[u8; 16]>::try_from(v).unwrap())) }
-                    0x0007 => { fixed(2)?; d.src_port = Some(be16(v)) }
-                    0x0008 => { fixed(2)?; d.dst_port = Some(be16(v)) }
-                    0x0009 => { fixed(4)?; d.seconds = Some(be32(v)) }
-                    0x000a => { fixed(4)?; d.micros = Some(be32(v)) }
-                    0x000b => { fixed(1)?; d.proto_type = Some(v[0]) }
-                    0x000c => { fixed(4)?; d.capture_id = Some(be32(v)) }
-                    0x000f => d.payload = Some(v.to_vec()),
-                    _ => {}
-                }
-            }
-            at += len;
-        }
-        Ok(d)
-    }
+    use crate::testing::decode_hep as decode;
 
     /// heplify-server's test packet up to its capture-id chunk (192.168.247.250:5060 to
     /// 192.168.245.250:5060, 1520606104.119540, capture id 0), total length still to be set.

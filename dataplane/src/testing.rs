@@ -4,7 +4,7 @@
 //! tests or with the `testing` feature (which the benches, the integration tests and the fuzz
 //! targets turn on).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::dispatch::{Algorithm, HashMode, Member, Selector};
@@ -115,4 +115,92 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
         ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         unsafe { std::alloc::System.realloc(p, l, n) }
     }
+}
+
+/// A HEP3 packet as a collector reads it, decoded by [`decode_hep`] (written from the spec's
+/// chunk table, github.com/sipcapture/HEP, independently of `hep.rs`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HepPacket {
+    pub family: Option<u8>,
+    pub protocol: Option<u8>,
+    pub src_ip: Option<IpAddr>,
+    pub dst_ip: Option<IpAddr>,
+    pub src_port: Option<u16>,
+    pub dst_port: Option<u16>,
+    pub seconds: Option<u32>,
+    pub micros: Option<u32>,
+    pub proto_type: Option<u8>,
+    pub capture_id: Option<u32>,
+    pub payload: Option<Vec<u8>>,
+    /// Vendor-0 chunk types in the order they came.
+    pub order: Vec<u16>,
+}
+
+impl HepPacket {
+    pub fn src(&self) -> Option<SocketAddr> {
+        Some(SocketAddr::new(self.src_ip?, self.src_port?))
+    }
+
+    pub fn dst(&self) -> Option<SocketAddr> {
+        Some(SocketAddr::new(self.dst_ip?, self.dst_port?))
+    }
+
+    /// Microseconds since the Unix epoch.
+    pub fn time_us(&self) -> Option<u64> {
+        Some(u64::from(self.seconds?) * 1_000_000 + u64::from(self.micros?))
+    }
+}
+
+/// A chunk value of exactly `N` bytes.
+fn exact<const N: usize>(kind: u16, v: &[u8]) -> Result<[u8; N], String> {
+    <[u8; N]>::try_from(v).map_err(|_| format!("chunk {kind:#06x} has {} bytes, not {N}", v.len()))
+}
+
+/// HEP3 as the spec lays it out: `HEP3`, a 16-bit total length, then chunks of vendor (16 bits),
+/// type (16), length (16, header included) and value, big-endian. Errors for anything a strict
+/// collector (heplify-server) would refuse.
+pub fn decode_hep(p: &[u8]) -> Result<HepPacket, String> {
+    if p.len() < 6 || &p[..4] != b"HEP3" {
+        return Err("no HEP3 header".into());
+    }
+    let total = usize::from(u16::from_be_bytes([p[4], p[5]]));
+    if total != p.len() {
+        return Err(format!("length field {total} but {} bytes", p.len()));
+    }
+    let mut d = HepPacket::default();
+    let mut at = 6;
+    while at < p.len() {
+        let c = &p[at..];
+        if c.len() < 6 {
+            return Err("truncated chunk header".into());
+        }
+        let vendor = u16::from_be_bytes([c[0], c[1]]);
+        let kind = u16::from_be_bytes([c[2], c[3]]);
+        let len = usize::from(u16::from_be_bytes([c[4], c[5]]));
+        if len < 6 || len > c.len() {
+            return Err(format!("chunk {kind:#06x} length {len}"));
+        }
+        let v = &c[6..len];
+        if vendor == 0 {
+            d.order.push(kind);
+            match kind {
+                0x0001 => d.family = Some(exact::<1>(kind, v)?[0]),
+                0x0002 => d.protocol = Some(exact::<1>(kind, v)?[0]),
+                0x0003 => d.src_ip = Some(IpAddr::from(exact::<4>(kind, v)?)),
+                0x0004 => d.dst_ip = Some(IpAddr::from(exact::<4>(kind, v)?)),
+                0x0005 => d.src_ip = Some(IpAddr::from(exact::<16>(kind, v)?)),
+                0x0006 => d.dst_ip = Some(IpAddr::from(exact::<16>(kind, v)?)),
+                0x0007 => d.src_port = Some(u16::from_be_bytes(exact(kind, v)?)),
+                0x0008 => d.dst_port = Some(u16::from_be_bytes(exact(kind, v)?)),
+                0x0009 => d.seconds = Some(u32::from_be_bytes(exact(kind, v)?)),
+                0x000a => d.micros = Some(u32::from_be_bytes(exact(kind, v)?)),
+                0x000b => d.proto_type = Some(exact::<1>(kind, v)?[0]),
+                0x000c => d.capture_id = Some(u32::from_be_bytes(exact(kind, v)?)),
+                0x000f => d.payload = Some(v.to_vec()),
+                _ => {}
+            }
+        }
+        at += len;
+    }
+    Ok(d)
 }
