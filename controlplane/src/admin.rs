@@ -166,6 +166,10 @@ impl ControlView<'_> {
                         "memory_full": ShardStats::get(&st.memory_full),
                         "expiry_records": ShardStats::get(&st.expiry_records),
                     },
+                    "capture": {
+                        "sent": ShardStats::get(&st.capture_sent),
+                        "dropped": ShardStats::get(&st.capture_dropped),
+                    },
                     "dropped": dropped,
                     "refused": refused,
                 })
@@ -211,6 +215,11 @@ impl ControlView<'_> {
             "freeswitch": self.fs_metrics().iter().map(FsMetric::to_json).collect::<Vec<_>>(),
             "shards": shard_values,
             "table_generation": table.generation,
+            "capture": table.capture.map(|c| json!({
+                "hep": c.collector.to_string(),
+                "capture_id": c.capture_id,
+                "queue": c.queue,
+            })),
             "control": {
                 "heartbeat_to_table": summary(&timings.heartbeat_visible),
                 "table_rebuild": summary(&timings.rebuild),
@@ -654,6 +663,13 @@ pub fn metrics_text(
         &|s| &s.memory_full,
         &mut reg,
     );
+    per_shard("shard_capture_sent", "HEP packets sent towards the capture collector", &|s| &s.capture_sent, &mut reg);
+    per_shard(
+        "shard_capture_dropped",
+        "SIP datagrams not captured: HEP queue full, too large, or the collector refusing",
+        &|s| &s.capture_dropped,
+        &mut reg,
+    );
     gauge("shard_expiry_records", "Call-memory expiry records queued (at most 2 x transactions + 4 x dialogs + 3072)", &|s| &s.expiry_records, &mut reg);
 
     let reloads: Counter = Counter::default();
@@ -699,6 +715,7 @@ mod metrics_tests {
             assert!(seen.insert(name.to_string()), "{name} is registered twice:\n{text}");
         }
         assert!(seen.contains("fsroute_shard_replied") && seen.contains("fsroute_fs_headroom_available"), "{text}");
+        assert!(seen.contains("fsroute_shard_capture_sent") && seen.contains("fsroute_shard_capture_dropped"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
 }

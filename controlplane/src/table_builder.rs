@@ -149,7 +149,7 @@ pub fn build_table(
         proxy.branch_key = counters.branch_key;
     }
     proxy.host_ips = counters.host_ips.clone();
-    RoutingTable::new(generation, proxy, sets, routes).with_load_balancer(lb_groups, failover)
+    RoutingTable::new(generation, proxy, sets, routes).with_load_balancer(lb_groups, failover).with_capture(config.capture)
 }
 
 /// Takes fsroute's current load as `p_hb` for every load_balancer resource whose box sent new
