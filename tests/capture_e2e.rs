@@ -1,0 +1,199 @@
+//! End-to-end specs of HEP capture (`[capture]`, docs/CAPTURE.md): `fsroute run` between SIPp
+//! peers with a HEP collector on loopback (a UDP socket in the test, decoding HEP3 with the
+//! spec-written decoder of `fsroute_dataplane::testing`). Every message of a call appears once as
+//! received and once as sent, with the right addresses, ports, capture id and payload; a dead
+//! collector never costs a call; a SIGHUP turns capture on and off.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use fsroute_dataplane::testing::{decode_hep, HepPacket};
+
+/// A HEP collector reading as packets come.
+struct Collector {
+    addr: SocketAddr,
+    got: Arc<Mutex<Vec<HepPacket>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Collector {
+    fn start() -> Collector {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (g, st) = (got.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65_535];
+            while !st.load(Ordering::Relaxed) {
+                if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                    g.lock().unwrap().push(decode_hep(&buf[..n]).unwrap_or_else(|e| panic!("not HEP3: {e}")));
+                }
+            }
+        });
+        Collector { addr, got, stop }
+    }
+
+    /// What arrived, once nothing more has for 300 ms; emptied.
+    fn take(&self) -> Vec<HepPacket> {
+        let start = Instant::now();
+        let mut seen = usize::MAX;
+        while start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(300));
+            let n = self.got.lock().unwrap().len();
+            if n == seen {
+                break;
+            }
+            seen = n;
+        }
+        std::mem::take(&mut *self.got.lock().unwrap())
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+}
+
+/// One SIP message as captured: its start line, Call-ID, CSeq, top Via.
+struct Sip {
+    start: String,
+    call_id: String,
+    cseq: String,
+    top_via: String,
+}
+
+fn sip(p: &HepPacket) -> Sip {
+    let text = String::from_utf8(p.payload.clone().expect("a payload")).expect("SIP is text here");
+    let header = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).unwrap_or("").trim().to_string();
+    Sip { start: text.lines().next().unwrap_or("").to_string(), call_id: header("Call-ID:"), cseq: header("CSeq:"), top_via: header("Via:") }
+}
+
+fn capture_config(backend: u16, capture: &str) -> String {
+    format!(
+        "[proxy]\nlisten = [\"{{SIP}}\"]\nshards = 2\n\n[control]\nadmin = \"{{ADMIN}}\"\n\n{capture}\n\
+         [[dispatcher]]\nsetid = 1\ndestination = \"sip:127.0.0.1:{backend}\"\nweight = 1\n\n[[route]]\nto_dispatcher = 1\n"
+    )
+}
+
+fn shard_capture(proxy: &Proxy) -> (u64, u64) {
+    let st = proxy.status();
+    let shards = st["shards"].as_array().unwrap();
+    let sum = |k: &str| shards.iter().map(|s| s["capture"][k].as_u64().unwrap()).sum();
+    (sum("sent"), sum("dropped"))
+}
+
+#[test]
+fn every_message_of_a_sipp_call_reaches_the_collector_received_and_sent_with_its_addresses() {
+    let _g = serial();
+    let collector = Collector::start();
+    let backend = free_udp_port();
+    let _uas = Sipp::uas(backend, None, &[]);
+    let proxy = Proxy::start(&capture_config(backend, &format!("[capture]\nhep = \"{}\"\ncapture_id = 2001\n", collector.addr)));
+    // Proxy::start's readiness OPTIONS were captured too.
+    let _ = collector.take();
+    let before = now_us();
+    let calls = 3;
+    let run = Sipp::uac(proxy.sip, None, calls, 10, &[], Duration::from_secs(30));
+    assert!(run.all_calls_succeeded(), "{}\n{}", run.explain(), proxy.log());
+    let packets = collector.take();
+    let after = now_us();
+
+    let uac: SocketAddr = format!("127.0.0.1:{}", run.port).parse().unwrap();
+    let uas: SocketAddr = format!("127.0.0.1:{backend}").parse().unwrap();
+    let fsroute_via = format!("SIP/2.0/UDP {};branch=z9hG4bK", proxy.sip);
+    // Per call: INVITE, 180, 200, ACK, BYE, 200 (SIPp's stock UAS sends no 100), each once in
+    // and once out.
+    let mut per_call: HashMap<String, Vec<(&HepPacket, Sip)>> = HashMap::new();
+    for p in &packets {
+        assert_eq!((p.family, p.protocol, p.proto_type, p.capture_id), (Some(2), Some(17), Some(1), Some(2001)));
+        let t = p.time_us().unwrap();
+        assert!(before <= t && t <= after, "time {t} outside the run [{before}, {after}]");
+        let s = sip(p);
+        per_call.entry(s.call_id.clone()).or_default().push((p, s));
+    }
+    assert_eq!(per_call.len(), calls as usize, "{} packets", packets.len());
+    for (call, msgs) in &per_call {
+        assert_eq!(msgs.len(), 12, "call {call}: six messages, each received and sent");
+        for (method, cseq_method) in [("INVITE", "INVITE"), ("ACK", "ACK"), ("BYE", "BYE")] {
+            let req = |p: &&(&HepPacket, Sip)| p.1.start.starts_with(&format!("{method} ")) && p.1.cseq.ends_with(cseq_method);
+            let rx: Vec<_> = msgs.iter().filter(req).filter(|m| m.0.dst() == Some(proxy.sip)).collect();
+            let tx: Vec<_> = msgs.iter().filter(req).filter(|m| m.0.src() == Some(proxy.sip)).collect();
+            assert_eq!((rx.len(), tx.len()), (1, 1), "call {call}: {method} once in, once out");
+            assert_eq!(rx[0].0.src(), Some(uac), "{method} from the caller");
+            assert_eq!(tx[0].0.dst(), Some(uas), "{method} to the backend");
+            assert!(!rx[0].1.top_via.starts_with(&fsroute_via), "as received: the caller's Via on top");
+            assert!(tx[0].1.top_via.starts_with(&fsroute_via), "as sent: fsroute's Via on top: {}", tx[0].1.top_via);
+            assert!(rx[0].0.time_us() <= tx[0].0.time_us(), "{method} received before it was forwarded");
+        }
+        for (status, cseq_method) in [("180", "INVITE"), ("200", "INVITE"), ("200", "BYE")] {
+            let resp = |p: &&(&HepPacket, Sip)| p.1.start.starts_with(&format!("SIP/2.0 {status}")) && p.1.cseq.ends_with(cseq_method);
+            let rx: Vec<_> = msgs.iter().filter(resp).filter(|m| m.0.dst() == Some(proxy.sip)).collect();
+            let tx: Vec<_> = msgs.iter().filter(resp).filter(|m| m.0.src() == Some(proxy.sip)).collect();
+            assert_eq!((rx.len(), tx.len()), (1, 1), "call {call}: {status} to {cseq_method} once in, once out");
+            assert_eq!((rx[0].0.src(), tx[0].0.dst()), (Some(uas), Some(uac)), "{status}: from the backend to the caller");
+            assert!(rx[0].1.top_via.starts_with(&fsroute_via), "as received: fsroute's Via on top");
+            assert!(!tx[0].1.top_via.starts_with(&fsroute_via), "as sent: fsroute's Via gone");
+            assert!(rx[0].0.time_us() <= tx[0].0.time_us());
+        }
+    }
+    let (sent, dropped) = shard_capture(&proxy);
+    assert_eq!(dropped, 0);
+    assert!(sent >= packets.len() as u64, "{sent} counted, {} arrived", packets.len());
+    let st = proxy.status();
+    assert_eq!(st["capture"]["hep"], collector.addr.to_string());
+    let (code, metrics) = http(proxy.admin, "GET", "/metrics", "");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("fsroute_shard_capture_sent_total{shard=\"0\"}"), "{metrics}");
+    assert!(proxy.stop().is_some_and(|s| s.success()));
+}
+
+#[test]
+fn a_dead_collector_never_fails_a_call_and_a_sighup_turns_capture_on_and_off() {
+    let _g = serial();
+    let backend = free_udp_port();
+    let _uas = Sipp::uas(backend, None, &[]);
+    let proxy = Proxy::start(&capture_config(backend, ""));
+    assert!(proxy.status()["capture"].is_null());
+
+    // Nothing listens at the collector's address: loopback answers ICMP port unreachable.
+    let dead = free_udp_port();
+    proxy.rewrite_config(&capture_config(backend, &format!("[capture]\nhep = \"127.0.0.1:{dead}\"\n")));
+    proxy.signal(libc::SIGHUP);
+    assert!(wait_for(Duration::from_secs(5), || !proxy.status()["capture"].is_null()), "{}", proxy.log());
+    let run = Sipp::uac(proxy.sip, None, 50, 50, &[], Duration::from_secs(30));
+    assert!(run.all_calls_succeeded(), "{}\n{}", run.explain(), proxy.log());
+    assert!(wait_for(Duration::from_secs(3), || shard_capture(&proxy).1 > 0), "refused captures are counted: {:?}", shard_capture(&proxy));
+
+    // Back to a live collector, then off, without a restart.
+    let collector = Collector::start();
+    proxy.rewrite_config(&capture_config(backend, &format!("[capture]\nhep = \"{}\"\ncapture_id = 5\n", collector.addr)));
+    proxy.signal(libc::SIGHUP);
+    assert!(wait_for(Duration::from_secs(5), || proxy.status()["capture"]["capture_id"] == 5), "{}", proxy.log());
+    let run = Sipp::uac(proxy.sip, None, 1, 1, &[], Duration::from_secs(30));
+    assert!(run.all_calls_succeeded(), "{}", run.explain());
+    let packets = collector.take();
+    let call: Vec<_> = packets.iter().filter(|p| sip(p).start.starts_with("INVITE ")).collect();
+    assert_eq!(call.len(), 2, "the call's INVITE in and out");
+    assert!(packets.iter().all(|p| p.capture_id == Some(5)));
+
+    proxy.rewrite_config(&capture_config(backend, ""));
+    proxy.signal(libc::SIGHUP);
+    assert!(wait_for(Duration::from_secs(5), || proxy.status()["capture"].is_null()), "{}", proxy.log());
+    let run = Sipp::uac(proxy.sip, None, 1, 1, &[], Duration::from_secs(30));
+    assert!(run.all_calls_succeeded(), "{}", run.explain());
+    assert!(collector.take().iter().all(|p| !sip(p).start.starts_with("INVITE ")), "capture is off");
+    assert!(proxy.stop().is_some_and(|s| s.success()));
+}
