@@ -197,3 +197,74 @@ fn a_dead_collector_never_fails_a_call_and_a_sighup_turns_capture_on_and_off() {
     assert!(collector.take().iter().all(|p| !sip(p).start.starts_with("INVITE ")), "capture is off");
     assert!(proxy.stop().is_some_and(|s| s.success()));
 }
+
+/// The IPv4/UDP datagrams of a pcap file (as sngrep writes them): source, destination, payload.
+fn pcap_datagrams(file: &[u8]) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
+    assert!(file.len() >= 24 && file[..4] == [0xd4, 0xc3, 0xb2, 0xa1], "a little-endian pcap file");
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    // Link-layer header before IP: Ethernet, Linux cooked v1 / v2, raw IP.
+    let link = match u32_at(file, 20) {
+        1 => 14,
+        113 => 16,
+        276 => 20,
+        101 | 228 => 0,
+        other => panic!("link type {other}"),
+    };
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= file.len() {
+        let len = u32_at(file, at + 8) as usize;
+        let p = &file[at + 16 + link..at + 16 + len];
+        at += 16 + len;
+        let ihl = usize::from(p[0] & 15) * 4;
+        let ip = |i: usize| std::net::Ipv4Addr::new(p[i], p[i + 1], p[i + 2], p[i + 3]);
+        let port = |i: usize| u16::from_be_bytes([p[ihl + i], p[ihl + i + 1]]);
+        out.push((SocketAddr::from((ip(12), port(0))), SocketAddr::from((ip(16), port(2))), p[ihl + 8..].to_vec()));
+    }
+    out
+}
+
+/// Waits until something is bound to UDP `port` on 127.0.0.1 (/proc/net/udp, hex address:port).
+fn udp_bound(port: u16) -> bool {
+    let want = format!("0100007F:{port:04X}");
+    wait_for(Duration::from_secs(5), || std::fs::read_to_string("/proc/net/udp").is_ok_and(|t| t.contains(&want)))
+}
+
+#[test]
+fn sngrep_reads_a_captured_call_with_fsroutes_addresses() {
+    let _g = serial();
+    let ok = std::process::Command::new("sngrep").arg("-V").stdout(std::process::Stdio::null()).status().is_ok();
+    assert!(ok, "sngrep is not installed: `apt-get install -y sngrep` (.ci/run does it)");
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("hep.pcap");
+    let port = free_udp_port();
+    // -N: no interface, -q: quiet, -L: listen for HEP (and capture nothing else), -O: write a pcap.
+    let mut sngrep = std::process::Command::new("sngrep")
+        .args(["-N", "-q", "-L", &format!("udp:127.0.0.1:{port}"), "-O"])
+        .arg(&pcap)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn sngrep");
+    assert!(udp_bound(port), "sngrep listens");
+    let backend = free_udp_port();
+    let _uas = Sipp::uas(backend, None, &[]);
+    let proxy = Proxy::start(&capture_config(backend, &format!("[capture]\nhep = \"127.0.0.1:{port}\"\n")));
+    let run = Sipp::uac(proxy.sip, None, 2, 10, &[], Duration::from_secs(30));
+    assert!(run.all_calls_succeeded(), "{}", run.explain());
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on our own child; sngrep writes out its pcap on SIGINT.
+    unsafe { libc::kill(sngrep.id() as i32, libc::SIGINT) };
+    assert!(wait_with_timeout(&mut sngrep, Duration::from_secs(5)).is_some(), "sngrep stops on SIGINT");
+    let datagrams = pcap_datagrams(&std::fs::read(&pcap).expect("sngrep wrote its pcap"));
+    let uac: SocketAddr = format!("127.0.0.1:{}", run.port).parse().unwrap();
+    let uas: SocketAddr = format!("127.0.0.1:{backend}").parse().unwrap();
+    let calls: Vec<_> = datagrams.iter().filter(|(_, _, p)| !String::from_utf8_lossy(p).contains("CSeq: 1 OPTIONS")).collect();
+    assert_eq!(calls.len(), 2 * 12, "two calls, six messages each, in and out");
+    let legs = |from, to| calls.iter().filter(|(s, d, _)| *s == from && *d == to).count();
+    // INVITE, ACK, BYE from the caller in and on to the backend; 180, 200, 200 back.
+    assert_eq!((legs(uac, proxy.sip), legs(proxy.sip, uas), legs(uas, proxy.sip), legs(proxy.sip, uac)), (6, 6, 6, 6));
+    assert_eq!(shard_capture(&proxy).1, 0, "nothing dropped");
+    assert!(proxy.stop().is_some_and(|s| s.success()));
+}
