@@ -136,13 +136,24 @@ pub fn encoded_len(meta: &HepMeta, payload_len: usize) -> Option<usize> {
     (len <= MAX_PACKET).then_some(len)
 }
 
-fn put_chunk(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    // The caller checked the packet length, so every chunk length fits 16 bits.
-    let len = (CHUNK_HEADER + value.len()) as u16;
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&kind.to_be_bytes());
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(value);
+/// The chunks before the payload's value, assembled on the stack: two copies into the caller's
+/// buffer per packet (this and the payload) instead of a capacity check per field.
+struct Head {
+    bytes: [u8; overhead(16)],
+    len: usize,
+}
+
+impl Head {
+    fn put(&mut self, kind: u16, value: &[u8]) {
+        // The caller checked the packet length, so every chunk length fits 16 bits.
+        let len = (CHUNK_HEADER + value.len()) as u16;
+        let b = &mut self.bytes[self.len..self.len + CHUNK_HEADER + value.len()];
+        b[..2].copy_from_slice(&[0, 0]);
+        b[2..4].copy_from_slice(&kind.to_be_bytes());
+        b[4..6].copy_from_slice(&len.to_be_bytes());
+        b[6..].copy_from_slice(value);
+        self.len += CHUNK_HEADER + value.len();
+    }
 }
 
 /// Writes one HEP3 packet carrying `payload` into `out` (cleared first) and returns its length.
@@ -154,31 +165,37 @@ pub fn encode(meta: &HepMeta, payload: &[u8], out: &mut Vec<u8>) -> Result<usize
         return Err(TooLarge { len: payload.len(), max: max_payload });
     }
     let total = MAX_PACKET - max_payload + payload.len();
-    out.clear();
-    out.reserve(total);
-    out.extend_from_slice(b"HEP3");
-    out.extend_from_slice(&(total as u16).to_be_bytes());
+    let mut h = Head { bytes: [0; overhead(16)], len: 6 };
+    h.bytes[..4].copy_from_slice(b"HEP3");
+    h.bytes[4..6].copy_from_slice(&(total as u16).to_be_bytes());
     match addrs {
         Addrs::V4(s, d) => {
-            put_chunk(out, chunk::IP_FAMILY, &[FAMILY_V4]);
-            put_chunk(out, chunk::IP_PROTOCOL, &[PROTO_UDP]);
-            put_chunk(out, chunk::IPV4_SRC, &s);
-            put_chunk(out, chunk::IPV4_DST, &d);
+            h.put(chunk::IP_FAMILY, &[FAMILY_V4]);
+            h.put(chunk::IP_PROTOCOL, &[PROTO_UDP]);
+            h.put(chunk::IPV4_SRC, &s);
+            h.put(chunk::IPV4_DST, &d);
         }
         Addrs::V6(s, d) => {
-            put_chunk(out, chunk::IP_FAMILY, &[FAMILY_V6]);
-            put_chunk(out, chunk::IP_PROTOCOL, &[PROTO_UDP]);
-            put_chunk(out, chunk::IPV6_SRC, &s);
-            put_chunk(out, chunk::IPV6_DST, &d);
+            h.put(chunk::IP_FAMILY, &[FAMILY_V6]);
+            h.put(chunk::IP_PROTOCOL, &[PROTO_UDP]);
+            h.put(chunk::IPV6_SRC, &s);
+            h.put(chunk::IPV6_DST, &d);
         }
     }
-    put_chunk(out, chunk::SRC_PORT, &meta.src.port().to_be_bytes());
-    put_chunk(out, chunk::DST_PORT, &meta.dst.port().to_be_bytes());
-    put_chunk(out, chunk::TIME_SECONDS, &meta.time.seconds.to_be_bytes());
-    put_chunk(out, chunk::TIME_MICROS, &meta.time.micros.to_be_bytes());
-    put_chunk(out, chunk::PROTOCOL_TYPE, &[TYPE_SIP]);
-    put_chunk(out, chunk::CAPTURE_ID, &meta.capture_id.to_be_bytes());
-    put_chunk(out, chunk::PAYLOAD, payload);
+    h.put(chunk::SRC_PORT, &meta.src.port().to_be_bytes());
+    h.put(chunk::DST_PORT, &meta.dst.port().to_be_bytes());
+    h.put(chunk::TIME_SECONDS, &meta.time.seconds.to_be_bytes());
+    h.put(chunk::TIME_MICROS, &meta.time.micros.to_be_bytes());
+    h.put(chunk::PROTOCOL_TYPE, &[TYPE_SIP]);
+    h.put(chunk::CAPTURE_ID, &meta.capture_id.to_be_bytes());
+    // The payload chunk's header; its value is the payload itself.
+    let payload_len = ((CHUNK_HEADER + payload.len()) as u16).to_be_bytes();
+    h.put(chunk::PAYLOAD, &[]);
+    h.bytes[h.len - 2..h.len].copy_from_slice(&payload_len);
+    out.clear();
+    out.reserve(total);
+    out.extend_from_slice(&h.bytes[..h.len]);
+    out.extend_from_slice(payload);
     debug_assert_eq!(out.len(), total);
     Ok(total)
 }
