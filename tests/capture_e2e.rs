@@ -7,61 +7,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use fsroute_dataplane::testing::{decode_hep, HepPacket};
-
-/// A HEP collector reading as packets come.
-struct Collector {
-    addr: SocketAddr,
-    got: Arc<Mutex<Vec<HepPacket>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Collector {
-    fn start() -> Collector {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        let addr = sock.local_addr().unwrap();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (g, st) = (got.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65_535];
-            while !st.load(Ordering::Relaxed) {
-                if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                    g.lock().unwrap().push(decode_hep(&buf[..n]).unwrap_or_else(|e| panic!("not HEP3: {e}")));
-                }
-            }
-        });
-        Collector { addr, got, stop }
-    }
-
-    /// What arrived, once nothing more has for 300 ms; emptied.
-    fn take(&self) -> Vec<HepPacket> {
-        let start = Instant::now();
-        let mut seen = usize::MAX;
-        while start.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(300));
-            let n = self.got.lock().unwrap().len();
-            if n == seen {
-                break;
-            }
-            seen = n;
-        }
-        std::mem::take(&mut *self.got.lock().unwrap())
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
+use fsroute_dataplane::testing::{HepCollector as Collector, HepPacket};
 
 fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64

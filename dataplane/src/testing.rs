@@ -2,10 +2,13 @@
 //! proxy identity and a one-set routing table, built the way the control plane builds them. Not
 //! part of the product's interface: hidden from docs, and compiled only for this crate's own unit
 //! tests or with the `testing` feature (which the benches, the integration tests and the fuzz
-//! targets turn on).
+//! targets turn on). Also the HEP side of the capture tests: a decoder written from the spec and a
+//! collector socket that decodes what arrives.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::dispatch::{Algorithm, HashMode, Member, Selector};
 use crate::table::{Destination, DispatcherSet, ProxySettings, Route, RouteMatch, RouteTarget, RoutingTable};
@@ -203,4 +206,72 @@ pub fn decode_hep(p: &[u8]) -> Result<HepPacket, String> {
         at += len;
     }
     Ok(d)
+}
+
+/// A HEP collector on loopback that reads as packets come (a collector reading late would lose
+/// them to its socket buffer), decoding each with [`decode_hep`]; stops when dropped.
+pub struct HepCollector {
+    pub addr: SocketAddr,
+    got: Arc<Mutex<Vec<HepPacket>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl HepCollector {
+    pub fn start() -> HepCollector {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (g, st) = (got.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65_535];
+            while !st.load(Ordering::Relaxed) {
+                if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                    let p = decode_hep(&buf[..n]).unwrap_or_else(|e| panic!("not HEP3: {e}"));
+                    g.lock().unwrap().push(p);
+                }
+            }
+        });
+        HepCollector { addr, got, stop }
+    }
+
+    /// What arrived, once nothing more has for 300 ms (10 s at most); emptied.
+    pub fn take(&self) -> Vec<HepPacket> {
+        let start = Instant::now();
+        let mut seen = usize::MAX;
+        while start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(300));
+            let n = self.got.lock().unwrap().len();
+            if n == seen {
+                break;
+            }
+            seen = n;
+        }
+        std::mem::take(&mut *self.got.lock().unwrap())
+    }
+}
+
+impl Drop for HepCollector {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A table like [`one_set_table`] whose proxy identity is the listeners a test's data plane ended
+/// up bound to.
+pub fn listener_table(bound: &[SocketAddr]) -> RoutingTable {
+    let mut t = one_set_table(&[1], Algorithm::RoundRobin, 2);
+    t.proxy.local_names = bound.iter().map(|a| (a.ip().to_string(), a.port())).collect();
+    t.proxy.local_addrs = bound.to_vec();
+    t.proxy.advertise_host = bound[0].ip().to_string();
+    t.proxy.advertise_port = bound[0].port();
+    t
+}
+
+/// An OPTIONS addressed to fsroute itself (answered 200 by the shard), call `n`.
+pub fn options_to(to: SocketAddr, from: SocketAddr, n: u32) -> String {
+    format!(
+        "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK-probe-{n};rport\r\nMax-Forwards: 70\r\nFrom: <sip:probe@{from}>;tag=p{n}\r\nTo: <sip:{to}>\r\nCall-ID: probe-{n}@{from}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
 }

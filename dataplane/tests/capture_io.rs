@@ -5,83 +5,17 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fsroute_dataplane::dispatch::Algorithm;
 use fsroute_dataplane::shard::{DataPlane, ShardSpec};
 use fsroute_dataplane::socket::Ingress;
 use fsroute_dataplane::table::{ArcSwap, CaptureSettings, RoutingTable};
-use fsroute_dataplane::testing::{decode_hep, one_set_table, HepPacket};
-
-fn table_for(bound: &[SocketAddr], capture: Option<CaptureSettings>) -> RoutingTable {
-    let mut t = one_set_table(&[1], Algorithm::RoundRobin, 2).with_capture(capture);
-    t.proxy.local_names = bound.iter().map(|a| (a.ip().to_string(), a.port())).collect();
-    t.proxy.local_addrs = bound.to_vec();
-    t.proxy.advertise_host = bound[0].ip().to_string();
-    t.proxy.advertise_port = bound[0].port();
-    t
-}
-
-fn options_to(to: SocketAddr, from: SocketAddr, n: u32) -> String {
-    format!(
-        "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK-cap-{n};rport\r\nMax-Forwards: 70\r\nFrom: <sip:probe@{from}>;tag=c{n}\r\nTo: <sip:{to}>\r\nCall-ID: cap-{n}@{from}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
-    )
-}
+use fsroute_dataplane::testing::{listener_table, options_to, HepCollector as Collector, HepPacket};
 
 fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
-}
-
-/// A HEP collector on loopback that reads as packets come (a collector reading late would lose
-/// them to its socket buffer), decoding each.
-struct Collector {
-    addr: SocketAddr,
-    got: Arc<Mutex<Vec<HepPacket>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Collector {
-    fn start() -> Collector {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        let addr = sock.local_addr().unwrap();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (g, st) = (got.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65_535];
-            while !st.load(Ordering::Relaxed) {
-                if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                    let p = decode_hep(&buf[..n]).unwrap_or_else(|e| panic!("not HEP3: {e}"));
-                    g.lock().unwrap().push(p);
-                }
-            }
-        });
-        Collector { addr, got, stop }
-    }
-
-    /// What arrived, once nothing more has for 300 ms (10 s at most); emptied.
-    fn take(&self) -> Vec<HepPacket> {
-        let start = Instant::now();
-        let mut seen = usize::MAX;
-        while start.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(300));
-            let n = self.got.lock().unwrap().len();
-            if n == seen {
-                break;
-            }
-            seen = n;
-        }
-        std::mem::take(&mut *self.got.lock().unwrap())
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 fn call_id(p: &HepPacket) -> String {
@@ -91,9 +25,9 @@ fn call_id(p: &HepPacket) -> String {
 
 fn start(shards: usize, capture: impl Fn(&[SocketAddr]) -> Option<CaptureSettings>) -> (DataPlane, Arc<ArcSwap<RoutingTable>>) {
     let spec = ShardSpec { listeners: vec!["127.0.0.1:0".parse().unwrap()], shards, ingress: Ingress::Flow, handoff_capacity: 8192, pin: false };
-    let table = Arc::new(ArcSwap::from_pointee(table_for(&["127.0.0.1:5060".parse().unwrap()], None)));
+    let table = Arc::new(ArcSwap::from_pointee(listener_table(&["127.0.0.1:5060".parse().unwrap()])));
     let dp = DataPlane::start(&spec, table.clone()).expect("bind a loopback listener");
-    table.store(Arc::new(table_for(&dp.bound, capture(&dp.bound))));
+    table.store(Arc::new(listener_table(&dp.bound).with_capture(capture(&dp.bound))));
     (dp, table)
 }
 
@@ -244,14 +178,14 @@ fn a_table_swap_moves_capture_and_turns_it_off_without_a_restart() {
     ask(1);
     assert_eq!(first.take().len(), 2);
 
-    table.store(Arc::new(table_for(&dp.bound, Some(CaptureSettings { collector: b, capture_id: 9, queue: 64 }))));
+    table.store(Arc::new(listener_table(&dp.bound).with_capture(Some(CaptureSettings { collector: b, capture_id: 9, queue: 64 }))));
     ask(2);
     let moved = second.take();
     assert_eq!(moved.len(), 2, "the next batch goes to the new collector");
     assert!(moved.iter().all(|p| p.capture_id == Some(9)));
     assert!(first.take().is_empty());
 
-    table.store(Arc::new(table_for(&dp.bound, None)));
+    table.store(Arc::new(listener_table(&dp.bound)));
     ask(3);
     assert!(second.take().is_empty() && first.take().is_empty(), "off");
     assert_eq!(counted(&dp), (4, 0));
