@@ -301,3 +301,17 @@ fn check_warns_about_an_admin_listener_reachable_from_other_hosts_and_still_pass
     let out = Command::new(fsroute_bin()).args(["check", "--config"]).arg(&path).output().unwrap();
     assert!(out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("warning"), "{out:?}");
 }
+
+/// The admin listener is bound before the data plane starts: whoever waits for fsroute to answer
+/// SIP (a supervisor, a test, `fsroute ctl` in a script) finds the admin API listening too. When
+/// the data plane came first, `fsroute ctl` right after the first SIP answer could be refused.
+#[test]
+fn the_admin_api_is_listening_as_soon_as_fsroute_answers_sip() {
+    let _g = serial();
+    for _ in 0..3 {
+        let proxy = Proxy::start(&config());
+        let conn = std::net::TcpStream::connect_timeout(&proxy.admin, Duration::from_secs(1));
+        assert!(conn.is_ok(), "admin refused right after SIP answered: {conn:?}\n{}", proxy.log());
+        assert_eq!(proxy.status()["config"]["reloads"], 0);
+    }
+}

@@ -185,7 +185,7 @@ fn a_wrong_or_missing_token_fails_with_a_message_naming_the_token_and_exit_1() {
     let admin = format!("http://{}", proxy.admin);
 
     let out = ctl_env(&admin, &["ds-list", "--token", "not-the-token-0123456789"], &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert_eq!(out.status.code(), Some(1), "stdout: {}\nstderr: {}", stdout(&out), stderr(&out));
     assert!(stdout(&out).is_empty());
     let err = stderr(&out);
     assert!(err.contains("401") && err.contains("is not the one in [control] admin_token"), "{err}");

@@ -50,6 +50,9 @@ pub struct Step {
     pub uac: UacReport,
     pub proxy_cpu_s: Option<f64>,
     pub proxy_cpu_per_call_us: Option<f64>,
+    /// System calls of the proxy per call offered (only in a step run by
+    /// [`run_step_counting_syscalls`]; the count includes the 0.3 s before the load).
+    pub proxy_syscalls_per_call: Option<f64>,
 }
 
 /// Parameters of a step: everything but the rate.
@@ -115,7 +118,19 @@ pub fn run_step(name: &str, peer: Option<&Peer>, spec: &StepSpec, rate: f64) -> 
         uac: r,
         proxy_cpu_s: cpu,
         proxy_cpu_per_call_us: per_call,
+        proxy_syscalls_per_call: None,
     })
+}
+
+/// A step at `rate` whose proxy system calls are counted (sys::SyscallCounter); its CPU figure is
+/// not comparable with other steps' (the tracepoint costs a little per syscall).
+pub fn run_step_counting_syscalls(name: &str, peer: &crate::peers::Peer, spec: &StepSpec, rate: f64) -> Result<Step, String> {
+    let counter = crate::sys::SyscallCounter::start(peer.pid(), peer.dir.0.join("perf-syscalls.csv"));
+    let mut step = run_step(name, Some(peer), spec, rate)?;
+    step.proxy_cpu_s = None;
+    step.proxy_cpu_per_call_us = None;
+    step.proxy_syscalls_per_call = counter.and_then(|c| c.finish()).filter(|_| step.uac.attempted > 0).map(|n| n as f64 / step.uac.attempted as f64);
+    Ok(step)
 }
 
 #[derive(Clone, Debug)]

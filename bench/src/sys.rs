@@ -241,6 +241,11 @@ fn parent_pid(pid: u32) -> Option<u32> {
 /// CPU seconds of a process and all its descendants that are alive now (Kamailio forks
 /// its workers; fsroute and the relay are one process with threads).
 pub fn tree_cpu_secs(root: u32) -> f64 {
+    tree_pids(root).iter().filter_map(|&p| process_cpu_secs(p)).sum()
+}
+
+/// `root` and its descendants (Kamailio forks its workers).
+pub fn tree_pids(root: u32) -> Vec<u32> {
     let mut pids = vec![root];
     if let Ok(rd) = std::fs::read_dir("/proc") {
         let all: Vec<u32> = rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
@@ -255,7 +260,46 @@ pub fn tree_cpu_secs(root: u32) -> f64 {
             }
         }
     }
-    pids.iter().filter_map(|&p| process_cpu_secs(p)).sum()
+    pids
+}
+
+/// System calls a process tree makes while it runs, counted by `perf stat -e
+/// raw_syscalls:sys_enter` attached to every process of the tree (all their threads). The
+/// tracepoint adds a little to each syscall, so it is counted in a step of its own, never in a
+/// step whose CPU is measured. None where perf or the tracepoint is unavailable.
+pub struct SyscallCounter {
+    perf: std::process::Child,
+    out: std::path::PathBuf,
+}
+
+impl SyscallCounter {
+    pub fn start(root: u32, out: std::path::PathBuf) -> Option<SyscallCounter> {
+        let pids = tree_pids(root).iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let perf = std::process::Command::new("perf")
+            .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p", &pids, "-o"])
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        // perf counts from when it has attached; give it that before the load starts.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Some(SyscallCounter { perf, out })
+    }
+
+    /// Stops counting (SIGINT, as perf expects) and reads the total.
+    pub fn finish(mut self) -> Option<u64> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.perf.id() as i32, libc::SIGINT);
+        }
+        self.perf.wait().ok()?;
+        let text = std::fs::read_to_string(&self.out).ok()?;
+        text.lines()
+            .find(|l| l.contains("raw_syscalls:sys_enter"))
+            .and_then(|l| l.split(',').next())
+            .and_then(|n| n.trim().parse().ok())
+    }
 }
 
 /// CPU seconds used by this process so far (the generator's own cost, reported for context).

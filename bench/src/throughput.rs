@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::common::{machine, run_step, search, Opts, Search, SearchParams, Step, StepSpec};
+use crate::common::{machine, run_step, run_step_counting_syscalls, search, Opts, Search, SearchParams, Step, StepSpec};
 use crate::peers::{Dest, Peer, ProxyConfig};
 use crate::report::{num, progress, us, Table};
 use crate::uas::FastUas;
@@ -28,6 +28,8 @@ pub struct ThroughputResult {
     /// Proxy CPU per call at one common fixed rate.
     pub cpu_rate: f64,
     pub cpu_steps: Vec<Step>,
+    /// The same rate again with the proxy's system calls counted (perf stat), when perf can.
+    pub syscall_steps: Vec<Step>,
     /// Direct vs fsroute N shards at half fsroute's max.
     pub half_rate_steps: Vec<Step>,
     pub added_p99_us: Option<i64>,
@@ -74,6 +76,7 @@ pub fn run(o: &Opts) -> Result<ThroughputResult, String> {
     let mut searches = Vec::new();
     let mut skipped = Vec::new();
     let mut cpu_steps = Vec::new();
+    let mut syscall_steps = Vec::new();
 
     // Direct: no proxy; socket i talks to backend i % 2.
     let mut direct_spec = spec(backends[0]);
@@ -85,6 +88,7 @@ pub fn run(o: &Opts) -> Result<ThroughputResult, String> {
         let s = search(&relay.name.clone(), Some(&relay), &spec(relay.sip), &params, &pb, t0)?;
         searches.push(s);
         cpu_steps.push(run_step(&relay.name, Some(&relay), &spec(relay.sip), cpu_rate)?);
+        syscall_steps.push(run_step_counting_syscalls(&relay.name, &relay, &spec(relay.sip), cpu_rate)?);
     }
     let mut fsroute_n_max = 0.0;
     for shards in [1, shards_n] {
@@ -95,12 +99,14 @@ pub fn run(o: &Opts) -> Result<ThroughputResult, String> {
         }
         searches.push(s);
         cpu_steps.push(run_step(&p.name, Some(&p), &spec(p.sip), cpu_rate)?);
+        syscall_steps.push(run_step_counting_syscalls(&p.name, &p, &spec(p.sip), cpu_rate)?);
     }
     match Peer::kamailio(&backends, shards_n) {
         Ok(k) => {
             let s = search(&k.name.clone(), Some(&k), &spec(k.sip), &params, &pb, t0)?;
             searches.push(s);
             cpu_steps.push(run_step(&k.name, Some(&k), &spec(k.sip), cpu_rate)?);
+            syscall_steps.push(run_step_counting_syscalls(&k.name, &k, &spec(k.sip), cpu_rate)?);
         }
         Err(e) => skipped.push(format!("Kamailio: {e}")),
     }
@@ -130,6 +136,7 @@ pub fn run(o: &Opts) -> Result<ThroughputResult, String> {
         skipped,
         cpu_rate,
         cpu_steps,
+        syscall_steps,
         half_rate_steps,
         added_p99_us,
     })
@@ -179,6 +186,22 @@ pub fn render(r: &ThroughputResult) -> String {
     }
     out.push('\n');
     out.push_str(&c.render());
+    if r.syscall_steps.iter().any(|s| s.proxy_syscalls_per_call.is_some()) {
+        let mut sc = Table::new(
+            format!("proxy system calls per call at {:.0} calls/s offered (perf stat -e raw_syscalls:sys_enter, a step of its own)", r.cpu_rate),
+            &["target", "calls", "failed", "syscalls/call"],
+        );
+        for s in &r.syscall_steps {
+            sc.row(vec![
+                s.target.clone(),
+                s.uac.attempted.to_string(),
+                s.uac.failed().to_string(),
+                s.proxy_syscalls_per_call.map_or("-".into(), |v| format!("{v:.1}")),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&sc.render());
+    }
     if !r.half_rate_steps.is_empty() {
         let mut h = Table::new(
             format!("latency at half of fsroute's max ({:.0} calls/s)", r.half_rate_steps[0].rate),

@@ -494,6 +494,7 @@ impl FsMetric {
             "units_reconciled": self.units_reconciled,
             "clamped": {
                 "max_sessions": self.clamped.max_sessions,
+                "session_count": self.clamped.session_count,
                 "sessions_per_second": self.clamped.sessions_per_second,
                 "idle_cpu": self.clamped.idle_cpu,
             },
@@ -539,7 +540,7 @@ fn register_fs(reg: &mut Registry, boxes: &[FsMetric]) {
     let clamped = Family::<ClampLabels, Counter>::default();
     for b in boxes {
         let c = &b.clamped;
-        for (field, n) in [("max_sessions", c.max_sessions), ("sessions_per_second", c.sessions_per_second), ("idle_cpu", c.idle_cpu)] {
+        for (field, n) in [("max_sessions", c.max_sessions), ("session_count", c.session_count), ("sessions_per_second", c.sessions_per_second), ("idle_cpu", c.idle_cpu)] {
             clamped.get_or_create(&ClampLabels { fs: b.url.clone(), field: field.to_string() }).inc_by(n);
         }
     }

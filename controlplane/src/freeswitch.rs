@@ -15,7 +15,7 @@ use fsroute_dataplane::lb::HUNDRED_PERCENT_MICRO;
 // not depend on each other; the control plane, which reads the one into the other, checks they agree.
 const _: () = assert!(fsroute_esl::heartbeat::IDLE_CPU_MICRO_MAX == HUNDRED_PERCENT_MICRO);
 
-use crate::state::{FsStats, Stats};
+use crate::state::{FsStats, Reading, Stats, Uptimes};
 use crate::config::{Config, FsEndpoint, FsKey};
 
 /// What `/status` and `/metrics` show about one box, besides its numbers in `Stats`.
@@ -36,13 +36,15 @@ pub struct FsInfo {
     pub clamped: Clamped,
 }
 
-/// Per field, the readings in which a box reported more than fsroute believes: Max-Sessions or
-/// sessions-per-second above `control.max_sessions_ceiling`, Idle-CPU above 100 %. A box that
-/// claims a million free sessions (or 2^64 − 1, or an idle CPU of 400 %) would otherwise look
-/// the emptiest by far and attract every call.
+/// Per field, the readings in which a box reported more than fsroute believes: Max-Sessions,
+/// Session-Count or sessions-per-second above `control.max_sessions_ceiling`, Idle-CPU above
+/// 100 %. A box that claims a million free sessions (or 2^64 − 1, or an idle CPU of 400 %) would
+/// otherwise look the emptiest by far and attract every call; a Session-Count of 2^64 − 1 would
+/// overflow the CPU-cost fit's window sum and flatten its line for every later reading.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Clamped {
     pub max_sessions: u64,
+    pub session_count: u64,
     pub sessions_per_second: u64,
     pub idle_cpu: u64,
 }
@@ -94,20 +96,27 @@ fn url_of(fs: &FsEndpoint) -> EslUrl {
 pub const PAUSE_CHECK: &str = "fsctl pause_check inbound";
 
 /// Folds one set of numbers (a HEARTBEAT, or an `api status` reading) into a box's stats: figures
-/// past what a real box reports are read as their bound (`ceiling` for Max-Sessions and
-/// sessions-per-second, 100 % for Idle-CPU), a restart resets its accounting, a shrinking
+/// past what a real box reports are read as their bound (`ceiling` for Max-Sessions,
+/// Session-Count and sessions-per-second, 100 % for Idle-CPU), a restart resets its accounting, a shrinking
 /// Max-Sessions is counted, the CPU-cost history grows.
-fn apply_numbers(entry: &mut FsStats, info: &mut FsInfo, h: &HeartbeatStats, now: Instant, smoothing_s: u32, ceiling: u32) {
+fn apply_numbers(entry: &mut FsStats, info: &mut FsInfo, h: &HeartbeatStats, reading: Reading, now: Instant, smoothing_s: u32, ceiling: u32) {
     let c = &mut info.clamped;
     let max_sessions = bounded(h.max_sessions, u64::from(ceiling), &mut c.max_sessions, &info.url, "Max-Sessions") as u32;
+    let session_count = bounded(h.session_count, u64::from(ceiling), &mut c.session_count, &info.url, "Session-Count");
     let sps_limit = h.sessions_per_sec_limit.map(|v| bounded(v, u64::from(ceiling), &mut c.sessions_per_second, &info.url, "sessions-per-second"));
     let idle_cpu_micro = bounded(u64::from(h.idle_cpu_micro), u64::from(HUNDRED_PERCENT_MICRO), &mut c.idle_cpu, &info.url, "Idle-CPU") as u32;
     let new_uuid = matches!((&entry.core_uuid, &h.core_uuid), (Some(a), Some(b)) if a != b);
-    let uptime_back = matches!((entry.uptime_msec, h.uptime_msec), (Some(a), Some(b)) if b < a);
+    let uptime_back = h.uptime_msec.is_some_and(|up| entry.uptime.went_back(reading, up));
     if new_uuid || uptime_back {
         info.restarts += 1;
         tracing::warn!(box = %info.url, new_uuid, uptime_back, "FreeSWITCH restarted: its accounting starts again");
         entry.boot += 1;
+        entry.uptime = Uptimes::default();
+        // Seen by its uptime, in a reading without Core-UUID (`api status`): the new boot's
+        // UUID, in its next heartbeat, is the same restart, not another.
+        if h.core_uuid.is_none() {
+            entry.core_uuid = None;
+        }
         entry.cpu_fit.clear();
         entry.shutdown_requested = false;
         entry.paused = false;
@@ -120,12 +129,12 @@ fn apply_numbers(entry: &mut FsStats, info: &mut FsInfo, h: &HeartbeatStats, now
     entry.seq += 1;
     entry.on_numbers(now);
     entry.idle_cpu_micro = idle_cpu_micro;
-    entry.session_count = u32::try_from(h.session_count).unwrap_or(u32::MAX);
+    entry.session_count = session_count as u32;
     entry.max_sessions = max_sessions;
     // A box younger than its smoothing depth still averages in the 100 % its ring started with.
     let settled = h.uptime_msec.or(entry.uptime_msec).is_none_or(|up| up >= u64::from(smoothing_s) * 1000);
     if settled {
-        entry.cpu_fit.push(now, h.session_count, idle_cpu_micro, Duration::from_secs(u64::from(smoothing_s)));
+        entry.cpu_fit.push(now, session_count, idle_cpu_micro, Duration::from_secs(u64::from(smoothing_s)));
     }
     // Only `api status` carries these; a heartbeat keeps the last reading.
     if sps_limit.is_some() {
@@ -137,8 +146,9 @@ fn apply_numbers(entry: &mut FsStats, info: &mut FsInfo, h: &HeartbeatStats, now
     if h.session_since_startup.is_some() {
         entry.session_since_startup = h.session_since_startup;
     }
-    if h.uptime_msec.is_some() {
-        entry.uptime_msec = h.uptime_msec;
+    if let Some(up) = h.uptime_msec {
+        entry.uptime_msec = Some(up);
+        entry.uptime.record(reading, up);
     }
     if h.core_uuid.is_some() {
         entry.core_uuid.clone_from(&h.core_uuid);
@@ -299,9 +309,10 @@ impl FsMonitor {
                 true
             }
             PoolEvent::Seed(_, h) | PoolEvent::Heartbeat(_, h) | PoolEvent::Status(_, h) => {
+                let reading = if matches!(ev, PoolEvent::Heartbeat(..)) { Reading::Heartbeat } else { Reading::Status };
                 // Always a rebuild: even with the same numbers, a capacity moves with fsroute's own
                 // calls at heartbeat time.
-                apply_numbers(entry, &mut conn.info, h, now, self.idle_cpu_smoothing, self.max_sessions_ceiling);
+                apply_numbers(entry, &mut conn.info, h, reading, now, self.idle_cpu_smoothing, self.max_sessions_ceiling);
                 if !matches!(ev, PoolEvent::Status(..)) {
                     self.pending_visibility.push(now);
                 }
@@ -389,17 +400,40 @@ mod tests {
     fn a_new_core_uuid_or_uptime_going_backwards_is_a_restart_that_resets_the_accounting() {
         let (mut s, mut info) = (FsStats::default(), FsInfo::default());
         let t = Instant::now();
-        apply_numbers(&mut s, &mut info, &hb("a", 40_000, 5, 100), t, 30, 100_000);
+        apply_numbers(&mut s, &mut info, &hb("a", 40_000, 5, 100), Reading::Heartbeat, t, 30, 100_000);
         s.paused = true;
-        apply_numbers(&mut s, &mut info, &hb("a", 41_000, 6, 100), t, 30, 100_000);
+        apply_numbers(&mut s, &mut info, &hb("a", 41_000, 6, 100), Reading::Heartbeat, t, 30, 100_000);
         assert_eq!((s.boot, info.restarts, s.cpu_fit.len()), (0, 0, 2));
-        apply_numbers(&mut s, &mut info, &hb("b", 500, 0, 100), t, 30, 100_000);
+        apply_numbers(&mut s, &mut info, &hb("b", 500, 0, 100), Reading::Heartbeat, t, 30, 100_000);
         // The new boot's first readings average in the 100 % its ring started with: not learned from.
         assert_eq!((s.boot, info.restarts, s.cpu_fit.len(), s.paused), (1, 1, 0, false));
         // Same Core-UUID, uptime back to zero (a restart the UUID did not show).
-        apply_numbers(&mut s, &mut info, &hb("b", 100, 0, 100), t, 30, 100_000);
+        apply_numbers(&mut s, &mut info, &hb("b", 100, 0, 100), Reading::Heartbeat, t, 30, 100_000);
         assert_eq!((s.boot, info.restarts), (2, 2));
         assert_eq!(s.seq, 4);
+    }
+
+    #[test]
+    fn a_heartbeat_arriving_after_a_later_status_reading_is_not_a_restart_and_the_box_keeps_draining() {
+        let (mut s, mut info) = (FsStats::default(), FsInfo::default());
+        let t = Instant::now();
+        apply_numbers(&mut s, &mut info, &hb("a", 41_000, 5, 100), Reading::Heartbeat, t, 30, 100_000);
+        s.paused = true;
+        let mut status = hb("a", 42_010, 5, 100);
+        status.core_uuid = None;
+        apply_numbers(&mut s, &mut info, &status, Reading::Status, t, 30, 100_000);
+        // Made at 42,000 ms, queued behind the status reply: 10 ms "back in time".
+        apply_numbers(&mut s, &mut info, &hb("a", 42_000, 5, 100), Reading::Heartbeat, t, 30, 100_000);
+        assert_eq!((s.boot, info.restarts, s.paused), (0, 0, true));
+        // The box really restarted: its seed reading at reconnect is far back...
+        apply_numbers(&mut s, &mut info, &{ let mut r = hb("a", 3_000, 0, 100); r.core_uuid = None; r }, Reading::Status, t, 30, 100_000);
+        assert_eq!((s.boot, info.restarts, s.paused), (1, 1, false));
+        // ...and the new boot's first heartbeat, with its new Core-UUID, is the same restart.
+        apply_numbers(&mut s, &mut info, &hb("b", 3_500, 0, 100), Reading::Heartbeat, t, 30, 100_000);
+        assert_eq!((s.boot, info.restarts), (1, 1));
+        // Within one kind, any step back is a restart.
+        apply_numbers(&mut s, &mut info, &hb("b", 3_400, 0, 100), Reading::Heartbeat, t, 30, 100_000);
+        assert_eq!((s.boot, info.restarts), (2, 2));
     }
 
     #[test]
@@ -409,11 +443,11 @@ mod tests {
         let mut status = hb("a", 1_000, 0, 100);
         status.sessions_per_sec_limit = Some(30);
         status.min_idle_cpu_micro = Some(10_000_000);
-        apply_numbers(&mut s, &mut info, &status, t, 30, 100_000);
-        apply_numbers(&mut s, &mut info, &hb("a", 2_000, 0, 60), t, 30, 100_000);
+        apply_numbers(&mut s, &mut info, &status, Reading::Status, t, 30, 100_000);
+        apply_numbers(&mut s, &mut info, &hb("a", 2_000, 0, 60), Reading::Heartbeat, t, 30, 100_000);
         assert_eq!((info.max_sessions_shrunk, s.max_sessions), (1, 60));
         assert_eq!((s.sps_limit, s.min_idle_cpu_micro), (Some(30), 10_000_000), "a heartbeat does not carry them");
-        apply_numbers(&mut s, &mut info, &hb("a", 3_000, 0, 80), t, 30, 100_000);
+        apply_numbers(&mut s, &mut info, &hb("a", 3_000, 0, 80), Reading::Heartbeat, t, 30, 100_000);
         assert_eq!(info.max_sessions_shrunk, 1, "growing is not shrinking");
     }
 
@@ -424,20 +458,45 @@ mod tests {
         let mut lying = hb("a", 1_000, 10, u64::MAX);
         lying.idle_cpu_micro = 400_000_000;
         lying.sessions_per_sec_limit = Some(u64::MAX);
-        apply_numbers(&mut s, &mut info, &lying, t, 0, 5_000);
+        apply_numbers(&mut s, &mut info, &lying, Reading::Heartbeat, t, 0, 5_000);
         assert_eq!((s.max_sessions, s.sps_limit, s.idle_cpu_micro), (5_000, Some(5_000), HUNDRED_PERCENT_MICRO));
-        assert_eq!(info.clamped, Clamped { max_sessions: 1, sessions_per_second: 1, idle_cpu: 1 });
+        assert_eq!(info.clamped, Clamped { max_sessions: 1, session_count: 0, sessions_per_second: 1, idle_cpu: 1 });
         // A heartbeat carries no sps limit: only its Max-Sessions is bounded again.
-        apply_numbers(&mut s, &mut info, &hb("a", 2_000, 10, 1 << 40), t, 0, 5_000);
-        assert_eq!(info.clamped, Clamped { max_sessions: 2, sessions_per_second: 1, idle_cpu: 1 });
+        apply_numbers(&mut s, &mut info, &hb("a", 2_000, 10, 1 << 40), Reading::Heartbeat, t, 0, 5_000);
+        assert_eq!(info.clamped, Clamped { max_sessions: 2, session_count: 0, sessions_per_second: 1, idle_cpu: 1 });
         // Figures at the bound and below are the box's own, and nothing is counted.
         let mut honest = hb("a", 3_000, 10, 5_000);
         honest.sessions_per_sec_limit = Some(5_000);
         honest.idle_cpu_micro = HUNDRED_PERCENT_MICRO;
-        apply_numbers(&mut s, &mut info, &honest, t, 0, 5_000);
+        apply_numbers(&mut s, &mut info, &honest, Reading::Heartbeat, t, 0, 5_000);
         assert_eq!((s.max_sessions, s.sps_limit, s.idle_cpu_micro), (5_000, Some(5_000), HUNDRED_PERCENT_MICRO));
         assert_eq!(info.clamped.max_sessions, 2);
         assert_eq!(info.max_sessions_shrunk, 0, "a bounded figure that stays is not a shrink");
+    }
+
+    #[test]
+    fn a_session_count_past_the_ceiling_is_read_at_the_bound_and_leaves_the_cpu_fit_intact() {
+        let (mut s, mut info) = (FsStats::default(), FsInfo::default());
+        let t = Instant::now();
+        // An honest box: 1 % of Idle-CPU per session, 0 to 40 sessions.
+        for (i, n) in [0u64, 10, 20, 30, 40].into_iter().enumerate() {
+            let mut h = hb("a", 1_000 * (i as u64 + 1), n, 1_000);
+            h.idle_cpu_micro = HUNDRED_PERCENT_MICRO - (n as u32) * 1_000_000;
+            apply_numbers(&mut s, &mut info, &h, Reading::Heartbeat, t + Duration::from_secs(i as u64), 0, 5_000);
+        }
+        let honest_cost = s.cpu_fit.cost_micro(0, 0).0;
+        assert_eq!(honest_cost, 1_000_000);
+        // Two readings of 2^64 − 1 sessions in one smoothing window: summed raw, they overflow.
+        for i in 5..7u64 {
+            let mut h = hb("a", 1_000 * (i + 1), u64::MAX, 1_000);
+            h.idle_cpu_micro = 60_000_000;
+            apply_numbers(&mut s, &mut info, &h, Reading::Heartbeat, t + Duration::from_secs(i), 30, 5_000);
+        }
+        assert_eq!(s.session_count, 5_000, "read at the ceiling, not u32::MAX");
+        assert_eq!(info.clamped.session_count, 2);
+        assert_eq!(info.clamped.max_sessions, 0, "only the field that lied is counted");
+        let cost = s.cpu_fit.cost_micro(0, 0).0;
+        assert!(cost > 0, "the line still slopes down: {cost}");
     }
 
     #[test]
@@ -454,7 +513,7 @@ mod tests {
         let (mut s, mut info) = (FsStats::default(), FsInfo::default());
         let mut lying = hb("a", 1_000, 0, u64::MAX);
         lying.idle_cpu_micro = HUNDRED_PERCENT_MICRO;
-        apply_numbers(&mut s, &mut info, &lying, Instant::now(), 0, c.control.max_sessions_ceiling);
+        apply_numbers(&mut s, &mut info, &lying, Reading::Heartbeat, Instant::now(), 0, c.control.max_sessions_ceiling);
         s.connected = true;
         let mut stats = Stats::default();
         stats.fs.insert(c.fs_endpoints()[0].key(), s);

@@ -23,7 +23,7 @@ use crate::freeswitch::FsMonitor;
 use crate::probe::{Outgoing, ProbeSettings, ProbeSocket, Prober};
 use crate::reconcile::Reconciler;
 use crate::state::{AdminState, CounterStore, Stats};
-use crate::table_builder::{build_table, snapshot_boxes, snapshot_p_hb};
+use crate::table_builder::{build_table, proxy_settings, snapshot_boxes, snapshot_p_hb};
 
 fn probe_settings(c: &Config) -> ProbeSettings {
     ProbeSettings {
@@ -65,8 +65,8 @@ struct Control {
     reconciler: Reconciler,
 }
 
-/// What a reload cannot change because the shards bound it at start: each field `new` changes,
-/// as the error that refuses the reload names it. The advertised address is not among them: when
+/// What a reload cannot change because the shards (or the admin thread) bound it at start: each
+/// field `new` changes, as the error that refuses the reload names it. The advertised address is not among them: when
 /// written it is the operator's word for where peers reach fsroute (often a NAT address no socket
 /// binds), and when not written it is the first listener, which this list already covers.
 pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
@@ -82,6 +82,16 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     if r.ingress != n.ingress {
         out.push(format!("proxy.ingress: changes only on restart (running: {:?}, new: {:?})", r.ingress.name(), n.ingress.name()));
     }
+    // The admin listener is bound once, at start; a reload reporting success while /status stays
+    // on the old address would tell the operator the file is live when part of it is not.
+    let admin = |a: &Option<SocketAddr>| a.map_or_else(|| "none".to_string(), |a| a.to_string());
+    if running.control.admin != new.control.admin {
+        out.push(format!(
+            "control.admin: changes only on restart (running: {}, new: {})",
+            admin(&running.control.admin),
+            admin(&new.control.admin)
+        ));
+    }
     out
 }
 
@@ -93,6 +103,7 @@ impl Control {
         self.reconciler.on_readings(&self.stats, self.config.control.channels_per_call);
         snapshot_p_hb(&self.config, &mut self.stats, &self.counters);
         snapshot_boxes(&self.config, &mut self.stats, &self.counters, started);
+        self.counters.former_names.retain(|f| f.until > started);
         let t = build_table(&self.config, &self.stats, &self.admin, &mut self.counters, self.generation);
         self.table.store(Arc::new(t));
         self.reconciler.sync(&self.config, &self.counters, started);
@@ -130,9 +141,9 @@ impl Control {
                 tracing::error!("reload rejected, the running configuration stays (restart fsroute to apply it):\n{e}");
             }
             Ok(new) => {
-                if new.control.admin != self.config.control.admin {
-                    tracing::warn!("the admin listener address changes only on restart; the running one stays");
-                }
+                let now = Instant::now();
+                let (was, is) = (proxy_settings(&self.config).local_names, proxy_settings(&new).local_names);
+                self.counters.retire_names(&was, &is, now, now + new.proxy.dialog_memory);
                 self.config = new;
                 self.admin.retain_known(&self.config);
                 self.fs.sync(&self.config, &mut self.stats);
@@ -289,23 +300,25 @@ pub fn run(opts: RunOptions) -> i32 {
         handoff_capacity: 8192,
         pin: true,
     };
+    // The admin listener before the data plane: once fsroute answers SIP, /status answers too
+    // (requests wait in the admin thread's queue until the control loop starts), so a supervisor
+    // or a script that waits for SIP never meets a refused admin connection.
+    let admin = match ctl.config.control.admin {
+        Some(addr) => match AdminServer::start(addr, ctl.config.control.admin_token.clone(), AdminLimits::default()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, %addr, "cannot start the admin listener");
+                return EXIT_RUNTIME;
+            }
+        },
+        None => None,
+    };
     let dp = match DataPlane::start(&spec, ctl.table.clone()) {
         Ok(dp) => dp,
         Err(e) => {
             tracing::error!(error = %e, listen = ?spec.listeners, "cannot start the data plane");
             return EXIT_RUNTIME;
         }
-    };
-    let admin = match ctl.config.control.admin {
-        Some(addr) => match AdminServer::start(addr, ctl.config.control.admin_token.clone(), AdminLimits::default()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::error!(error = %e, %addr, "cannot start the admin listener");
-                dp.stop();
-                return EXIT_RUNTIME;
-            }
-        },
-        None => None,
     };
     ctl.admin_bound = admin.as_ref().map(AdminServer::local_addr);
     tracing::info!(
@@ -573,6 +586,22 @@ mod tests {
         assert_eq!(why.len(), 3, "{why:?}");
         assert!(why[1].starts_with("proxy.shards: changes only on restart (running: 2, new: 3)"), "{why:?}");
         assert!(why[2].starts_with("proxy.ingress:"), "{why:?}");
+    }
+
+    #[test]
+    fn a_reload_that_moves_the_admin_listener_is_refused_instead_of_reported_as_applied() {
+        let running = cfg("listen = [\"127.0.0.1:5060\"]", "admin = \"127.0.0.1:9060\"");
+        assert!(restart_only_changes(&running, &running.clone()).is_empty());
+        let moved = cfg("listen = [\"127.0.0.1:5060\"]", "admin = \"127.0.0.1:9070\"");
+        assert_eq!(
+            restart_only_changes(&running, &moved),
+            ["control.admin: changes only on restart (running: 127.0.0.1:9060, new: 127.0.0.1:9070)"]
+        );
+        let gone = cfg("listen = [\"127.0.0.1:5060\"]", "");
+        assert_eq!(restart_only_changes(&running, &gone), ["control.admin: changes only on restart (running: 127.0.0.1:9060, new: none)"]);
+        // The token is read per request: a reload may change it.
+        let token = cfg("listen = [\"127.0.0.1:5060\"]", "admin = \"127.0.0.1:9060\"\nadmin_token = \"0123456789abcdef0123456789abcdef\"");
+        assert!(restart_only_changes(&running, &token).is_empty());
     }
 
     #[test]

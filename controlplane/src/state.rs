@@ -39,6 +39,8 @@ pub struct FsStats {
     pub min_idle_cpu_micro: u32,
     pub session_since_startup: Option<u64>,
     pub uptime_msec: Option<u64>,
+    /// The last uptime of each kind of reading, for telling a restart from a late heartbeat.
+    pub uptime: Uptimes,
     pub core_uuid: Option<String>,
     /// Grows each time the box restarts (new Core-UUID, or Uptime-msec going backwards): its
     /// accounting starts again.
@@ -49,6 +51,48 @@ pub struct FsStats {
     pub paused: bool,
     /// (Session-Count, Idle-CPU) history for the per-session CPU cost.
     pub cpu_fit: CpuCostFit,
+}
+
+/// Where a set of numbers came from: a HEARTBEAT event, or an `api status` reply (the seed at
+/// connect and the periodic status readings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    Heartbeat,
+    Status,
+}
+
+/// The last Uptime-msec of each kind of reading. Each kind arrives in the order the box made it,
+/// but the two kinds do not: FreeSWITCH stamps a HEARTBEAT when it creates the event and queues
+/// it for the event thread, while an `api status` reply is computed and written by the
+/// connection's own thread, so a heartbeat made before a status reading can arrive after it,
+/// a few milliseconds "back in time". Taking that for a restart would reset the box's accounting
+/// and forget that it drains (docs/ESL.md §6, item 9). So uptime going back within one kind is a
+/// restart, and across kinds only by more than [`Uptimes::REORDER_SLACK_MS`]; a restart that the
+/// slack hides is still seen by the Core-UUID of the box's next heartbeat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Uptimes {
+    pub heartbeat: Option<u64>,
+    pub status: Option<u64>,
+}
+
+impl Uptimes {
+    pub const REORDER_SLACK_MS: u64 = 10_000;
+
+    /// Whether a reading of `kind` saying `up` ms means the box started again since.
+    pub fn went_back(&self, kind: Reading, up: u64) -> bool {
+        let (same, other) = match kind {
+            Reading::Heartbeat => (self.heartbeat, self.status),
+            Reading::Status => (self.status, self.heartbeat),
+        };
+        same.is_some_and(|last| up < last) || other.is_some_and(|last| up.saturating_add(Self::REORDER_SLACK_MS) < last)
+    }
+
+    pub fn record(&mut self, kind: Reading, up: u64) {
+        match kind {
+            Reading::Heartbeat => self.heartbeat = Some(up),
+            Reading::Status => self.status = Some(up),
+        }
+    }
 }
 
 /// Whether a box's numbers may be used, as every reader of [`FsStats`] decides it.
@@ -252,6 +296,20 @@ pub struct CounterStore {
     pub(crate) lb: HashMap<(i32, String, String), Load>,
     /// Per FreeSWITCH box: its admission gate for the current boot, and its rate log.
     pub(crate) gates: HashMap<FsKey, BoxCounters>,
+    /// Names fsroute answered to before a reload changed its advertise or aliases.
+    pub former_names: Vec<FormerName>,
+}
+
+/// A (host, port) a reload took out of fsroute's names. Requests already sent carry it in their
+/// Via, and dialogs made under it carry it in their Record-Route: dropping it at once would drop
+/// their responses as `not_our_via` and deny their in-dialog requests. It stays fsroute's own
+/// until dialogs made under it can have ended (`until`: the reload plus `dialog_memory`); a
+/// response still has to carry a valid branch MAC, so keeping a name opens nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FormerName {
+    pub host: String,
+    pub port: u16,
+    pub until: Instant,
 }
 
 /// The shared counters of one box (headroom model), kept across builds.
@@ -270,6 +328,7 @@ impl Default for CounterStore {
             dispatcher: HashMap::new(),
             lb: HashMap::new(),
             gates: HashMap::new(),
+            former_names: Vec::new(),
         }
     }
 }
@@ -277,6 +336,17 @@ impl Default for CounterStore {
 impl CounterStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A reload replaced the names `old` with `new` at `now`: what `old` had and `new` lacks is
+    /// kept as a former name until `until`; a name `new` has again is no longer former. Former
+    /// names past their time are forgotten.
+    pub fn retire_names(&mut self, old: &[(String, u16)], new: &[(String, u16)], now: Instant, until: Instant) {
+        self.former_names.retain(|f| f.until > now && !new.iter().any(|(h, p)| *h == f.host && *p == f.port));
+        for (host, port) in old.iter().filter(|n| !new.contains(n)) {
+            self.former_names.retain(|f| !(f.host == *host && f.port == *port));
+            self.former_names.push(FormerName { host: host.clone(), port: *port, until });
+        }
     }
 
     pub fn get(&self, setid: i32, uri: &str) -> Option<&Arc<DestCounters>> {

@@ -149,7 +149,22 @@ pub fn build_table(
         proxy.branch_key = counters.branch_key;
     }
     proxy.host_ips = counters.host_ips.clone();
-    RoutingTable::new(generation, proxy, sets, routes).with_load_balancer(lb_groups, failover).with_capture(config.capture)
+    let mut t = RoutingTable::new(generation, proxy, sets, routes).with_load_balancer(lb_groups, failover).with_capture(config.capture);
+    // A former name that is now a destination's address is that destination's: a Route naming
+    // it goes there, not to fsroute.
+    let is_destination = |host: &str, port: u16| host.parse().is_ok_and(|ip| t.is_known_destination(&SocketAddr::new(ip, port)));
+    let former: Vec<(String, u16)> = counters
+        .former_names
+        .iter()
+        .map(|f| (f.host.clone(), f.port))
+        .filter(|(h, p)| !is_destination(h, *p))
+        .collect();
+    for name in former {
+        if !t.proxy.local_names.contains(&name) {
+            t.proxy.local_names.push(name);
+        }
+    }
+    t
 }
 
 /// Takes fsroute's current load as `p_hb` for every load_balancer resource whose box sent new
@@ -728,6 +743,72 @@ record_route = false
             (px.hash, px.no_route_reply, px.max_forwards, px.record_route),
             (HashMode::Opensips, 503, 30, false)
         );
+    }
+
+    /// An INVITE relayed under `t`, and the 180 its destination answers with: every Via of the
+    /// relayed INVITE, in order (RFC 3261 §8.2.6.2).
+    fn invite_and_its_ringing(r: &mut fsroute_dataplane::router::Router, t: &RoutingTable, caller: SocketAddr) -> (SocketAddr, Vec<u8>) {
+        use fsroute_dataplane::router::Action;
+        let invite = "INVITE sip:1000@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bK-retire\r\n\
+                      Max-Forwards: 70\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:1000@127.0.0.1>\r\nCall-ID: retire@test\r\n\
+                      CSeq: 1 INVITE\r\nContact: <sip:a@127.0.0.1:40000>\r\nContent-Length: 0\r\n\r\n";
+        let mut out = Vec::new();
+        let a = r.handle(t, caller, invite.as_bytes(), Instant::now(), &mut out);
+        let Action::Forward(dest) = a else { panic!("not forwarded: {a:?} {}", String::from_utf8_lossy(&out)) };
+        let relayed = String::from_utf8(out).unwrap();
+        let vias: String = relayed.split("\r\n").filter(|l| l.starts_with("Via:")).map(|l| format!("{l}\r\n")).collect();
+        let ringing = format!(
+            "SIP/2.0 180 Ringing\r\n{vias}From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:1000@127.0.0.1>;tag=b\r\nCall-ID: retire@test\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        );
+        (dest, ringing.into_bytes())
+    }
+
+    #[test]
+    fn a_response_to_a_request_sent_under_an_advertise_a_reload_replaced_is_still_relayed() {
+        use fsroute_dataplane::router::{Action, Router};
+        use fsroute_dataplane::stats::{DropReason, ShardStats};
+        let conf = |adv: &str| cfg(&format!("[proxy]\nlisten = [\"127.0.0.1:5060\"]\nadvertise = \"{adv}\"\n\n[[dispatcher]]\nsetid = 1\ndestination = \"sip:127.0.0.1:5099\"\n\n[[route]]\nto_dispatcher = 1\n"));
+        let (old, new) = (conf("192.0.2.1:5060"), conf("198.51.100.7:5060"));
+        let caller: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let mut counters = CounterStore::new();
+        let before = build(&old, &AdminState::default(), &mut counters);
+        let mut r = Router::new(0, 1, 42, Arc::new(ShardStats::default()));
+        let (dest, ringing) = invite_and_its_ringing(&mut r, &before, caller);
+        assert!(String::from_utf8_lossy(&ringing).contains("Via: SIP/2.0/UDP 192.0.2.1:5060;branch="));
+
+        let now = Instant::now();
+        counters.retire_names(&proxy_settings(&old).local_names, &proxy_settings(&new).local_names, now, now + new.proxy.dialog_memory);
+        let after = build(&new, &AdminState::default(), &mut counters);
+        assert!(after.own.via.windows(12).any(|w| w == b"198.51.100.7"), "new requests carry the new address");
+        let mut out = Vec::new();
+        assert_eq!(r.handle(&after, dest, &ringing, Instant::now(), &mut out), Action::Forward(caller));
+
+        // What the old code did: the replaced name forgotten at once, the answer dropped.
+        counters.former_names.clear();
+        let forgetful = build(&new, &AdminState::default(), &mut counters);
+        assert_eq!(r.handle(&forgetful, dest, &ringing, Instant::now(), &mut out), Action::Drop(DropReason::NotOurVia));
+    }
+
+    #[test]
+    fn a_former_name_is_kept_until_its_time_and_given_up_when_named_again_or_taken_by_a_destination() {
+        let t0 = Instant::now();
+        let hour = std::time::Duration::from_secs(3600);
+        let (a, b) = (("192.0.2.1".to_string(), 5060), ("198.51.100.7".to_string(), 5060));
+        let mut c = CounterStore::new();
+        c.retire_names(std::slice::from_ref(&a), std::slice::from_ref(&b), t0, t0 + hour);
+        assert_eq!(c.former_names.len(), 1);
+        // Moving back: the name is fsroute's own again, and b is the one retired.
+        c.retire_names(std::slice::from_ref(&b), std::slice::from_ref(&a), t0 + hour / 2, t0 + hour * 2);
+        assert_eq!(c.former_names.iter().map(|f| (f.host.as_str(), f.until)).collect::<Vec<_>>(), [("198.51.100.7", t0 + hour * 2)]);
+        // Past its time, the next reload forgets it.
+        c.retire_names(std::slice::from_ref(&a), std::slice::from_ref(&a), t0 + hour * 3, t0 + hour * 4);
+        assert!(c.former_names.is_empty());
+        // A former name that is now a destination's address is the destination's.
+        let conf = cfg("[proxy]\nlisten = [\"127.0.0.1:5060\"]\n\n[[dispatcher]]\nsetid = 1\ndestination = \"sip:127.0.0.1:5099\"\n");
+        c.retire_names(&[("127.0.0.1".to_string(), 5099), ("192.0.2.9".to_string(), 5060)], &[], t0, t0 + hour);
+        let t = build(&conf, &AdminState::default(), &mut c);
+        assert!(!t.proxy.is_local(b"127.0.0.1", Some(5099)));
+        assert!(t.proxy.is_local(b"192.0.2.9", None));
     }
 
     #[test]

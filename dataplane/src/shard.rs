@@ -91,6 +91,9 @@ fn handoff_batches(handoff_capacity: usize) -> usize {
 }
 
 const TICK: Duration = Duration::from_millis(100);
+/// glommio's smallest `io_memory` (its storage DMA pool; shards do no storage I/O).
+const SHARD_IO_MEMORY: usize = 64 << 10;
+
 /// How long a send queue that met EAGAIN waits before it tries again.
 const SEND_RETRY: Duration = Duration::from_micros(200);
 
@@ -141,6 +144,10 @@ impl DataPlane {
             let mesh = mesh.clone();
             let handle = LocalExecutorBuilder::new(placement)
                 .name(&format!("fsroute-shard-{i}"))
+                // glommio preallocates and registers this much for storage DMA buffers (10 MiB by
+                // default); a shard does no storage I/O, so the minimum. Measured: an idle
+                // 2-shard fsroute at 6.8 MB RSS instead of 27.2 (bench/README.md, "Executor knobs").
+                .io_memory(SHARD_IO_MEMORY)
                 .spawn(move || async move {
                     run_shard(i, shards, fds, table, control, stats, mesh).await;
                 })

@@ -35,10 +35,13 @@ pub enum DropReason {
     /// A 2xx to an INVITE on a branch no INVITE of that call went out with, while the call is
     /// still being failed over: only the failover's own attempts may answer it.
     StrayAnswer,
+    /// An ACK (never answered) whose next hop is fsroute itself: the 482 a request gets would
+    /// be an answer.
+    Loop,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Malformed,
         DropReason::Keepalive,
         DropReason::BadResponse,
@@ -52,6 +55,7 @@ impl DropReason {
         DropReason::ForgedResponse,
         DropReason::RelayDenied,
         DropReason::StrayAnswer,
+        DropReason::Loop,
     ];
 
     pub fn label(self) -> &'static str {
@@ -69,6 +73,7 @@ impl DropReason {
             DropReason::ForgedResponse => "forged_response",
             DropReason::StrayAnswer => "stray_answer",
             DropReason::RelayDenied => "relay_denied",
+            DropReason::Loop => "loop",
         }
     }
 }

@@ -112,7 +112,7 @@ fn defaults_apply_when_only_listen_is_given() {
     );
     assert_eq!(
         p.shards,
-        std::thread::available_parallelism().unwrap().get()
+        super::validate::default_shards(std::thread::available_parallelism().unwrap().get())
     );
     assert!(p.record_route);
     assert_eq!(p.max_forwards, 70);
@@ -962,6 +962,12 @@ fn limits_out_of_range_a_short_branch_secret_and_unknown_limit_keys_are_named() 
     assert!(secret.contains("at least 16") && !secret.contains("short"), "{secret}");
     let e = errs(&with_listen("[limits]\nsessions = 10\n"));
     assert!(e.to_string().contains("sessions"), "{e}");
+}
+
+#[test]
+fn the_default_is_one_shard_on_two_cpus_or_fewer_and_one_per_cpu_above() {
+    use super::validate::default_shards;
+    assert_eq!([1, 2, 3, 4, 16].map(default_shards), [1, 1, 3, 4, 16]);
 }
 
 #[test]

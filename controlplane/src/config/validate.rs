@@ -106,6 +106,19 @@ pub(crate) const BRANCH_SECRET_MIN_LEN: usize = 16;
 const PLACEHOLDER_ADDR: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), SIP_DEFAULT_PORT);
 
+/// `proxy.shards` when the file does not say: one per CPU, except on 2 CPUs or fewer, where one
+/// shard. There the other CPU is the control plane's, the kernel's network processing and every
+/// other process's, and a second shard costs more than it brings: measured side by side in one
+/// `fsroute-bench throughput` run on 2 cores (bench/README.md, "Shards on a 2-core machine"),
+/// 2 shards used 2.0x the CPU per call of 1 shard at 2,000 calls/s for a 1.07x higher maximum rate.
+pub fn default_shards(cpus: usize) -> usize {
+    if cpus <= 2 {
+        1
+    } else {
+        cpus
+    }
+}
+
 fn quoted(s: &str) -> String {
     format!("{s:?}")
 }
@@ -419,7 +432,7 @@ impl Ctx<'_> {
         }
 
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let shards = self.ranged(&p.shards, "proxy.shards", 1, 1024, cpus);
+        let shards = self.ranged(&p.shards, "proxy.shards", 1, 1024, default_shards(cpus));
         let record_route = p.record_route.as_ref().is_none_or(|b| *b.get_ref());
         let max_forwards = self.ranged(&p.max_forwards, "proxy.max_forwards", 1, 255, 70u8);
         let hash = match &p.hash {

@@ -457,7 +457,7 @@ impl Router {
         let (px, dest, method) = (&t.proxy, next.dest, req.method);
         if px.is_self(&dest) {
             if method == Method::Ack {
-                return Action::Drop(DropReason::RelayDenied);
+                return Action::Drop(DropReason::Loop);
             }
             return self.refuse(m, src, Refusal::Loop, out);
         }

@@ -129,6 +129,10 @@ fn a_request_whose_next_hop_is_fsroute_itself_gets_482_whatever_form_the_address
         assert!(text(&out).starts_with("SIP/2.0 482 Loop Detected"), "{ruri}: {}", text(&out));
     }
     assert!(r.stats().refused(Refusal::Loop) >= 3);
+    // An ACK is never answered: it is dropped as a loop, not mistaken for a stranger's relay.
+    let ack = text(&in_dialog("ACK", "sip:x@0.0.0.0:5060", "loop3")).replace("127.0.0.66:5060;branch", "127.0.0.1:5071;branch");
+    assert_eq!(r.handle(&t, backend(), ack.as_bytes(), Instant::now(), &mut out), Action::Drop(DropReason::Loop));
+    assert_eq!((r.stats().dropped(DropReason::Loop), r.stats().dropped(DropReason::RelayDenied)), (1, 0));
 }
 
 #[test]
