@@ -76,6 +76,8 @@ pub struct Config {
     pub failover: FailoverConfig,
     /// `[limits]`: per-shard bounds on call state.
     pub limits: fsroute_dataplane::table::MemoryLimits,
+    /// `[capture]`: the HEP collector every SIP datagram is mirrored to; None = off (no `hep`).
+    pub capture: Option<fsroute_dataplane::table::CaptureSettings>,
     /// `[[dispatcher]]` rows in file order.
     pub dispatcher: Vec<DispatcherRow>,
     /// `[[load_balancer]]` rows in file order.

@@ -19,6 +19,7 @@ pub(crate) struct RawConfig {
     pub control: Opt<RawControl>,
     pub failover: Opt<RawFailover>,
     pub limits: Opt<RawLimits>,
+    pub capture: Opt<RawCapture>,
     #[serde(default)]
     pub dispatcher: Vec<Spanned<RawDispatcher>>,
     #[serde(default)]
@@ -56,6 +57,14 @@ pub(crate) struct RawLimits {
     pub dialogs: Opt<i64>,
     pub forks: Opt<i64>,
     pub fork_memory_mib: Opt<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCapture {
+    pub hep: Opt<String>,
+    pub capture_id: Opt<i64>,
+    pub queue: Opt<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
