@@ -176,6 +176,10 @@ impl ControlView<'_> {
                         "memory_full": ShardStats::get(&st.memory_full),
                         "expiry_records": ShardStats::get(&st.expiry_records),
                     },
+                    "capture": {
+                        "sent": ShardStats::get(&st.capture_sent),
+                        "dropped": ShardStats::get(&st.capture_dropped),
+                    },
                     "dropped": dropped,
                     "refused": refused,
                     "tcp": {
@@ -243,6 +247,11 @@ impl ControlView<'_> {
             "dns": self.dns_status(Instant::now()),
             "shards": shard_values,
             "table_generation": table.generation,
+            "capture": table.capture.map(|c| json!({
+                "hep": c.collector.to_string(),
+                "capture_id": c.capture_id,
+                "queue": c.queue,
+            })),
             "control": {
                 "heartbeat_to_table": summary(&timings.heartbeat_visible),
                 "table_rebuild": summary(&timings.rebuild),
@@ -760,6 +769,13 @@ pub fn metrics_text(
     gauge("shard_tcp_connections", "TCP connections the shard owns now", &|s| &s.tcp_connections, &mut reg);
     let closed = by_reason(shards, &Closed::ALL, Closed::label, |s, r| ShardStats::get(&s.tcp_closed[r as usize]));
     reg.register("shard_tcp_closed", "TCP connections closed, by reason (peer, idle, framing, too_large, stuck)", closed);
+    per_shard("shard_capture_sent", "HEP packets sent towards the capture collector", &|s| &s.capture_sent, &mut reg);
+    per_shard(
+        "shard_capture_dropped",
+        "SIP datagrams not captured: HEP queue full, too large, or the collector refusing",
+        &|s| &s.capture_dropped,
+        &mut reg,
+    );
     gauge("shard_expiry_records", "Call-memory expiry records queued (at most 2 x transactions + 4 x dialogs + 3072)", &|s| &s.expiry_records, &mut reg);
 
     let reloads: Counter = Counter::default();
@@ -845,6 +861,7 @@ mod metrics_tests {
             assert!(seen.insert(name.to_string()), "{name} is registered twice:\n{text}");
         }
         assert!(seen.contains("fsroute_shard_replied") && seen.contains("fsroute_fs_headroom_available"), "{text}");
+        assert!(seen.contains("fsroute_shard_capture_sent") && seen.contains("fsroute_shard_capture_dropped"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -169,7 +169,10 @@ pub fn build_table(
         .filter(|(uri, _)| crate::config::is_tcp_destination(uri))
         .map(|(_, a)| a)
         .collect();
-    let mut t = RoutingTable::new(generation, proxy, sets, routes).with_load_balancer(lb_groups, failover).with_tcp_destinations(tcp);
+    let mut t = RoutingTable::new(generation, proxy, sets, routes)
+        .with_load_balancer(lb_groups, failover)
+        .with_tcp_destinations(tcp)
+        .with_capture(config.capture);
     // A former name that is now a destination's address is that destination's: a Route naming
     // it goes there, not to fsroute.
     let is_destination = |host: &str, port: u16| host.parse().is_ok_and(|ip| t.is_known_destination(&SocketAddr::new(ip, port)));

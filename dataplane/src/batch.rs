@@ -44,16 +44,43 @@ pub enum Flushed {
     Blocked,
 }
 
+/// What became of a datagram a flush took off the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// The kernel took it.
+    Sent,
+    /// The kernel refused it for good (not EAGAIN): dropped.
+    Refused,
+}
+
 /// Every datagram a shard sends, in the order it was routed: a call's messages never overtake
 /// each other, whichever task (socket, hand-off, timer) produced them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SendQueue {
     queue: VecDeque<Outgoing>,
+    limit: usize,
     /// Flushes that met EAGAIN.
     pub blocked: u64,
 }
 
+impl Default for SendQueue {
+    /// A shard's queue: [`QUEUE_LIMIT`] datagrams, its room grown on demand.
+    fn default() -> Self {
+        SendQueue { queue: VecDeque::new(), limit: QUEUE_LIMIT, blocked: 0 }
+    }
+}
+
 impl SendQueue {
+    /// A queue that holds at most `limit` datagrams, its room allocated now.
+    pub fn with_limit(limit: usize) -> SendQueue {
+        SendQueue { queue: VecDeque::with_capacity(limit), limit, blocked: 0 }
+    }
+
+    /// Takes everything queued, in order, unsent.
+    pub fn drain(&mut self) -> impl Iterator<Item = Outgoing> + '_ {
+        self.queue.drain(..)
+    }
+
     pub fn len(&self) -> usize {
         self.queue.len()
     }
@@ -62,9 +89,9 @@ impl SendQueue {
         self.queue.is_empty()
     }
 
-    /// Queues a datagram; gives it back when the queue is at [`QUEUE_LIMIT`].
+    /// Queues a datagram; gives it back when the queue is at its limit ([`QUEUE_LIMIT`] by default).
     pub fn push(&mut self, o: Outgoing) -> Result<(), Outgoing> {
-        if self.queue.len() >= QUEUE_LIMIT {
+        if self.queue.len() >= self.limit {
             return Err(o);
         }
         self.queue.push_back(o);
@@ -72,13 +99,12 @@ impl SendQueue {
     }
 
     /// Sends from the front, a run of datagrams for one socket per call of `send` (at most
-    /// [`BATCH`]), which returns how many of the run left. `sent` gets each buffer that left (or
-    /// failed), `failed` is told of each one the kernel refused for good. Stops at EAGAIN.
+    /// [`BATCH`]), which returns how many of the run left. `done` gets each datagram taken off
+    /// the queue with its [`Fate`]: it left, or the kernel refused it for good. Stops at EAGAIN.
     pub fn flush(
         &mut self,
         mut send: impl FnMut(usize, &[Outgoing]) -> io::Result<usize>,
-        mut sent: impl FnMut(Vec<u8>),
-        mut failed: impl FnMut(),
+        mut done: impl FnMut(Outgoing, Fate),
     ) -> Flushed {
         while !self.queue.is_empty() {
             let run = {
@@ -90,7 +116,7 @@ impl SendQueue {
             match run {
                 Ok(n) if n > 0 => {
                     for o in self.queue.drain(..n.min(self.queue.len())) {
-                        sent(o.buf);
+                        done(o, Fate::Sent);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -102,8 +128,7 @@ impl SendQueue {
                 // never sends none without one): that one is counted and dropped, the rest go on.
                 Ok(_) | Err(_) => {
                     if let Some(o) = self.queue.pop_front() {
-                        failed();
-                        sent(o.buf);
+                        done(o, Fate::Refused);
                     }
                 }
             }
@@ -249,8 +274,7 @@ mod tests {
                     Err(io::Error::from(io::ErrorKind::WouldBlock))
                 }
             },
-            |_| {},
-            || panic!("nothing failed"),
+            |_, fate| assert_eq!(fate, Fate::Sent, "nothing failed"),
         );
         assert_eq!((r, q.len(), q.blocked), (Flushed::Blocked, 3, 1));
         // Meanwhile the router queues a later message of the same call: it goes after the others.
@@ -260,8 +284,7 @@ mod tests {
                 wire.extend(run.iter().map(|o| o.buf[0]));
                 Ok(run.len())
             },
-            |_| {},
-            || panic!("nothing failed"),
+            |_, fate| assert_eq!(fate, Fate::Sent, "nothing failed"),
         );
         assert_eq!(r, Flushed::All);
         assert_eq!(wire, [0, 1, 2, 3, 4, 5], "order kept across the EAGAIN");
@@ -284,8 +307,13 @@ mod tests {
                 }
                 Ok(run.len())
             },
-            |_| returned += 1,
-            || failed += 1,
+            |o, fate| {
+                returned += 1;
+                if fate == Fate::Refused {
+                    assert_eq!(o.buf, [2], "the refused one");
+                    failed += 1;
+                }
+            },
         );
         assert_eq!(r, Flushed::All);
         assert_eq!(runs, [(0, vec![0, 1]), (1, vec![2]), (0, vec![3])]);

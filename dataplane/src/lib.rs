@@ -8,16 +8,19 @@
 //! (`candidates`) and admitted against each FreeSWITCH box's live gate (`admission`); all of it is
 //! read from the immutable routing table (`table`) that the control plane builds and swaps into one
 //! `ArcSwap`. Per-shard counters are in `stats`, the fixed-seed hash for ownership, keys and
-//! branches in `hash`. Nothing on the fast path blocks or takes a lock. The map:
+//! branches in `hash`. A copy of every SIP datagram can go to a HEP collector (`capture`, encoded by
+//! `hep`), after the batch it belongs to has been sent. Nothing on the fast path blocks or takes a lock. The map:
 //! docs/ARCHITECTURE.md.
 
 pub mod admission;
 pub mod batch;
 pub mod candidates;
 pub mod conn;
+pub mod capture;
 pub mod dispatch;
 pub mod framing;
 pub mod hash;
+pub mod hep;
 pub mod lb;
 pub mod router;
 pub mod shard;

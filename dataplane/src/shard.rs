@@ -3,7 +3,9 @@
 //! reads the one `ArcSwap` routing table per datagram (no lock, no wait on the control plane), runs
 //! the sans-IO router over the batch, and sends what it returns with `sendmmsg` through one
 //! ordered send queue (`batch`); it parks in glommio only when the socket is empty, and a timer
-//! ticks the router every 100 ms. Datagrams whose Call-ID another shard owns go to that shard over
+//! ticks the router every 100 ms. With `[capture]` on, each shard mirrors every datagram it
+//! received and sent to a HEP collector once the batch has left (`capture`, docs/CAPTURE.md).
+//! Datagrams whose Call-ID another shard owns go to that shard over
 //! a bounded FIFO channel (glommio's channel mesh), one packed batch per owner per receive batch,
 //! so per-call state lives in one place and a call's messages keep their order. Sockets are bound
 //! before any thread starts, so a bind error stops startup.
@@ -31,13 +33,15 @@ use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
 use glommio::net::UdpSocket;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::batch::{Flushed, Outgoing, RecvBatch, SendQueue, SendScratch, BATCH};
+use crate::batch::{Fate, Flushed, Outgoing, RecvBatch, SendQueue, SendScratch, BATCH};
+use crate::capture::{worth_capturing, CaptureRing, CaptureSocket};
 use crate::conn::{Closed, ConnId, ConnTable, Hop, SourceLimit};
 use crate::framing::{Frame, FrameError, Framer, PONG};
+use crate::hep::WallTime;
 use crate::router::{Action, Router};
 use crate::socket::{bind_group, bind_tcp_group, Ingress};
 use crate::stats::{DropReason, ShardStats};
-use crate::table::RoutingTable;
+use crate::table::{CaptureSettings, RoutingTable};
 
 /// What the shell needs to start.
 #[derive(Clone, Debug)]
@@ -282,6 +286,31 @@ struct Shard {
     dests: RefCell<HashMap<SocketAddr, DestConn>>,
     stream: StreamSettings,
     limit: Arc<SourceLimit>,
+    /// Each socket's bound address: the local side of the datagrams it captures.
+    local: Vec<SocketAddr>,
+    capture: RefCell<Capture>,
+    /// While capturing: what a flush sent, with when; recorded once the flush is over (so no
+    /// forward waits for a copy), then recycled.
+    just_sent: RefCell<Vec<(Outgoing, WallTime)>>,
+}
+
+/// A shard's HEP capture, following the table's `capture` (docs/CAPTURE.md).
+enum Capture {
+    Off,
+    On(Box<(CaptureRing, CaptureSocket)>),
+    /// The table asks for it, but the socket could not be opened (logged): retried when the
+    /// settings change.
+    Broken(CaptureSettings),
+}
+
+impl Capture {
+    fn settings(&self) -> Option<&CaptureSettings> {
+        match self {
+            Capture::Off => None,
+            Capture::On(on) => Some(on.0.settings()),
+            Capture::Broken(s) => Some(s),
+        }
+    }
 }
 
 impl Shard {
@@ -470,16 +499,37 @@ impl Shard {
         }
     }
 
-    /// Sends everything queued, in order, waiting out EAGAIN (counted) without losing a datagram.
+    /// Sends everything queued, in order, waiting out EAGAIN (counted) without losing a datagram;
+    /// then, while capturing, records what left and flushes the captures.
     async fn flush(&self) {
+        self.flush_forward().await;
+        self.capture_sent();
+    }
+
+    /// The SIP part of [`Shard::flush`]: while capturing, what left waits in `just_sent`.
+    async fn flush_forward(&self) {
         if self.flushing.replace(true) {
             return;
         }
         loop {
+            let capturing = matches!(*self.capture.borrow(), Capture::On(_));
+            let left_at = Cell::new(WallTime::default());
             let done = self.queue.borrow_mut().flush(
-                |socket, run| self.scratch.borrow_mut().send(self.fds[socket], run),
-                |buf| self.router.borrow_mut().recycle(buf),
-                || self.stats.drop_reason(DropReason::SendError),
+                |socket, run| {
+                    let r = self.scratch.borrow_mut().send(self.fds[socket], run);
+                    if capturing {
+                        left_at.set(WallTime::now());
+                    }
+                    r
+                },
+                |o, fate| match fate {
+                    Fate::Sent if capturing => self.just_sent.borrow_mut().push((o, left_at.get())),
+                    Fate::Sent => self.router.borrow_mut().recycle(o.buf),
+                    Fate::Refused => {
+                        self.stats.drop_reason(DropReason::SendError);
+                        self.router.borrow_mut().recycle(o.buf);
+                    }
+                },
             );
             if done == Flushed::All {
                 break;
@@ -505,6 +555,80 @@ impl Shard {
                 Ok(None) => return Ok(()),
                 Err(FrameError::TooLarge { .. }) => return Err(Closed::TooLarge),
                 Err(_) => return Err(Closed::Framing),
+            }
+        }
+    }
+
+    /// Follows the table's `[capture]`: opens, moves or closes the capture socket when the
+    /// settings changed (what the old ring held is dropped and counted). Once per batch; with
+    /// capture off, one comparison. True when capturing.
+    fn sync_capture(&self) -> bool {
+        let table = self.table.load();
+        let want = table.capture.as_ref();
+        let mut cap = self.capture.borrow_mut();
+        if cap.settings() == want {
+            return matches!(*cap, Capture::On(_));
+        }
+        if let Capture::On(on) = &mut *cap {
+            let (ring, socket) = &mut **on;
+            self.count_flush(socket.flush(ring));
+            self.stats.capture_dropped.fetch_add(ring.discard(), Ordering::Relaxed);
+        }
+        *cap = match want {
+            None => Capture::Off,
+            Some(w) => match CaptureSocket::open(w.collector) {
+                Ok(socket) => Capture::On(Box::new((CaptureRing::new(*w), socket))),
+                Err(e) => {
+                    tracing::warn!(shard = self.router.borrow().shard_index(), collector = %w.collector, error = %e, "cannot open the HEP capture socket; not capturing");
+                    Capture::Broken(*w)
+                }
+            },
+        };
+        matches!(*cap, Capture::On(_))
+    }
+
+    fn count_flush(&self, f: crate::capture::Flush) {
+        self.stats.capture_sent.fetch_add(f.sent, Ordering::Relaxed);
+        self.stats.capture_dropped.fetch_add(f.failed, Ordering::Relaxed);
+    }
+
+    /// Records copies of datagrams `0..n` of a receive batch on socket `sock`, received at `at`.
+    fn capture_received(&self, batch: &RecvBatch, n: usize, sock: usize, at: WallTime) {
+        let mut cap = self.capture.borrow_mut();
+        let Capture::On(on) = &mut *cap else { return };
+        let mut dropped = 0;
+        for i in 0..n {
+            if let Some((src, data)) = batch.get(i) {
+                if worth_capturing(data) && !on.0.record(src, self.local[sock], at, data) {
+                    dropped += 1;
+                }
+            }
+        }
+        self.stats.capture_dropped.fetch_add(dropped, Ordering::Relaxed);
+    }
+
+    /// Records copies of what the last flushes sent, gives their buffers back to the router and
+    /// sends the captures without waiting.
+    fn capture_sent(&self) {
+        let mut cap = self.capture.borrow_mut();
+        let mut sent = self.just_sent.borrow_mut();
+        if let Capture::On(on) = &mut *cap {
+            let (ring, socket) = &mut **on;
+            let mut dropped = 0;
+            for (o, at) in sent.drain(..) {
+                if !ring.record(self.local[o.socket], o.to, at, &o.buf) {
+                    dropped += 1;
+                }
+                self.router.borrow_mut().recycle(o.buf);
+            }
+            self.stats.capture_dropped.fetch_add(dropped, Ordering::Relaxed);
+            if !ring.is_empty() {
+                self.count_flush(socket.flush(ring));
+            }
+        } else {
+            // Capture went off while these waited.
+            for (o, _) in sent.drain(..) {
+                self.router.borrow_mut().recycle(o.buf);
             }
         }
     }
@@ -580,7 +704,9 @@ async fn run_shard(
         .map(|fd| unsafe { UdpSocket::from_raw_fd(fd.into_raw_fd()) })
         .collect();
     let fds = sockets.iter().map(|s| s.as_raw_fd()).collect();
-    let socket_is_v4: Vec<bool> = sockets.iter().map(|s| s.local_addr().map_or(true, |a| a.is_ipv4())).collect();
+    let local: Vec<SocketAddr> =
+        sockets.iter().map(|s| s.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))).collect();
+    let socket_is_v4: Vec<bool> = local.iter().map(SocketAddr::is_ipv4).collect();
     let seed = 0x5eed_0000 ^ (index as u64) << 32 ^ std::process::id() as u64;
     let shard = Rc::new(Shard {
         index,
@@ -599,6 +725,9 @@ async fn run_shard(
         dests: RefCell::new(HashMap::new()),
         stream: streams.settings,
         limit: streams.limit,
+        local,
+        capture: RefCell::new(Capture::Off),
+        just_sent: RefCell::new(Vec::with_capacity(BATCH)),
     });
     CURRENT.with(|s| *s.borrow_mut() = Some(shard.clone()));
     tracing::debug!(shard = index, "shard started");
@@ -618,6 +747,8 @@ async fn run_shard(
         let shard = shard.clone();
         tasks.push(glommio::spawn_local(async move {
             while let Some(batch) = stream.recv().await {
+                // The receiving shard captured these as received; this one captures what it sends.
+                shard.sync_capture();
                 for (it, data) in batch.datagrams() {
                     match it.via {
                         Arrival::Write(c) => shard.write_conn(c, data),
@@ -778,6 +909,8 @@ async fn receive(shard: Rc<Shard>, sock_idx: usize, control: Arc<ShardControl>) 
                 continue;
             }
         };
+        // The batch's receive time, for its captures (taken only while capturing).
+        let captured_at = (n > 0 && shard.sync_capture()).then(WallTime::now);
         for i in 0..n {
             if let Some((src, data)) = batch.get(i) {
                 ShardStats::inc(&shard.stats.received);
@@ -785,7 +918,12 @@ async fn receive(shard: Rc<Shard>, sock_idx: usize, control: Arc<ShardControl>) 
             }
         }
         shard.send_handoffs();
-        shard.flush().await;
+        shard.flush_forward().await;
+        // Copies only once the batch has left; hand-offs included, since this shard received them.
+        if let Some(at) = captured_at {
+            shard.capture_received(&batch, n, sock_idx, at);
+        }
+        shard.capture_sent();
         if n == BATCH {
             // More may be waiting: let the shard's other tasks run, then drain on.
             glommio::executor().yield_if_needed().await;
@@ -823,6 +961,8 @@ async fn housekeeping(shard: &Shard, control: &ShardControl) {
                 shard.close_soon(&mut conns, c, Closed::Idle);
             }
         }
+        // A reload reaches an idle shard's capture here; captures EAGAIN left are retried.
+        shard.sync_capture();
         shard.take_outbox(None);
         shard.send_handoffs();
         shard.flush().await;

@@ -168,6 +168,11 @@ pub struct ShardStats {
     pub tcp_closed: [AtomicU64; crate::conn::Closed::ALL.len()],
     /// Gauge: TCP connections this shard owns now.
     pub tcp_connections: AtomicU64,
+    /// HEP packets the capture socket handed to the kernel (docs/CAPTURE.md).
+    pub capture_sent: AtomicU64,
+    /// Captures lost: the ring full, a datagram too large for HEP, the collector refusing
+    /// (ICMP unreachable), or left waiting when capture was turned off or moved.
+    pub capture_dropped: AtomicU64,
 }
 
 impl ShardStats {

@@ -367,6 +367,21 @@ pub struct RoutingTable {
     pub failover: FailoverSettings,
     /// fsroute's own header prefixes, formatted once per table from `proxy`.
     pub own: OwnLines,
+    /// `[capture]`: where shards mirror every SIP datagram as HEP3; None = off.
+    pub capture: Option<CaptureSettings>,
+}
+
+/// `[capture]`, as the shards apply it (docs/CAPTURE.md). A shard compares it with what it runs
+/// once per batch, so a reload turns capture on, off or elsewhere without a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaptureSettings {
+    /// The HEP collector (heplify-server, sngrep), an IP literal.
+    pub collector: SocketAddr,
+    /// HEP capture agent id (chunk 0x000c).
+    pub capture_id: u32,
+    /// HEP packets one shard keeps waiting for its capture socket; past it captures are dropped
+    /// and counted.
+    pub queue: usize,
 }
 
 /// The start of the Via and Record-Route lines fsroute writes into every request it forwards:
@@ -409,10 +424,17 @@ impl RoutingTable {
             lb_groups: Vec::new(),
             failover: FailoverSettings::default(),
             own: OwnLines::NONE,
+            capture: None,
         };
         t.own = OwnLines::new(&t.proxy.advertise_host, t.proxy.advertise_port);
         t.index_destinations();
         t
+    }
+
+    /// Turns HEP capture on (Some) or leaves it off.
+    pub fn with_capture(mut self, capture: Option<CaptureSettings>) -> Self {
+        self.capture = capture;
+        self
     }
 
     /// Adds load_balancer groups and failover settings.

@@ -5,35 +5,18 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fsroute_dataplane::dispatch::Algorithm;
 use fsroute_dataplane::shard::{DataPlane, ShardSpec};
 use fsroute_dataplane::socket::Ingress;
-use fsroute_dataplane::table::{ArcSwap, RoutingTable};
-use fsroute_dataplane::testing::one_set_table;
-
-/// A table whose proxy identity is the listeners fsroute ended up bound to.
-fn table_for(bound: &[SocketAddr]) -> RoutingTable {
-    let mut t = one_set_table(&[1], Algorithm::RoundRobin, 2);
-    t.proxy.local_names = bound.iter().map(|a| (a.ip().to_string(), a.port())).collect();
-    t.proxy.local_addrs = bound.to_vec();
-    t.proxy.advertise_host = bound[0].ip().to_string();
-    t.proxy.advertise_port = bound[0].port();
-    t
-}
-
-fn options_to(to: SocketAddr, from: SocketAddr, n: u32) -> String {
-    format!(
-        "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK-probe-{n};rport\r\nMax-Forwards: 70\r\nFrom: <sip:probe@{from}>;tag=p{n}\r\nTo: <sip:{to}>\r\nCall-ID: probe-{n}@{from}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
-    )
-}
+use fsroute_dataplane::table::ArcSwap;
+use fsroute_dataplane::testing::{listener_table, options_to};
 
 #[test]
 fn a_reply_leaves_from_the_listener_its_request_arrived_on_and_a_burst_is_answered_whole() {
     let listeners: Vec<SocketAddr> = vec!["127.0.0.1:0".parse().unwrap(), "127.0.0.2:0".parse().unwrap()];
     let spec = ShardSpec { listeners, shards: 1, ingress: Ingress::Flow, handoff_capacity: 64, pin: false, tcp_listeners: vec![], stream: Default::default() };
-    let table = Arc::new(ArcSwap::from_pointee(table_for(&["127.0.0.1:5060".parse().unwrap()])));
+    let table = Arc::new(ArcSwap::from_pointee(listener_table(&["127.0.0.1:5060".parse().unwrap()])));
     let dp = DataPlane::start(&spec, table.clone()).expect("bind loopback listeners");
-    table.store(Arc::new(table_for(&dp.bound)));
+    table.store(Arc::new(listener_table(&dp.bound)));
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let me = client.local_addr().unwrap();
@@ -63,9 +46,9 @@ fn a_reply_leaves_from_the_listener_its_request_arrived_on_and_a_burst_is_answer
 fn a_burst_from_one_peer_is_handed_to_the_owning_shards_in_batches_and_answered_whole() {
     let listeners: Vec<SocketAddr> = vec!["127.0.0.1:0".parse().unwrap()];
     let spec = ShardSpec { listeners, shards: 2, ingress: Ingress::Flow, handoff_capacity: 8192, pin: false, tcp_listeners: vec![], stream: Default::default() };
-    let table = Arc::new(ArcSwap::from_pointee(table_for(&["127.0.0.1:5060".parse().unwrap()])));
+    let table = Arc::new(ArcSwap::from_pointee(listener_table(&["127.0.0.1:5060".parse().unwrap()])));
     let dp = DataPlane::start(&spec, table.clone()).expect("bind loopback listener");
-    table.store(Arc::new(table_for(&dp.bound)));
+    table.store(Arc::new(listener_table(&dp.bound)));
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let me = client.local_addr().unwrap();
@@ -128,10 +111,10 @@ fn closed_by(dp: &DataPlane, reason: fsroute_dataplane::conn::Closed) -> u64 {
 #[test]
 fn a_tcp_connection_is_answered_on_itself_even_for_calls_another_shard_owns() {
     use std::io::Write;
-    let table = Arc::new(ArcSwap::from_pointee(table_for(&["127.0.0.1:5060".parse().unwrap()])));
+    let table = Arc::new(ArcSwap::from_pointee(listener_table(&["127.0.0.1:5060".parse().unwrap()])));
     let dp = DataPlane::start(&tcp_spec(2), table.clone()).expect("bind loopback listeners");
     let sip = dp.bound_tcp[0];
-    table.store(Arc::new(table_for(&[sip])));
+    table.store(Arc::new(listener_table(&[sip])));
     let mut s = std::net::TcpStream::connect(sip).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let me = s.local_addr().unwrap();
@@ -163,10 +146,10 @@ fn a_tcp_connection_is_answered_on_itself_even_for_calls_another_shard_owns() {
 fn garbage_and_an_oversized_message_close_their_connection_and_are_counted() {
     use std::io::{Read, Write};
     use fsroute_dataplane::conn::Closed;
-    let table = Arc::new(ArcSwap::from_pointee(table_for(&["127.0.0.1:5060".parse().unwrap()])));
+    let table = Arc::new(ArcSwap::from_pointee(listener_table(&["127.0.0.1:5060".parse().unwrap()])));
     let dp = DataPlane::start(&tcp_spec(1), table.clone()).expect("bind loopback listeners");
     let sip = dp.bound_tcp[0];
-    table.store(Arc::new(table_for(&[sip])));
+    table.store(Arc::new(listener_table(&[sip])));
     let closed = |s: &mut std::net::TcpStream| {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut b = [0u8; 16];

@@ -13,6 +13,12 @@
 //! ```
 //! (and `--toggle-collect='*route_responses*'` for the 180s). The binary also prints the
 //! count of forwarded messages, so a broken router cannot produce a plausible number.
+//!
+//! HEP capture (docs/CAPTURE.md) has two loops of its own: `capture_copies` records each INVITE
+//! twice into a shard's capture ring (as received and as sent) and flushes the ring every batch
+//! through a send function that takes everything (so the count is fsroute's user-space work per
+//! copy, without the kernel's send), and `capture_off_checks` is the check a shard makes per
+//! batch with capture off (a table load and a comparison).
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -22,7 +28,11 @@ use std::time::{Duration, Instant};
 use fsroute_dataplane::dispatch::{Algorithm, HashMode, Member, Selector};
 use fsroute_dataplane::router::{Action, Router};
 use fsroute_dataplane::stats::ShardStats;
-use fsroute_dataplane::table::{Destination, DispatcherSet, ProxySettings, Route, RouteMatch, RouteTarget, RoutingTable};
+use fsroute_dataplane::capture::CaptureRing;
+use fsroute_dataplane::hep::WallTime;
+use fsroute_dataplane::table::{
+    ArcSwap, CaptureSettings, Destination, DispatcherSet, ProxySettings, Route, RouteMatch, RouteTarget, RoutingTable,
+};
 
 const INVITE: &str = include_str!("../../../dataplane/testdata/sip-corpus/01-invite-from-sbc.sip");
 const RINGING: &str = include_str!("../../../dataplane/testdata/sip-corpus/03-180.sip");
@@ -94,6 +104,34 @@ fn route_responses(r: &mut Router, t: &RoutingTable, msgs: &[(SocketAddr, Vec<u8
     fwd
 }
 
+/// Both copies of every message, a flush per `BATCH` of them; returns the packets the ring sent.
+#[inline(never)]
+fn capture_copies(ring: &mut CaptureRing, peer: SocketAddr, me: SocketAddr, msgs: &[Vec<u8>]) -> u64 {
+    let mut sent = 0;
+    let at = WallTime::now();
+    for chunk in msgs.chunks(fsroute_dataplane::batch::BATCH / 2) {
+        for m in chunk {
+            ring.record(peer, me, at, black_box(m));
+            ring.record(me, peer, at, black_box(m));
+        }
+        sent += ring.flush(|run| Ok(black_box(run).len())).sent;
+    }
+    sent
+}
+
+/// What a shard does per batch while capture is off (`Shard::sync_capture`'s first branch).
+#[inline(never)]
+fn capture_off_checks(table: &ArcSwap<RoutingTable>, running: Option<&CaptureSettings>, n: usize) -> usize {
+    let mut on = 0;
+    for _ in 0..n {
+        let t = table.load();
+        if black_box(t.capture.as_ref()) != running {
+            on += 1;
+        }
+    }
+    on
+}
+
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let t = table();
@@ -131,6 +169,16 @@ fn main() {
     println!("forwarded {a} of {n} INVITEs and {b} of {} 180s", responses.len());
     if a != n || b != responses.len() || b == 0 {
         eprintln!("callgrind_forward: the router did not forward every message; the count would be meaningless");
+        std::process::exit(1);
+    }
+    let collector: SocketAddr = "127.0.0.1:9060".parse().unwrap();
+    let mut ring = CaptureRing::new(CaptureSettings { collector, capture_id: 2001, queue: 1024 });
+    let captured = capture_copies(&mut ring, src, "127.0.0.1:5060".parse().unwrap(), &invites);
+    let swap = ArcSwap::from_pointee(table());
+    let off = capture_off_checks(&swap, None, n);
+    println!("captured {captured} of {} copies; {off} of {n} off-checks saw capture on", 2 * n);
+    if captured != 2 * n as u64 || off != 0 {
+        eprintln!("callgrind_forward: capture did not record every copy; the count would be meaningless");
         std::process::exit(1);
     }
 }

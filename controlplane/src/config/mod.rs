@@ -79,6 +79,8 @@ pub struct Config {
     pub limits: fsroute_dataplane::table::MemoryLimits,
     /// `[dns]`: how destination names are resolved and kept (docs/DNS.md).
     pub dns: DnsConfig,
+    /// `[capture]`: the HEP collector every SIP datagram is mirrored to; None = off (no `hep`).
+    pub capture: Option<fsroute_dataplane::table::CaptureSettings>,
     /// `[[dispatcher]]` rows in file order.
     pub dispatcher: Vec<DispatcherRow>,
     /// `[[load_balancer]]` rows in file order.

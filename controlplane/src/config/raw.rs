@@ -20,6 +20,7 @@ pub(crate) struct RawConfig {
     pub failover: Opt<RawFailover>,
     pub limits: Opt<RawLimits>,
     pub dns: Opt<RawDns>,
+    pub capture: Opt<RawCapture>,
     #[serde(default)]
     pub dispatcher: Vec<Spanned<RawDispatcher>>,
     #[serde(default)]
@@ -57,6 +58,14 @@ pub(crate) struct RawLimits {
     pub dialogs: Opt<i64>,
     pub forks: Opt<i64>,
     pub fork_memory_mib: Opt<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCapture {
+    pub hep: Opt<String>,
+    pub capture_id: Opt<i64>,
+    pub queue: Opt<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -92,6 +92,14 @@ fn write_summary(s: &mut String, c: &Config) -> std::fmt::Result {
         )
     };
     writeln!(s, "probing     {probing}")?;
+    match &c.capture {
+        None => writeln!(s, "capture     off")?,
+        Some(h) => writeln!(
+            s,
+            "capture     HEP3 to udp {} as capture id {}, {} packets queued per shard at most",
+            h.collector, h.capture_id, h.queue
+        )?,
+    }
     writeln!(
         s,
         "capacity    {} model; {} channel(s) per call; CPU cost prior {} points, margin {}; status every {}",

@@ -1108,3 +1108,32 @@ fn the_default_is_one_shard_on_two_cpus_or_fewer_and_one_per_cpu_above() {
     use super::validate::default_shards;
     assert_eq!([1, 2, 3, 4, 16].map(default_shards), [1, 1, 3, 4, 16]);
 }
+
+#[test]
+fn capture_is_off_without_a_collector_and_takes_its_defaults_with_one() {
+    assert_eq!(ok(LISTEN).capture, None);
+    assert_eq!(ok(&with_listen("[capture]\ncapture_id = 2001\n")).capture, None, "no hep: off");
+    let c = ok(&with_listen("[capture]\nhep = \"127.0.0.1:9060\"\n")).capture.unwrap();
+    assert_eq!((c.collector, c.capture_id, c.queue), ("127.0.0.1:9060".parse().unwrap(), 1, 1024));
+    let c = ok(&with_listen("[capture]\nhep = \"[::1]:9061\"\ncapture_id = 4294967295\nqueue = 16\n")).capture.unwrap();
+    assert_eq!((c.collector, c.capture_id, c.queue), ("[::1]:9061".parse().unwrap(), u32::MAX, 16));
+    assert!(ok(&with_listen("[capture]\nhep = \"127.0.0.1:9060\"\ncapture_id = 2001\n")).summary().contains("capture     HEP3 to udp 127.0.0.1:9060 as capture id 2001"));
+    assert!(ok(LISTEN).summary().contains("capture     off"));
+}
+
+#[test]
+fn a_bad_capture_key_names_its_field_and_line() {
+    let e = errs(&with_listen("[capture]\nhep = \"collector.example.net:9060\"\n"));
+    assert_eq!(line_of(&e, "capture.hep"), 4);
+    assert!(only(&e, "capture.hep").to_string().contains("no DNS"), "{e}");
+    let e = errs(&with_listen("[capture]\nhep = \"0.0.0.0:9060\"\n"));
+    assert_eq!(line_of(&e, "capture.hep"), 4);
+    let e = errs(&with_listen("[capture]\nhep = \"127.0.0.1:0\"\n"));
+    assert_eq!(line_of(&e, "capture.hep"), 4);
+    let e = errs(&with_listen("[capture]\nhep = \"127.0.0.1:5060\"\n"));
+    assert!(only(&e, "capture.hep").to_string().contains("own SIP listeners"), "{e}");
+    let e = errs(&with_listen("[capture]\nhep = \"127.0.0.1:9060\"\ncapture_id = -1\nqueue = 8\n"));
+    assert_eq!((line_of(&e, "capture.capture_id"), line_of(&e, "capture.queue")), (5, 6));
+    let e = errs(&with_listen("[capture]\nhep = \"127.0.0.1:9060\"\nqueues = 8\n"));
+    assert_eq!(e.len(), 1, "an unknown key: {e}");
+}

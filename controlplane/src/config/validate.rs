@@ -13,12 +13,12 @@ use std::time::Duration;
 use fsroute_dataplane::shard::StreamSettings;
 use fsroute_dataplane::socket::Ingress;
 use fsroute_dataplane::dispatch::{Algorithm, HashMode};
-use fsroute_dataplane::table::RouteMatch;
+use fsroute_dataplane::table::{CaptureSettings, RouteMatch};
 use toml::Spanned;
 
 use super::error::{redact, ConfigError, LineIndex, Position};
 use super::raw::{
-    IntOrStr, Number, Opt, RawConfig, RawControl, RawDispatcher, RawDns, RawFailover, RawLimits, RawLoadBalancer,
+    IntOrStr, Number, Opt, RawCapture, RawConfig, RawControl, RawDispatcher, RawDns, RawFailover, RawLimits, RawLoadBalancer,
     RawProxy, RawRoute,
 };
 use super::value::{
@@ -43,6 +43,7 @@ pub(crate) fn validate(raw: &RawConfig, text: &str, path: &Path) -> (Config, Vec
     let failover = cx.failover(raw.failover.as_ref().map(Spanned::get_ref));
     let limits = cx.limits(raw.limits.as_ref().map(Spanned::get_ref));
     let dns = cx.dns(raw.dns.as_ref().map(Spanned::get_ref));
+    let capture = cx.capture(raw.capture.as_ref().map(Spanned::get_ref), &proxy.listen);
     let dispatcher = cx.dispatcher_rows(&raw.dispatcher, &proxy.listen);
     let load_balancer = cx.load_balancer_rows(&raw.load_balancer, &proxy.listen);
     let routes = cx.routes(&raw.route, &dispatcher, &load_balancer);
@@ -54,6 +55,7 @@ pub(crate) fn validate(raw: &RawConfig, text: &str, path: &Path) -> (Config, Vec
         failover,
         limits,
         dns,
+        capture,
         dispatcher,
         load_balancer,
         routes,
@@ -77,6 +79,11 @@ struct Ctx<'a> {
     /// every row naming a box, so two rows must not disagree about how to log in.
     fs_seen: HashMap<FsKey, (FsEndpoint, usize)>,
 }
+
+/// `capture.capture_id` when absent: Kamailio's siptrace `hep_capture_id` default.
+pub(crate) const DEFAULT_CAPTURE_ID: u32 = 1;
+/// `capture.queue` when absent: HEP packets waiting per shard, about 16 batches' worth.
+pub(crate) const DEFAULT_CAPTURE_QUEUE: usize = 1024;
 
 /// Shortest admin token accepted: a guessable token is no better than none.
 pub(crate) const ADMIN_TOKEN_MIN_LEN: usize = 16;
@@ -611,6 +618,35 @@ impl Ctx<'_> {
             forks: self.ranged(&l.forks, "limits.forks", 100, 1 << 24, d.forks),
             fork_bytes: self.ranged::<usize>(&l.fork_memory_mib, "limits.fork_memory_mib", 1, 1 << 16, d.fork_bytes >> 20) << 20,
         }
+    }
+
+    /// `[capture]`: off without `hep`; the other keys are checked either way.
+    fn capture(&mut self, raw: Option<&RawCapture>, listen: &[SocketAddr]) -> Option<CaptureSettings> {
+        let c = raw?;
+        let capture_id = self.ranged(&c.capture_id, "capture.capture_id", 0, i64::from(u32::MAX), DEFAULT_CAPTURE_ID);
+        let queue = self.ranged(&c.queue, "capture.queue", 16, 1 << 16, DEFAULT_CAPTURE_QUEUE);
+        let hep = c.hep.as_ref()?;
+        let text = hep.get_ref().trim();
+        let collector = match text.parse::<SocketAddr>() {
+            Ok(a) if a.port() == 0 || a.ip().is_unspecified() => {
+                self.invalid(&hep.span(), "capture.hep", quoted(text), "the collector needs a real address and a port (e.g. \"127.0.0.1:9060\")");
+                return None;
+            }
+            Ok(a) => a,
+            Err(_) => {
+                self.invalid(&hep.span(), "capture.hep", quoted(text), "must be IP:PORT, an IP literal (no DNS): e.g. \"127.0.0.1:9060\" or \"[2001:db8::1]:9060\"");
+                return None;
+            }
+        };
+        // HEP packets arriving at a SIP listener would come back as malformed SIP, captured again.
+        let own = listen.iter().any(|l| {
+            l.port() == collector.port() && (l.ip() == collector.ip() || (l.ip().is_unspecified() && l.is_ipv4() == collector.is_ipv4()))
+        });
+        if own {
+            self.conflict(&hep.span(), "capture.hep", format!("{collector} is one of fsroute's own SIP listeners"));
+            return None;
+        }
+        Some(CaptureSettings { collector, capture_id, queue })
     }
 
     fn control(&mut self, raw: Option<&RawControl>) -> ControlConfig {

@@ -78,6 +78,7 @@ pub fn expand<'a>(config: &'a Config, names: &ResolvedNames) -> (Cow<'a, Config>
         failover: config.failover.clone(),
         limits: config.limits,
         dns: config.dns.clone(),
+        capture: config.capture,
         dispatcher,
         load_balancer,
         routes: config.routes.clone(),
