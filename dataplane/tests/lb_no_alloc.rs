@@ -1,6 +1,6 @@
 //! Proof that the load_balancer fast path allocates nothing: a counting global allocator wraps the
 //! system one, then selecting, reserving (raw and held), failing over, releasing and paying off
-//! written-off units over thousands of calls must not allocate. It lives in its own test binary,
+//! written-off units over thousands of calls must not allocate (counted on the test's own thread). It lives in its own test binary,
 //! not in `no_alloc.rs`, because the counter is process-wide and the table built here would be
 //! counted by that file's test running in parallel.
 
