@@ -669,12 +669,19 @@ pub fn check_warnings(c: &Config) -> Vec<String> {
     out
 }
 
+/// One line of `fsroute check`'s answer on stdout. A reader that went away (`fsroute check | head`)
+/// is not an error of the config: `println!` would panic on the broken pipe, this stops quietly.
+fn say(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
 /// Validates a config file for `fsroute check`: prints the summary (and warnings) or the errors.
 /// With `resolve`, every destination name is resolved once and one that does not is an error.
 pub fn check(path: &Path, resolve: bool) -> i32 {
     match config::load(path) {
         Ok(c) => {
-            println!("{}", c.summary());
+            say(c.summary());
             for w in check_warnings(&c) {
                 eprintln!("warning: {w}");
             }
@@ -694,7 +701,7 @@ pub fn check(path: &Path, resolve: bool) -> i32 {
 fn check_names(c: &Config) -> i32 {
     let names = c.dns_names();
     if names.is_empty() {
-        println!("dns names   none to resolve");
+        say("dns names   none to resolve");
         return EXIT_OK;
     }
     let outcomes = match crate::dns::resolver::resolve_all(&c.dns, &names) {
@@ -716,7 +723,7 @@ fn check_names(c: &Config) -> i32 {
                         None => x.addr.to_string(),
                     })
                     .collect();
-                println!("resolved    {name}: {} (TTL {}s)", addrs.join(", "), a.ttl.as_secs());
+                say(format_args!("resolved    {name}: {} (TTL {}s)", addrs.join(", "), a.ttl.as_secs()));
             }
             Err(e) => {
                 failed += 1;

@@ -131,7 +131,7 @@ pub fn build_table(
                     None
                 }
             },
-            RouteTo::LoadBalancer { group_id, resources, flags, .. } => {
+            RouteTo::LoadBalancer { group_id, resources, flags, failover } => {
                 let group = lb_groups.iter().position(|g| g.group_id == *group_id);
                 let Some((group, g)) = group.map(|i| (i, &lb_groups[i])) else {
                     tracing::error!(line = r.line, group_id, "route names a load_balancer group with no destinations; skipped");
@@ -142,7 +142,7 @@ pub fn build_table(
                     tracing::error!(line = r.line, group_id, "route asks for resources the group lacks (or more than 4); skipped");
                     return None;
                 };
-                Some(Route { matcher: r.matcher.clone(), target: RouteTarget::LoadBalancer { group, wanted, flags: *flags } })
+                Some(Route { matcher: r.matcher.clone(), target: RouteTarget::LoadBalancer { group, wanted, flags: *flags, failover: *failover } })
             }
         })
         .collect();
@@ -161,17 +161,17 @@ pub fn build_table(
         proxy.branch_key = counters.branch_key;
     }
     proxy.host_ips = counters.host_ips.clone();
-    let tcp = config
+    let streams = config
         .dispatcher
         .iter()
         .map(|r| (&r.uri, r.addr))
         .chain(config.load_balancer.iter().map(|r| (&r.uri, r.addr)))
-        .filter(|(uri, _)| crate::config::is_tcp_destination(uri))
-        .map(|(_, a)| a)
+        .map(|(uri, a)| (a, crate::config::destination_transport(uri)))
+        .filter(|(_, t)| t.is_stream())
         .collect();
     let mut t = RoutingTable::new(generation, proxy, sets, routes)
         .with_load_balancer(lb_groups, failover)
-        .with_tcp_destinations(tcp)
+        .with_stream_destinations(streams)
         .with_capture(config.capture);
     // A former name that is now a destination's address is that destination's: a Route naming
     // it goes there, not to fsroute.
@@ -996,8 +996,8 @@ lb_flags = "s"
         assert_eq!(b.resources[0].as_ref().unwrap().effective, 7);
         assert!(b.resources[1].is_none());
         match t.routes[0].target {
-            RouteTarget::LoadBalancer { group, wanted, flags } => {
-                assert_eq!((group, wanted.ids(), flags.random_tie), (0, &[0usize][..], true));
+            RouteTarget::LoadBalancer { group, wanted, flags, failover } => {
+                assert_eq!((group, wanted.ids(), flags.random_tie, failover), (0, &[0usize][..], true, true));
             }
             other => panic!("{other:?}"),
         }

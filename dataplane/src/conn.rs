@@ -10,24 +10,77 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// One stream connection: the owning shard in the top 16 bits, a serial number below. Serials are
-/// not reused while a shard lives (2^48 connections), so a stale id never names a new connection.
-/// Serials start at 1, so an id is never zero and `Option<ConnId>` costs no more than the id.
+/// How a message travels; what fsroute's Via and Record-Route name (RFC 3261 §18, §20.42).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    #[default]
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    /// A connection-oriented transport: messages leave on a connection and are framed.
+    #[inline]
+    pub fn is_stream(self) -> bool {
+        self != Transport::Udp
+    }
+
+    /// As a Via's sent-protocol writes it (`SIP/2.0/TCP`).
+    pub fn via_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+
+    /// As a URI's `transport=` parameter writes it.
+    pub fn param(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+}
+
+/// One stream connection: the owning shard in the top 16 bits, whether it is TLS in the next bit,
+/// a serial number below. Serials are not reused while a shard lives (2^47 connections), so a
+/// stale id never names a new connection. Serials start at 1, so an id is never zero and
+/// `Option<ConnId>` costs no more than the id. The transport rides in the id so that whatever
+/// holds only the id (a branch, the dialog memory) writes the right Via for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(std::num::NonZeroU64);
 
-const SERIAL_BITS: u32 = 48;
+const SERIAL_BITS: u32 = 47;
+const TLS_BIT: u64 = 1 << SERIAL_BITS;
+const SHARD_SHIFT: u32 = SERIAL_BITS + 1;
 
 impl ConnId {
-    /// Serial 0 is taken as 1.
+    /// A TCP connection's id; serial 0 is taken as 1.
     pub fn new(shard: usize, serial: u64) -> ConnId {
-        let serial = (serial & ((1 << SERIAL_BITS) - 1)).max(1);
+        ConnId::with_transport(shard, serial, Transport::Tcp)
+    }
+
+    /// `transport` is TCP or TLS (UDP is taken as TCP: a connection is a stream).
+    pub fn with_transport(shard: usize, serial: u64, transport: Transport) -> ConnId {
+        let serial = (serial & (TLS_BIT - 1)).max(1);
+        let tls = if transport == Transport::Tls { TLS_BIT } else { 0 };
         // Never zero: the serial is at least 1.
-        let bits = ((shard as u64 & 0xffff) << SERIAL_BITS) | serial;
+        let bits = ((shard as u64 & 0xffff) << SHARD_SHIFT) | tls | serial;
         ConnId(std::num::NonZeroU64::new(bits).unwrap_or(std::num::NonZeroU64::MIN))
     }
     pub fn shard(self) -> usize {
-        (self.0.get() >> SERIAL_BITS) as usize
+        (self.0.get() >> SHARD_SHIFT) as usize
+    }
+    /// TCP or TLS.
+    pub fn transport(self) -> Transport {
+        if self.0.get() & TLS_BIT != 0 {
+            Transport::Tls
+        } else {
+            Transport::Tcp
+        }
     }
     /// The 64 bits written into a branch.
     pub fn to_bits(self) -> u64 {
@@ -122,9 +175,9 @@ impl<T> ConnTable<T> {
         self.conns.is_empty()
     }
 
-    /// Registers a new connection to or from `peer`.
-    pub fn open(&mut self, peer: SocketAddr, now: Instant, io: T) -> ConnId {
-        let id = ConnId::new(self.shard, self.next);
+    /// Registers a new connection to or from `peer`, over TCP or TLS.
+    pub fn open(&mut self, peer: SocketAddr, transport: Transport, now: Instant, io: T) -> ConnId {
+        let id = ConnId::with_transport(self.shard, self.next, transport);
         self.next += 1;
         self.conns.insert(id.to_bits(), Conn { peer, last_active: now, pending: Vec::new(), retrying: false, closing: None, io });
         id
@@ -222,15 +275,25 @@ mod tests {
         assert_eq!(ConnId::from_bits(id.to_bits()), Some(id));
         assert_eq!(ConnId::from_bits(0), None);
         assert_ne!(ConnId::new(2, 77), id);
+        assert_eq!(id.transport(), Transport::Tcp);
+    }
+
+    #[test]
+    fn a_tls_conn_id_says_so_and_keeps_its_shard_and_serial_apart() {
+        let tls = ConnId::with_transport(0xffff, u64::MAX, Transport::Tls);
+        assert_eq!(tls.shard(), 0xffff);
+        assert_eq!(tls.transport(), Transport::Tls);
+        assert_ne!(tls, ConnId::with_transport(0xffff, u64::MAX, Transport::Tcp));
+        assert_eq!(ConnId::from_bits(tls.to_bits()).map(ConnId::transport), Some(Transport::Tls));
     }
 
     #[test]
     fn ids_are_never_reused_and_a_closed_connection_is_gone() {
         let now = Instant::now();
         let mut t: ConnTable<()> = ConnTable::new(1);
-        let a = t.open(peer(1), now, ());
+        let a = t.open(peer(1), Transport::Tcp, now, ());
         assert!(t.close(a).is_some());
-        let b = t.open(peer(1), now, ());
+        let b = t.open(peer(1), Transport::Tcp, now, ());
         assert_ne!(a, b);
         assert!(t.get_mut(a).is_none(), "a stale id finds nothing");
         assert_eq!(t.get_mut(b).map(|c| c.peer), Some(peer(1)));
@@ -241,8 +304,8 @@ mod tests {
     fn silent_connections_are_idle_and_traffic_restarts_the_clock() {
         let t0 = Instant::now();
         let mut t: ConnTable<()> = ConnTable::new(0);
-        let a = t.open(peer(1), t0, ());
-        let b = t.open(peer(2), t0, ());
+        let a = t.open(peer(1), Transport::Tcp, t0, ());
+        let b = t.open(peer(2), Transport::Tcp, t0, ());
         t.touch(b, t0 + Duration::from_secs(50));
         assert_eq!(t.idle(t0 + Duration::from_secs(60), Duration::from_secs(60)), [a]);
     }
@@ -250,7 +313,7 @@ mod tests {
     #[test]
     fn pending_output_is_bounded() {
         let mut t: ConnTable<()> = ConnTable::new(0);
-        let a = t.open(peer(1), Instant::now(), ());
+        let a = t.open(peer(1), Transport::Tcp, Instant::now(), ());
         assert!(t.queue(a, &vec![0; MAX_PENDING_OUTPUT - 1]));
         assert!(!t.queue(a, b"xx"), "past the bound the connection must go");
         assert_eq!(t.get_mut(a).map(|c| c.pending.len()), Some(MAX_PENDING_OUTPUT - 1));

@@ -35,7 +35,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::batch::{Fate, Flushed, Outgoing, RecvBatch, SendQueue, SendScratch, BATCH};
 use crate::capture::{worth_capturing, CaptureRing, CaptureSocket};
-use crate::conn::{Closed, ConnId, ConnTable, Hop, SourceLimit};
+use crate::conn::{Closed, ConnId, ConnTable, Hop, SourceLimit, Transport};
 use crate::framing::{Frame, FrameError, Framer, PONG};
 use crate::hep::WallTime;
 use crate::router::{Action, Router};
@@ -345,7 +345,7 @@ impl Shard {
             }
         };
         match action {
-            Action::Forward(to) if table.is_tcp_destination(&to) => self.send_tcp(to, out),
+            Action::Forward(to) if table.destination_transport(&to).is_stream() => self.send_tcp(to, out),
             Action::Forward(to) => self.enqueue(to, self.socket_for(None, to), out),
             Action::Reply(to) => self.enqueue(to, self.socket_for(arrival.socket(), to), out),
             Action::ForwardOn(c) | Action::ReplyOn(c) => self.send_on(c, src, out),
@@ -369,7 +369,7 @@ impl Shard {
             let Some((to, buf)) = next else { break };
             match to {
                 Hop { conn: Some(c), addr } => self.send_on(c, addr, buf),
-                Hop { addr, conn: None } if self.table.load().is_tcp_destination(&addr) => self.send_tcp(addr, buf),
+                Hop { addr, conn: None } if self.table.load().destination_transport(&addr).is_stream() => self.send_tcp(addr, buf),
                 Hop { addr, conn: None } => {
                     let reply = buf.starts_with(b"SIP/2.0 ");
                     self.enqueue(addr, self.socket_for(arrived.filter(|_| reply), addr), buf);
@@ -789,7 +789,7 @@ async fn accept(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let id = shard.conns.borrow_mut().open(peer, Instant::now(), stream.as_raw_fd());
+        let id = shard.conns.borrow_mut().open(peer, Transport::Tcp, Instant::now(), stream.as_raw_fd());
         ShardStats::inc(&shard.stats.tcp_accepted);
         ShardStats::set(&shard.stats.tcp_connections, shard.conns.borrow().len() as u64);
         glommio::spawn_local(serve(shard.clone(), stream, id, peer, true)).detach();
@@ -808,7 +808,7 @@ async fn connect(shard: Rc<Shard>, to: SocketAddr) {
     match r {
         Ok(stream) => {
             let _ = stream.set_nodelay(true);
-            let id = shard.conns.borrow_mut().open(to, Instant::now(), stream.as_raw_fd());
+            let id = shard.conns.borrow_mut().open(to, Transport::Tcp, Instant::now(), stream.as_raw_fd());
             shard.dests.borrow_mut().insert(to, DestConn::Open(id));
             ShardStats::inc(&shard.stats.tcp_connected);
             ShardStats::set(&shard.stats.tcp_connections, shard.conns.borrow().len() as u64);

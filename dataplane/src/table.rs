@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::conn::Transport;
 use crate::admission::BoxAdmission;
 use crate::dispatch::{Algorithm, HashMode, Selector};
 use crate::lb::{LbFlags, LbGroup};
@@ -118,9 +119,12 @@ pub struct LbWanted {
 }
 
 impl LbWanted {
-    /// None when more than four resources are asked for (the documented limit).
+    /// The most resources one load_balancer route may ask for.
+    pub const MAX: usize = 4;
+
+    /// None when more than [`Self::MAX`] resources are asked for.
     pub fn new(ids: &[usize]) -> Option<LbWanted> {
-        if ids.len() > 4 {
+        if ids.len() > Self::MAX {
             return None;
         }
         let mut w = LbWanted { ids: [0; 4], len: ids.len() as u8 };
@@ -136,8 +140,9 @@ impl LbWanted {
 pub enum RouteTarget {
     /// Index into `RoutingTable::sets`.
     Dispatcher { set: usize, algorithm: Algorithm, failover: bool },
-    /// Index into `RoutingTable::lb_groups`; INVITEs always fail over.
-    LoadBalancer { group: usize, wanted: LbWanted, flags: LbFlags },
+    /// Index into `RoutingTable::lb_groups`. INVITEs always become failover transactions (the
+    /// call's units are held until it ends); `failover = false` allows one attempt only.
+    LoadBalancer { group: usize, wanted: LbWanted, flags: LbFlags, failover: bool },
 }
 
 /// `[failover]`: what moves a call to the next destination.
@@ -359,10 +364,10 @@ pub struct RoutingTable {
     /// Sorted addresses of every destination of every set and group, for Record-Route tokens and
     /// for telling a request from a backend apart from one towards it.
     pub known_destinations: Vec<SocketAddr>,
-    /// Sorted addresses of the destinations written `;transport=tcp`: requests to them leave on a
-    /// TCP connection the sending shard opens (docs/TCP.md). Empty in a UDP-only config, so the
-    /// UDP path pays one length check.
-    pub tcp_destinations: Vec<SocketAddr>,
+    /// The destinations reached over a stream (`;transport=tcp`, later TLS), sorted by address:
+    /// requests to them leave on a connection the sending shard opens (docs/TCP.md). Empty in a
+    /// UDP-only config, so the UDP path pays one length check.
+    pub stream_destinations: Vec<(SocketAddr, Transport)>,
     pub lb_groups: Vec<LbGroup>,
     pub failover: FailoverSettings,
     /// fsroute's own header prefixes, formatted once per table from `proxy`.
@@ -393,20 +398,33 @@ pub struct OwnLines {
     pub via: Vec<u8>,
     /// The same for a request that leaves on a TCP connection: `Via: SIP/2.0/TCP host:port;branch=`.
     pub via_tcp: Vec<u8>,
+    /// And on a TLS connection: `Via: SIP/2.0/TLS host:port;branch=`.
+    pub via_tls: Vec<u8>,
     /// `Record-Route: <sip:host:port;lr;fsd=`; the destination token and `>` follow.
     pub record_route: Vec<u8>,
 }
 
 impl OwnLines {
     /// For writers that never add fsroute's top lines (replies, stored templates).
-    pub const NONE: OwnLines = OwnLines { via: Vec::new(), via_tcp: Vec::new(), record_route: Vec::new() };
+    pub const NONE: OwnLines = OwnLines { via: Vec::new(), via_tcp: Vec::new(), via_tls: Vec::new(), record_route: Vec::new() };
 
     /// `host` is already in URI form (an IPv6 address bracketed).
     pub fn new(host: &str, port: u16) -> Self {
         OwnLines {
             via: format!("Via: SIP/2.0/UDP {host}:{port};branch=").into_bytes(),
             via_tcp: format!("Via: SIP/2.0/TCP {host}:{port};branch=").into_bytes(),
+            via_tls: format!("Via: SIP/2.0/TLS {host}:{port};branch=").into_bytes(),
             record_route: format!("Record-Route: <sip:{host}:{port};lr;fsd=").into_bytes(),
+        }
+    }
+
+    /// fsroute's Via prefix for a request leaving over `transport`.
+    #[inline]
+    pub fn via(&self, transport: Transport) -> &[u8] {
+        match transport {
+            Transport::Udp => &self.via,
+            Transport::Tcp => &self.via_tcp,
+            Transport::Tls => &self.via_tls,
         }
     }
 }
@@ -420,7 +438,7 @@ impl RoutingTable {
             sets,
             routes,
             known_destinations: Vec::new(),
-            tcp_destinations: Vec::new(),
+            stream_destinations: Vec::new(),
             lb_groups: Vec::new(),
             failover: FailoverSettings::default(),
             own: OwnLines::NONE,
@@ -454,18 +472,26 @@ impl RoutingTable {
         self.known_destinations = known;
     }
 
-    /// Marks destinations as reached over TCP.
-    pub fn with_tcp_destinations(mut self, mut tcp: Vec<SocketAddr>) -> Self {
-        tcp.sort_unstable();
-        tcp.dedup();
-        self.tcp_destinations = tcp;
+    /// Marks destinations as reached over a stream transport; an address listed twice keeps its
+    /// first transport (config validation refuses one address under two transports).
+    pub fn with_stream_destinations(mut self, mut streams: Vec<(SocketAddr, Transport)>) -> Self {
+        streams.retain(|(_, t)| t.is_stream());
+        streams.sort_by_key(|(a, _)| *a);
+        streams.dedup_by_key(|(a, _)| *a);
+        self.stream_destinations = streams;
         self
     }
 
-    /// Whether requests to `addr` leave over TCP.
+    /// The transport requests to `addr` leave over: UDP unless the destination says otherwise.
     #[inline]
-    pub fn is_tcp_destination(&self, addr: &SocketAddr) -> bool {
-        !self.tcp_destinations.is_empty() && self.tcp_destinations.binary_search(addr).is_ok()
+    pub fn destination_transport(&self, addr: &SocketAddr) -> Transport {
+        if self.stream_destinations.is_empty() {
+            return Transport::Udp;
+        }
+        match self.stream_destinations.binary_search_by_key(addr, |(a, _)| *a) {
+            Ok(i) => self.stream_destinations[i].1,
+            Err(_) => Transport::Udp,
+        }
     }
 
     pub fn is_known_destination(&self, addr: &SocketAddr) -> bool {

@@ -87,7 +87,7 @@ pub fn one_group_table(capacities: &[u32], generation: u64) -> RoutingTable {
     let group = LbGroup { group_id: 1, resource_names: vec!["ch".into()], destinations };
     let route = Route {
         matcher: RouteMatch::default(),
-        target: RouteTarget::LoadBalancer { group: 0, wanted: LbWanted::new(&[0]).expect("one resource"), flags: LbFlags::default() },
+        target: RouteTarget::LoadBalancer { group: 0, wanted: LbWanted::new(&[0]).expect("one resource"), flags: LbFlags::default(), failover: true },
     };
     RoutingTable::new(generation, loopback_proxy(), Vec::new(), vec![route])
         .with_load_balancer(vec![group], crate::table::FailoverSettings::default())

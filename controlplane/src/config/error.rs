@@ -201,10 +201,11 @@ pub fn redact(text: &str) -> String {
         let (head, tail) = rest.split_at(i + 5);
         out.push_str(head);
         // The URL ends at whitespace, a quote or the next URL (resource lists hold several);
-        // its userinfo ends at its last '@'. Cutting too late only hides more, never less.
-        let end = tail
-            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '`')
-            .unwrap_or(tail.len());
+        // its userinfo ends at its last '@'. Cutting too late only hides more, never less, so a
+        // password holding whitespace (no '@' before it) runs on to the closing quote.
+        let quoted = tail.find(['"', '\'', '`']).unwrap_or(tail.len());
+        let end = tail[..quoted].find(char::is_whitespace).unwrap_or(quoted);
+        let end = if tail[..end].contains('@') { end } else { quoted };
         let end = find_ascii_ci(&tail[..end], "fs://").unwrap_or(end);
         let url = &tail[..end];
         match url.rfind('@') {

@@ -29,7 +29,7 @@ pub use fsroute_dataplane::lb::LbFlags;
 pub use error::{redact, ConfigError, ConfigErrors, Position};
 /// Passwords, the admin token and the branch secret: the ESL crate's never-printed string.
 pub use fsroute_esl::Secret;
-pub use value::{is_tcp_destination, parse_duration, SIP_DEFAULT_PORT};
+pub use value::{destination_transport, is_stream_destination, parse_duration, SIP_DEFAULT_PORT};
 pub(crate) use validate::is_own_listener;
 
 /// Reads and validates the config file at `path`.

@@ -612,6 +612,32 @@ fn a_malformed_fs_weight_is_an_error_naming_line_and_field_without_the_password(
 }
 
 #[test]
+fn a_load_balancer_route_fails_over_unless_it_says_failover_false() {
+    let lb = "[[load_balancer]]\ngroup_id = 1\ndst_uri = \"sip:127.0.0.1:5081\"\nresources = \"ch=10\"\n";
+    let failover_of = |c: &Config| match &c.routes[0].target {
+        RouteTo::LoadBalancer { failover, .. } => *failover,
+        other => panic!("{other:?}"),
+    };
+    assert!(failover_of(&ok(&with_listen(&format!("{lb}[[route]]\nto_load_balancer = 1\nresources = \"ch\"\n")))));
+    assert!(!failover_of(&ok(&with_listen(&format!("{lb}[[route]]\nto_load_balancer = 1\nresources = \"ch\"\nfailover = false\n")))));
+}
+
+#[test]
+fn a_load_balancer_route_asking_for_more_than_four_resources_is_refused_naming_the_field() {
+    let e = errs(&with_listen(
+        "[[load_balancer]]\ngroup_id = 1\ndst_uri = \"sip:127.0.0.1:5081\"\nresources = \"a=1;b=1;c=1;d=1;e=1\"\n[[route]]\nto_load_balancer = 1\nresources = \"a;b;c;d;e\"\n",
+    ));
+    assert!(e.iter().any(|x| x.to_string().contains("route[0].resources") && x.to_string().contains("at most 4")), "{e}");
+}
+
+#[test]
+fn max_attempts_above_what_the_router_keeps_per_call_is_refused() {
+    let e = errs(&with_listen("[failover]\nmax_attempts = 9\n"));
+    assert!(e.to_string().contains("failover.max_attempts"), "{e}");
+    assert_eq!(ok(&with_listen("[failover]\nmax_attempts = 8\n")).failover.max_attempts, 8);
+}
+
+#[test]
 fn load_balancer_rows_keep_every_resource_and_routes_keep_their_flags() {
     let text = with_listen(
         r#"
@@ -655,7 +681,7 @@ lb_flags = "rs"
                 random_tie: true,
                 allow_negative: false
             },
-            failover: false,
+            failover: true,
         }
     );
 }
@@ -781,6 +807,16 @@ fn a_malformed_fs_url_is_reported_without_its_password() {
 }
 
 #[test]
+fn an_esl_password_with_a_line_break_is_refused_because_it_would_inject_an_esl_command() {
+    for weight in ["fs://:Clue\\nCon@10.0.0.1", "fs://:ClueCon\\r\\n\\r\\napi shutdown@10.0.0.1", "fs://us\\ter:ClueCon@10.0.0.1"] {
+        let e = errs(&with_listen(&format!("[[dispatcher]]\nsetid = 1\ndestination = \"sip:10.0.0.1\"\nweight = \"{weight}\"\n")));
+        assert_eq!(line_of(&e, "dispatcher[0].weight"), 6, "{weight}: {e}");
+        assert!(e.to_string().contains("control characters"), "{weight}: {e}");
+        assert!(!e.to_string().contains("Con"), "the password leaked: {e}");
+    }
+}
+
+#[test]
 fn a_capacity_that_is_not_an_fs_url_but_holds_one_is_reported_without_its_password() {
     // Found by the `config` fuzz target: the reason quoted the capacity unredacted.
     let e = errs(&with_listen(
@@ -803,6 +839,7 @@ fn redact_masks_every_fs_password_and_keeps_the_rest() {
         "ch=fs://:****@h1;conf=fs://:****@h2"
     );
     assert_eq!(redact("fs://nopassword"), "fs://nopassword");
+    assert_eq!(redact("\"fs://:pass word@h\" x"), "\"fs://:****@h\" x", "a password with a space");
     assert_eq!(redact("no url here"), "no url here");
 }
 
@@ -1018,8 +1055,8 @@ fn the_same_name_twice_in_a_set_is_a_duplicate_and_a_bad_name_is_named() {
     assert!(only(&e, "dispatcher[0].destination").to_string().contains("not resolved yet (SRV _sip._tcp)"), "{e}");
     let c = ok(&with_listen("[[dispatcher]]\nsetid = 1\ndestination = \"sip:fs.example.net;transport=udp\"\n"));
     assert_eq!(c.dns_names(), [DnsTarget { host: "fs.example.net".into(), port: None }]);
-    assert!(!is_tcp_destination(&crate::dns::expanded_uri(&c.dispatcher[0].uri, "10.0.0.1:5060".parse().unwrap())));
-    assert!(is_tcp_destination("sip:10.0.0.1;transport=tcp#10.0.0.1:5060"), "an expanded row keeps its row's transport");
+    assert!(!is_stream_destination(&crate::dns::expanded_uri(&c.dispatcher[0].uri, "10.0.0.1:5060".parse().unwrap())));
+    assert!(is_stream_destination("sip:10.0.0.1;transport=tcp#10.0.0.1:5060"), "an expanded row keeps its row's transport");
 }
 
 #[test]
@@ -1082,8 +1119,8 @@ fn tcp_limits_are_read_and_ranged() {
 #[test]
 fn a_destination_may_ask_for_tcp_and_nothing_else() {
     let c = ok(&with_listen("[[dispatcher]]\nsetid = 1\ndestination = \"sip:10.0.0.1:5060;transport=TCP\"\n\n[[dispatcher]]\nsetid = 1\ndestination = \"sip:10.0.0.2;transport=udp\"\n"));
-    assert!(is_tcp_destination(&c.dispatcher[0].uri));
-    assert!(!is_tcp_destination(&c.dispatcher[1].uri));
+    assert!(is_stream_destination(&c.dispatcher[0].uri));
+    assert!(!is_stream_destination(&c.dispatcher[1].uri));
     assert_eq!(c.dispatcher[1].addr, "10.0.0.2:5060".parse::<SocketAddr>().unwrap());
     for (uri, why) in [
         ("sip:10.0.0.1;transport=tls", "not yet supported"),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use fsroute_dataplane::shard::StreamSettings;
 use fsroute_dataplane::socket::Ingress;
 use fsroute_dataplane::dispatch::{Algorithm, HashMode};
-use fsroute_dataplane::table::{CaptureSettings, RouteMatch};
+use fsroute_dataplane::table::{CaptureSettings, LbWanted, RouteMatch};
 use toml::Spanned;
 
 use super::error::{redact, ConfigError, LineIndex, Position};
@@ -22,7 +22,7 @@ use super::raw::{
     RawProxy, RawRoute,
 };
 use super::value::{
-    is_fs_url, is_tcp_destination, parse_cidr, parse_duration, parse_fs_url, parse_host_port, parse_resource_names,
+    is_fs_url, is_stream_destination, parse_cidr, parse_duration, parse_fs_url, parse_host_port, parse_resource_names,
     parse_resources, parse_sip_destination, SipDest, SIP_DEFAULT_PORT,
 };
 use super::{
@@ -155,7 +155,7 @@ impl Ctx<'_> {
     fn tcp_destinations(&mut self, raw: &RawConfig, proxy: &ProxyConfig, control: &ControlConfig, ds: &[DispatcherRow], lb: &[LoadBalancerRow]) {
         let rows = ds.iter().map(|r| (&r.uri, r.addr, r.info.line, "dispatcher")).chain(lb.iter().map(|r| (&r.uri, r.addr, r.info.line, "load_balancer")));
         let mut first_tcp = None;
-        for (uri, addr, line, table) in rows.filter(|(uri, ..)| is_tcp_destination(uri)) {
+        for (uri, addr, line, table) in rows.filter(|(uri, ..)| is_stream_destination(uri)) {
             first_tcp.get_or_insert(uri.clone());
             if proxy.listen_tcp.contains(&addr) {
                 let span = self.line_span(line);
@@ -865,7 +865,7 @@ impl Ctx<'_> {
                 &f.max_attempts,
                 "failover.max_attempts",
                 1,
-                100,
+                fsroute_dataplane::router::MAX_ATTEMPTS as i64,
                 d.max_attempts,
             ),
             exhausted_reply: match &f.exhausted_reply {
@@ -1297,7 +1297,7 @@ impl Ctx<'_> {
                 }
                 (Some(_), None) => self.dispatcher_target(r, &pre, failover, dispatcher),
                 (None, Some(_)) => {
-                    self.load_balancer_target(r, &span, &pre, failover.unwrap_or(false), load_balancer)
+                    self.load_balancer_target(r, &span, &pre, failover.unwrap_or(true), load_balancer)
                 }
             };
             if let (Some(matcher), Some(target)) = (matcher, target) {
@@ -1478,6 +1478,15 @@ impl Ctx<'_> {
                 None
             }
             Some(s) => match parse_resource_names(s.get_ref()) {
+                Ok(names) if names.len() > LbWanted::MAX => {
+                    self.invalid(
+                        &s.span(),
+                        &format!("{pre}.resources"),
+                        quoted(s.get_ref()),
+                        format!("a route may ask for at most {} resources", LbWanted::MAX),
+                    );
+                    None
+                }
                 Ok(names) => Some((names, s.span())),
                 Err(why) => {
                     self.invalid(

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use fsroute_dataplane::conn::Transport;
 use fsroute_dataplane::table::Cidr;
 use fsroute_esl::DEFAULT_ESL_PORT;
 
@@ -104,8 +105,8 @@ pub(crate) fn parse_sip_destination(uri: &str) -> Result<SipDest, String> {
         return Err("a destination has no user part: write sip:host[:port]".into());
     }
     // One parameter is understood: the transport (docs/TCP.md).
-    let (rest, tcp) = match rest.split_once(';') {
-        None => (rest, false),
+    let (rest, transport) = match rest.split_once(';') {
+        None => (rest, Transport::Udp),
         Some((hostport, params)) => (hostport, destination_transport_param(params)?),
     };
     if rest.contains([';', '?', '>', '<', ' ', '#']) {
@@ -121,7 +122,7 @@ pub(crate) fn parse_sip_destination(uri: &str) -> Result<SipDest, String> {
         }
         Host::Ip(ip) => Ok(SipDest::Addr(SocketAddr::new(ip, hp.port))),
         // RFC 3263 would ask _sip._tcp for it; the resolver asks for UDP targets only (docs/DNS.md).
-        Host::Name(_) if tcp => Err(
+        Host::Name(_) if transport.is_stream() => Err(
             "a host name with ;transport=tcp is not resolved yet (SRV _sip._tcp): write the box's IP for TCP".into(),
         ),
         Host::Name(host) => {
@@ -132,16 +133,20 @@ pub(crate) fn parse_sip_destination(uri: &str) -> Result<SipDest, String> {
     }
 }
 
-/// Whether a destination URI that passed [`parse_sip_destination`] asks for TCP.
-pub fn is_tcp_destination(uri: &str) -> bool {
+/// The transport a destination URI that passed [`parse_sip_destination`] asks for.
+pub fn destination_transport(uri: &str) -> Transport {
     // An address of a name (`<as written>#<address>`, docs/DNS.md) is its row's.
     let uri = uri.split_once('#').map_or(uri, |(written, _)| written);
-    uri.split_once(';').is_some_and(|(_, params)| destination_transport_param(params) == Ok(true))
+    uri.split_once(';').and_then(|(_, params)| destination_transport_param(params).ok()).unwrap_or_default()
 }
 
-/// `transport=udp` or `transport=tcp` (any case), the only parameter a destination may carry;
-/// true for TCP.
-fn destination_transport_param(params: &str) -> Result<bool, String> {
+/// Whether a destination URI that passed [`parse_sip_destination`] is reached over a stream.
+pub fn is_stream_destination(uri: &str) -> bool {
+    destination_transport(uri).is_stream()
+}
+
+/// `transport=udp` or `transport=tcp` (any case), the only parameter a destination may carry.
+fn destination_transport_param(params: &str) -> Result<Transport, String> {
     let Some((name, value)) = params.split_once('=') else {
         return Err("the only destination parameter is ;transport=udp or ;transport=tcp".into());
     };
@@ -149,8 +154,8 @@ fn destination_transport_param(params: &str) -> Result<bool, String> {
         return Err("the only destination parameter is ;transport=udp or ;transport=tcp".into());
     }
     match value.trim().to_ascii_lowercase().as_str() {
-        "udp" => Ok(false),
-        "tcp" => Ok(true),
+        "udp" => Ok(Transport::Udp),
+        "tcp" => Ok(Transport::Tcp),
         "tls" | "sctp" | "ws" | "wss" => Err(format!("transport={} is not yet supported (udp and tcp are)", value.trim())),
         _ => Err("the only destination parameter is ;transport=udp or ;transport=tcp".into()),
     }
@@ -175,6 +180,11 @@ pub(crate) fn parse_fs_url(s: &str) -> Result<FsEndpoint, String> {
         .ok_or("an ESL URL needs a password: fs://[user]:password@host[:port]")?;
     if password.is_empty() {
         return Err("the ESL password is empty".into());
+    }
+    // ESL commands are lines: a line break in the password would end `auth` early and send the
+    // rest to FreeSWITCH as a command of its own.
+    if password.chars().any(char::is_control) || user.chars().any(char::is_control) {
+        return Err("the ESL user and password may not hold control characters (a line break would end the auth command)".into());
     }
     if hostport.contains('/') {
         return Err("an ESL URL has no path: fs://[user]:password@host[:port]".into());

@@ -46,7 +46,7 @@ fn attempt_branch(tkey: u64, n: u8) -> u64 {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Target {
     Dispatcher { setid: i32 },
-    LoadBalancer { group_id: i32, wanted: LbWanted, flags: LbFlags },
+    LoadBalancer { group_id: i32, wanted: LbWanted, flags: LbFlags, failover: bool },
 }
 
 /// What the router lends a failover for one step: the table, the call memory it keeps in step,
@@ -145,7 +145,7 @@ impl StoredInvite {
         out.extend_from_slice(self.ruri.get(&self.template.bytes));
         out.extend_from_slice(b" SIP/2.0\r\n");
         let mac = px.branch_key.mac(branch, self.reply_to.addr, self.reply_to.conn, b"INVITE");
-        rewrite::push_own_via(out, &t.own, branch, mac, self.reply_to.conn, t.is_tcp_destination(&dest), b"\r\n");
+        rewrite::push_own_via(out, &t.own, branch, mac, self.reply_to.conn, t.destination_transport(&dest), b"\r\n");
         for line in self.copied(&[HeaderName::From, HeaderName::To, HeaderName::CallId]) {
             out.extend_from_slice(line);
         }
@@ -245,7 +245,7 @@ impl Failover {
         let mac = t.proxy.branch_key.mac(branch, reply_to.addr, reply_to.conn, b"INVITE");
         let record_route = t.proxy.record_route.then_some(self.dest);
         let x_auth = t.proxy.x_auth.adds_for(self.dest).then_some(self.invite.src);
-        self.invite.template.write(&t.own, branch, mac, reply_to.conn, t.is_tcp_destination(&self.dest), record_route, x_auth, out);
+        self.invite.template.write(&t.own, branch, mac, reply_to.conn, t.destination_transport(&self.dest), record_route, x_auth, out);
     }
 
     fn finish(&mut self, now: Instant) {
@@ -256,7 +256,13 @@ impl Failover {
 
     /// Whether another attempt is allowed after the current one.
     fn may_retry(&self, t: &RoutingTable) -> bool {
-        !self.canceled && usize::from(self.attempt) + 1 < t.failover.max_attempts.clamp(1, MAX_ATTEMPTS)
+        // A load_balancer route written `failover = false` keeps the call's state (its units)
+        // but tries one box only.
+        let max = match self.target {
+            Target::LoadBalancer { failover: false, .. } => 1,
+            _ => t.failover.max_attempts.clamp(1, MAX_ATTEMPTS),
+        };
+        !self.canceled && usize::from(self.attempt) + 1 < max
     }
 
     /// The next candidate for this call: the target's ranking over the candidates not yet tried,
@@ -287,7 +293,7 @@ impl Failover {
                 let d = &ds.destinations[idx];
                 Some(Pick { dest: d.addr, counters: Some(d.counters.clone()), reservation })
             }
-            Target::LoadBalancer { group_id, wanted, flags } => {
+            Target::LoadBalancer { group_id, wanted, flags, .. } => {
                 let g = t.lb_groups.iter().find(|g| g.group_id == group_id)?;
                 let tried: Tried = g.destinations.iter().enumerate().filter(|(_, d)| self.has_tried(d.addr)).fold(0, |m, (i, _)| mark_tried(m, i));
                 let (idx, held) = lb::select_and_reserve(g, wanted.ids(), flags, tried, ctx.rng.next(), now)?;

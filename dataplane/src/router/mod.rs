@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use memory::{CallMemory, DialogView, Full, AFTER_FINAL};
+pub use failover::MAX_ATTEMPTS;
 use failover::{Ctx, Failovers, NotStarted, Target};
 use outbox::Outbox;
 use rewrite::{forward_request, forward_response, host_ip, local_reply, parse_branch, parse_token, reply_address, RequestRewrite};
@@ -460,12 +461,12 @@ impl Router {
                     None => Choice::Done(self.reply_exhausted(t, m, src, out)),
                 }
             }
-            RouteTarget::LoadBalancer { group, wanted, flags } => {
+            RouteTarget::LoadBalancer { group, wanted, flags, failover } => {
                 let Some(g) = t.lb_groups.get(group) else {
                     return Choice::Done(self.reply(m, src, 500, "Server Internal Error", &[], out));
                 };
                 if invite {
-                    let target = Target::LoadBalancer { group_id: g.group_id, wanted, flags };
+                    let target = Target::LoadBalancer { group_id: g.group_id, wanted, flags, failover };
                     return Choice::Done(self.start_failover(t, src, m, req, target, None, now, out));
                 }
                 // Out-of-dialog requests other than INVITE hold no call: the best box, no units.
@@ -548,7 +549,7 @@ impl Router {
             mac: px.branch_key.mac(req.tkey, reply_address(m, src), self.arrival, mac_method),
             conn: self.arrival,
             // On the caller's connection, or to a `;transport=tcp` destination.
-            tcp: next.conn.is_some() || t.is_tcp_destination(&dest),
+            transport: next.conn.map_or_else(|| t.destination_transport(&dest), ConnId::transport),
             record_route,
             pop_route: req.own_route,
             default_max_forwards: px.max_forwards,

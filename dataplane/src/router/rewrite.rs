@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::conn::ConnId;
+use crate::conn::{ConnId, Transport};
 use crate::sip::{header_name, unbracket, HeaderIter, HeaderName, Message, Span, Via};
 use crate::table::OwnLines;
 
@@ -87,7 +87,7 @@ struct TopLines<'a> {
     branch: u64,
     mac: u64,
     conn: Option<ConnId>,
-    tcp: bool,
+    transport: Transport,
     record_route: Option<SocketAddr>,
     max_forwards: Option<u32>,
     x_auth: Option<SocketAddr>,
@@ -96,7 +96,7 @@ struct TopLines<'a> {
 impl TopLines<'_> {
     fn write(&self, eol: &[u8], out: &mut Vec<u8>) {
         let own = self.own;
-        push_own_via(out, own, self.branch, self.mac, self.conn, self.tcp, eol);
+        push_own_via(out, own, self.branch, self.mac, self.conn, self.transport, eol);
         if let Some(dest) = self.record_route {
             out.extend_from_slice(&own.record_route);
             push_token(out, dest);
@@ -239,8 +239,8 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
 
 /// fsroute's own Via line: on a request it forwards, and on the CANCEL it sends for a failover
 /// attempt (which must repeat that request's branch, §9.1).
-pub(super) fn push_own_via(out: &mut Vec<u8>, own: &OwnLines, branch: u64, mac: u64, conn: Option<ConnId>, tcp: bool, eol: &[u8]) {
-    out.extend_from_slice(if tcp { &own.via_tcp } else { &own.via });
+pub(super) fn push_own_via(out: &mut Vec<u8>, own: &OwnLines, branch: u64, mac: u64, conn: Option<ConnId>, transport: Transport, eol: &[u8]) {
+    out.extend_from_slice(own.via(transport));
     push_branch(out, branch, mac, conn);
     out.extend_from_slice(eol);
 }
@@ -345,8 +345,8 @@ pub struct RequestRewrite {
     pub mac: u64,
     /// The stream connection the request came on, written into the branch.
     pub conn: Option<ConnId>,
-    /// The request leaves on a TCP connection: fsroute's Via says so (RFC 3261 §18.1.1).
-    pub tcp: bool,
+    /// The transport the request leaves on: fsroute's Via says so (RFC 3261 §18.1.1).
+    pub transport: Transport,
     /// Destination named in a new Record-Route, if one is added.
     pub record_route: Option<SocketAddr>,
     /// Remove the top Route (it names fsroute).
@@ -362,7 +362,7 @@ pub struct RequestRewrite {
 pub fn forward_request(m: &Message<'_>, src: SocketAddr, own: &OwnLines, rw: &RequestRewrite, out: &mut Vec<u8>) {
     let mut edits = Edits::new();
     let max_forwards = request_edits(m, src, rw.pop_route, rw.strip_x_auth, rw.default_max_forwards, &mut edits);
-    let top = TopLines { own, branch: rw.branch, mac: rw.mac, conn: rw.conn, tcp: rw.tcp, record_route: rw.record_route, max_forwards, x_auth: rw.x_auth };
+    let top = TopLines { own, branch: rw.branch, mac: rw.mac, conn: rw.conn, transport: rw.transport, record_route: rw.record_route, max_forwards, x_auth: rw.x_auth };
     edits.push(m.headers_start as usize, 0, Insert::TopLines);
     out.clear();
     splice(m.raw, 0, m.framed_len(), edits.sorted(), eol(m), Some(&top), out);
@@ -427,11 +427,11 @@ pub fn forward_template(m: &Message<'_>, src: SocketAddr, pop_route: bool, strip
 impl Template {
     /// The request for one attempt: the stored copy with fsroute's Via (and Record-Route) on top.
     #[allow(clippy::too_many_arguments)]
-    pub fn write(&self, own: &OwnLines, branch: u64, mac: u64, conn: Option<ConnId>, tcp: bool, record_route: Option<SocketAddr>, x_auth: Option<SocketAddr>, out: &mut Vec<u8>) {
+    pub fn write(&self, own: &OwnLines, branch: u64, mac: u64, conn: Option<ConnId>, transport: Transport, record_route: Option<SocketAddr>, x_auth: Option<SocketAddr>, out: &mut Vec<u8>) {
         let top_at = self.top_at as usize;
         out.clear();
         out.extend_from_slice(&self.bytes[..top_at]);
-        let top = TopLines { own, branch, mac, conn, tcp, record_route, max_forwards: self.max_forwards, x_auth };
+        let top = TopLines { own, branch, mac, conn, transport, record_route, max_forwards: self.max_forwards, x_auth };
         top.write(self.eol(), out);
         out.extend_from_slice(&self.bytes[top_at..]);
     }

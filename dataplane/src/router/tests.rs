@@ -637,6 +637,26 @@ fn a_failed_load_balancer_call_gives_its_unit_back() {
     assert_eq!(load.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
 
+#[test]
+fn a_load_balancer_route_written_failover_false_tries_one_box_and_gives_its_unit_back() {
+    let mut t = crate::testing::one_group_table(&[1, 1], 1);
+    let crate::table::RouteTarget::LoadBalancer { failover, .. } = &mut t.routes[0].target else { panic!() };
+    *failover = false;
+    let mut r = router();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    let Action::Forward(dest) = r.handle(&t, caller(), INVITE, now, &mut out) else { panic!() };
+    let rej = backend_response(&out.clone(), REJECTED);
+    let action = r.handle(&t, dest, &rej, now, &mut out);
+    assert!(matches!(action, Action::Forward(to) if to == caller()) || matches!(action, Action::Reply(to) if to == caller()), "{action:?}");
+    assert_eq!(parse(&out).unwrap().status(), Some(503), "the caller hears the refusal: no second box was tried");
+    let other = t.lb_groups[0].destinations.iter().map(|d| d.addr).find(|a| *a != dest).unwrap();
+    assert!(drain(&mut r).iter().all(|(to, _)| *to != other), "nothing went to the other box");
+    for d in &t.lb_groups[0].destinations {
+        assert_eq!(d.resources[0].as_ref().unwrap().load.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+}
+
 fn gate(limit: u64) -> Arc<crate::admission::BoxAdmission> {
     let gate = Arc::new(crate::admission::BoxGate::default());
     Arc::new(crate::admission::BoxAdmission { gate, limit, headroom: limit, rate: None, seq: 1, accepting: true })
