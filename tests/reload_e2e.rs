@@ -1,5 +1,5 @@
 //! End-to-end specs of SIGHUP reloads under traffic: a broken file keeps the running table and is
-//! reported; a file that moves the listeners is refused the same way, so fsroute keeps answering
+//! reported; a file that moves the listeners (UDP or `tcp:`) or changes a stream limit is refused the same way, so fsroute keeps answering
 //! where it listens; a new destination takes calls without a restart; twenty reloads lose no call.
 
 mod common;
@@ -104,4 +104,34 @@ fn twenty_reloads_during_a_sipp_run_lose_no_call() {
     assert!(run.all_calls_succeeded(), "{}\n{}", run.explain(), proxy.log());
     assert_eq!(run.counter("Successful call"), Some(1500));
     assert_eq!(proxy.status()["config"]["reloads"], 20);
+}
+
+#[test]
+fn reload_that_changes_a_tcp_listener_or_a_stream_limit_is_refused_naming_the_field_and_tcp_calls_go_on() {
+    let _g = serial();
+    let b1 = free_udp_port();
+    let _uas = Sipp::uas(b1, None, &[]);
+    let tcp: std::net::SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let good = dispatcher_config(2, &[b1], "round-robin").replace("listen = [\"{SIP}\"]", &format!("listen = [\"{{SIP}}\", \"tcp:{tcp}\"]"));
+    let proxy = Proxy::start(&good);
+    let moved = format!("127.0.0.1:{}", free_tcp_port());
+    let changes = [
+        (good.replace(&format!("tcp:{tcp}"), &format!("tcp:{moved}")), format!("proxy.listen (tcp:): changes only on restart (running: [{tcp}], new: [{moved}])")),
+        (good.replace("record_route = true", "record_route = true\ntcp_idle_timeout = \"30s\""), "proxy.tcp_idle_timeout: changes only on restart".into()),
+        (good.replace("record_route = true", "record_route = true\ntcp_max_message = 10000"), "proxy.tcp_max_message: changes only on restart".into()),
+        (good.replace("record_route = true", "record_route = true\ntcp_connections_per_source = 5"), "proxy.tcp_connections_per_source: changes only on restart".into()),
+    ];
+    for (i, (file, expected)) in changes.iter().enumerate() {
+        proxy.rewrite_config(file);
+        proxy.signal(libc::SIGHUP);
+        assert!(wait_for(Duration::from_secs(5), || proxy.status()["config"]["reload_failures"] == i as u64 + 1), "{}", proxy.log());
+        let st = proxy.status();
+        let err = st["config"]["last_error"].as_str().unwrap();
+        assert!(err.contains(expected.as_str()), "{err}");
+        assert_eq!(st["config"]["reloads"], 0);
+    }
+    // Still listening where it was, with its limits: calls over TCP complete.
+    let run = Sipp::uac(tcp, None, 50, 50, &["-t", "t1"], Duration::from_secs(20));
+    assert!(run.all_calls_succeeded(), "{}\n{}", run.explain(), proxy.log());
+    assert_eq!(run.counter("Successful call"), Some(50), "{}", run.explain());
 }

@@ -188,3 +188,157 @@ fn a_tcp_destination_that_refuses_connections_is_failed_over_at_once_and_counted
         .unwrap_or(0);
     assert!(failed >= 5, "the dead destination's failures are counted: {metrics}");
 }
+
+/// One SIP message framed off a stream by Content-Length (RFC 3261 §18.3), CRLF keep-alives
+/// between messages skipped; None on EOF or a read timeout.
+fn read_sip(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        while buf.starts_with(b"\r\n") {
+            buf.drain(..2);
+        }
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let body = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    let k = k.trim().to_ascii_lowercase();
+                    (k == "content-length" || k == "l").then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            let total = end + 4 + body;
+            if buf.len() >= total {
+                let msg = String::from_utf8_lossy(&buf[..total]).into_owned();
+                buf.drain(..total);
+                return Some(msg);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A response to `req` (its Vias, From, To with a tag, Call-ID, CSeq and Record-Route copied).
+fn sip_response(req: &str, status: &str, contact: SocketAddr) -> String {
+    let mut out = format!("SIP/2.0 {status}\r\n");
+    for l in req.lines() {
+        let name = l.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
+        match name.as_str() {
+            "via" | "v" | "from" | "f" | "call-id" | "i" | "cseq" | "record-route" => out.push_str(&format!("{l}\r\n")),
+            "to" | "t" if !l.contains(";tag=") => out.push_str(&format!("{l};tag=uas1\r\n")),
+            "to" | "t" => out.push_str(&format!("{l}\r\n")),
+            _ => {}
+        }
+    }
+    out.push_str(&format!("Contact: <sip:uas@{contact};transport=tcp>\r\nContent-Length: 0\r\n\r\n"));
+    out
+}
+
+/// A backend on a TCP listener that answers INVITE with 180 and 200 and BYE with 200, and drops
+/// the connection an ACK arrives on: a backend whose side of the connection dies mid-call. It
+/// records which accepted connection (1, 2, ...) each request came on.
+struct ConnKillingUas {
+    addr: SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, usize)>>>,
+}
+
+impl ConnKillingUas {
+    fn start() -> ConnKillingUas {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        // The threads end with the test process; every read is bounded by a timeout.
+        std::thread::spawn(move || {
+            for (n, s) in listener.incoming().enumerate() {
+                let Ok(mut s) = s else { continue };
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                    let mut buf = Vec::new();
+                    while let Some(req) = read_sip(&mut s, &mut buf) {
+                        let method = req.split_whitespace().next().unwrap_or("").to_string();
+                        log.lock().unwrap().push((method.clone(), n + 1));
+                        match method.as_str() {
+                            "INVITE" => {
+                                let _ = s.write_all(sip_response(&req, "180 Ringing", addr).as_bytes());
+                                let _ = s.write_all(sip_response(&req, "200 OK", addr).as_bytes());
+                            }
+                            // The call is up: this side of the connection goes away.
+                            "ACK" => return,
+                            _ => {
+                                let _ = s.write_all(sip_response(&req, "200 OK", addr).as_bytes());
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        ConnKillingUas { addr, seen }
+    }
+
+    fn seen(&self) -> Vec<(String, usize)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn a_backend_connection_killed_mid_call_is_counted_and_the_bye_reaches_the_backend_on_a_new_one() {
+    let _g = serial();
+    let uas = ConnKillingUas::start();
+    let tcp = tcp_addr();
+    let proxy = Proxy::start(&transport_config(&[format!("sip:{};transport=tcp", uas.addr)], tcp));
+    // A UDP caller that holds the call 1 s between its ACK and its BYE: time for fsroute to see
+    // the backend's side of the connection go.
+    let run = Sipp::uac(proxy.sip, None, 1, 1, &["-d", "1000"], Duration::from_secs(20));
+    assert!(run.all_calls_succeeded(), "{}\nuas saw {:?}\n{}", run.explain(), uas.seen(), proxy.log());
+    let seen = uas.seen();
+    assert_eq!(seen.iter().find(|(m, _)| m == "INVITE"), Some(&("INVITE".to_string(), 1)), "{seen:?}");
+    assert_eq!(seen.iter().find(|(m, _)| m == "ACK"), Some(&("ACK".to_string(), 1)), "{seen:?}");
+    assert_eq!(seen.iter().find(|(m, _)| m == "BYE"), Some(&("BYE".to_string(), 2)), "the BYE came on a new connection: {seen:?}");
+    assert_eq!(tcp_total(&proxy, &["closed", "peer"]), 1, "{}", proxy.status()["shards"]);
+    assert_eq!(tcp_total(&proxy, &["connected"]), 2, "{}", proxy.status()["shards"]);
+    assert_eq!(tcp_total(&proxy, &["connect_failed"]), 0);
+}
+
+/// Raises this process's open-file limit to `n` (children, fsroute and SIPp, inherit it).
+fn raise_nofile(n: u64) {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        if r.rlim_cur < n {
+            r.rlim_cur = n.min(r.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+#[test]
+fn a_thousand_idle_tcp_connections_are_held_while_udp_calls_complete_and_the_gauge_returns_when_they_close() {
+    let _g = serial();
+    raise_nofile(4096);
+    let b1 = free_udp_port();
+    let _uas = Sipp::uas(b1, None, &[]);
+    let tcp = tcp_addr();
+    let proxy = Proxy::start(&tcp_config(2, &[b1], tcp, "tcp_connections_per_source = 2000"));
+    let idle: Vec<TcpStream> = (0..1000).map(|i| TcpStream::connect(tcp).unwrap_or_else(|e| panic!("connection {i}: {e}"))).collect();
+    assert!(
+        wait_for(Duration::from_secs(10), || tcp_total(&proxy, &["connections"]) == 1000),
+        "{}",
+        proxy.status()["shards"]
+    );
+    let run = Sipp::uac(proxy.sip, None, 200, 100, &[], Duration::from_secs(30));
+    assert!(run.all_calls_succeeded(), "{}\n{}", run.explain(), proxy.log());
+    assert_eq!(run.counter("Successful call"), Some(200), "{}", run.explain());
+    assert_eq!(tcp_total(&proxy, &["connections"]), 1000, "no idle connection was dropped: {}", proxy.status()["shards"]);
+    assert_eq!(tcp_total(&proxy, &["accepted"]), 1000);
+    assert_eq!(tcp_total(&proxy, &["refused_source_limit"]), 0);
+    drop(idle);
+    assert!(wait_for(Duration::from_secs(10), || tcp_total(&proxy, &["connections"]) == 0), "{}", proxy.status()["shards"]);
+    assert_eq!(tcp_total(&proxy, &["closed", "peer"]), 1000);
+    assert!(proxy.stop().is_some_and(|s| s.success()));
+}

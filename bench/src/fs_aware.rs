@@ -220,6 +220,8 @@ fn proxy_cfg(mode: Mode, p: &Params, emus: &[EmulatorHandle], heartbeat: Duratio
             p.idle_cpu_smoothing
         ),
         custom_rows: Some(rows),
+        tcp_listen: None,
+        proxy_extra: String::new(),
     }
 }
 

@@ -1,6 +1,6 @@
 //! fsroute's benchmark harness as a library: the UAC load generator (`uac`), a light built-in
 //! UAS (`uas`), the bare UDP relay (`relay`), the peers under test as child processes
-//! (`peers`), and the scenarios (`throughput`, `single_peer`, `fs_aware`, `reload`, `soak`). The
+//! (`peers`), and the scenarios (`throughput`, `transport`, `single_peer`, `fs_aware`, `reload`, `soak`). The
 //! `fsroute-bench` binary is a clap shell over it, and `fsroute demo` calls [`demo::demo`].
 //! Everything runs on loopback (127.0.0.0/8) only.
 
@@ -17,6 +17,7 @@ pub mod soak;
 pub mod sipmsg;
 pub mod sys;
 pub mod throughput;
+pub mod transport;
 pub mod uac;
 pub mod uas;
 

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use fsroute_bench::transport::{self, Transport};
 use fsroute_bench::{fs_aware, relay, reload, single_peer, soak, throughput, Opts};
 
 #[derive(Parser)]
@@ -33,6 +34,28 @@ struct Common {
     /// Directory for pictures (fs-aware PDD CDF).
     #[arg(long)]
     out_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct ThroughputArgs {
+    #[command(flatten)]
+    common: Common,
+    /// udp: the built-in generator against direct, the relay, fsroute and Kamailio; tcp / both:
+    /// SIPp over TCP (and over UDP beside it) through one fsroute (bench/README.md, "SIP over TCP").
+    #[arg(long, value_enum, default_value = "udp")]
+    transport: Transport,
+    /// With --transport tcp|both: idle TCP connections for the memory and UDP-latency section (0: none).
+    #[arg(long, default_value_t = 1000)]
+    idle_connections: usize,
+}
+
+#[derive(Args, Clone)]
+struct TcpIdleArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Idle TCP connections to open against fsroute's tcp: listener.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
 }
 
 #[derive(Args, Clone)]
@@ -65,8 +88,11 @@ struct SoakArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Highest zero-failure call rate: direct, bare relay, fsroute 1 and N shards, Kamailio.
-    Throughput(Common),
+    /// Highest zero-failure call rate: direct, bare relay, fsroute 1 and N shards, Kamailio
+    /// (--transport tcp|both: SIPp over TCP beside UDP through fsroute).
+    Throughput(ThroughputArgs),
+    /// fsroute's VmRSS per idle TCP connection, and UDP PDD without and with them open.
+    TcpIdle(TcpIdleArgs),
     /// Heterogeneous emulated FreeSWITCH pool: blind round-robin vs FreeSWITCH weights.
     FsAware(Common),
     /// All load from one source address: per-shard shares, throughput, reordering per ingress mode.
@@ -140,9 +166,16 @@ fn emit<T: serde::Serialize>(o: &Opts, r: Result<T, String>, render: impl Fn(&T)
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Throughput(c) => {
-            let o = opts(&c);
-            emit(&o, throughput::run(&o), throughput::render, |_| true)
+        Cmd::Throughput(a) => {
+            let o = opts(&a.common);
+            match a.transport {
+                Transport::Udp => emit(&o, throughput::run(&o), throughput::render, |_| true),
+                t => emit(&o, transport::run(&o, t, a.idle_connections), transport::render, |_| true),
+            }
+        }
+        Cmd::TcpIdle(a) => {
+            let o = opts(&a.common);
+            emit(&o, transport::run_idle(&o, a.connections.max(1)), transport::render_idle, |_| true)
         }
         Cmd::SinglePeer(c) => {
             let o = opts(&c);

@@ -39,6 +39,8 @@ fn cfg(shards: usize, backends: &[SocketAddr], flip: bool) -> ProxyConfig {
             .collect(),
         control_extra: String::new(),
         custom_rows: None,
+        tcp_listen: None,
+        proxy_extra: String::new(),
     }
 }
 

@@ -361,6 +361,8 @@ fn proxy_cfg(shards: usize, boxes: &[EmulatorHandle], silent: &[SocketAddr], fli
         // the cold start.
         control_extra: "heartbeat_timeout = \"3s\"\nidle_cpu_smoothing = 3\ncpu_cost_prior = 0.05\n".into(),
         custom_rows: Some(rows),
+        tcp_listen: None,
+        proxy_extra: String::new(),
     }
 }
 

@@ -43,6 +43,8 @@ pub fn fsroute_cfg(shards: usize, ingress: &'static str, backends: &[SocketAddr]
         dests: backends.iter().map(|b| Dest { addr: *b, weight: "1".into() }).collect(),
         control_extra: String::new(),
         custom_rows: None,
+        tcp_listen: None,
+        proxy_extra: String::new(),
     }
 }
 

@@ -94,8 +94,19 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     if r.listen_tcp != n.listen_tcp {
         out.push(format!("proxy.listen (tcp:): changes only on restart (running: {}, new: {})", list(&r.listen_tcp), list(&n.listen_tcp)));
     }
-    if r.stream != n.stream {
-        out.push("proxy.tcp_idle_timeout / tcp_max_message / tcp_connections_per_source: change only on restart".to_string());
+    // The shards read these once, at start: each one that changed is named, with both values.
+    let (rs, ns) = (&r.stream, &n.stream);
+    if rs.idle_timeout != ns.idle_timeout {
+        out.push(format!("proxy.tcp_idle_timeout: changes only on restart (running: {:?}, new: {:?})", rs.idle_timeout, ns.idle_timeout));
+    }
+    if rs.max_message != ns.max_message {
+        out.push(format!("proxy.tcp_max_message: changes only on restart (running: {}, new: {})", rs.max_message, ns.max_message));
+    }
+    if rs.connections_per_source != ns.connections_per_source {
+        out.push(format!(
+            "proxy.tcp_connections_per_source: changes only on restart (running: {}, new: {})",
+            rs.connections_per_source, ns.connections_per_source
+        ));
     }
     if r.ingress != n.ingress {
         out.push(format!("proxy.ingress: changes only on restart (running: {:?}, new: {:?})", r.ingress.name(), n.ingress.name()));
@@ -766,6 +777,29 @@ mod tests {
         assert_eq!(why.len(), 3, "{why:?}");
         assert!(why[1].starts_with("proxy.shards: changes only on restart (running: 2, new: 3)"), "{why:?}");
         assert!(why[2].starts_with("proxy.ingress:"), "{why:?}");
+    }
+
+    #[test]
+    fn a_reload_that_changes_a_tcp_listener_or_a_stream_limit_is_refused_naming_each_field() {
+        let running = cfg("listen = [\"127.0.0.1:5060\", \"tcp:127.0.0.1:5060\"]", "");
+        assert!(restart_only_changes(&running, &running.clone()).is_empty());
+        let moved = cfg("listen = [\"127.0.0.1:5060\", \"tcp:127.0.0.1:5070\"]", "");
+        assert_eq!(
+            restart_only_changes(&running, &moved),
+            ["proxy.listen (tcp:): changes only on restart (running: [127.0.0.1:5060], new: [127.0.0.1:5070])"]
+        );
+        let limits = cfg(
+            "listen = [\"127.0.0.1:5060\", \"tcp:127.0.0.1:5060\"]\ntcp_idle_timeout = \"30s\"\ntcp_max_message = 10000\ntcp_connections_per_source = 5",
+            "",
+        );
+        assert_eq!(
+            restart_only_changes(&running, &limits),
+            [
+                "proxy.tcp_idle_timeout: changes only on restart (running: 600s, new: 30s)",
+                "proxy.tcp_max_message: changes only on restart (running: 65535, new: 10000)",
+                "proxy.tcp_connections_per_source: changes only on restart (running: 64, new: 5)",
+            ]
+        );
     }
 
     #[test]
