@@ -191,6 +191,9 @@ impl ControlView<'_> {
                         "received": ShardStats::get(&st.tcp_received),
                         "sent": ShardStats::get(&st.tcp_sent),
                         "keepalives": ShardStats::get(&st.tcp_keepalives),
+                        "tls_connections": ShardStats::get(&st.tls_connections),
+                        "tls_handshakes": ShardStats::get(&st.tls_handshakes),
+                        "tls_handshake_failed": ShardStats::get(&st.tls_handshake_failed),
                         "closed": Closed::ALL
                             .iter()
                             .map(|r| (r.label().to_string(), json!(ShardStats::get(&st.tcp_closed[*r as usize]))))
@@ -766,9 +769,17 @@ pub fn metrics_text(
     per_shard("shard_tcp_refused", "TCP connections refused by proxy.tcp_connections_per_source", &|s| &s.tcp_refused, &mut reg);
     per_shard("shard_tcp_connected", "TCP connections opened to transport=tcp destinations", &|s| &s.tcp_connected, &mut reg);
     per_shard("shard_tcp_connect_failed", "Connections to transport=tcp destinations that failed (reported to failover)", &|s| &s.tcp_connect_failed, &mut reg);
-    gauge("shard_tcp_connections", "TCP connections the shard owns now", &|s| &s.tcp_connections, &mut reg);
+    gauge("shard_tcp_connections", "TCP connections the shard owns now (TLS ones included)", &|s| &s.tcp_connections, &mut reg);
+    per_shard("shard_tls_handshakes", "TLS handshakes completed (tls: listeners and TLS destinations)", &|s| &s.tls_handshakes, &mut reg);
+    per_shard(
+        "shard_tls_handshake_failed",
+        "TLS connections that ended before their handshake completed (bad or no certificate, garbage, a peer that left)",
+        &|s| &s.tls_handshake_failed,
+        &mut reg,
+    );
+    gauge("shard_tls_connections", "TLS connections the shard owns now", &|s| &s.tls_connections, &mut reg);
     let closed = by_reason(shards, &Closed::ALL, Closed::label, |s, r| ShardStats::get(&s.tcp_closed[r as usize]));
-    reg.register("shard_tcp_closed", "TCP connections closed, by reason (peer, idle, framing, too_large, stuck)", closed);
+    reg.register("shard_tcp_closed", "TCP and TLS connections closed, by reason (peer, idle, framing, too_large, stuck, tls)", closed);
     per_shard("shard_capture_sent", "HEP packets sent towards the capture collector", &|s| &s.capture_sent, &mut reg);
     per_shard(
         "shard_capture_dropped",

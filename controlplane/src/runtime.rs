@@ -94,6 +94,9 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
     if r.listen_tcp != n.listen_tcp {
         out.push(format!("proxy.listen (tcp:): changes only on restart (running: {}, new: {})", list(&r.listen_tcp), list(&n.listen_tcp)));
     }
+    if r.listen_tls != n.listen_tls {
+        out.push(format!("proxy.listen (tls:): changes only on restart (running: {}, new: {})", list(&r.listen_tls), list(&n.listen_tls)));
+    }
     // The shards read these once, at start: each one that changed is named, with both values.
     let (rs, ns) = (&r.stream, &n.stream);
     if rs.idle_timeout != ns.idle_timeout {
@@ -426,6 +429,7 @@ pub fn run(opts: RunOptions) -> i32 {
         handoff_capacity: 8192,
         pin: true,
         tcp_listeners: ctl.config.proxy.listen_tcp.clone(),
+        tls_listeners: ctl.config.proxy.listen_tls.clone(),
         stream: ctl.config.proxy.stream,
     };
     // The admin listener before the data plane: once fsroute answers SIP, /status answers too
@@ -452,6 +456,7 @@ pub fn run(opts: RunOptions) -> i32 {
     tracing::info!(
         listen = ?dp.bound,
         listen_tcp = ?dp.bound_tcp,
+        listen_tls = ?dp.bound_tls,
         shards = spec.shards,
         ingress = spec.ingress.name(),
         admin = ?ctl.admin_bound,

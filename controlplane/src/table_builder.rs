@@ -172,7 +172,10 @@ pub fn build_table(
     let mut t = RoutingTable::new(generation, proxy, sets, routes)
         .with_load_balancer(lb_groups, failover)
         .with_stream_destinations(streams)
-        .with_capture(config.capture);
+        .with_capture(config.capture)
+        // The certificates were read when the config was: a table build (every weight change)
+        // reads no file, and a SIGHUP that re-read them brings new configs with the new table.
+        .with_tls(config.tls.as_ref().map(|t| t.contexts.clone()).unwrap_or_default());
     // A former name that is now a destination's address is that destination's: a Route naming
     // it goes there, not to fsroute.
     let is_destination = |host: &str, port: u16| host.parse().is_ok_and(|ip| t.is_known_destination(&SocketAddr::new(ip, port)));
@@ -421,8 +424,8 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
     };
     add(p.advertise.host.bare(), p.advertise.port);
     // No request names fsroute as 0.0.0.0 or ::, so wildcard listeners add no name.
-    // A request reaching fsroute over TCP names a TCP listener.
-    for l in p.listen.iter().chain(&p.listen_tcp).filter(|l| !l.ip().is_unspecified()) {
+    // A request reaching fsroute over TCP or TLS names a TCP or TLS listener.
+    for l in p.listen.iter().chain(&p.listen_tcp).chain(&p.listen_tls).filter(|l| !l.ip().is_unspecified()) {
         add(l.ip().to_string(), l.port());
     }
     for a in &p.aliases {

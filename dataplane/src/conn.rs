@@ -137,10 +137,13 @@ pub enum Closed {
     TooLarge,
     /// The peer did not read what fsroute sent.
     Stuck,
+    /// TLS failed: a handshake that failed (no or a bad certificate, garbage instead of a
+    /// ClientHello), a bad record, or an alert from the peer.
+    Tls,
 }
 
 impl Closed {
-    pub const ALL: [Closed; 5] = [Closed::Peer, Closed::Idle, Closed::Framing, Closed::TooLarge, Closed::Stuck];
+    pub const ALL: [Closed; 6] = [Closed::Peer, Closed::Idle, Closed::Framing, Closed::TooLarge, Closed::Stuck, Closed::Tls];
 
     /// Stable labels for metrics.
     pub fn label(self) -> &'static str {
@@ -150,6 +153,7 @@ impl Closed {
             Closed::Framing => "framing",
             Closed::TooLarge => "too_large",
             Closed::Stuck => "stuck",
+            Closed::Tls => "tls",
         }
     }
 }

@@ -9,7 +9,8 @@
 //! read from the immutable routing table (`table`) that the control plane builds and swaps into one
 //! `ArcSwap`. Per-shard counters are in `stats`, the fixed-seed hash for ownership, keys and
 //! branches in `hash`. A copy of every SIP datagram can go to a HEP collector (`capture`, encoded by
-//! `hep`), after the batch it belongs to has been sent. Nothing on the fast path blocks or takes a lock. The map:
+//! `hep`), after the batch it belongs to has been sent. Nothing on the fast path blocks or takes a lock. Stream connections (`conn`,
+//! `framing`) may be TLS (`tls`: a rustls session between the socket and the framer). The map:
 //! docs/ARCHITECTURE.md.
 
 pub mod admission;
@@ -28,6 +29,7 @@ pub mod sip;
 pub mod socket;
 pub mod stats;
 pub mod table;
+pub mod tls;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;

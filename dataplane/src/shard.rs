@@ -42,6 +42,7 @@ use crate::router::{Action, Router};
 use crate::socket::{bind_group, bind_tcp_group, Ingress};
 use crate::stats::{DropReason, ShardStats};
 use crate::table::{CaptureSettings, RoutingTable};
+use crate::tls::TlsSession;
 
 /// What the shell needs to start.
 #[derive(Clone, Debug)]
@@ -55,6 +56,9 @@ pub struct ShardSpec {
     pub pin: bool,
     /// TCP listeners (each shard gets one socket per address in a REUSEPORT group).
     pub tcp_listeners: Vec<SocketAddr>,
+    /// TLS listeners, bound like TCP ones; a connection accepted there starts a TLS session with
+    /// the table's `tls.server` config (docs/TCP.md, "TLS").
+    pub tls_listeners: Vec<SocketAddr>,
     pub stream: StreamSettings,
 }
 
@@ -155,6 +159,8 @@ pub struct DataPlane {
     pub bound: Vec<SocketAddr>,
     /// The same for the TCP listeners.
     pub bound_tcp: Vec<SocketAddr>,
+    /// And for the TLS listeners.
+    pub bound_tls: Vec<SocketAddr>,
 }
 
 impl DataPlane {
@@ -182,14 +188,22 @@ impl DataPlane {
                 fds_by_shard[i].push(fd);
             }
         }
-        let mut tcp_by_shard: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
+        let mut tcp_by_shard: Vec<Vec<(OwnedFd, bool)>> = (0..shards).map(|_| Vec::new()).collect();
         let mut bound_tcp = Vec::new();
         for &addr in &spec.tcp_listeners {
             let (addr, group) = bind_tcp_group(addr, shards)?;
             for (i, fd) in group.into_iter().enumerate() {
-                tcp_by_shard[i].push(fd);
+                tcp_by_shard[i].push((fd, false));
             }
             bound_tcp.push(addr);
+        }
+        let mut bound_tls = Vec::new();
+        for &addr in &spec.tls_listeners {
+            let (addr, group) = bind_tcp_group(addr, shards)?;
+            for (i, fd) in group.into_iter().enumerate() {
+                tcp_by_shard[i].push((fd, true));
+            }
+            bound_tls.push(addr);
         }
         let limit = Arc::new(SourceLimit::new(spec.stream.connections_per_source));
         let control = Arc::new(ShardControl::default());
@@ -217,7 +231,7 @@ impl DataPlane {
                 .map_err(|e| io::Error::other(format!("cannot start shard {i}: {e}")))?;
             threads.push(handle);
         }
-        Ok(DataPlane { threads, control, stats, bound, bound_tcp })
+        Ok(DataPlane { threads, control, stats, bound, bound_tcp, bound_tls })
     }
 
     pub fn drain(&self) {
@@ -243,6 +257,47 @@ impl DataPlane {
     }
 }
 
+/// What a shard holds of one connection's socket: the fd (its reader task owns the socket) and,
+/// for TLS, the session the bytes pass through (boxed: a TCP connection pays one pointer).
+#[derive(Debug)]
+struct ConnIo {
+    fd: RawFd,
+    tls: Option<Box<TlsSession>>,
+}
+
+impl ConnIo {
+    fn plain(fd: RawFd) -> ConnIo {
+        ConnIo { fd, tls: None }
+    }
+}
+
+/// The shell's side of the sans-IO TLS session: the connection's socket as rustls reads and
+/// writes it, never blocking (EAGAIN is `WouldBlock`) and never raising SIGPIPE.
+struct Fd(RawFd);
+
+impl io::Read for Fd {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is writable memory of `buf.len()` bytes; the fd is an open socket.
+        let n = unsafe { libc::recv(self.0, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
+impl io::Write for Fd {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match send_some(self.0, buf)? {
+            0 if !buf.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
+            n => Ok(n),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A shard's connection to a TCP destination.
 enum DestConn {
     Open(ConnId),
@@ -256,7 +311,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// What a shard needs for TCP: its listener sockets, the limits, and the per-source count that
 /// all shards share (touched at accept and close only).
 struct Streams {
-    listeners: Vec<OwnedFd>,
+    /// Each with whether it is a `tls:` listener.
+    listeners: Vec<(OwnedFd, bool)>,
     settings: StreamSettings,
     limit: Arc<SourceLimit>,
 }
@@ -279,8 +335,9 @@ struct Shard {
     scratch: RefCell<SendScratch>,
     /// A flush is waiting out an EAGAIN: others only add to the queue behind it.
     flushing: Cell<bool>,
-    /// The TCP connections this shard owns, with each one's socket fd (owned by its reader task).
-    conns: RefCell<ConnTable<RawFd>>,
+    /// The TCP connections this shard owns, with each one's socket fd (owned by its reader task)
+    /// and, for a TLS connection, its session.
+    conns: RefCell<ConnTable<ConnIo>>,
     /// This shard's connection to each `;transport=tcp` destination it sends to (shards do not
     /// share them: each opens its own, so no table is shared).
     dests: RefCell<HashMap<SocketAddr, DestConn>>,
@@ -398,7 +455,8 @@ impl Shard {
                     ShardStats::inc(&self.stats.tcp_sent);
                     dests.insert(to, DestConn::Connecting(buf.clone()));
                     if let Some(shard) = CURRENT.with(|s| s.borrow().clone()) {
-                        glommio::spawn_local(connect(shard, to)).detach();
+                        let tls = self.table.load().destination_transport(&to) == Transport::Tls;
+                        glommio::spawn_local(connect(shard, to, tls)).detach();
                     }
                     None
                 }
@@ -438,20 +496,34 @@ impl Shard {
                 self.stats.drop_reason(DropReason::ConnectionGone);
                 return;
             };
-            let sent = if conn.pending.is_empty() { send_some(conn.io, data) } else { Ok(0) };
-            match sent {
-                Ok(n) if n == data.len() => false,
-                Ok(n) => {
-                    if !conns.queue(c, &data[n..]) {
-                        self.close_soon(&mut conns, c, Closed::Stuck);
-                        return;
-                    }
-                    let conn = conns.get_mut(c).expect("queued above");
-                    !std::mem::replace(&mut conn.retrying, true)
+            if let Some(tls) = conn.io.tls.as_mut() {
+                if !tls.write(data) {
+                    self.close_soon(&mut conns, c, Closed::Stuck);
+                    return;
                 }
-                Err(_) => {
-                    self.close_soon(&mut conns, c, Closed::Peer);
-                    false
+                match flush_tls(conn) {
+                    Ok(retry) => retry,
+                    Err(_) => {
+                        self.close_soon(&mut conns, c, Closed::Peer);
+                        false
+                    }
+                }
+            } else {
+                let sent = if conn.pending.is_empty() { send_some(conn.io.fd, data) } else { Ok(0) };
+                match sent {
+                    Ok(n) if n == data.len() => false,
+                    Ok(n) => {
+                        if !conns.queue(c, &data[n..]) {
+                            self.close_soon(&mut conns, c, Closed::Stuck);
+                            return;
+                        }
+                        let conn = conns.get_mut(c).expect("queued above");
+                        !std::mem::replace(&mut conn.retrying, true)
+                    }
+                    Err(_) => {
+                        self.close_soon(&mut conns, c, Closed::Peer);
+                        false
+                    }
                 }
             }
         };
@@ -471,13 +543,13 @@ impl Shard {
 
     /// Marks `c` for closing by `why` and wakes its reader (a shutdown ends its wait), which
     /// removes and counts it.
-    fn close_soon(&self, conns: &mut ConnTable<RawFd>, c: ConnId, why: Closed) {
+    fn close_soon(&self, conns: &mut ConnTable<ConnIo>, c: ConnId, why: Closed) {
         if let Some(conn) = conns.get_mut(c) {
             if conn.closing.is_none() {
                 conn.closing = Some(why);
                 // SAFETY: the fd is open while the connection is in the table (its reader removes
                 // it before closing the socket).
-                unsafe { libc::shutdown(conn.io, libc::SHUT_RDWR) };
+                unsafe { libc::shutdown(conn.io.fd, libc::SHUT_RDWR) };
             }
         }
     }
@@ -634,6 +706,18 @@ impl Shard {
     }
 }
 
+/// Hands a TLS connection's waiting records (handshake, alerts, messages) to its socket; true when
+/// some are left and no retry is scheduled yet (it is marked as scheduled: spawn it). Err: the
+/// socket failed.
+fn flush_tls(conn: &mut crate::conn::Conn<ConnIo>) -> io::Result<bool> {
+    let fd = conn.io.fd;
+    let Some(tls) = conn.io.tls.as_mut() else { return Ok(false) };
+    if tls.write_tls(&mut Fd(fd))? {
+        return Ok(false);
+    }
+    Ok(!std::mem::replace(&mut conn.retrying, true))
+}
+
 /// Sends what the kernel takes of `data` now on a stream socket (never blocks, never raises
 /// SIGPIPE); Ok(0) when its buffer is full.
 fn send_some(fd: RawFd, data: &[u8]) -> io::Result<usize> {
@@ -664,14 +748,21 @@ async fn retry_pending(shard: Rc<Shard>, c: ConnId) {
         glommio::timer::sleep(SEND_RETRY).await;
         let mut conns = shard.conns.borrow_mut();
         let Some(conn) = conns.get_mut(c).filter(|conn| conn.closing.is_none()) else { return };
-        match send_some(conn.io, &conn.pending) {
-            Ok(n) => {
+        let fd = conn.io.fd;
+        let sent = match conn.io.tls.as_mut() {
+            // A TLS connection's output waits in its session, already encrypted.
+            Some(tls) => tls.write_tls(&mut Fd(fd)),
+            None => send_some(fd, &conn.pending).map(|n| {
                 conn.pending.drain(..n);
-                if conn.pending.is_empty() {
-                    conn.retrying = false;
-                    return;
-                }
+                conn.pending.is_empty()
+            }),
+        };
+        match sent {
+            Ok(true) => {
+                conn.retrying = false;
+                return;
             }
+            Ok(false) => {}
             Err(_) => {
                 shard.close_soon(&mut conns, c, Closed::Peer);
                 return;
@@ -738,10 +829,10 @@ async fn run_shard(
         let control = control.clone();
         tasks.push(glommio::spawn_local(receive(shard, sock_idx, control)));
     }
-    for fd in streams.listeners {
+    for (fd, tls) in streams.listeners {
         // SAFETY: a bound, listening, non-blocking TCP socket that this shard alone owns.
         let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd.into_raw_fd()) };
-        tasks.push(glommio::spawn_local(accept(shard.clone(), listener)));
+        tasks.push(glommio::spawn_local(accept(shard.clone(), listener, tls)));
     }
     for (_, stream) in receivers.streams() {
         let shard = shard.clone();
@@ -771,9 +862,10 @@ async fn run_shard(
     tracing::debug!(shard = index, "shard stopped");
 }
 
-/// One TCP listener's accept loop: each connection is owned by this shard from here on, within
-/// the per-source limit.
-async fn accept(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
+/// One TCP or TLS listener's accept loop: each connection is owned by this shard from here on,
+/// within the per-source limit. A TLS connection starts its session with the table's current
+/// server config, so after a reload new connections present the new certificate.
+async fn accept(shard: Rc<Shard>, listener: glommio::net::TcpListener, tls: bool) {
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -789,44 +881,130 @@ async fn accept(shard: Rc<Shard>, listener: glommio::net::TcpListener) {
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let id = shard.conns.borrow_mut().open(peer, Transport::Tcp, Instant::now(), stream.as_raw_fd());
+        let mut io = ConnIo::plain(stream.as_raw_fd());
+        if tls {
+            let server = shard.table.load().tls.server.clone();
+            match server.as_ref().map(TlsSession::server) {
+                Some(Ok(session)) => io.tls = Some(Box::new(session)),
+                _ => {
+                    // Config validation requires a certificate with a tls: listener.
+                    tracing::warn!(shard = shard.index, %peer, "no TLS server config: connection refused");
+                    shard.limit.give_back(peer.ip());
+                    ShardStats::inc(&shard.stats.tls_handshake_failed);
+                    continue;
+                }
+            }
+            shard.stats.tls_connections.fetch_add(1, Ordering::Relaxed);
+        }
+        let id = shard.conns.borrow_mut().open(peer, if tls { Transport::Tls } else { Transport::Tcp }, Instant::now(), io);
         ShardStats::inc(&shard.stats.tcp_accepted);
         ShardStats::set(&shard.stats.tcp_connections, shard.conns.borrow().len() as u64);
-        glommio::spawn_local(serve(shard.clone(), stream, id, peer, true)).detach();
+        glommio::spawn_local(serve(shard.clone(), stream, id, peer, true, tls)).detach();
     }
 }
 
 /// Opens this shard's connection to TCP destination `to` and sends what waited for it; a
 /// connection that fails is counted and reported to the failovers waiting on `to`, and what
 /// waited is dropped (the caller's retransmission or the next request tries again).
-async fn connect(shard: Rc<Shard>, to: SocketAddr) {
+/// For a TLS destination (`tls`) the session starts at once (its ClientHello leaves with the
+/// first flush), verifying the server's certificate against `[tls] ca` for the destination's IP;
+/// a handshake that fails counts and is reported like a failed connect (`serve`).
+async fn connect(shard: Rc<Shard>, to: SocketAddr, tls: bool) {
     let r = glommio::net::TcpStream::connect_timeout(to, CONNECT_TIMEOUT).await;
+    let r = r.map_err(|e| e.to_string()).and_then(|stream| {
+        let mut io = ConnIo::plain(stream.as_raw_fd());
+        if tls {
+            let client = shard.table.load().tls.client.clone();
+            let session = client.ok_or("no [tls] ca to verify it with")?;
+            io.tls = Some(Box::new(TlsSession::client(&session, to.ip()).map_err(|e| e.to_string())?));
+        }
+        Ok((stream, io))
+    });
     let queued = match shard.dests.borrow_mut().remove(&to) {
         Some(DestConn::Connecting(q)) => q,
         _ => Vec::new(),
     };
     match r {
-        Ok(stream) => {
+        Ok((stream, io)) => {
             let _ = stream.set_nodelay(true);
-            let id = shard.conns.borrow_mut().open(to, Transport::Tcp, Instant::now(), stream.as_raw_fd());
+            if tls {
+                shard.stats.tls_connections.fetch_add(1, Ordering::Relaxed);
+            }
+            let id = shard.conns.borrow_mut().open(to, if tls { Transport::Tls } else { Transport::Tcp }, Instant::now(), io);
             shard.dests.borrow_mut().insert(to, DestConn::Open(id));
             ShardStats::inc(&shard.stats.tcp_connected);
             ShardStats::set(&shard.stats.tcp_connections, shard.conns.borrow().len() as u64);
-            if !queued.is_empty() {
-                shard.write_bytes(id, &queued);
-            }
-            glommio::spawn_local(serve(shard.clone(), stream, id, to, false)).detach();
+            // Also what sends a TLS connection's ClientHello, with nothing queued.
+            shard.write_bytes(id, &queued);
+            glommio::spawn_local(serve(shard.clone(), stream, id, to, false, tls)).detach();
         }
         Err(e) => {
             ShardStats::inc(&shard.stats.tcp_connect_failed);
-            tracing::debug!(shard = shard.index, %to, error = %e, "cannot connect to a tcp destination");
-            {
-                let table = shard.table.load();
-                shard.router.borrow_mut().destination_unreachable(&table, to, Instant::now());
+            tracing::debug!(shard = shard.index, %to, error = %e, "cannot connect to a stream destination");
+            shard.unreachable(to).await;
+        }
+    }
+}
+
+impl Shard {
+    /// Tells the failovers waiting on destination `to` that it cannot be reached, and sends what
+    /// that makes them send.
+    async fn unreachable(&self, to: SocketAddr) {
+        {
+            let table = self.table.load();
+            self.router.borrow_mut().destination_unreachable(&table, to, Instant::now());
+        }
+        self.take_outbox(None);
+        self.send_handoffs();
+        self.flush().await;
+    }
+
+    /// Reads what a TLS connection's socket holds through its session into `framer` and routes
+    /// every complete message; records the session produced (the handshake's answer, an alert)
+    /// leave at once. None: the socket is drained; Some: close the connection for that reason.
+    fn read_tls(&self, c: ConnId, fd: RawFd, peer: SocketAddr, framer: &mut Framer) -> Option<Closed> {
+        loop {
+            let (step, retry) = {
+                let mut conns = self.conns.borrow_mut();
+                let Some(conn) = conns.get_mut(c) else { return Some(Closed::Peer) };
+                let Some(tls) = conn.io.tls.as_mut() else { return Some(Closed::Peer) };
+                let step = match tls.read_tls(&mut Fd(fd)) {
+                    Ok(0) => Err(Closed::Peer),
+                    Ok(_) => match tls.process(framer) {
+                        Ok(p) => {
+                            if p.handshake_done {
+                                ShardStats::inc(&self.stats.tls_handshakes);
+                            }
+                            if p.peer_closed { Err(Closed::Peer) } else { Ok(true) }
+                        }
+                        Err(e) => {
+                            tracing::debug!(shard = self.index, %peer, error = %e, "tls failed");
+                            Err(Closed::Tls)
+                        }
+                    },
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => Err(Closed::Peer),
+                };
+                match flush_tls(conn) {
+                    Ok(retry) => (step, retry),
+                    Err(_) => (step.and(Err(Closed::Peer)), false),
+                }
+            };
+            if retry {
+                self.spawn_retry(c);
             }
-            shard.take_outbox(None);
-            shard.send_handoffs();
-            shard.flush().await;
+            match step {
+                Ok(true) => {
+                    if let Err(why) = self.frames(c, peer, framer) {
+                        return Some(why);
+                    }
+                }
+                Ok(false) => return None,
+                // What arrived before the peer closed is still routed.
+                Err(Closed::Peer) => return Some(self.frames(c, peer, framer).err().unwrap_or(Closed::Peer)),
+                Err(why) => return Some(why),
+            }
         }
     }
 }
@@ -835,7 +1013,8 @@ async fn connect(shard: Rc<Shard>, to: SocketAddr) {
 /// what the kernel holds straight into the framer, route every complete message, and end the
 /// connection (counted by why) on EOF, an error, a framing error or fsroute's own decision.
 /// `inbound`: accepted (it holds a share of its source's limit), else opened to a destination.
-async fn serve(shard: Rc<Shard>, stream: glommio::net::TcpStream, id: ConnId, peer: SocketAddr, inbound: bool) {
+/// `tls`: the bytes pass through the connection's TLS session (`Shard::read_tls`).
+async fn serve(shard: Rc<Shard>, stream: glommio::net::TcpStream, id: ConnId, peer: SocketAddr, inbound: bool, tls: bool) {
     let fd = stream.as_raw_fd();
     let mut framer = Framer::new(shard.stream.max_message);
     let mut probe = [0u8; 1];
@@ -845,7 +1024,7 @@ async fn serve(shard: Rc<Shard>, stream: glommio::net::TcpStream, id: ConnId, pe
             _ => break Closed::Peer,
         }
         shard.conns.borrow_mut().touch(id, Instant::now());
-        let ended = loop {
+        let ended = if tls { shard.read_tls(id, fd, peer, &mut framer) } else { loop {
             let room = framer.spare();
             // SAFETY: `room` is writable memory of `room.len()` bytes owned by the framer.
             let n = unsafe { libc::recv(fd, room.as_mut_ptr().cast(), room.len(), libc::MSG_DONTWAIT) };
@@ -869,7 +1048,7 @@ async fn serve(shard: Rc<Shard>, stream: glommio::net::TcpStream, id: ConnId, pe
                 io::ErrorKind::Interrupted => continue,
                 _ => break Some(Closed::Peer),
             }
-        };
+        } };
         shard.send_handoffs();
         shard.flush().await;
         if let Some(why) = ended {
@@ -877,6 +1056,14 @@ async fn serve(shard: Rc<Shard>, stream: glommio::net::TcpStream, id: ConnId, pe
         }
     };
     let closed = shard.conns.borrow_mut().close(id);
+    // A TLS connection that never completed its handshake: a failed handshake, whatever ended it.
+    let unshaken = closed.as_ref().and_then(|c| c.io.tls.as_ref()).is_some_and(|t| !t.is_established());
+    if tls {
+        shard.stats.tls_connections.fetch_sub(1, Ordering::Relaxed);
+        if unshaken {
+            ShardStats::inc(&shard.stats.tls_handshake_failed);
+        }
+    }
     // fsroute's own reason (idle, stuck) wins over the EOF its shutdown caused.
     let why = closed.and_then(|c| c.closing).unwrap_or(why);
     if inbound {
@@ -889,8 +1076,12 @@ async fn serve(shard: Rc<Shard>, stream: glommio::net::TcpStream, id: ConnId, pe
     }
     ShardStats::inc(&shard.stats.tcp_closed[why as usize]);
     ShardStats::set(&shard.stats.tcp_connections, shard.conns.borrow().len() as u64);
-    tracing::debug!(shard = shard.index, %peer, reason = why.label(), "tcp connection closed");
+    tracing::debug!(shard = shard.index, %peer, reason = why.label(), tls, "stream connection closed");
     drop(stream);
+    if !inbound && unshaken {
+        // Like a failed connect: the calls waiting on this destination fail over now.
+        shard.unreachable(peer).await;
+    }
 }
 
 /// One socket's receive loop: drain it with `recvmmsg`, route the batch, send it, and park in
@@ -959,6 +1150,26 @@ async fn housekeeping(shard: &Shard, control: &ShardControl) {
             let mut conns = shard.conns.borrow_mut();
             for c in conns.idle(now, shard.stream.idle_timeout) {
                 shard.close_soon(&mut conns, c, Closed::Idle);
+            }
+            // A TLS destination that took the connection but not the handshake within the
+            // connect timeout fails like a connect that timed out (its reader reports it).
+            let stalled: Vec<ConnId> = shard
+                .dests
+                .borrow()
+                .values()
+                .filter_map(|d| match d {
+                    DestConn::Open(c) => Some(*c),
+                    DestConn::Connecting(_) => None,
+                })
+                .filter(|c| {
+                    conns.get_mut(*c).is_some_and(|conn| {
+                        conn.io.tls.as_ref().is_some_and(|t| !t.is_established())
+                            && now.saturating_duration_since(conn.last_active) >= CONNECT_TIMEOUT
+                    })
+                })
+                .collect();
+            for c in stalled {
+                shard.close_soon(&mut conns, c, Closed::Tls);
             }
         }
         // A reload reaches an idle shard's capture here; captures EAGAIN left are retried.

@@ -168,6 +168,12 @@ pub struct ShardStats {
     pub tcp_closed: [AtomicU64; crate::conn::Closed::ALL.len()],
     /// Gauge: TCP connections this shard owns now.
     pub tcp_connections: AtomicU64,
+    /// TLS (docs/TCP.md, "TLS"): handshakes completed, and TLS connections that ended before
+    /// theirs did (a failed handshake, an alert, garbage, a peer that left or went idle).
+    pub tls_handshakes: AtomicU64,
+    pub tls_handshake_failed: AtomicU64,
+    /// Gauge: the connections of `tcp_connections` that are TLS.
+    pub tls_connections: AtomicU64,
     /// HEP packets the capture socket handed to the kernel (docs/CAPTURE.md).
     pub capture_sent: AtomicU64,
     /// Captures lost: the ring full, a datagram too large for HEP, the collector refusing

@@ -374,6 +374,9 @@ pub struct RoutingTable {
     pub own: OwnLines,
     /// `[capture]`: where shards mirror every SIP datagram as HEP3; None = off.
     pub capture: Option<CaptureSettings>,
+    /// `[tls]`: the configs new TLS connections start with (docs/TCP.md, "TLS"); a reload swaps
+    /// them with the table, and a connection keeps the session it started with.
+    pub tls: crate::tls::TlsContexts,
 }
 
 /// `[capture]`, as the shards apply it (docs/CAPTURE.md). A shard compares it with what it runs
@@ -443,6 +446,7 @@ impl RoutingTable {
             failover: FailoverSettings::default(),
             own: OwnLines::NONE,
             capture: None,
+            tls: crate::tls::TlsContexts::default(),
         };
         t.own = OwnLines::new(&t.proxy.advertise_host, t.proxy.advertise_port);
         t.index_destinations();
@@ -452,6 +456,12 @@ impl RoutingTable {
     /// Turns HEP capture on (Some) or leaves it off.
     pub fn with_capture(mut self, capture: Option<CaptureSettings>) -> Self {
         self.capture = capture;
+        self
+    }
+
+    /// The TLS configs for `tls:` listeners and TLS destinations.
+    pub fn with_tls(mut self, tls: crate::tls::TlsContexts) -> Self {
+        self.tls = tls;
         self
     }
 

@@ -24,7 +24,7 @@ fn call_id(p: &HepPacket) -> String {
 }
 
 fn start(shards: usize, capture: impl Fn(&[SocketAddr]) -> Option<CaptureSettings>) -> (DataPlane, Arc<ArcSwap<RoutingTable>>) {
-    let spec = ShardSpec { listeners: vec!["127.0.0.1:0".parse().unwrap()], shards, ingress: Ingress::Flow, handoff_capacity: 8192, pin: false, tcp_listeners: vec![], stream: Default::default() };
+    let spec = ShardSpec { listeners: vec!["127.0.0.1:0".parse().unwrap()], shards, ingress: Ingress::Flow, handoff_capacity: 8192, pin: false, tcp_listeners: vec![], tls_listeners: vec![], stream: Default::default() };
     let table = Arc::new(ArcSwap::from_pointee(listener_table(&["127.0.0.1:5060".parse().unwrap()])));
     let dp = DataPlane::start(&spec, table.clone()).expect("bind a loopback listener");
     table.store(Arc::new(listener_table(&dp.bound).with_capture(capture(&dp.bound))));

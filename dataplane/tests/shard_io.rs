@@ -13,7 +13,7 @@ use fsroute_dataplane::testing::{listener_table, options_to};
 #[test]
 fn a_reply_leaves_from_the_listener_its_request_arrived_on_and_a_burst_is_answered_whole() {
     let listeners: Vec<SocketAddr> = vec!["127.0.0.1:0".parse().unwrap(), "127.0.0.2:0".parse().unwrap()];
-    let spec = ShardSpec { listeners, shards: 1, ingress: Ingress::Flow, handoff_capacity: 64, pin: false, tcp_listeners: vec![], stream: Default::default() };
+    let spec = ShardSpec { listeners, shards: 1, ingress: Ingress::Flow, handoff_capacity: 64, pin: false, tcp_listeners: vec![], tls_listeners: vec![], stream: Default::default() };
     let table = Arc::new(ArcSwap::from_pointee(listener_table(&["127.0.0.1:5060".parse().unwrap()])));
     let dp = DataPlane::start(&spec, table.clone()).expect("bind loopback listeners");
     table.store(Arc::new(listener_table(&dp.bound)));
@@ -45,7 +45,7 @@ fn a_reply_leaves_from_the_listener_its_request_arrived_on_and_a_burst_is_answer
 #[test]
 fn a_burst_from_one_peer_is_handed_to_the_owning_shards_in_batches_and_answered_whole() {
     let listeners: Vec<SocketAddr> = vec!["127.0.0.1:0".parse().unwrap()];
-    let spec = ShardSpec { listeners, shards: 2, ingress: Ingress::Flow, handoff_capacity: 8192, pin: false, tcp_listeners: vec![], stream: Default::default() };
+    let spec = ShardSpec { listeners, shards: 2, ingress: Ingress::Flow, handoff_capacity: 8192, pin: false, tcp_listeners: vec![], tls_listeners: vec![], stream: Default::default() };
     let table = Arc::new(ArcSwap::from_pointee(listener_table(&["127.0.0.1:5060".parse().unwrap()])));
     let dp = DataPlane::start(&spec, table.clone()).expect("bind loopback listener");
     table.store(Arc::new(listener_table(&dp.bound)));
@@ -80,6 +80,7 @@ fn tcp_spec(shards: usize) -> ShardSpec {
         handoff_capacity: 8192,
         pin: false,
         tcp_listeners: vec!["127.0.0.1:0".parse().unwrap()],
+        tls_listeners: vec![],
         stream: fsroute_dataplane::shard::StreamSettings { max_message: 4096, ..Default::default() },
     }
 }

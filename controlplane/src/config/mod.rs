@@ -8,6 +8,7 @@
 mod error;
 pub(crate) mod raw;
 mod summary;
+mod tls;
 mod validate;
 mod value;
 
@@ -31,6 +32,7 @@ pub use error::{redact, ConfigError, ConfigErrors, Position};
 pub use fsroute_esl::Secret;
 pub use value::{destination_transport, is_stream_destination, parse_duration, SIP_DEFAULT_PORT};
 pub(crate) use validate::is_own_listener;
+pub use tls::{CertificateInfo, TlsConfig, VerifyClient};
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -81,6 +83,8 @@ pub struct Config {
     pub dns: DnsConfig,
     /// `[capture]`: the HEP collector every SIP datagram is mirrored to; None = off (no `hep`).
     pub capture: Option<fsroute_dataplane::table::CaptureSettings>,
+    /// `[tls]`, its files read and checked; None without the section.
+    pub tls: Option<TlsConfig>,
     /// `[[dispatcher]]` rows in file order.
     pub dispatcher: Vec<DispatcherRow>,
     /// `[[load_balancer]]` rows in file order.
@@ -167,6 +171,8 @@ pub struct ProxyConfig {
     pub listen: Vec<SocketAddr>,
     /// TCP listeners (`tcp:IP:PORT`), each shard with one socket per address (docs/TCP.md).
     pub listen_tcp: Vec<SocketAddr>,
+    /// TLS listeners (`tls:IP:PORT`): TCP listeners whose connections are TLS (`[tls]`).
+    pub listen_tls: Vec<SocketAddr>,
     /// Limits of stream connections (`tcp_idle_timeout`, `tcp_max_message`,
     /// `tcp_connections_per_source`).
     pub stream: fsroute_dataplane::shard::StreamSettings,

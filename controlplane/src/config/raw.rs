@@ -21,6 +21,7 @@ pub(crate) struct RawConfig {
     pub limits: Opt<RawLimits>,
     pub dns: Opt<RawDns>,
     pub capture: Opt<RawCapture>,
+    pub tls: Opt<RawTls>,
     #[serde(default)]
     pub dispatcher: Vec<Spanned<RawDispatcher>>,
     #[serde(default)]
@@ -58,6 +59,17 @@ pub(crate) struct RawLimits {
     pub dialogs: Opt<i64>,
     pub forks: Opt<i64>,
     pub fork_memory_mib: Opt<i64>,
+}
+
+/// `[tls]` (docs/TCP.md, "TLS"): PEM file paths and the client-certificate policy.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub certificate: Opt<String>,
+    pub private_key: Opt<String>,
+    pub client_ca: Opt<String>,
+    pub verify_client: Opt<String>,
+    pub ca: Opt<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

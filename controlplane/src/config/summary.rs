@@ -22,9 +22,29 @@ fn write_summary(s: &mut String, c: &Config) -> std::fmt::Result {
     let p = &c.proxy;
     writeln!(s, "config {}", c.path.display())?;
     let udp = p.listen.iter().map(|a| format!("udp {a}"));
-    let listen: Vec<String> = udp.chain(p.listen_tcp.iter().map(|a| format!("tcp {a}"))).collect();
+    let listen: Vec<String> =
+        udp.chain(p.listen_tcp.iter().map(|a| format!("tcp {a}"))).chain(p.listen_tls.iter().map(|a| format!("tls {a}"))).collect();
     writeln!(s, "listen      {}", listen.join(", "))?;
-    if !p.listen_tcp.is_empty() {
+    if let Some(t) = &c.tls {
+        let mut parts = Vec::new();
+        if let Some(cert) = &t.certificate {
+            let info = t.certificate_info.as_ref();
+            let cn = info.and_then(|i| i.subject_cn.as_deref()).map_or(String::new(), |cn| format!(" (CN={cn}"));
+            let until = info.and_then(|i| i.not_after.as_deref()).map_or(String::new(), |u| format!("{}until {u}", if cn.is_empty() { " (" } else { ", " }));
+            let close = if cn.is_empty() && until.is_empty() { "" } else { ")" };
+            parts.push(format!("certificate {}{cn}{until}{close}", cert.display()));
+        }
+        match &t.client_ca {
+            Some(ca) => parts.push(format!("client certificates {} by {}", t.verify_client.name(), ca.display())),
+            None => parts.push("no client certificates".to_string()),
+        }
+        match &t.ca {
+            Some(ca) => parts.push(format!("destinations verified by {}", ca.display())),
+            None => parts.push("no tls destinations (no ca)".to_string()),
+        }
+        writeln!(s, "tls         {}", parts.join("; "))?;
+    }
+    if !(p.listen_tcp.is_empty() && p.listen_tls.is_empty()) {
         let st = &p.stream;
         writeln!(
             s,

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use fsroute_dataplane::dispatch::{Algorithm, HashMode};
+use fsroute_dataplane::conn::Transport;
 
 use super::*;
 
@@ -365,7 +366,7 @@ algorithm = "least-loaded"
     );
     assert!(
         lines[2].contains(
-            "dispatcher[0].destination: \"sip:fs1.example.net;lr\": the only destination parameter is ;transport=udp or ;transport=tcp"
+            "dispatcher[0].destination: \"sip:fs1.example.net;lr\": the only destination parameter is ;transport=udp, ;transport=tcp or ;transport=tls"
         ),
         "{}",
         lines[2]
@@ -1052,7 +1053,7 @@ fn the_same_name_twice_in_a_set_is_a_duplicate_and_a_bad_name_is_named() {
     assert!(only(&e, "dispatcher[2].destination").to_string().contains("neither an IP address nor a host name"), "{e}");
     // SRV _sip._tcp is not asked yet: a name over TCP is refused rather than resolved for UDP.
     let e = errs(&with_listen("[[dispatcher]]\nsetid = 1\ndestination = \"sip:fs.example.net;transport=tcp\"\n"));
-    assert!(only(&e, "dispatcher[0].destination").to_string().contains("not resolved yet (SRV _sip._tcp)"), "{e}");
+    assert!(only(&e, "dispatcher[0].destination").to_string().contains("not resolved yet (SRV _sip._tcp"), "{e}");
     let c = ok(&with_listen("[[dispatcher]]\nsetid = 1\ndestination = \"sip:fs.example.net;transport=udp\"\n"));
     assert_eq!(c.dns_names(), [DnsTarget { host: "fs.example.net".into(), port: None }]);
     assert!(!is_stream_destination(&crate::dns::expanded_uri(&c.dispatcher[0].uri, "10.0.0.1:5060".parse().unwrap())));
@@ -1097,12 +1098,14 @@ fn listeners_name_their_transport_and_a_bare_address_stays_udp() {
 }
 
 #[test]
-fn tls_listeners_and_tcp_only_configs_are_refused_naming_the_field() {
+fn a_tls_listener_needs_a_tls_table_and_tcp_only_configs_are_refused_naming_the_field() {
     let e = errs("[proxy]\nlisten = [\"127.0.0.1:5060\", \"tls:127.0.0.1:5061\", \"tcp:127.0.0.1:5060\", \"tcp:127.0.0.1:5060\"]\n");
-    assert!(only(&e, "proxy.listen[1]").to_string().contains("not yet supported"), "{e}");
+    assert!(only(&e, "tls").to_string().contains("tls:127.0.0.1:5061 listener needs a [tls] table"), "{e}");
     assert!(matches!(only(&e, "proxy.listen[3]"), ConfigError::Duplicate { first_line: 2, .. }), "{e}");
     let e = errs("[proxy]\nlisten = [\"tcp:127.0.0.1:5060\"]\n");
     assert!(only(&e, "proxy.listen").to_string().contains("at least one UDP listener"), "{e}");
+    let e = errs("[proxy]\nlisten = [\"127.0.0.1:5060\", \"tcp:127.0.0.1:5061\", \"tls:127.0.0.1:5061\"]\n");
+    assert!(matches!(only(&e, "proxy.listen[2]"), ConfigError::Duplicate { .. }), "tcp: and tls: on one port: {e}");
 }
 
 #[test]
@@ -1117,16 +1120,16 @@ fn tcp_limits_are_read_and_ranged() {
 }
 
 #[test]
-fn a_destination_may_ask_for_tcp_and_nothing_else() {
+fn a_destination_may_ask_for_tcp_or_tls_and_nothing_else() {
     let c = ok(&with_listen("[[dispatcher]]\nsetid = 1\ndestination = \"sip:10.0.0.1:5060;transport=TCP\"\n\n[[dispatcher]]\nsetid = 1\ndestination = \"sip:10.0.0.2;transport=udp\"\n"));
     assert!(is_stream_destination(&c.dispatcher[0].uri));
     assert!(!is_stream_destination(&c.dispatcher[1].uri));
     assert_eq!(c.dispatcher[1].addr, "10.0.0.2:5060".parse::<SocketAddr>().unwrap());
     for (uri, why) in [
-        ("sip:10.0.0.1;transport=tls", "not yet supported"),
-        ("sips:10.0.0.1", "not yet supported"),
-        ("sip:10.0.0.1;lr", "transport=udp or ;transport=tcp"),
-        ("sip:10.0.0.1;transport=tcp;lr", "transport=udp or ;transport=tcp"),
+        ("sips:10.0.0.1;transport=udp", "does not run over UDP"),
+        ("sip:10.0.0.1;transport=sctp", "not supported"),
+        ("sip:10.0.0.1;lr", "transport=udp, ;transport=tcp or ;transport=tls"),
+        ("sip:10.0.0.1;transport=tcp;lr", "transport=udp, ;transport=tcp or ;transport=tls"),
     ] {
         let e = errs(&with_listen(&format!("[[dispatcher]]\nsetid = 1\ndestination = \"{uri}\"\n")));
         assert!(only(&e, "dispatcher[0].destination").to_string().contains(why), "{uri}: {e}");
@@ -1137,7 +1140,7 @@ fn a_destination_may_ask_for_tcp_and_nothing_else() {
 fn probing_tcp_destinations_and_aiming_one_at_our_own_tcp_listener_are_refused() {
     let e = errs("[proxy]\nlisten = [\"127.0.0.1:5060\", \"tcp:127.0.0.1:5070\"]\n[control]\nprobe_interval = \"5s\"\n[[dispatcher]]\nsetid = 1\ndestination = \"sip:127.0.0.1:5070;transport=tcp\"\n");
     assert_eq!(line_of(&e, "control.probe_interval"), 4);
-    assert!(only(&e, "dispatcher.destination").to_string().contains("own TCP listeners"), "{e}");
+    assert!(only(&e, "dispatcher.destination").to_string().contains("own TCP/TLS listeners"), "{e}");
 }
 
 #[test]
@@ -1173,4 +1176,134 @@ fn a_bad_capture_key_names_its_field_and_line() {
     assert_eq!((line_of(&e, "capture.capture_id"), line_of(&e, "capture.queue")), (5, 6));
     let e = errs(&with_listen("[capture]\nhep = \"127.0.0.1:9060\"\nqueues = 8\n"));
     assert_eq!(e.len(), 1, "an unknown key: {e}");
+}
+
+/// Certificate files made now for the `[tls]` specs: a CA, a server certificate for 127.0.0.1 that
+/// it signed, its key, and a second key that matches nothing.
+struct TlsFiles {
+    dir: tempfile::TempDir,
+}
+
+impl TlsFiles {
+    fn new() -> TlsFiles {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "fsroute test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "sbc.example.net");
+        params.not_after = rcgen::date_time_ymd(2031, 5, 17);
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        let other = rcgen::KeyPair::generate().unwrap();
+        for (name, pem) in [
+            ("ca.pem", ca.pem()),
+            ("cert.pem", cert.pem()),
+            ("key.pem", key.serialize_pem()),
+            ("other-key.pem", other.serialize_pem()),
+            ("garbage.pem", "not a certificate\n".to_string()),
+        ] {
+            std::fs::write(dir.path().join(name), pem).unwrap();
+        }
+        TlsFiles { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// A config with a UDP and a TLS listener and `[tls]` holding `keys`.
+    fn config(&self, keys: &str) -> String {
+        format!("[proxy]\nlisten = [\"127.0.0.1:5060\", \"tls:127.0.0.1:5061\"]\n[tls]\n{keys}")
+    }
+
+    fn pair(&self) -> String {
+        format!("certificate = \"{}\"\nprivate_key = \"{}\"\n", self.path("cert.pem"), self.path("key.pem"))
+    }
+}
+
+#[test]
+fn a_tls_listener_with_a_certificate_and_its_key_is_read_at_validation() {
+    let f = TlsFiles::new();
+    let c = ok(&f.config(&f.pair()));
+    assert_eq!(c.proxy.listen_tls, ["127.0.0.1:5061".parse::<SocketAddr>().unwrap()]);
+    let t = c.tls.as_ref().unwrap();
+    assert!(t.contexts.server.is_some(), "the server config is built now, not by the shards");
+    assert!(t.contexts.client.is_none(), "no ca: no TLS destination can be verified");
+    let info = t.certificate_info.as_ref().unwrap();
+    assert_eq!(info.subject_cn.as_deref(), Some("sbc.example.net"));
+    assert_eq!(info.not_after.as_deref(), Some("2031-05-17 00:00:00 UTC"));
+    let summary = c.summary();
+    assert!(summary.contains("listen      udp 127.0.0.1:5060, tls 127.0.0.1:5061"), "{summary}");
+    assert!(summary.contains("(CN=sbc.example.net, until 2031-05-17 00:00:00 UTC)"), "{summary}");
+    assert!(summary.contains("no client certificates; no tls destinations (no ca)"), "{summary}");
+}
+
+#[test]
+fn a_missing_unreadable_or_mismatched_certificate_names_the_field_and_the_file() {
+    let f = TlsFiles::new();
+    let e = errs(&f.config(&format!("certificate = \"{}\"\n", f.path("cert.pem"))));
+    assert!(matches!(only(&e, "tls.private_key"), ConfigError::Missing { .. }), "{e}");
+    let e = errs(&f.config(""));
+    assert!(matches!(only(&e, "tls.certificate"), ConfigError::Missing { .. }), "{e}");
+    let e = errs(&f.config(&format!("certificate = \"{}\"\nprivate_key = \"{}\"\n", f.path("nowhere.pem"), f.path("key.pem"))));
+    assert!(only(&e, "tls.certificate").to_string().contains("nowhere.pem"), "{e}");
+    assert_eq!(line_of(&e, "tls.certificate"), 4);
+    let e = errs(&f.config(&format!("certificate = \"{}\"\nprivate_key = \"{}\"\n", f.path("garbage.pem"), f.path("key.pem"))));
+    assert!(only(&e, "tls.certificate").to_string().contains("no PEM CERTIFICATE"), "{e}");
+    let e = errs(&f.config(&format!("certificate = \"{}\"\nprivate_key = \"{}\"\n", f.path("cert.pem"), f.path("cert.pem"))));
+    assert!(only(&e, "tls.private_key").to_string().contains("no usable PEM private key"), "{e}");
+    let e = errs(&f.config(&format!("certificate = \"{}\"\nprivate_key = \"{}\"\n", f.path("cert.pem"), f.path("other-key.pem"))));
+    let why = only(&e, "tls.certificate").to_string();
+    assert!(why.contains("cert.pem") && why.contains("does not match tls.private_key"), "{e}");
+    let e = errs(&f.config(&format!("{}shape = 1\n", f.pair())));
+    assert!(e.to_string().contains("shape"), "unknown keys are refused: {e}");
+}
+
+#[test]
+fn client_certificates_are_verified_against_client_ca_as_verify_client_says() {
+    let f = TlsFiles::new();
+    let c = ok(&f.config(&format!("{}client_ca = \"{}\"\n", f.pair(), f.path("ca.pem"))));
+    let t = c.tls.as_ref().unwrap();
+    assert_eq!((t.verify_client, t.client_ca.is_some()), (VerifyClient::Require, true), "require by default");
+    assert!(c.summary().contains("client certificates require by"), "{}", c.summary());
+    let c = ok(&f.config(&format!("{}client_ca = \"{}\"\nverify_client = \"optional\"\n", f.pair(), f.path("ca.pem"))));
+    assert_eq!(c.tls.unwrap().verify_client, VerifyClient::Optional);
+    let e = errs(&f.config(&format!("{}client_ca = \"{}\"\nverify_client = \"sometimes\"\n", f.pair(), f.path("ca.pem"))));
+    assert_eq!(line_of(&e, "tls.verify_client"), 7);
+    let e = errs(&f.config(&format!("{}verify_client = \"require\"\n", f.pair())));
+    assert!(only(&e, "tls.verify_client").to_string().contains("needs tls.client_ca"), "{e}");
+    let e = errs(&f.config(&format!("{}client_ca = \"{}\"\n", f.pair(), f.path("garbage.pem"))));
+    assert!(only(&e, "tls.client_ca").to_string().contains("garbage.pem"), "{e}");
+}
+
+#[test]
+fn a_ca_builds_the_config_tls_destinations_are_verified_with() {
+    let f = TlsFiles::new();
+    let c = ok(&with_listen(&format!("[tls]\nca = \"{}\"\n", f.path("ca.pem"))));
+    let t = c.tls.unwrap();
+    assert!(t.contexts.client.is_some() && t.contexts.server.is_none());
+    let e = errs(&with_listen(&format!("[tls]\nca = \"{}\"\n", f.path("garbage.pem"))));
+    assert!(only(&e, "tls.ca").to_string().contains("garbage.pem"), "{e}");
+}
+
+#[test]
+fn a_tls_destination_is_sips_or_transport_tls_on_5061_and_needs_a_ca_to_verify_it() {
+    let f = TlsFiles::new();
+    let rows = "[[dispatcher]]\nsetid = 1\ndestination = \"sips:10.0.0.1\"\n\n[[dispatcher]]\nsetid = 1\ndestination = \"sip:10.0.0.2;transport=TLS\"\n\n[[dispatcher]]\nsetid = 1\ndestination = \"sips:10.0.0.3:5071;transport=tcp\"\n";
+    let c = ok(&with_listen(&format!("[tls]\nca = \"{}\"\n{rows}", f.path("ca.pem"))));
+    let got: Vec<_> = c.dispatcher.iter().map(|d| (d.addr, destination_transport(&d.uri))).collect();
+    assert_eq!(
+        got,
+        [
+            ("10.0.0.1:5061".parse().unwrap(), Transport::Tls),
+            ("10.0.0.2:5061".parse().unwrap(), Transport::Tls),
+            ("10.0.0.3:5071".parse().unwrap(), Transport::Tls),
+        ]
+    );
+    let e = errs(&with_listen(rows));
+    assert_eq!(e.0.len(), 3, "{e}");
+    assert!(e.to_string().contains("tls.ca") && e.to_string().contains("sips:10.0.0.1"), "{e}");
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::fmt::Display;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fsroute_dataplane::shard::StreamSettings;
@@ -17,17 +17,20 @@ use fsroute_dataplane::table::{CaptureSettings, LbWanted, RouteMatch};
 use toml::Spanned;
 
 use super::error::{redact, ConfigError, LineIndex, Position};
+use fsroute_dataplane::conn::Transport;
+
 use super::raw::{
     IntOrStr, Number, Opt, RawCapture, RawConfig, RawControl, RawDispatcher, RawDns, RawFailover, RawLimits, RawLoadBalancer,
-    RawProxy, RawRoute,
+    RawProxy, RawRoute, RawTls,
 };
 use super::value::{
-    is_fs_url, is_stream_destination, parse_cidr, parse_duration, parse_fs_url, parse_host_port, parse_resource_names,
+    destination_transport, is_fs_url, is_stream_destination, parse_cidr, parse_duration, parse_fs_url, parse_host_port, parse_resource_names,
     parse_resources, parse_sip_destination, SipDest, SIP_DEFAULT_PORT,
 };
 use super::{
     Capacity, CapacityModel, Config, ControlConfig, DestState, DispatcherRow, DnsConfig, DnsTarget, FailoverConfig, FsEndpoint, FsKey,
-    Host, HostPort, LbFlags, LoadBalancerRow, ProxyConfig, RouteConfig, RouteTo, RowInfo, Secret, Weight, XAuthMode,
+    Host, HostPort, LbFlags, LoadBalancerRow, ProxyConfig, RouteConfig, RouteTo, RowInfo, Secret, TlsConfig, VerifyClient, Weight,
+    XAuthMode,
 };
 
 pub(crate) fn validate(raw: &RawConfig, text: &str, path: &Path) -> (Config, Vec<ConfigError>) {
@@ -47,7 +50,8 @@ pub(crate) fn validate(raw: &RawConfig, text: &str, path: &Path) -> (Config, Vec
     let dispatcher = cx.dispatcher_rows(&raw.dispatcher, &proxy.listen);
     let load_balancer = cx.load_balancer_rows(&raw.load_balancer, &proxy.listen);
     let routes = cx.routes(&raw.route, &dispatcher, &load_balancer);
-    cx.tcp_destinations(raw, &proxy, &control, &dispatcher, &load_balancer);
+    let tls = cx.tls(raw.tls.as_ref(), &proxy);
+    cx.tcp_destinations(raw, &proxy, &control, tls.as_ref(), &dispatcher, &load_balancer);
     let config = Config {
         path: path.to_path_buf(),
         proxy,
@@ -56,6 +60,7 @@ pub(crate) fn validate(raw: &RawConfig, text: &str, path: &Path) -> (Config, Vec
         limits,
         dns,
         capture,
+        tls,
         dispatcher,
         load_balancer,
         routes,
@@ -152,14 +157,34 @@ impl Ctx<'_> {
     /// What `;transport=tcp` destinations need: not a TCP listener of fsroute's own (a loop), and
     /// no OPTIONS probing, which goes over UDP in this build and would judge a TCP box by a port
     /// it may not serve.
-    fn tcp_destinations(&mut self, raw: &RawConfig, proxy: &ProxyConfig, control: &ControlConfig, ds: &[DispatcherRow], lb: &[LoadBalancerRow]) {
+    ///
+    /// A TLS destination (`sips:`, `;transport=tls`) also needs `[tls] ca`: fsroute verifies
+    /// the box's certificate against it and never against a system trust store (docs/TCP.md §9).
+    fn tcp_destinations(
+        &mut self,
+        raw: &RawConfig,
+        proxy: &ProxyConfig,
+        control: &ControlConfig,
+        tls: Option<&TlsConfig>,
+        ds: &[DispatcherRow],
+        lb: &[LoadBalancerRow],
+    ) {
         let rows = ds.iter().map(|r| (&r.uri, r.addr, r.info.line, "dispatcher")).chain(lb.iter().map(|r| (&r.uri, r.addr, r.info.line, "load_balancer")));
         let mut first_tcp = None;
         for (uri, addr, line, table) in rows.filter(|(uri, ..)| is_stream_destination(uri)) {
             first_tcp.get_or_insert(uri.clone());
-            if proxy.listen_tcp.contains(&addr) {
-                let span = self.line_span(line);
-                self.invalid(&span, &format!("{table}.destination"), quoted(uri), "this is one of fsroute's own TCP listeners: calls would loop");
+            let span = self.line_span(line);
+            if proxy.listen_tcp.contains(&addr) || proxy.listen_tls.contains(&addr) {
+                self.invalid(&span, &format!("{table}.destination"), quoted(uri), "this is one of fsroute's own TCP/TLS listeners: calls would loop");
+            }
+            let needs_ca = destination_transport(uri) == Transport::Tls && tls.is_none_or(|t| t.ca.is_none());
+            // A [tls] that failed to load has its own error; do not pile a second one on it.
+            if needs_ca && (tls.is_some() || raw.tls.is_none()) {
+                self.missing(
+                    &span,
+                    "tls.ca",
+                    format!("the TLS destination {uri} is verified against [tls] ca, the CAs that sign the boxes' certificates (PEM)"),
+                );
             }
         }
         if let (Some(uri), false) = (first_tcp, control.probe_interval.is_zero()) {
@@ -376,6 +401,7 @@ impl Ctx<'_> {
 
         let mut listen: Vec<SocketAddr> = Vec::new();
         let mut listen_tcp: Vec<SocketAddr> = Vec::new();
+        let mut listen_tls: Vec<SocketAddr> = Vec::new();
         // Every listener once, with its transport and line, for the duplicate check.
         let mut seen: Vec<(&str, SocketAddr, usize)> = Vec::new();
         match &p.listen {
@@ -400,10 +426,7 @@ impl Ctx<'_> {
                     let (transport, addr) = match text.split_once(':') {
                         Some((t, rest)) if t.eq_ignore_ascii_case("udp") => ("udp", rest),
                         Some((t, rest)) if t.eq_ignore_ascii_case("tcp") => ("tcp", rest),
-                        Some((t, _)) if t.eq_ignore_ascii_case("tls") => {
-                            self.invalid(&span, &field, quoted(a.get_ref()), "TLS listeners are not yet supported (this build has udp: and tcp:)");
-                            continue;
-                        }
+                        Some((t, rest)) if t.eq_ignore_ascii_case("tls") => ("tls", rest),
                         _ => ("udp", text),
                     };
                     match addr.parse::<SocketAddr>() {
@@ -413,14 +436,15 @@ impl Ctx<'_> {
                             quoted(a.get_ref()),
                             "port 0 is not a usable port",
                         ),
-                        Ok(sa) => match seen.iter().find(|(t, x, _)| *t == transport && *x == sa) {
+                        // tcp: and tls: on one address would be one TCP port twice.
+                        Ok(sa) => match seen.iter().find(|(t, x, _)| (*t == "udp") == (transport == "udp") && *x == sa) {
                             Some(&(_, _, first)) => self.duplicate(&span, &field, quoted(a.get_ref()), first, "listed twice"),
                             None => {
                                 seen.push((transport, sa, self.line(&span)));
-                                if transport == "tcp" {
-                                    listen_tcp.push(sa);
-                                } else {
-                                    listen.push(sa);
+                                match transport {
+                                    "tcp" => listen_tcp.push(sa),
+                                    "tls" => listen_tls.push(sa),
+                                    _ => listen.push(sa),
                                 }
                             }
                         },
@@ -428,17 +452,17 @@ impl Ctx<'_> {
                             &span,
                             &field,
                             quoted(a.get_ref()),
-                            "not an IP:PORT socket address (IPv6 as \"[addr]:port\"), optionally after udp: or tcp:",
+                            "not an IP:PORT socket address (IPv6 as \"[addr]:port\"), optionally after udp:, tcp: or tls:",
                         ),
                     }
                 }
-                if listen.is_empty() && !listen_tcp.is_empty() {
+                if listen.is_empty() && !(listen_tcp.is_empty() && listen_tls.is_empty()) {
                     // Requests to destinations leave over UDP in this build.
                     self.invalid(
                         &l.span(),
                         "proxy.listen",
                         format!("{:?}", l.get_ref().iter().map(|s| s.get_ref().as_str()).collect::<Vec<_>>()),
-                        "at least one UDP listener is required besides tcp: ones (requests to destinations leave over UDP)",
+                        "at least one UDP listener is required besides tcp: and tls: ones (requests to destinations leave over UDP)",
                     );
                 }
             }
@@ -590,6 +614,7 @@ impl Ctx<'_> {
         ProxyConfig {
             listen,
             listen_tcp,
+            listen_tls,
             stream,
             advertise,
             aliases,
@@ -647,6 +672,99 @@ impl Ctx<'_> {
             return None;
         }
         Some(CaptureSettings { collector, capture_id, queue })
+    }
+
+    /// `[tls]`: the files are read here, so a missing, unreadable, malformed or mismatched one is
+    /// an error naming its field and path (relative paths are taken from the config file's
+    /// directory). A `tls:` listener needs `certificate` and `private_key`.
+    fn tls(&mut self, raw: Option<&Spanned<RawTls>>, proxy: &ProxyConfig) -> Option<TlsConfig> {
+        let listener = proxy.listen_tls.first();
+        let Some(raw) = raw else {
+            if let Some(l) = listener {
+                self.missing(&(0..0), "tls", format!("the tls:{l} listener needs a [tls] table with certificate and private_key"));
+            }
+            return None;
+        };
+        let (t, table) = (raw.get_ref(), raw.span());
+        let base = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let file = |v: &Opt<String>, field: &str, cx: &mut Self| -> Option<(PathBuf, Range<usize>)> {
+            let s = v.as_ref()?;
+            let text = s.get_ref().trim();
+            if text.is_empty() {
+                cx.invalid(&s.span(), field, "\"\"", "a path to a PEM file");
+                return None;
+            }
+            Some((base.join(text), s.span()))
+        };
+        let certificate = file(&t.certificate, "tls.certificate", self);
+        let private_key = file(&t.private_key, "tls.private_key", self);
+        let client_ca = file(&t.client_ca, "tls.client_ca", self);
+        let ca = file(&t.ca, "tls.ca", self);
+        match (&certificate, &private_key) {
+            (Some(_), None) if t.private_key.is_none() => self.missing(&table, "tls.private_key", "the key of tls.certificate, a PEM file"),
+            (None, Some(_)) if t.certificate.is_none() => self.missing(&table, "tls.certificate", "the certificate of tls.private_key, a PEM file"),
+            (None, None) if listener.is_some() && t.certificate.is_none() && t.private_key.is_none() => self.missing(
+                &table,
+                "tls.certificate",
+                format!("the tls:{} listener needs certificate and private_key (PEM files)", listener.map(ToString::to_string).unwrap_or_default()),
+            ),
+            _ => {}
+        }
+        if client_ca.is_some() && t.certificate.is_none() {
+            self.conflict(&table, "tls.client_ca", "client certificates are asked for by a tls: listener, which needs certificate and private_key");
+        }
+        let verify_client = match &t.verify_client {
+            None => VerifyClient::default(),
+            Some(v) => match VerifyClient::from_name(v.get_ref()) {
+                Some(_) if t.client_ca.is_none() => {
+                    self.conflict(&v.span(), "tls.verify_client", "needs tls.client_ca, the CAs client certificates are verified against");
+                    VerifyClient::default()
+                }
+                Some(m) => m,
+                None => {
+                    self.invalid(&v.span(), "tls.verify_client", quoted(v.get_ref()), "must be \"require\" or \"optional\"");
+                    VerifyClient::default()
+                }
+            },
+        };
+        let span_of = |f: &str| match f {
+            "tls.certificate" => certificate.as_ref().map(|c| c.1.clone()),
+            "tls.private_key" => private_key.as_ref().map(|c| c.1.clone()),
+            "tls.client_ca" => client_ca.as_ref().map(|c| c.1.clone()),
+            _ => ca.as_ref().map(|c| c.1.clone()),
+        };
+        let path = |f: &Option<(PathBuf, Range<usize>)>| f.as_ref().map(|(p, _)| p.clone());
+        let built = super::tls::build(
+            path(&certificate).as_deref(),
+            path(&private_key).as_deref(),
+            path(&client_ca).as_deref(),
+            verify_client,
+            path(&ca).as_deref(),
+        );
+        let (contexts, certificate_info) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                let span = span_of(e.field).unwrap_or(table);
+                let value = match e.field {
+                    "tls.certificate" => path(&certificate),
+                    "tls.private_key" => path(&private_key),
+                    "tls.client_ca" => path(&client_ca),
+                    _ => path(&ca),
+                };
+                let value = value.map(|p| quoted(&p.display().to_string())).unwrap_or_default();
+                self.invalid(&span, e.field, value, e.reason);
+                return None;
+            }
+        };
+        Some(TlsConfig {
+            certificate: path(&certificate),
+            private_key: path(&private_key),
+            client_ca: path(&client_ca),
+            verify_client,
+            ca: path(&ca),
+            certificate_info,
+            contexts,
+        })
     }
 
     fn control(&mut self, raw: Option<&RawControl>) -> ControlConfig {

@@ -12,6 +12,8 @@ use fsroute_esl::DEFAULT_ESL_PORT;
 use super::{Capacity, DnsTarget, FsEndpoint, Host, HostPort, LbResource, Secret};
 
 pub const SIP_DEFAULT_PORT: u16 = 5060;
+/// The port of `sips:` and `;transport=tls` when none is written (RFC 3261 §19.1.2).
+pub const SIPS_DEFAULT_PORT: u16 = 5061;
 
 /// `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address; host names are lower-cased.
 pub(crate) fn parse_host_port(s: &str, default_port: u16) -> Result<HostPort, String> {
@@ -94,25 +96,31 @@ pub(crate) enum SipDest {
 /// `sip:host[:port]`: an IP literal host (IPv6 bracketed) is the address to send to; a host name
 /// is resolved on the control plane (docs/DNS.md): SRV first when no port is written (RFC 3263).
 pub(crate) fn parse_sip_destination(uri: &str) -> Result<SipDest, String> {
-    let rest = match uri.get(..4) {
-        Some(scheme) if scheme.eq_ignore_ascii_case("sip:") => &uri[4..],
-        _ if uri.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("sips:")) => {
-            return Err("sips: (TLS) destinations are not yet supported: write sip:host[:port][;transport=tcp]".into())
-        }
-        _ => return Err("a destination is a sip: URI, e.g. \"sip:10.0.0.5:5060\"".into()),
+    let (rest, sips) = match uri.get(..4) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("sip:") => (&uri[4..], false),
+        _ if uri.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("sips:")) => (&uri[5..], true),
+        _ => return Err("a destination is a sip: or sips: URI, e.g. \"sip:10.0.0.5:5060\"".into()),
     };
     if rest.contains('@') {
         return Err("a destination has no user part: write sip:host[:port]".into());
     }
     // One parameter is understood: the transport (docs/TCP.md).
     let (rest, transport) = match rest.split_once(';') {
-        None => (rest, Transport::Udp),
+        None => (rest, if sips { Transport::Tls } else { Transport::Udp }),
         Some((hostport, params)) => (hostport, destination_transport_param(params)?),
+    };
+    // sips: is TLS end to end (RFC 3261 §19.1.2); `sips:...;transport=tcp` is the old spelling
+    // of the same (TLS runs over TCP), but sips: over UDP is a contradiction.
+    let transport = match (sips, transport) {
+        (true, Transport::Udp) => return Err("sips: is TLS, which does not run over UDP: drop ;transport=udp".into()),
+        (true, _) => Transport::Tls,
+        (false, t) => t,
     };
     if rest.contains([';', '?', '>', '<', ' ', '#']) {
         return Err("URI parameters and headers other than ;transport= are not supported: write sip:host[:port][;transport=tcp]".into());
     }
-    let hp = parse_host_port(rest, SIP_DEFAULT_PORT)?;
+    let default_port = if transport == Transport::Tls { SIPS_DEFAULT_PORT } else { SIP_DEFAULT_PORT };
+    let hp = parse_host_port(rest, default_port)?;
     if !rest.starts_with('[') && matches!(hp.host, Host::Ip(IpAddr::V6(_))) {
         return Err("an IPv6 host must be bracketed in a URI: sip:[addr]:port".into());
     }
@@ -123,7 +131,7 @@ pub(crate) fn parse_sip_destination(uri: &str) -> Result<SipDest, String> {
         Host::Ip(ip) => Ok(SipDest::Addr(SocketAddr::new(ip, hp.port))),
         // RFC 3263 would ask _sip._tcp for it; the resolver asks for UDP targets only (docs/DNS.md).
         Host::Name(_) if transport.is_stream() => Err(
-            "a host name with ;transport=tcp is not resolved yet (SRV _sip._tcp): write the box's IP for TCP".into(),
+            "a host name over TCP or TLS is not resolved yet (SRV _sip._tcp, _sips._tcp): write the box's IP".into(),
         ),
         Host::Name(host) => {
             // The port as written, not the default: `sip:host` asks for SRV, `sip:host:5060` does not.
@@ -137,6 +145,9 @@ pub(crate) fn parse_sip_destination(uri: &str) -> Result<SipDest, String> {
 pub fn destination_transport(uri: &str) -> Transport {
     // An address of a name (`<as written>#<address>`, docs/DNS.md) is its row's.
     let uri = uri.split_once('#').map_or(uri, |(written, _)| written);
+    if uri.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("sips:")) {
+        return Transport::Tls;
+    }
     uri.split_once(';').and_then(|(_, params)| destination_transport_param(params).ok()).unwrap_or_default()
 }
 
@@ -145,19 +156,21 @@ pub fn is_stream_destination(uri: &str) -> bool {
     destination_transport(uri).is_stream()
 }
 
-/// `transport=udp` or `transport=tcp` (any case), the only parameter a destination may carry.
+/// `transport=udp`, `tcp` or `tls` (any case), the only parameter a destination may carry.
 fn destination_transport_param(params: &str) -> Result<Transport, String> {
+    const ONLY: &str = "the only destination parameter is ;transport=udp, ;transport=tcp or ;transport=tls";
     let Some((name, value)) = params.split_once('=') else {
-        return Err("the only destination parameter is ;transport=udp or ;transport=tcp".into());
+        return Err(ONLY.into());
     };
     if !name.trim().eq_ignore_ascii_case("transport") {
-        return Err("the only destination parameter is ;transport=udp or ;transport=tcp".into());
+        return Err(ONLY.into());
     }
     match value.trim().to_ascii_lowercase().as_str() {
         "udp" => Ok(Transport::Udp),
         "tcp" => Ok(Transport::Tcp),
-        "tls" | "sctp" | "ws" | "wss" => Err(format!("transport={} is not yet supported (udp and tcp are)", value.trim())),
-        _ => Err("the only destination parameter is ;transport=udp or ;transport=tcp".into()),
+        "tls" => Ok(Transport::Tls),
+        "sctp" | "ws" | "wss" => Err(format!("transport={} is not supported (udp, tcp and tls are)", value.trim())),
+        _ => Err(ONLY.into()),
     }
 }
 

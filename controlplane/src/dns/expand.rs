@@ -79,6 +79,7 @@ pub fn expand<'a>(config: &'a Config, names: &ResolvedNames) -> (Cow<'a, Config>
         limits: config.limits,
         dns: config.dns.clone(),
         capture: config.capture,
+        tls: config.tls.clone(),
         dispatcher,
         load_balancer,
         routes: config.routes.clone(),
