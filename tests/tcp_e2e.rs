@@ -189,54 +189,6 @@ fn a_tcp_destination_that_refuses_connections_is_failed_over_at_once_and_counted
     assert!(failed >= 5, "the dead destination's failures are counted: {metrics}");
 }
 
-/// One SIP message framed off a stream by Content-Length (RFC 3261 §18.3), CRLF keep-alives
-/// between messages skipped; None on EOF or a read timeout.
-fn read_sip(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
-    loop {
-        while buf.starts_with(b"\r\n") {
-            buf.drain(..2);
-        }
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let body = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    let k = k.trim().to_ascii_lowercase();
-                    (k == "content-length" || k == "l").then(|| v.trim().parse::<usize>().ok())?
-                })
-                .unwrap_or(0);
-            let total = end + 4 + body;
-            if buf.len() >= total {
-                let msg = String::from_utf8_lossy(&buf[..total]).into_owned();
-                buf.drain(..total);
-                return Some(msg);
-            }
-        }
-        let mut chunk = [0u8; 4096];
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-/// A response to `req` (its Vias, From, To with a tag, Call-ID, CSeq and Record-Route copied).
-fn sip_response(req: &str, status: &str, contact: SocketAddr) -> String {
-    let mut out = format!("SIP/2.0 {status}\r\n");
-    for l in req.lines() {
-        let name = l.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
-        match name.as_str() {
-            "via" | "v" | "from" | "f" | "call-id" | "i" | "cseq" | "record-route" => out.push_str(&format!("{l}\r\n")),
-            "to" | "t" if !l.contains(";tag=") => out.push_str(&format!("{l};tag=uas1\r\n")),
-            "to" | "t" => out.push_str(&format!("{l}\r\n")),
-            _ => {}
-        }
-    }
-    out.push_str(&format!("Contact: <sip:uas@{contact};transport=tcp>\r\nContent-Length: 0\r\n\r\n"));
-    out
-}
-
 /// A backend on a TCP listener that answers INVITE with 180 and 200 and BYE with 200, and drops
 /// the connection an ACK arrives on: a backend whose side of the connection dies mid-call. It
 /// records which accepted connection (1, 2, ...) each request came on.
@@ -264,13 +216,13 @@ impl ConnKillingUas {
                         log.lock().unwrap().push((method.clone(), n + 1));
                         match method.as_str() {
                             "INVITE" => {
-                                let _ = s.write_all(sip_response(&req, "180 Ringing", addr).as_bytes());
-                                let _ = s.write_all(sip_response(&req, "200 OK", addr).as_bytes());
+                                let _ = s.write_all(sip_response(&req, "180 Ringing", &format!("sip:uas@{addr};transport=tcp")).as_bytes());
+                                let _ = s.write_all(sip_response(&req, "200 OK", &format!("sip:uas@{addr};transport=tcp")).as_bytes());
                             }
                             // The call is up: this side of the connection goes away.
                             "ACK" => return,
                             _ => {
-                                let _ = s.write_all(sip_response(&req, "200 OK", addr).as_bytes());
+                                let _ = s.write_all(sip_response(&req, "200 OK", &format!("sip:uas@{addr};transport=tcp")).as_bytes());
                             }
                         }
                     }

@@ -325,3 +325,52 @@ pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// One SIP message framed off a stream by Content-Length (RFC 3261 §18.3), CRLF keep-alives
+/// between messages skipped; None on EOF or a read timeout.
+pub fn read_sip(s: &mut impl Read, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        while buf.starts_with(b"\r\n") {
+            buf.drain(..2);
+        }
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let body = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    let k = k.trim().to_ascii_lowercase();
+                    (k == "content-length" || k == "l").then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            let total = end + 4 + body;
+            if buf.len() >= total {
+                let msg = String::from_utf8_lossy(&buf[..total]).into_owned();
+                buf.drain(..total);
+                return Some(msg);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A response to `req` (its Vias, From, To with a tag, Call-ID, CSeq and Record-Route copied),
+/// with `Contact: <contact>`.
+pub fn sip_response(req: &str, status: &str, contact: &str) -> String {
+    let mut out = format!("SIP/2.0 {status}\r\n");
+    for l in req.lines() {
+        let name = l.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
+        match name.as_str() {
+            "via" | "v" | "from" | "f" | "call-id" | "i" | "cseq" | "record-route" => out.push_str(&format!("{l}\r\n")),
+            "to" | "t" if !l.contains(";tag=") => out.push_str(&format!("{l};tag=uas1\r\n")),
+            "to" | "t" => out.push_str(&format!("{l}\r\n")),
+            _ => {}
+        }
+    }
+    out.push_str(&format!("Contact: <{contact}>\r\nContent-Length: 0\r\n\r\n"));
+    out
+}
