@@ -1,6 +1,7 @@
 //! End-to-end specs of OPTIONS probing and admin state: a silent box leaves after the failure
 //! threshold and returns after the success threshold; a box answering 503 is full, not dead; an
-//! admin's "inactive" sticks until an admin says "active".
+//! admin's "inactive" sticks until an admin says "active"; TCP boxes are probed over their own
+//! connection, and one that refuses connections or goes away leaves like a silent one.
 
 mod common;
 
@@ -112,4 +113,78 @@ fn admin_inactive_is_sticky_until_an_admin_sets_active() {
     assert_eq!(http(proxy.admin, "POST", "/dispatcher/state", unknown).0, 404);
     let bad = body.replace("\"active\"", "\"sleepy\"");
     assert_eq!(http(proxy.admin, "POST", "/dispatcher/state", &bad).0, 400);
+}
+
+/// A box on a TCP listener that answers every request with 200 on its connection while `alive`;
+/// when told to die it closes its connections and its listener (connects are then refused). It
+/// counts connections and records each request's top Via.
+struct TcpBox {
+    addr: SocketAddr,
+    alive: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TcpBox {
+    fn start() -> TcpBox {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let b = TcpBox { addr, alive: Default::default(), seen: Default::default(), connections: Default::default() };
+        b.alive.store(true, SeqCst);
+        let (alive, seen, connections) = (b.alive.clone(), b.seen.clone(), b.connections.clone());
+        // Bounded by `alive`, which the test clears (and the process's end).
+        std::thread::spawn(move || {
+            while alive.load(SeqCst) {
+                let Ok((mut s, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                connections.fetch_add(1, SeqCst);
+                let (alive, seen) = (alive.clone(), seen.clone());
+                std::thread::spawn(move || {
+                    use std::io::Write;
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                    let mut buf = Vec::new();
+                    while alive.load(SeqCst) {
+                        let Some(req) = read_sip(&mut s, &mut buf) else { continue };
+                        let via = req.lines().find_map(|l| l.strip_prefix("Via: ")).unwrap_or_default().to_string();
+                        seen.lock().unwrap().push(via);
+                        let _ = s.write_all(sip_response(&req, "200 OK", &format!("sip:{addr};transport=tcp")).as_bytes());
+                    }
+                });
+            }
+        });
+        b
+    }
+
+    fn die(&self) {
+        self.alive.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_tcp_box_is_probed_over_its_connection_and_leaves_when_it_refuses_connections() {
+    let _g = serial();
+    let live = TcpBox::start();
+    // Nothing listens here: every probe connection is refused.
+    let dead = addr(free_tcp_port());
+    let mut c = "[proxy]\nlisten = [\"{SIP}\"]\nshards = 1\n\n[control]\nadmin = \"{ADMIN}\"\nprobe_interval = \"200ms\"\nprobe_failure_threshold = 3\nprobe_success_threshold = 2\n\n".to_string();
+    for b in [live.addr, dead] {
+        c.push_str(&format!("[[dispatcher]]\nsetid = 1\ndestination = \"sip:{b};transport=tcp\"\nweight = 1\n\n"));
+    }
+    c.push_str("[[route]]\nto_dispatcher = 1\nalgorithm = \"round-robin\"\n");
+    let proxy = Proxy::start(&c);
+    assert!(wait_state(&proxy, dead, "probing", Duration::from_secs(5)), "{}", proxy.status());
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(state_of(&proxy, live.addr), "active", "{}", proxy.status());
+    let seen = live.seen.lock().unwrap().clone();
+    assert!(seen.len() >= 3, "{seen:?}");
+    assert!(seen.iter().all(|v| v.starts_with("SIP/2.0/TCP ")), "the probe's Via names TCP: {seen:?}");
+    assert_eq!(live.connections.load(std::sync::atomic::Ordering::SeqCst), 1, "one probe connection, kept open");
+    // The box goes away: its connection closes, reconnects are refused, and it leaves.
+    live.die();
+    assert!(wait_state(&proxy, live.addr, "probing", Duration::from_secs(5)), "{}", proxy.status());
 }

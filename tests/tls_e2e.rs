@@ -444,6 +444,31 @@ fn a_tls_backend_whose_certificate_the_ca_did_not_sign_is_failed_over_and_counte
     assert!(tcp_total(&proxy, &["closed", "tls"]) >= 1, "{}", proxy.status()["shards"]);
 }
 
+#[test]
+fn a_tls_box_is_probed_over_tls_and_one_whose_certificate_the_ca_did_not_sign_leaves() {
+    let _g = serial();
+    let pki = Pki::new();
+    let good = TlsUas::start(&pki.leaf("fs1.example.net"));
+    let impostor = TlsUas::start(&Pki::new().leaf("fs2.example.net"));
+    let config = tls_destination_config(&[format!("sips:{}", good.addr), format!("sips:{}", impostor.addr)], &pki).replace(
+        "[control]\n",
+        "[control]\nprobe_interval = \"200ms\"\nprobe_failure_threshold = 3\nprobe_success_threshold = 2\n",
+    );
+    let proxy = Proxy::start(&config);
+    let state = |a: SocketAddr| {
+        let st = proxy.status();
+        let d = st["dispatcher"][0]["destinations"].as_array().unwrap().iter().find(|d| d["address"] == a.to_string()).cloned();
+        d.map(|d| d["state"].as_str().unwrap_or_default().to_string()).unwrap_or_default()
+    };
+    assert!(wait_for(Duration::from_secs(5), || state(impostor.addr) == "probing"), "{}", proxy.status());
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(state(good.addr), "active", "{}", proxy.status());
+    let seen = good.seen();
+    assert!(seen.iter().filter(|(m, _)| m == "OPTIONS").count() >= 3, "{seen:?}");
+    assert!(seen.iter().all(|(_, via)| via.starts_with("SIP/2.0/TLS ")), "{seen:?}");
+    assert!(impostor.seen().is_empty(), "nothing readable reached the impostor: {:?}", impostor.seen());
+}
+
 /// fsroute's resident set, in kB.
 fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -4,14 +4,23 @@
 //! `ds_probing_threshold` but with a success threshold too. Any SIP reply proves the box alive;
 //! a 503 is FreeSWITCH at max-sessions: full, not dead (OpenSIPS disables such a box; its heartbeat
 //! weight already keeps calls away). Admin-inactive destinations are not probed, so that state is
-//! sticky until an admin changes it. `ProbeSocket` is the thin UDP shell around it.
+//! sticky until an admin changes it. `ProbeSocket` is the thin shell around it: one UDP socket,
+//! and for TCP and TLS destinations one non-blocking connection per destination, kept open between
+//! probes, framed and decrypted by the data plane's own `Framer` and `TlsSession`
+//! (docs/TCP.md §6). A destination that refuses the connection, or whose certificate does not
+//! verify, misses its probes like one that does not answer (OpenSIPS never marks it, its #3257).
 
 use std::collections::HashMap;
-use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fsroute_dataplane::conn::Transport;
+use fsroute_dataplane::framing::{Frame, Framer};
 use fsroute_dataplane::sip;
+use fsroute_dataplane::tls::TlsSession;
 
 /// A destination's identity: (setid, URI as configured).
 pub type DestKey = (i32, String);
@@ -28,6 +37,7 @@ pub struct ProbeHealth {
 #[derive(Clone, Debug)]
 struct Target {
     addr: SocketAddr,
+    transport: Transport,
     health: ProbeHealth,
     fails: u32,
     oks: u32,
@@ -54,6 +64,7 @@ pub struct Prober {
 /// A probe to send.
 pub struct Outgoing {
     pub to: SocketAddr,
+    pub transport: Transport,
     pub bytes: Vec<u8>,
 }
 
@@ -79,8 +90,10 @@ impl Prober {
     pub fn sync(&mut self, wanted: &[(DestKey, SocketAddr, bool)], now: Instant) {
         self.targets.retain(|k, _| wanted.iter().any(|(w, ..)| w == k));
         for (key, addr, starts_down) in wanted {
+            let transport = crate::config::destination_transport(&key.1);
             let t = self.targets.entry(key.clone()).or_insert_with(|| Target {
                 addr: *addr,
+                transport,
                 health: ProbeHealth { up: !starts_down, full: false, last_status: None },
                 fails: 0,
                 oks: 0,
@@ -88,6 +101,7 @@ impl Prober {
                 next_at: now,
             });
             t.addr = *addr;
+            t.transport = transport;
         }
         self.by_seq.retain(|_, k| self.targets.contains_key(k));
     }
@@ -133,12 +147,13 @@ impl Prober {
             t.outstanding = Some((seq, now));
             t.next_at = now + s.interval;
             self.by_seq.insert(seq, key.clone());
-            out.push(Outgoing { to: t.addr, bytes: options(&key.1, local, seq) });
+            out.push(Outgoing { to: t.addr, transport: t.transport, bytes: options(&key.1, local, seq, t.transport) });
         }
         changed
     }
 
-    /// A datagram that arrived on the probe socket. Returns whether any health changed.
+    /// A reply that arrived on the probe socket or a probe connection. Returns whether any
+    /// health changed.
     pub fn handle(&mut self, bytes: &[u8]) -> bool {
         let Ok(m) = sip::parse(bytes) else { return false };
         let (Some(code), Some(cid)) = (m.status(), m.call_id) else { return false };
@@ -189,12 +204,15 @@ fn record(t: &mut Target, reply: Option<u16>, s: ProbeSettings) -> bool {
     before.up != t.health.up || before.full != t.health.full
 }
 
-fn options(uri: &str, local: SocketAddr, seq: u64) -> Vec<u8> {
+fn options(uri: &str, local: SocketAddr, seq: u64, transport: Transport) -> Vec<u8> {
     // An address of a name (`sip:host#addr`, docs/DNS.md) is asked as the name: the box's domain.
     let uri = uri.split_once('#').map_or(uri, |(written, _)| written);
+    // Over a stream the reply comes back on the connection whatever the Via's sent-by says
+    // (RFC 3261 §18.2.2); the Via still names the transport, as FreeSWITCH checks it.
+    let via = transport.via_name();
     format!(
         "OPTIONS {uri} SIP/2.0\r\n\
-         Via: SIP/2.0/UDP {local};branch=z9hG4bK-fsrprobe{seq:x};rport\r\n\
+         Via: SIP/2.0/{via} {local};branch=z9hG4bK-fsrprobe{seq:x};rport\r\n\
          Max-Forwards: 70\r\n\
          From: <sip:fsroute@{local}>;tag=fsrprobe\r\n\
          To: <{uri}>\r\n\
@@ -207,11 +225,140 @@ fn options(uri: &str, local: SocketAddr, seq: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// The UDP socket probes leave from (an ephemeral port on the first listener's address).
+/// The sockets probes leave from: a UDP socket on an ephemeral port of the first listener's
+/// address, and one connection per TCP/TLS destination.
 pub struct ProbeSocket {
     sock: UdpSocket,
     pub local: SocketAddr,
     buf: Vec<u8>,
+    streams: HashMap<SocketAddr, StreamProbe>,
+    /// What TLS destinations are verified against (`[tls] ca`); None: TLS probes cannot leave
+    /// (the config refuses a TLS destination without it).
+    pub tls_client: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A probe connection: replies are a few hundred bytes, so the framer's limit is small.
+struct StreamProbe {
+    sock: TcpStream,
+    connected: bool,
+    opened: Instant,
+    /// Plaintext probes the socket did not take yet (TCP; TLS keeps them in its session).
+    out: Vec<u8>,
+    tls: Option<TlsSession>,
+    framer: Framer,
+}
+
+/// How long a probe connection may take to connect before it is dropped (its probe is a miss).
+const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The largest reply a probe connection frames; OPTIONS answers are far smaller.
+const PROBE_MAX_MESSAGE: usize = 64 * 1024;
+
+impl StreamProbe {
+    /// Starts a non-blocking connect to `to`; None when it fails at once (refused, no route).
+    fn open(to: SocketAddr, transport: Transport, tls: Option<&Arc<rustls::ClientConfig>>, now: Instant) -> Option<StreamProbe> {
+        let tls = match transport {
+            Transport::Tls => Some(TlsSession::client(tls?, to.ip()).ok()?),
+            _ => None,
+        };
+        let sock = socket2::Socket::new(socket2::Domain::for_address(to), socket2::Type::STREAM, Some(socket2::Protocol::TCP)).ok()?;
+        sock.set_nonblocking(true).ok()?;
+        let _ = sock.set_nodelay(true);
+        match sock.connect(&to.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => {
+                tracing::debug!(%to, error = %e, "probe connection failed");
+                return None;
+            }
+        }
+        Some(StreamProbe { sock: sock.into(), connected: false, opened: now, out: Vec::new(), tls, framer: Framer::new(PROBE_MAX_MESSAGE) })
+    }
+
+    /// Moves the connection on: finishes the connect, sends what waits, reads and hands every
+    /// complete reply to `prober`. Err: the connection is over (refused, closed, a TLS failure).
+    fn pump(&mut self, prober: &mut Prober, changed: &mut bool, now: Instant) -> io::Result<()> {
+        if !self.connected {
+            let mut pfd = libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+            // SAFETY: one valid pollfd, a zero timeout.
+            let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+            if ready <= 0 {
+                if now.duration_since(self.opened) > PROBE_CONNECT_TIMEOUT {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                return Ok(());
+            }
+            if let Some(e) = self.sock.take_error()? {
+                return Err(e);
+            }
+            self.connected = true;
+        }
+        match &mut self.tls {
+            Some(tls) => {
+                tls.write_tls(&mut self.sock)?;
+            }
+            None => {
+                while !self.out.is_empty() {
+                    match self.sock.write(&self.out) {
+                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                        Ok(n) => drop(self.out.drain(..n)),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        loop {
+            let n = match &mut self.tls {
+                Some(tls) => match tls.read_tls(&mut self.sock) {
+                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(n) => {
+                        let p = tls.process(&mut self.framer).map_err(io::Error::other)?;
+                        // The handshake's next flight, or the probes it held back.
+                        tls.write_tls(&mut self.sock)?;
+                        if p.peer_closed {
+                            return Err(io::ErrorKind::UnexpectedEof.into());
+                        }
+                        n
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                },
+                None => match self.sock.read(self.framer.spare()) {
+                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(n) => {
+                        self.framer.filled(n);
+                        n
+                    }
+                    Err(e) => {
+                        self.framer.filled(0);
+                        if e.kind() == io::ErrorKind::WouldBlock {
+                            break;
+                        }
+                        return Err(e);
+                    }
+                },
+            };
+            debug_assert!(n > 0);
+            loop {
+                match self.framer.next_frame().map_err(io::Error::other)? {
+                    Some(Frame::Message(m)) => *changed |= prober.handle(m),
+                    // A keep-alive ping from the box: answered like the shards do.
+                    Some(Frame::Ping) => self.send(fsroute_dataplane::framing::PONG),
+                    None => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        match &mut self.tls {
+            Some(tls) => {
+                tls.write(bytes);
+            }
+            None => self.out.extend_from_slice(bytes),
+        }
+    }
 }
 
 impl ProbeSocket {
@@ -219,15 +366,33 @@ impl ProbeSocket {
         let sock = UdpSocket::bind(SocketAddr::new(ip, 0))?;
         sock.set_nonblocking(true)?;
         let local = sock.local_addr()?;
-        Ok(ProbeSocket { sock, local, buf: vec![0; 65_535] })
+        Ok(ProbeSocket { sock, local, buf: vec![0; 65_535], streams: HashMap::new(), tls_client: None })
     }
 
-    pub fn send(&self, out: &[Outgoing]) {
+    /// Sends probes: datagrams at once; over a destination's connection, opened when there is
+    /// none. A connection that cannot be opened leaves its probe unanswered, a miss.
+    pub fn send(&mut self, out: &[Outgoing], prober: &mut Prober) -> bool {
+        let now = Instant::now();
         for o in out {
-            if let Err(e) = self.sock.send_to(&o.bytes, o.to) {
-                tracing::debug!(to = %o.to, error = %e, "probe not sent");
+            if o.transport == Transport::Udp {
+                if let Err(e) = self.sock.send_to(&o.bytes, o.to) {
+                    tracing::debug!(to = %o.to, error = %e, "probe not sent");
+                }
+                continue;
+            }
+            if !self.streams.contains_key(&o.to) {
+                match StreamProbe::open(o.to, o.transport, self.tls_client.as_ref(), now) {
+                    Some(c) => {
+                        self.streams.insert(o.to, c);
+                    }
+                    None => continue,
+                }
+            }
+            if let Some(c) = self.streams.get_mut(&o.to) {
+                c.send(&o.bytes);
             }
         }
+        self.pump_streams(prober, now)
     }
 
     /// Feeds every waiting reply to the prober.
@@ -236,6 +401,24 @@ impl ProbeSocket {
         while let Ok((n, _)) = self.sock.recv_from(&mut self.buf) {
             changed |= prober.handle(&self.buf[..n]);
         }
+        changed | self.pump_streams(prober, Instant::now())
+    }
+
+    /// Probe connections to destinations that are no longer probed are closed.
+    pub fn retain_streams(&mut self, wanted: impl Fn(&SocketAddr) -> bool) {
+        self.streams.retain(|a, _| wanted(a));
+    }
+
+    fn pump_streams(&mut self, prober: &mut Prober, now: Instant) -> bool {
+        let mut changed = false;
+        self.streams.retain(|to, c| match c.pump(prober, &mut changed, now) {
+            Ok(()) => true,
+            Err(e) => {
+                // Its probe goes unanswered and counts as a miss; the next one reconnects.
+                tracing::debug!(%to, error = %e, "probe connection closed");
+                false
+            }
+        });
         changed
     }
 }

@@ -298,6 +298,11 @@ impl Control {
                 Err(e) => tracing::error!(error = %e, "cannot bind the probe socket; probing is off"),
             }
         }
+        if let Some(sock) = self.probe_sock.as_mut() {
+            // A SIGHUP's new [tls] ca reaches the next probe connection; open ones keep theirs.
+            sock.tls_client = self.config.tls.as_ref().and_then(|t| t.contexts.client.clone());
+            sock.retain_streams(|a| wanted.iter().any(|(_, addr, _)| addr == a));
+        }
         self.copy_probe_health();
     }
 
@@ -324,7 +329,7 @@ impl Control {
             |k: &(i32, String)| config.dispatcher_row(k.0, &k.1).map(|r| admin.state_of(r)) == Some(DestState::Inactive);
         self.probe_out.clear();
         changed |= self.prober.poll(Instant::now(), sock.local, &inactive, &mut self.probe_out);
-        sock.send(&self.probe_out);
+        changed |= sock.send(&self.probe_out, &mut self.prober);
         if changed {
             self.copy_probe_health();
         }

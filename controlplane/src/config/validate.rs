@@ -51,7 +51,7 @@ pub(crate) fn validate(raw: &RawConfig, text: &str, path: &Path) -> (Config, Vec
     let load_balancer = cx.load_balancer_rows(&raw.load_balancer, &proxy.listen);
     let routes = cx.routes(&raw.route, &dispatcher, &load_balancer);
     let tls = cx.tls(raw.tls.as_ref(), &proxy);
-    cx.tcp_destinations(raw, &proxy, &control, tls.as_ref(), &dispatcher, &load_balancer);
+    cx.tcp_destinations(raw, &proxy, tls.as_ref(), &dispatcher, &load_balancer);
     let config = Config {
         path: path.to_path_buf(),
         proxy,
@@ -154,9 +154,8 @@ fn quoted(s: &str) -> String {
 }
 
 impl Ctx<'_> {
-    /// What `;transport=tcp` destinations need: not a TCP listener of fsroute's own (a loop), and
-    /// no OPTIONS probing, which goes over UDP in this build and would judge a TCP box by a port
-    /// it may not serve.
+    /// What TCP and TLS destinations need: not a TCP/TLS listener of fsroute's own (a loop).
+    /// OPTIONS probes reach them over their own transport (`probe.rs`).
     ///
     /// A TLS destination (`sips:`, `;transport=tls`) also needs `[tls] ca`: fsroute verifies
     /// the box's certificate against it and never against a system trust store (docs/TCP.md §9).
@@ -164,15 +163,12 @@ impl Ctx<'_> {
         &mut self,
         raw: &RawConfig,
         proxy: &ProxyConfig,
-        control: &ControlConfig,
         tls: Option<&TlsConfig>,
         ds: &[DispatcherRow],
         lb: &[LoadBalancerRow],
     ) {
         let rows = ds.iter().map(|r| (&r.uri, r.addr, r.info.line, "dispatcher")).chain(lb.iter().map(|r| (&r.uri, r.addr, r.info.line, "load_balancer")));
-        let mut first_tcp = None;
         for (uri, addr, line, table) in rows.filter(|(uri, ..)| is_stream_destination(uri)) {
-            first_tcp.get_or_insert(uri.clone());
             let span = self.line_span(line);
             if proxy.listen_tcp.contains(&addr) || proxy.listen_tls.contains(&addr) {
                 self.invalid(&span, &format!("{table}.destination"), quoted(uri), "this is one of fsroute's own TCP/TLS listeners: calls would loop");
@@ -186,15 +182,6 @@ impl Ctx<'_> {
                     format!("the TLS destination {uri} is verified against [tls] ca, the CAs that sign the boxes' certificates (PEM)"),
                 );
             }
-        }
-        if let (Some(uri), false) = (first_tcp, control.probe_interval.is_zero()) {
-            let span = raw.control.as_ref().and_then(|c| c.get_ref().probe_interval.as_ref()).map_or(0..0, Spanned::span);
-            self.invalid(
-                &span,
-                "control.probe_interval",
-                format!("{:?}", control.probe_interval),
-                format!("OPTIONS probes go over UDP in this build and cannot judge the TCP destination {uri}: set probe_interval = \"0s\" or make every destination UDP"),
-            );
         }
     }
 
