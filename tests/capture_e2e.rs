@@ -2,7 +2,8 @@
 //! peers with a HEP collector on loopback (a UDP socket in the test, decoding HEP3 with the
 //! spec-written decoder of `fsroute_dataplane::testing`). Every message of a call appears once as
 //! received and once as sent, with the right addresses, ports, capture id and payload; a dead
-//! collector never costs a call; a SIGHUP turns capture on and off.
+//! collector never costs a call; a SIGHUP turns capture on and off; messages on a TCP connection
+//! are captured as TCP with the connection's own addresses.
 
 mod common;
 
@@ -217,4 +218,37 @@ fn sngrep_reads_a_captured_call_with_fsroutes_addresses() {
     assert_eq!((legs(uac, proxy.sip), legs(proxy.sip, uas), legs(uas, proxy.sip), legs(proxy.sip, uac)), (6, 6, 6, 6));
     assert_eq!(shard_capture(&proxy).1, 0, "nothing dropped");
     assert!(proxy.stop().is_some_and(|s| s.success()));
+}
+
+#[test]
+fn messages_on_a_tcp_connection_are_captured_as_tcp_with_the_connections_addresses() {
+    let _g = serial();
+    let collector = Collector::start();
+    let backend = free_tcp_port();
+    let _uas = Sipp::uas(backend, None, &["-t", "t1"]);
+    let config = capture_config(backend, &format!("[capture]\nhep = \"{}\"\ncapture_id = 7\n", collector.addr))
+        .replace(&format!("sip:127.0.0.1:{backend}\""), &format!("sip:127.0.0.1:{backend};transport=tcp\""));
+    let proxy = Proxy::start(&config);
+    let _ = collector.take();
+    let run = Sipp::uac(proxy.sip, None, 2, 10, &[], Duration::from_secs(30));
+    assert!(run.all_calls_succeeded(), "{}\n{}", run.explain(), proxy.log());
+    let packets = collector.take();
+    let uas: SocketAddr = format!("127.0.0.1:{backend}").parse().unwrap();
+    let to_uas: Vec<_> = packets.iter().filter(|p| p.dst() == Some(uas)).collect();
+    let from_uas: Vec<_> = packets.iter().filter(|p| p.src() == Some(uas)).collect();
+    // Per call INVITE, ACK, BYE to the backend and 180, 200, 200 from it, all on the connection.
+    assert_eq!((to_uas.len(), from_uas.len()), (6, 6), "{} packets", packets.len());
+    for p in to_uas.iter().chain(&from_uas) {
+        assert_eq!(p.protocol, Some(6), "captured as TCP");
+        let s = sip(p);
+        let local = if p.dst() == Some(uas) { p.src() } else { p.dst() };
+        // fsroute's side of the connection is an ephemeral port of its own, not the UDP listener.
+        assert!(local.is_some_and(|l| l.ip() == proxy.sip.ip() && l.port() != proxy.sip.port()), "{local:?}");
+        if p.dst() == Some(uas) && !s.start.starts_with("ACK") {
+            assert!(s.top_via.starts_with("SIP/2.0/TCP "), "as sent: fsroute's TCP Via on top: {}", s.top_via);
+        }
+    }
+    // The caller's side stays UDP.
+    assert!(packets.iter().filter(|p| p.dst() == Some(proxy.sip) || p.src() == Some(proxy.sip)).all(|p| p.protocol == Some(17)));
+    assert_eq!(shard_capture(&proxy).1, 0, "nothing dropped");
 }

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::batch::{Fate, Outgoing, SendQueue, SendScratch};
+use crate::conn::Transport;
 use crate::hep::{self, HepMeta};
 use crate::table::CaptureSettings;
 
@@ -65,9 +66,9 @@ impl CaptureRing {
 
     /// Encodes a copy of `payload` as a HEP packet and queues it; false (the caller counts a
     /// drop) when every buffer is in use or the datagram cannot be encapsulated.
-    pub fn record(&mut self, src: SocketAddr, dst: SocketAddr, time: hep::WallTime, payload: &[u8]) -> bool {
+    pub fn record(&mut self, src: SocketAddr, dst: SocketAddr, time: hep::WallTime, transport: Transport, payload: &[u8]) -> bool {
         let Some(mut buf) = self.free.pop() else { return false };
-        let meta = HepMeta { src, dst, time, capture_id: self.settings.capture_id };
+        let meta = HepMeta { src, dst, time, capture_id: self.settings.capture_id, transport };
         if hep::encode(&meta, payload, &mut buf).is_err() {
             self.free.push(buf);
             return false;
@@ -174,8 +175,8 @@ mod tests {
     fn a_full_ring_refuses_the_next_copy_and_a_flush_frees_its_buffers() {
         let mut ring = CaptureRing::new(settings(3));
         let t = hep::WallTime::default();
-        assert!((0..3).all(|_| ring.record(peer(), me(), t, MSG)));
-        assert!(!ring.record(peer(), me(), t, MSG), "three buffers, three packets");
+        assert!((0..3).all(|_| ring.record(peer(), me(), t, Transport::Udp, MSG)));
+        assert!(!ring.record(peer(), me(), t, Transport::Udp, MSG), "three buffers, three packets");
         let mut wire = Vec::new();
         let f = ring.flush(|run| {
             wire.extend(run.iter().map(|o| (o.to, o.buf.len())));
@@ -184,7 +185,7 @@ mod tests {
         assert_eq!(f, Flush { sent: 3, failed: 0 });
         assert_eq!(wire.len(), 3);
         assert!(wire.iter().all(|(to, _)| *to == settings(3).collector));
-        assert!(ring.record(peer(), me(), t, MSG), "the buffers came back");
+        assert!(ring.record(peer(), me(), t, Transport::Udp, MSG), "the buffers came back");
     }
 
     #[test]
@@ -192,7 +193,7 @@ mod tests {
         let mut ring = CaptureRing::new(settings(8));
         let t = hep::WallTime::default();
         for _ in 0..5 {
-            assert!(ring.record(peer(), me(), t, MSG));
+            assert!(ring.record(peer(), me(), t, Transport::Udp, MSG));
         }
         let mut calls = 0;
         let f = ring.flush(|run| {
@@ -214,21 +215,21 @@ mod tests {
     fn a_datagram_too_large_for_hep_is_refused_without_losing_its_buffer() {
         let mut ring = CaptureRing::new(settings(1));
         let t = hep::WallTime::default();
-        assert!(!ring.record(peer(), me(), t, &vec![b'x'; 65_535]));
-        assert!(ring.record(peer(), me(), t, MSG));
+        assert!(!ring.record(peer(), me(), t, Transport::Udp, &vec![b'x'; 65_535]));
+        assert!(ring.record(peer(), me(), t, Transport::Udp, MSG));
     }
 
     #[test]
     fn the_packets_carry_the_capture_id_and_both_addresses() {
         let mut ring = CaptureRing::new(settings(1));
-        assert!(ring.record(peer(), me(), hep::WallTime { seconds: 1, micros: 2 }, MSG));
+        assert!(ring.record(peer(), me(), hep::WallTime { seconds: 1, micros: 2 }, Transport::Udp, MSG));
         let mut got = Vec::new();
         ring.flush(|run| {
             got = run[0].buf.clone();
             Ok(1)
         });
         let mut want = Vec::new();
-        hep::encode(&HepMeta { src: peer(), dst: me(), time: hep::WallTime { seconds: 1, micros: 2 }, capture_id: 7 }, MSG, &mut want).unwrap();
+        hep::encode(&HepMeta { src: peer(), dst: me(), time: hep::WallTime { seconds: 1, micros: 2 }, capture_id: 7, transport: Transport::Udp }, MSG, &mut want).unwrap();
         assert_eq!(got, want);
     }
 
@@ -237,10 +238,10 @@ mod tests {
         let mut ring = CaptureRing::new(settings(4));
         let t = hep::WallTime::default();
         for _ in 0..4 {
-            ring.record(peer(), me(), t, MSG);
+            ring.record(peer(), me(), t, Transport::Udp, MSG);
         }
         assert_eq!(ring.discard(), 4);
-        assert!((0..4).all(|_| ring.record(peer(), me(), t, MSG)));
+        assert!((0..4).all(|_| ring.record(peer(), me(), t, Transport::Udp, MSG)));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! HEP version 3 (the Homer Encapsulation Protocol, also called EEP), the encoder only: one
-//! captured SIP datagram, its addresses, ports, wall-clock time and fsroute's capture agent id,
+//! captured SIP message (a datagram, or one framed off a TCP/TLS stream, decrypted), its addresses, ports, wall-clock time and fsroute's capture agent id,
 //! written as one HEP packet into a buffer the caller owns, ready for a UDP socket towards a
 //! collector (Homer's heplify-server, `sngrep -L udp:...`). Sans-IO: no socket, no clock, no
 //! allocation once the buffer has room. The wire format is HEP3 as sipcapture documents it
@@ -35,10 +35,12 @@ mod chunk {
 }
 
 /// Values of the chunks above: address families as the spec numbers them (Linux's AF_INET and
-/// AF_INET6), IP protocol 17 (UDP), HEP protocol type 1 (SIP).
+/// AF_INET6), IP protocol 17 (UDP) or 6 (TCP, for TLS too: the payload is the decrypted
+/// message, as collectors expect it), HEP protocol type 1 (SIP).
 const FAMILY_V4: u8 = 2;
 const FAMILY_V6: u8 = 10;
 const PROTO_UDP: u8 = 17;
+const PROTO_TCP: u8 = 6;
 const TYPE_SIP: u8 = 1;
 
 /// Chunk header: vendor, type, length.
@@ -66,6 +68,8 @@ pub struct HepMeta {
     pub time: WallTime,
     /// The capture agent id (`[capture] capture_id`), Homer's "node".
     pub capture_id: u32,
+    /// What the message travelled on: the IP protocol chunk says UDP or TCP.
+    pub transport: crate::conn::Transport,
 }
 
 /// A wall-clock instant as HEP carries it: seconds since the Unix epoch (32 bits, so until 2106)
@@ -165,19 +169,20 @@ pub fn encode(meta: &HepMeta, payload: &[u8], out: &mut Vec<u8>) -> Result<usize
         return Err(TooLarge { len: payload.len(), max: max_payload });
     }
     let total = MAX_PACKET - max_payload + payload.len();
+    let proto = if meta.transport.is_stream() { PROTO_TCP } else { PROTO_UDP };
     let mut h = Head { bytes: [0; overhead(16)], len: 6 };
     h.bytes[..4].copy_from_slice(b"HEP3");
     h.bytes[4..6].copy_from_slice(&(total as u16).to_be_bytes());
     match addrs {
         Addrs::V4(s, d) => {
             h.put(chunk::IP_FAMILY, &[FAMILY_V4]);
-            h.put(chunk::IP_PROTOCOL, &[PROTO_UDP]);
+            h.put(chunk::IP_PROTOCOL, &[proto]);
             h.put(chunk::IPV4_SRC, &s);
             h.put(chunk::IPV4_DST, &d);
         }
         Addrs::V6(s, d) => {
             h.put(chunk::IP_FAMILY, &[FAMILY_V6]);
-            h.put(chunk::IP_PROTOCOL, &[PROTO_UDP]);
+            h.put(chunk::IP_PROTOCOL, &[proto]);
             h.put(chunk::IPV6_SRC, &s);
             h.put(chunk::IPV6_DST, &d);
         }
@@ -235,6 +240,7 @@ mod tests {
             dst: "192.168.245.250:5060".parse().unwrap(),
             time: WallTime { seconds: 1_520_606_104, micros: 119_540 },
             capture_id: 0,
+            transport: crate::conn::Transport::Udp,
         }
     }
 
@@ -276,6 +282,7 @@ mod tests {
             dst: "127.0.0.1:5060".parse().unwrap(),
             time: WallTime { seconds: 1_764_685_534, micros: 999_999 },
             capture_id: 2001,
+            transport: crate::conn::Transport::Udp,
         };
         let mut out = Vec::new();
         encode(&meta, OK_200, &mut out).unwrap();
@@ -290,6 +297,15 @@ mod tests {
         assert_eq!(d.capture_id, Some(2001));
         assert_eq!(d.payload.as_deref(), Some(OK_200));
         assert_eq!(d.order, [1, 2, 3, 4, 7, 8, 9, 10, 11, 12, 15]);
+    }
+
+    #[test]
+    fn a_message_off_a_tcp_or_tls_stream_is_filed_as_ip_protocol_tcp() {
+        let mut out = Vec::new();
+        for (transport, want) in [(crate::conn::Transport::Tcp, 6), (crate::conn::Transport::Tls, 6), (crate::conn::Transport::Udp, 17)] {
+            encode(&HepMeta { transport, ..heplify_meta() }, OK_200, &mut out).unwrap();
+            assert_eq!(decode(&out).unwrap().protocol, Some(want), "{transport:?}");
+        }
     }
 
     #[test]

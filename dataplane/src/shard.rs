@@ -257,17 +257,20 @@ impl DataPlane {
     }
 }
 
-/// What a shard holds of one connection's socket: the fd (its reader task owns the socket) and,
-/// for TLS, the session the bytes pass through (boxed: a TCP connection pays one pointer).
+/// What a shard holds of one connection's socket: the fd (its reader task owns the socket), its
+/// local address (the side HEP captures name) and, for TLS, the session the bytes pass through
+/// (boxed: a TCP connection pays one pointer).
 #[derive(Debug)]
 struct ConnIo {
     fd: RawFd,
+    local: SocketAddr,
     tls: Option<Box<TlsSession>>,
 }
 
 impl ConnIo {
-    fn plain(fd: RawFd) -> ConnIo {
-        ConnIo { fd, tls: None }
+    fn plain(stream: &glommio::net::TcpStream) -> ConnIo {
+        let local = stream.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        ConnIo { fd: stream.as_raw_fd(), local, tls: None }
     }
 }
 
@@ -485,7 +488,33 @@ impl Shard {
     /// the kernel does not take now waits (bounded) and is retried.
     fn write_conn(&self, c: ConnId, data: &[u8]) {
         ShardStats::inc(&self.stats.tcp_sent);
+        if self.capturing() {
+            let peer = self.conns.borrow_mut().get_mut(c).map(|conn| conn.peer);
+            if let Some(peer) = peer {
+                self.capture_stream(c, peer, false, data);
+            }
+        }
         self.write_bytes(c, data);
+    }
+
+    /// Whether `[capture]` is on (as of the last batch's `sync_capture`).
+    fn capturing(&self) -> bool {
+        matches!(*self.capture.borrow(), Capture::On(_))
+    }
+
+    /// Records a copy of one message received (`inbound`) or sent on connection `c`, decrypted
+    /// for TLS; the ring is flushed with the batch's datagram captures (docs/CAPTURE.md).
+    fn capture_stream(&self, c: ConnId, peer: SocketAddr, inbound: bool, data: &[u8]) {
+        if !worth_capturing(data) {
+            return;
+        }
+        let Some(local) = self.conns.borrow_mut().get_mut(c).map(|conn| conn.io.local) else { return };
+        let mut cap = self.capture.borrow_mut();
+        let Capture::On(on) = &mut *cap else { return };
+        let (src, dst) = if inbound { (peer, local) } else { (local, peer) };
+        if !on.0.record(src, dst, WallTime::now(), c.transport(), data) {
+            self.stats.capture_dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// [`Self::write_conn`] without counting a message (bytes already counted when queued).
@@ -618,6 +647,9 @@ impl Shard {
             match framer.next_frame() {
                 Ok(Some(Frame::Message(m))) => {
                     ShardStats::inc(&self.stats.tcp_received);
+                    if self.capturing() {
+                        self.capture_stream(c, peer, true, m);
+                    }
                     self.route(peer, m, Arrival::Stream(c), false);
                 }
                 Ok(Some(Frame::Ping)) => {
@@ -671,7 +703,7 @@ impl Shard {
         let mut dropped = 0;
         for i in 0..n {
             if let Some((src, data)) = batch.get(i) {
-                if worth_capturing(data) && !on.0.record(src, self.local[sock], at, data) {
+                if worth_capturing(data) && !on.0.record(src, self.local[sock], at, Transport::Udp, data) {
                     dropped += 1;
                 }
             }
@@ -688,7 +720,7 @@ impl Shard {
             let (ring, socket) = &mut **on;
             let mut dropped = 0;
             for (o, at) in sent.drain(..) {
-                if !ring.record(self.local[o.socket], o.to, at, &o.buf) {
+                if !ring.record(self.local[o.socket], o.to, at, Transport::Udp, &o.buf) {
                     dropped += 1;
                 }
                 self.router.borrow_mut().recycle(o.buf);
@@ -881,7 +913,7 @@ async fn accept(shard: Rc<Shard>, listener: glommio::net::TcpListener, tls: bool
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let mut io = ConnIo::plain(stream.as_raw_fd());
+        let mut io = ConnIo::plain(&stream);
         if tls {
             let server = shard.table.load().tls.server.clone();
             match server.as_ref().map(TlsSession::server) {
@@ -912,7 +944,7 @@ async fn accept(shard: Rc<Shard>, listener: glommio::net::TcpListener, tls: bool
 async fn connect(shard: Rc<Shard>, to: SocketAddr, tls: bool) {
     let r = glommio::net::TcpStream::connect_timeout(to, CONNECT_TIMEOUT).await;
     let r = r.map_err(|e| e.to_string()).and_then(|stream| {
-        let mut io = ConnIo::plain(stream.as_raw_fd());
+        let mut io = ConnIo::plain(&stream);
         if tls {
             let client = shard.table.load().tls.client.clone();
             let session = client.ok_or("no [tls] ca to verify it with")?;
@@ -934,6 +966,16 @@ async fn connect(shard: Rc<Shard>, to: SocketAddr, tls: bool) {
             shard.dests.borrow_mut().insert(to, DestConn::Open(id));
             ShardStats::inc(&shard.stats.tcp_connected);
             ShardStats::set(&shard.stats.tcp_connections, shard.conns.borrow().len() as u64);
+            // What waited is whole messages, one after another: captured one by one now that
+            // the connection's local address is known.
+            if shard.capturing() {
+                let mut framer = Framer::new(queued.len().max(1));
+                framer.push(&queued);
+                while let Ok(Some(Frame::Message(m))) = framer.next_frame() {
+                    shard.capture_stream(id, to, false, m);
+                }
+                shard.capture_sent();
+            }
             // Also what sends a TLS connection's ClientHello, with nothing queued.
             shard.write_bytes(id, &queued);
             glommio::spawn_local(serve(shard.clone(), stream, id, to, false, tls)).detach();
