@@ -17,27 +17,13 @@ fn tcp_config(shards: usize, backends: &[u16], tcp: SocketAddr, extra_proxy: &st
         .replace("listen = [\"{SIP}\"]", &format!("listen = [\"{{SIP}}\", \"tcp:{tcp}\"]\n{extra_proxy}"))
 }
 
-fn tcp_addr() -> SocketAddr {
-    format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap()
-}
-
-/// The sum over shards of `/status`'s `shards[].tcp.<field>` (or `tcp.closed.<field>`).
-fn tcp_total(proxy: &Proxy, path: &[&str]) -> u64 {
-    proxy.status()["shards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| path.iter().fold(&s["tcp"], |v, k| &v[*k]).as_u64().unwrap_or(0))
-        .sum()
-}
-
 #[test]
 fn sipp_calls_over_one_tcp_connection_reach_udp_backends_and_complete() {
     let _g = serial();
     let (b1, b2) = (free_udp_port(), free_udp_port());
     let _uas1 = Sipp::uas(b1, None, &[]);
     let _uas2 = Sipp::uas(b2, None, &[]);
-    let tcp = tcp_addr();
+    let tcp = free_tcp_addr();
     let proxy = Proxy::start(&tcp_config(2, &[b1, b2], tcp, ""));
     // One connection carries every call: half of them belong to the shard that does not own it,
     // so their responses reach the caller through the owner.
@@ -58,7 +44,7 @@ fn sipp_with_a_tcp_connection_per_call_completes_and_every_connection_is_counted
     let _g = serial();
     let b1 = free_udp_port();
     let _uas = Sipp::uas(b1, None, &[]);
-    let tcp = tcp_addr();
+    let tcp = free_tcp_addr();
     let proxy = Proxy::start(&tcp_config(2, &[b1], tcp, ""));
     // SIPp refuses tn mode when its default socket budget exceeds the open-file limit.
     let run = Sipp::uac(tcp, None, 50, 25, &["-t", "tn", "-max_socket", "200"], Duration::from_secs(30));
@@ -76,7 +62,7 @@ fn a_cancel_over_tcp_and_its_ack_reach_the_backend_that_got_the_invite() {
     let uac_sf = repo_path("tests/scenarios/cancel_uac.xml");
     let uas1 = Sipp::uas(b1, Some(&uas_sf), &[]);
     let uas2 = Sipp::uas(b2, Some(&uas_sf), &[]);
-    let tcp = tcp_addr();
+    let tcp = free_tcp_addr();
     let proxy = Proxy::start(&tcp_config(2, &[b1, b2], tcp, ""));
     let run = Sipp::uac(tcp, Some(&uac_sf), 40, 20, &["-t", "t1"], Duration::from_secs(30));
     assert!(run.all_calls_succeeded(), "{}\nuas1: {}\nuas2: {}\n{}", run.explain(), uas1.errors(), uas2.errors(), proxy.log());
@@ -104,7 +90,7 @@ fn garbage_a_10_mb_content_length_and_idle_connections_are_closed_and_counted_wh
     let _g = serial();
     let b1 = free_udp_port();
     let _uas = Sipp::uas(b1, None, &[]);
-    let tcp = tcp_addr();
+    let tcp = free_tcp_addr();
     let proxy = Proxy::start(&tcp_config(2, &[b1], tcp, "tcp_idle_timeout = \"1s\"\ntcp_connections_per_source = 8"));
     let mut huge = TcpStream::connect(tcp).unwrap();
     huge.write_all(b"INVITE sip:100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bKx\r\nContent-Length: 10485760\r\n\r\n").unwrap();
@@ -149,7 +135,7 @@ fn a_udp_caller_reaches_a_tcp_backend_and_a_tcp_caller_reaches_it_too() {
     let _g = serial();
     let b = free_tcp_port();
     let uas = Sipp::uas(b, None, &["-t", "t1", "-max_socket", "200"]);
-    let tcp = tcp_addr();
+    let tcp = free_tcp_addr();
     let proxy = Proxy::start(&transport_config(&[format!("sip:127.0.0.1:{b};transport=tcp")], tcp));
     let run = Sipp::uac(proxy.sip, None, 50, 25, &[], Duration::from_secs(30));
     assert!(run.all_calls_succeeded(), "{}\nuas: {}\n{}", run.explain(), uas.errors(), proxy.log());
@@ -169,7 +155,7 @@ fn a_tcp_destination_that_refuses_connections_is_failed_over_at_once_and_counted
     let _uas = Sipp::uas(good, None, &[]);
     // Nothing listens on this TCP port: every connect is refused.
     let dead = free_tcp_port();
-    let tcp = tcp_addr();
+    let tcp = free_tcp_addr();
     let proxy = Proxy::start(&transport_config(&[format!("sip:127.0.0.1:{dead};transport=tcp"), format!("sip:127.0.0.1:{good}")], tcp));
     let started = std::time::Instant::now();
     let run = Sipp::uac(proxy.sip, None, 20, 20, &[], Duration::from_secs(30));
@@ -241,7 +227,7 @@ impl ConnKillingUas {
 fn a_backend_connection_killed_mid_call_is_counted_and_the_bye_reaches_the_backend_on_a_new_one() {
     let _g = serial();
     let uas = ConnKillingUas::start();
-    let tcp = tcp_addr();
+    let tcp = free_tcp_addr();
     let proxy = Proxy::start(&transport_config(&[format!("sip:{};transport=tcp", uas.addr)], tcp));
     // A UDP caller that holds the call 1 s between its ACK and its BYE: time for fsroute to see
     // the backend's side of the connection go.
@@ -275,7 +261,7 @@ fn a_thousand_idle_tcp_connections_are_held_while_udp_calls_complete_and_the_gau
     raise_nofile(4096);
     let b1 = free_udp_port();
     let _uas = Sipp::uas(b1, None, &[]);
-    let tcp = tcp_addr();
+    let tcp = free_tcp_addr();
     let proxy = Proxy::start(&tcp_config(2, &[b1], tcp, "tcp_connections_per_source = 2000"));
     let idle: Vec<TcpStream> = (0..1000).map(|i| TcpStream::connect(tcp).unwrap_or_else(|e| panic!("connection {i}: {e}"))).collect();
     assert!(

@@ -158,25 +158,11 @@ fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
     msg.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')).map(str::trim))
 }
 
-fn tls_addr() -> SocketAddr {
-    format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap()
-}
-
 /// A dispatcher config with a UDP listener and a TLS listener on `tls`, and `[tls]`.
 fn tls_config(shards: usize, backends: &[u16], tls: SocketAddr, pki: &Pki, extra_tls: &str, extra_proxy: &str) -> String {
     let c = dispatcher_config(shards, backends, "round-robin")
         .replace("listen = [\"{SIP}\"]", &format!("listen = [\"{{SIP}}\", \"tls:{tls}\"]\n{extra_proxy}"));
     format!("{c}\n{}", pki.tls_table(extra_tls))
-}
-
-/// The sum over shards of `/status`'s `shards[].tcp.<path>`.
-fn tcp_total(proxy: &Proxy, path: &[&str]) -> u64 {
-    proxy.status()["shards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| path.iter().fold(&s["tcp"], |v, k| &v[*k]).as_u64().unwrap_or(0))
-        .sum()
 }
 
 /// One call from `caller` through fsroute at `tls` to the SIPp UAS: INVITE, its 180 and 200 on
@@ -225,7 +211,7 @@ fn a_tls_caller_gets_its_responses_on_its_own_connection_and_completes_calls() {
     let uas = Sipp::uas(b, None, &[]);
     let pki = Pki::new();
     pki.install(&pki.leaf("fsroute-1"));
-    let tls = tls_addr();
+    let tls = free_tcp_addr();
     let proxy = Proxy::start(&tls_config(2, &[b], tls, &pki, "", ""));
     let mut caller = TlsCaller::connect(tls, pki.client(None)).unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
     // Several calls on one connection: some belong to the shard that does not own it, so their
@@ -253,7 +239,7 @@ fn with_verify_client_require_a_caller_without_a_certificate_is_refused_and_one_
     let _uas = Sipp::uas(b, None, &[]);
     let pki = Pki::new();
     pki.install(&pki.leaf("fsroute-1"));
-    let tls = tls_addr();
+    let tls = free_tcp_addr();
     let extra = format!("client_ca = \"{}\"\nverify_client = \"require\"", pki.path("ca.pem").display());
     let proxy = Proxy::start(&tls_config(1, &[b], tls, &pki, &extra, ""));
     // TLS 1.3: the client's side of the handshake is done before the server has judged it, so
@@ -280,7 +266,7 @@ fn a_sighup_with_a_new_certificate_reaches_new_connections_while_open_ones_go_on
     let pki = Pki::new();
     let first = pki.leaf("fsroute-1");
     pki.install(&first);
-    let tls = tls_addr();
+    let tls = free_tcp_addr();
     let config = tls_config(2, &[b], tls, &pki, "", "");
     let proxy = Proxy::start(&config);
     let mut open = TlsCaller::connect(tls, pki.client(None)).unwrap();
@@ -312,7 +298,7 @@ fn garbage_instead_of_a_client_hello_is_closed_and_counted_while_udp_calls_go_on
     let _uas = Sipp::uas(b, None, &[]);
     let pki = Pki::new();
     pki.install(&pki.leaf("fsroute-1"));
-    let tls = tls_addr();
+    let tls = free_tcp_addr();
     let proxy = Proxy::start(&tls_config(2, &[b], tls, &pki, "", "tcp_idle_timeout = \"2s\""));
     let mut garbage = TcpStream::connect(tls).unwrap();
     garbage
@@ -487,7 +473,7 @@ fn memory_per_idle_tcp_and_tls_connection() {
     let b = free_udp_port();
     let pki = Pki::new();
     pki.install(&pki.leaf("fsroute-1"));
-    let (tcp, tls) = (tls_addr(), tls_addr());
+    let (tcp, tls) = (free_tcp_addr(), free_tcp_addr());
     let config = tls_config(1, &[b], tls, &pki, "", &format!("tcp_connections_per_source = {}", 2 * n + 10))
         .replace(&format!("\"tls:{tls}\""), &format!("\"tcp:{tcp}\", \"tls:{tls}\""));
     let proxy = Proxy::start(&config);

@@ -37,6 +37,21 @@ pub fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A loopback address with a TCP port free now (for a `tcp:` or `tls:` listener).
+pub fn free_tcp_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_tcp_port()))
+}
+
+/// The sum over shards of `/status`'s `shards[].tcp.<field>` (or `tcp.closed.<field>`).
+pub fn tcp_total(proxy: &Proxy, path: &[&str]) -> u64 {
+    proxy.status()["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| path.iter().fold(&s["tcp"], |v, k| &v[*k]).as_u64().unwrap_or(0))
+        .sum()
+}
+
 pub fn fsroute_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_fsroute"))
 }

@@ -111,8 +111,8 @@ fn capture_copies(ring: &mut CaptureRing, peer: SocketAddr, me: SocketAddr, msgs
     let at = WallTime::now();
     for chunk in msgs.chunks(fsroute_dataplane::batch::BATCH / 2) {
         for m in chunk {
-            ring.record(peer, me, at, black_box(m));
-            ring.record(me, peer, at, black_box(m));
+            ring.record(peer, me, at, fsroute_dataplane::conn::Transport::Udp, black_box(m));
+            ring.record(me, peer, at, fsroute_dataplane::conn::Transport::Udp, black_box(m));
         }
         sent += ring.flush(|run| Ok(black_box(run).len())).sent;
     }
