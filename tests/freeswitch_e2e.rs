@@ -55,7 +55,7 @@ fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-fn dest<'a>(st: &'a serde_json::Value, addr: SocketAddr) -> &'a serde_json::Value {
+fn dest(st: &serde_json::Value, addr: SocketAddr) -> &serde_json::Value {
     st["dispatcher"][0]["destinations"]
         .as_array()
         .unwrap()

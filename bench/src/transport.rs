@@ -113,7 +113,7 @@ fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
 fn stat(csv: &str, name: &str) -> Option<u64> {
     let mut lines = csv.lines().filter(|l| !l.trim().is_empty());
     let header: Vec<&str> = lines.next()?.split(';').collect();
-    let last: Vec<&str> = lines.last()?.split(';').collect();
+    let last: Vec<&str> = lines.next_back()?.split(';').collect();
     let i = header.iter().position(|h| h.trim() == name)?;
     last.get(i)?.trim().parse().ok()
 }

@@ -3,7 +3,7 @@
 //! box freed its sessions; under the `opensips` model that box then looks fuller than it is. After
 //! each reading of a box, every load_balancer counter naming it that holds more calls than the box
 //! counts, at this reading and at the one before, has the smaller of the two excesses written off
-//! ([`LoadCounter::forgive`]), which can never give a unit back twice. Sans-IO: the control loop
+//! (`LoadCounter::forgive`), which can never give a unit back twice. Sans-IO: the control loop
 //! passes the clock, the stats and the counters.
 //!
 //! Two guards keep calls that are live from being written off. Calls reserved in the last

@@ -57,7 +57,7 @@ impl Framer {
         self.buf.len() - self.start
     }
 
-    /// Room to read into (at least [`READ_CHUNK`] bytes); report what was read with [`Self::filled`].
+    /// Room to read into (at least `READ_CHUNK` bytes); report what was read with [`Self::filled`].
     pub fn spare(&mut self) -> &mut [u8] {
         self.compact();
         let len = self.buf.len();

@@ -1,7 +1,7 @@
 //! The config file: loading, validation and the validated [`Config`] the rest of the control
 //! plane works from. The file format is the contract in docs/CONTRACT.md; this module owns turning
 //! it into typed values with defaults applied, and rejecting anything wrong with errors that name
-//! the file, line, column and field. Layout: [`raw`] mirrors the TOML (serde, spans),
+//! the file, line, column and field. Layout: `raw` mirrors the TOML (serde, spans),
 //! `validate` checks it and builds [`Config`], `value` parses the small string languages (`sip:`,
 //! `fs://`, CIDR, durations), `summary` renders `fsroute check`'s screen.
 

@@ -141,7 +141,7 @@ pub(crate) fn parse_sip_destination(uri: &str) -> Result<SipDest, String> {
     }
 }
 
-/// The transport a destination URI that passed [`parse_sip_destination`] asks for.
+/// The transport a destination URI that passed `parse_sip_destination` asks for.
 pub fn destination_transport(uri: &str) -> Transport {
     // An address of a name (`<as written>#<address>`, docs/DNS.md) is its row's.
     let uri = uri.split_once('#').map_or(uri, |(written, _)| written);
@@ -151,7 +151,7 @@ pub fn destination_transport(uri: &str) -> Transport {
     uri.split_once(';').and_then(|(_, params)| destination_transport_param(params).ok()).unwrap_or_default()
 }
 
-/// Whether a destination URI that passed [`parse_sip_destination`] is reached over a stream.
+/// Whether a destination URI that passed `parse_sip_destination` is reached over a stream.
 pub fn is_stream_destination(uri: &str) -> bool {
     destination_transport(uri).is_stream()
 }

@@ -35,7 +35,7 @@ macro_rules! at_address {
 /// An expanded row is the written row with `uri` = `<as written>#<address>` (its own counters,
 /// probe and hash key, so an address that leaves moves only its own calls), `addr` = the address,
 /// `priority` = the row's plus the SRV priority, and `resolved` naming the written row and its
-/// share of the row's weight (see [`weight_share`]). An address that is one of fsroute's own
+/// share of the row's weight (see `weight_share`). An address that is one of fsroute's own
 /// listeners, of a family fsroute has no listener for, or already a destination of the same set
 /// or group (a literal row wins, then the first row) is skipped and reported.
 pub fn expand<'a>(config: &'a Config, names: &ResolvedNames) -> (Cow<'a, Config>, Vec<Skipped>) {

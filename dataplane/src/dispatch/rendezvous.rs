@@ -5,7 +5,7 @@
 //! fsroute's on-the-wire behaviour (a CANCEL or ACK handled by another instance or after an upgrade must
 //! land where its INVITE went), so it must not depend on std's unspecified `DefaultHasher`, nor on a
 //! libm: scores are integers (equal weights compare the hash bits, unequal weights a fixed-point
-//! `-log2`, see [`pick`]), so every platform and version maps a call alike. They replaced an f64
+//! `-log2`, see `pick`), so every platform and version maps a call alike. They replaced an f64
 //! `-ln(u) / w` score: equal weights pick exactly as it did, unequal weights except for near ties
 //! (docs/OPENSIPS.md §1.3), so the change moved no call in the tests.
 

@@ -17,15 +17,15 @@
 //!
 //! Memory ordering: a [`Load`] publishes no other memory, so its counts need no happens-before edge
 //! for admission: what keeps admission exact is that `held` and `forgiven` share one word with a
-//! single total modification order, and a read-modify-write (the CAS in [`reserve`], the release in
-//! [`release`], the control plane's [`LoadCounter::forgive`]) always acts on the latest value in that
+//! single total modification order, and a read-modify-write (the CAS in `reserve`, the release in
+//! `release`, the control plane's [`LoadCounter::forgive`]) always acts on the latest value in that
 //! order. Two shards racing for the last unit therefore cannot both succeed, a release can never be
 //! lost, and a release racing a write-off cannot pay twice. The one edge that matters is between a
 //! reservation's `taken` count and the control plane's write-off, which must see every unit the
 //! write-off can take (see [`LoadCounter::forgive`]): a reservation bumps `taken` before it takes its
 //! unit with a `Release` CAS, and the write-off's `Acquire` reads of the word then see that bump.
 //! Everything else is `Relaxed`. The plain reads in [`select`] are a ranking snapshot only;
-//! [`reserve`] re-checks the limit atomically.
+//! `reserve` re-checks the limit atomically.
 
 pub mod capacity;
 #[cfg(test)]
@@ -397,8 +397,11 @@ fn take_one(r: &LbResource, allow_negative: bool) -> bool {
 pub struct Reservation {
     /// Per resource: the row's counter (None for a dispatcher call, which has no row counter) and
     /// the box's gate (None for a fixed capacity).
-    loads: [Option<(Option<Load>, Option<Arc<BoxGate>>)>; MAX_RESOURCES_PER_CALL],
+    loads: [Option<Held>; MAX_RESOURCES_PER_CALL],
 }
+
+/// One resource a [`Reservation`] holds: the row's counter and the box's gate, either absent.
+type Held = (Option<Load>, Option<Arc<BoxGate>>);
 
 impl Reservation {
     /// The number of units this call holds.
@@ -453,7 +456,7 @@ impl Drop for Reservation {
     }
 }
 
-/// [`reserve`], keeping the units in a [`Reservation`] the call carries until it ends. None (and nothing
+/// `reserve`, keeping the units in a [`Reservation`] the call carries until it ends. None (and nothing
 /// taken) when a resource is exhausted or missing, or when `wanted` has more than
 /// [`MAX_RESOURCES_PER_CALL`] entries.
 pub fn reserve_held(

@@ -203,7 +203,7 @@ impl CallMemory {
     }
 
     /// Expiry records queued: at most `2 * transactions + 4 * dialogs + 3 * SLACK` (see
-    /// [`CallMemory::bound`]), so at most `2 * limits.transactions + 4 * limits.dialogs + 3 * SLACK`.
+    /// `CallMemory::bound`), so at most `2 * limits.transactions + 4 * limits.dialogs + 3 * SLACK`.
     pub fn expiry_records(&self) -> usize {
         self.expiry.records()
     }
