@@ -434,6 +434,8 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
     ProxySettings {
         advertise_host: p.advertise.host.uri_form(),
         advertise_port: p.advertise.port,
+        tcp_port: p.listen_tcp.first().map(SocketAddr::port),
+        tls_port: p.listen_tls.first().map(SocketAddr::port),
         local_names,
         local_addrs: p.listen.clone(),
         record_route: p.record_route,

@@ -231,6 +231,10 @@ pub struct ProxySettings {
     /// Host and port written into Via and Record-Route.
     pub advertise_host: String,
     pub advertise_port: u16,
+    /// The ports of the first `tcp:` and `tls:` listeners: a Record-Route for a TCP or TLS
+    /// side names them (none: the advertised port).
+    pub tcp_port: Option<u16>,
+    pub tls_port: Option<u16>,
     /// Every (host, port) by which a Request-URI or Route names fsroute: advertise, listeners,
     /// aliases. Hosts lower-cased; IPv6 without brackets.
     pub local_names: Vec<(String, u16)>,
@@ -405,19 +409,39 @@ pub struct OwnLines {
     pub via_tls: Vec<u8>,
     /// `Record-Route: <sip:host:port;lr;fsd=`; the destination token and `>` follow.
     pub record_route: Vec<u8>,
+    /// The same naming fsroute's TCP side: `<sip:host:tcp_port;transport=tcp;lr;fsd=`.
+    pub record_route_tcp: Vec<u8>,
+    /// And its TLS side: `<sip:host:tls_port;transport=tls;lr;fsd=`.
+    pub record_route_tls: Vec<u8>,
 }
 
 impl OwnLines {
     /// For writers that never add fsroute's top lines (replies, stored templates).
-    pub const NONE: OwnLines = OwnLines { via: Vec::new(), via_tcp: Vec::new(), via_tls: Vec::new(), record_route: Vec::new() };
+    pub const NONE: OwnLines =
+        OwnLines { via: Vec::new(), via_tcp: Vec::new(), via_tls: Vec::new(), record_route: Vec::new(), record_route_tcp: Vec::new(), record_route_tls: Vec::new() };
 
-    /// `host` is already in URI form (an IPv6 address bracketed).
-    pub fn new(host: &str, port: u16) -> Self {
+    /// `host` is already in URI form (an IPv6 address bracketed); `tcp_port` and `tls_port` are
+    /// the stream listeners' ports, when they differ from `port`.
+    pub fn new(host: &str, port: u16, tcp_port: Option<u16>, tls_port: Option<u16>) -> Self {
+        let (tcp, tls) = (tcp_port.unwrap_or(port), tls_port.unwrap_or(port));
         OwnLines {
             via: format!("Via: SIP/2.0/UDP {host}:{port};branch=").into_bytes(),
             via_tcp: format!("Via: SIP/2.0/TCP {host}:{port};branch=").into_bytes(),
             via_tls: format!("Via: SIP/2.0/TLS {host}:{port};branch=").into_bytes(),
             record_route: format!("Record-Route: <sip:{host}:{port};lr;fsd=").into_bytes(),
+            record_route_tcp: format!("Record-Route: <sip:{host}:{tcp};transport=tcp;lr;fsd=").into_bytes(),
+            record_route_tls: format!("Record-Route: <sip:{host}:{tls};transport=tls;lr;fsd=").into_bytes(),
+        }
+    }
+
+    /// fsroute's Record-Route prefix naming its side on `transport` (UDP: no transport
+    /// parameter, the bytes fsroute always wrote).
+    #[inline]
+    pub fn record_route(&self, transport: Transport) -> &[u8] {
+        match transport {
+            Transport::Udp => &self.record_route,
+            Transport::Tcp => &self.record_route_tcp,
+            Transport::Tls => &self.record_route_tls,
         }
     }
 
@@ -448,7 +472,7 @@ impl RoutingTable {
             capture: None,
             tls: crate::tls::TlsContexts::default(),
         };
-        t.own = OwnLines::new(&t.proxy.advertise_host, t.proxy.advertise_port);
+        t.own = OwnLines::new(&t.proxy.advertise_host, t.proxy.advertise_port, t.proxy.tcp_port, t.proxy.tls_port);
         t.index_destinations();
         t
     }

@@ -18,6 +18,8 @@ pub fn loopback_proxy() -> ProxySettings {
     ProxySettings {
         advertise_host: "127.0.0.1".into(),
         advertise_port: 5060,
+        tcp_port: None,
+        tls_port: None,
         local_names: vec![("127.0.0.1".into(), 5060), ("lb.example.net".into(), 5060)],
         local_addrs: vec!["127.0.0.1:5060".parse().expect("literal address")],
         record_route: true,

@@ -102,8 +102,8 @@ struct StoredInvite {
 
 impl StoredInvite {
     #[allow(clippy::too_many_arguments)]
-    fn new(m: &Message<'_>, src: SocketAddr, conn: Option<ConnId>, own_route: bool, t: &RoutingTable, buf: Vec<u8>, ckey: u64, reply_tag: u64) -> Option<Self> {
-        let template = rewrite::forward_template(m, src, own_route, t.proxy.x_auth.removes_senders(), t.proxy.max_forwards, buf);
+    fn new(m: &Message<'_>, src: SocketAddr, conn: Option<ConnId>, own_routes: u8, t: &RoutingTable, buf: Vec<u8>, ckey: u64, reply_tag: u64) -> Option<Self> {
+        let template = rewrite::forward_template(m, src, own_routes, t.proxy.x_auth.removes_senders(), t.proxy.max_forwards, buf);
         // The one scan of the stored copy: its spans serve every later step.
         let copy = sip::parse(&template.bytes).ok()?;
         let sip::StartLine::Request { uri, .. } = copy.start else { return None };
@@ -501,7 +501,7 @@ impl Failovers {
         m: &Message<'_>,
         src: SocketAddr,
         keys: (u64, u64, u64),
-        own_route: bool,
+        own_routes: u8,
         target: Target,
         hint: Option<usize>,
         out: &mut Vec<u8>,
@@ -515,7 +515,7 @@ impl Failovers {
             return Err(NotStarted::Full);
         }
         let buf = ctx.outbox.take_buffer();
-        let Some(invite) = StoredInvite::new(m, src, ctx.arrival, own_route, ctx.t, buf, ckey, reply_tag) else {
+        let Some(invite) = StoredInvite::new(m, src, ctx.arrival, own_routes, ctx.t, buf, ckey, reply_tag) else {
             return Err(NotStarted::Exhausted);
         };
         if !room(invite.bytes()) {

@@ -114,8 +114,9 @@ struct Request<'m> {
     tkey: u64,
     /// The call's key in the dialog memory.
     ckey: u64,
-    /// fsroute's own Route is on top (loose routing, §16.4): popped when forwarding.
-    own_route: bool,
+    /// How many of fsroute's own Routes are on top (loose routing, §16.4), popped when
+    /// forwarding: 0, 1, or 2 (the two entries it records when a call changes transport).
+    own_routes: u8,
     /// The destination named by fsroute's Record-Route token, when it is a known one.
     token: Option<SocketAddr>,
 }
@@ -356,6 +357,11 @@ impl Router {
         let caller_branch = m.top_via.and_then(|v| v.branch).filter(|b| b.starts_with(b"z9hG4bK"));
         // fsroute's own Route (loose routing, §16.4): popped, its token names the destination.
         let own_route = m.route.filter(|r| px.is_local_uri(r.uri));
+        let own_routes = match own_route {
+            None => 0,
+            Some(r) if r.next_uri.is_some_and(|u| px.is_local_uri(u)) => 2,
+            Some(_) => 1,
+        };
         let token = own_route
             .and_then(|r| sip::param_value(uri_params(r.uri), b"fsd").flatten())
             .and_then(parse_token)
@@ -366,7 +372,7 @@ impl Router {
             ruri,
             tkey: txn_key(call_id, cseq.number, caller_branch, m),
             ckey: dialog_key(call_id),
-            own_route: own_route.is_some(),
+            own_routes,
             token,
         })
     }
@@ -505,7 +511,7 @@ impl Router {
     ) -> Action {
         let keys = (req.tkey, req.ckey, reply_tag(m));
         let (failovers, mut ctx) = self.ctx(t, now);
-        match failovers.start(&mut ctx, m, src, keys, req.own_route, target, hint, out) {
+        match failovers.start(&mut ctx, m, src, keys, req.own_routes, target, hint, out) {
             Ok(dest) => Action::Forward(dest),
             Err(NotStarted::Full) => self.refuse(m, src, Refusal::ForksFull, out),
             Err(NotStarted::Exhausted) => self.reply_exhausted(t, m, src, out),
@@ -551,7 +557,7 @@ impl Router {
             // On the caller's connection, or to a `;transport=tcp` destination.
             transport: next.conn.map_or_else(|| t.destination_transport(&dest), ConnId::transport),
             record_route,
-            pop_route: req.own_route,
+            pop_routes: req.own_routes,
             default_max_forwards: px.max_forwards,
             strip_x_auth: px.x_auth.removes_senders(),
             x_auth: px.x_auth.adds_for(dest).then_some(src),
@@ -610,10 +616,11 @@ impl Router {
     /// Record-Route token, the route set or the Request-URI) or the remembered destination of a
     /// call it is the caller of. Anything else would make fsroute an open relay.
     fn in_dialog_destination(&self, t: &RoutingTable, src: SocketAddr, m: &Message<'_>, req: &Request<'_>, now: Instant) -> Result<SocketAddr, Denied> {
-        let route_next = match m.route {
-            Some(r) if req.own_route => r.next_uri,
-            Some(r) => Some(r.uri),
-            None => None,
+        let route_next = match (m.route, req.own_routes) {
+            (Some(r), 0) => Some(r.uri),
+            (Some(r), 1) => r.next_uri,
+            (Some(r), _) => r.next.and_then(|n| n.after_uri),
+            (None, _) => None,
         };
         let uri_addr = |uri: &[u8]| -> Option<SocketAddr> {
             let (h, p) = uri_host_port(uri)?;

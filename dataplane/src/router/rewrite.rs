@@ -98,10 +98,16 @@ impl TopLines<'_> {
         let own = self.own;
         push_own_via(out, own, self.branch, self.mac, self.conn, self.transport, eol);
         if let Some(dest) = self.record_route {
-            out.extend_from_slice(&own.record_route);
-            push_token(out, dest);
-            out.push(b'>');
-            out.extend_from_slice(eol);
+            // The callee's side first: its route set starts with it (§12.1.1). When the call
+            // changes transport, a second entry names the caller's side, whose route set is the
+            // list reversed (RFC 3261 §16.6 step 4, RFC 5658), so each side comes back on its own.
+            let arrived = self.conn.map_or(Transport::Udp, ConnId::transport);
+            for side in [self.transport, arrived].into_iter().take(if arrived == self.transport { 1 } else { 2 }) {
+                out.extend_from_slice(own.record_route(side));
+                push_token(out, dest);
+                out.push(b'>');
+                out.extend_from_slice(eol);
+            }
         }
         if let Some(mf) = self.max_forwards {
             out.extend_from_slice(b"Max-Forwards: ");
@@ -349,8 +355,8 @@ pub struct RequestRewrite {
     pub transport: Transport,
     /// Destination named in a new Record-Route, if one is added.
     pub record_route: Option<SocketAddr>,
-    /// Remove the top Route (it names fsroute).
-    pub pop_route: bool,
+    /// Remove this many Routes from the top (they name fsroute): 0, 1 or 2.
+    pub pop_routes: u8,
     pub default_max_forwards: u32,
     /// Remove the X-AUTH-IP / X-AUTH-PORT lines the sender wrote.
     pub strip_x_auth: bool,
@@ -361,7 +367,7 @@ pub struct RequestRewrite {
 
 pub fn forward_request(m: &Message<'_>, src: SocketAddr, own: &OwnLines, rw: &RequestRewrite, out: &mut Vec<u8>) {
     let mut edits = Edits::new();
-    let max_forwards = request_edits(m, src, rw.pop_route, rw.strip_x_auth, rw.default_max_forwards, &mut edits);
+    let max_forwards = request_edits(m, src, rw.pop_routes, rw.strip_x_auth, rw.default_max_forwards, &mut edits);
     let top = TopLines { own, branch: rw.branch, mac: rw.mac, conn: rw.conn, transport: rw.transport, record_route: rw.record_route, max_forwards, x_auth: rw.x_auth };
     edits.push(m.headers_start as usize, 0, Insert::TopLines);
     out.clear();
@@ -370,7 +376,7 @@ pub fn forward_request(m: &Message<'_>, src: SocketAddr, own: &OwnLines, rw: &Re
 
 /// Everything [`forward_request`] changes in a request except fsroute's own top lines; returns the
 /// Max-Forwards line to add among them when the request has none.
-fn request_edits(m: &Message<'_>, src: SocketAddr, pop_route: bool, strip_x_auth: bool, default_max_forwards: u32, edits: &mut Edits) -> Option<u32> {
+fn request_edits(m: &Message<'_>, src: SocketAddr, pop_routes: u8, strip_x_auth: bool, default_max_forwards: u32, edits: &mut Edits) -> Option<u32> {
     let max_forwards = match m.max_forwards {
         // RFC 3261 allows up to 2^32-1; anything above 255 only serves a loop, so it is clamped.
         Some(mf) => {
@@ -383,11 +389,20 @@ fn request_edits(m: &Message<'_>, src: SocketAddr, pop_route: bool, strip_x_auth
     if let Some(via) = &m.top_via {
         via_edits(via, src, edits);
     }
-    if pop_route {
-        if let Some(r) = &m.route {
-            match r.next_on_line {
-                Some(next) => edits.push(r.value.start as usize, next as usize - r.value.start as usize, Insert::Nothing),
-                None => edits.push(r.line.start as usize, r.line.len(), Insert::Nothing),
+    if let Some(r) = m.route.as_ref().filter(|_| pop_routes > 0) {
+        // A value leaves with what follows it on its line up to the next value, or with its
+        // whole line when it is the line's last. The first value is always its line's first.
+        let pop = |edits: &mut Edits, value: Span, line: Span, next_on_line: Option<u32>| match next_on_line {
+            Some(next) => edits.push(value.start as usize, next as usize - value.start as usize, Insert::Nothing),
+            None => edits.push(line.start as usize, line.len(), Insert::Nothing),
+        };
+        match r.next.filter(|_| pop_routes > 1) {
+            None => pop(edits, r.value, r.line, r.next_on_line),
+            // Both on one line: from the first to the third value, or the whole line.
+            Some(n) if n.line == r.line => pop(edits, r.value, r.line, n.next_on_line),
+            Some(n) => {
+                pop(edits, r.value, r.line, None);
+                pop(edits, n.value, n.line, n.next_on_line);
             }
         }
     }
@@ -410,9 +425,9 @@ pub struct Template {
     crlf: bool,
 }
 
-pub fn forward_template(m: &Message<'_>, src: SocketAddr, pop_route: bool, strip_x_auth: bool, default_max_forwards: u32, mut bytes: Vec<u8>) -> Template {
+pub fn forward_template(m: &Message<'_>, src: SocketAddr, pop_routes: u8, strip_x_auth: bool, default_max_forwards: u32, mut bytes: Vec<u8>) -> Template {
     let mut edits = Edits::new();
-    let max_forwards = request_edits(m, src, pop_route, strip_x_auth, default_max_forwards, &mut edits);
+    let max_forwards = request_edits(m, src, pop_routes, strip_x_auth, default_max_forwards, &mut edits);
     bytes.clear();
     // Room for the received/rport values, so the copy grows once; the copy is kept for the whole
     // call, so it keeps only what it holds.
@@ -614,7 +629,7 @@ mod tests {
 
     #[test]
     fn own_lines_are_the_via_and_record_route_fsroute_always_wrote() {
-        let own = OwnLines::new("[::1]", 5060);
+        let own = OwnLines::new("[::1]", 5060, None, None);
         assert_eq!(own.via, b"Via: SIP/2.0/UDP [::1]:5060;branch=");
         assert_eq!(own.record_route, b"Record-Route: <sip:[::1]:5060;lr;fsd=");
     }

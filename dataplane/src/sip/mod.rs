@@ -133,6 +133,21 @@ pub struct RouteEntry<'a> {
     pub more: bool,
     /// The URI of that second value, the next hop once fsroute pops its own Route.
     pub next_uri: Option<&'a [u8]>,
+    /// Where that second value sits: fsroute pops it too when it is also its own (the two
+    /// Record-Route entries it writes when a call changes transport, RFC 5658).
+    pub next: Option<NextRoute<'a>>,
+}
+
+/// The second value of a Route list, for popping two of fsroute's own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextRoute<'a> {
+    pub value: Span,
+    /// Its header line (the first's, when both share one).
+    pub line: Span,
+    /// Where a third value starts, if it follows on the same line.
+    pub next_on_line: Option<u32>,
+    /// The third value's URI: the next hop once two are popped.
+    pub after_uri: Option<&'a [u8]>,
 }
 
 /// Where the X-AUTH-IP and X-AUTH-PORT lines of a message are (whole lines, name to line end).

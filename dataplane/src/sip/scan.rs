@@ -3,7 +3,7 @@
 
 use super::marks::Marks;
 use super::params::{host_port, is_lws, name_addr_uri, parse_u16, parse_u32, split_list, trim, trim_bounds, ListIter, ParamIter};
-use super::{CSeq, MaxForwards, Message, Method, NameAddr, ParseError, RouteEntry, Span, StartLine, Via, XAuthLines};
+use super::{CSeq, MaxForwards, Message, Method, NameAddr, NextRoute, ParseError, RouteEntry, Span, StartLine, Via, XAuthLines};
 
 /// A header's name as the scanner and the router tell them apart (full or compact form, any
 /// case); every other header is `Other`.
@@ -351,6 +351,14 @@ impl<'a> Scan<'a> {
                     if r.line == h.line {
                         r.next_on_line = Some((vs + a) as u32);
                     }
+                    r.next = Some(NextRoute { value: Span::new(vs + a, vs + b), line: h.line, next_on_line: None, after_uri: None });
+                }
+            } else if self.route_values == 3 {
+                if let Some(n) = self.m.route.as_mut().and_then(|r| r.next.as_mut()) {
+                    n.after_uri = name_addr_uri(&value[a..b]).map(|(u, _)| u);
+                    if n.line == h.line {
+                        n.next_on_line = Some((vs + a) as u32);
+                    }
                 }
             }
         }
@@ -405,7 +413,7 @@ fn is_token_char(b: u8) -> bool {
 /// The route-list element `value[a..b]` (the header value starts at offset `vs` of the datagram).
 fn route_entry(value: &[u8], vs: usize, a: usize, b: usize, line: Span) -> Option<RouteEntry<'_>> {
     let (uri, _) = name_addr_uri(&value[a..b])?;
-    Some(RouteEntry { uri, value: Span::new(vs + a, vs + b), line, next_on_line: None, more: false, next_uri: None })
+    Some(RouteEntry { uri, value: Span::new(vs + a, vs + b), line, next_on_line: None, more: false, next_uri: None, next: None })
 }
 
 /// One Via value between `a` and `b` (offsets into the datagram).
