@@ -132,6 +132,7 @@ fn table() -> RoutingTable {
                 group: 0,
                 wanted: LbWanted::new(&[0]).expect("one resource"),
                 flags: LbFlags::default(),
+                failover: true,
             },
         },
         Route {
