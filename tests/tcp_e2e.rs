@@ -280,3 +280,92 @@ fn a_thousand_idle_tcp_connections_are_held_while_udp_calls_complete_and_the_gau
     assert_eq!(tcp_total(&proxy, &["closed", "peer"]), 1000);
     assert!(proxy.stop().is_some_and(|s| s.success()));
 }
+
+/// A 3 kB INVITE (a STIR/SHAKEN Identity header and a long SDP, as real trunks send) from a
+/// UDP caller at `me` to `to`, call `n`.
+fn large_invite(me: SocketAddr, to: SocketAddr, n: u32) -> Vec<u8> {
+    let sdp: String = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0 8 101\r\n".to_string()
+        + &"a=candidate:1 1 UDP 2130706431 127.0.0.1 6000 typ host generation 0 network-id 1\r\n".repeat(26);
+    let identity = "eyJhbGciOiJFUzI1NiIsInBwdCI6InNoYWtlbiIsInR5cCI6InBhc3Nwb3J0In0".repeat(8);
+    format!(
+        "INVITE sip:100@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKbig{n};rport\r\nMax-Forwards: 70\r\nFrom: <sip:alice@{me}>;tag=b{n}\r\nTo: <sip:100@{to}>\r\nCall-ID: big-{n}-{}@test\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{me}>\r\nIdentity: {identity};info=<https://cert.example.net/c.pem>;alg=ES256;ppt=shaken\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        me.port(),
+        sdp.len()
+    )
+    .into_bytes()
+}
+
+/// The first response with status `code` the UDP caller `sock` gets within 5 s.
+fn udp_response(sock: &std::net::UdpSocket, code: &str) -> Option<String> {
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = vec![0u8; 65_535];
+    while let Ok(n) = sock.recv(&mut buf) {
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if m.starts_with(&format!("SIP/2.0 {code}")) {
+            return Some(m);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_3_kb_invite_over_udp_leaves_over_tcp_and_falls_back_to_udp_where_the_box_takes_no_connection() {
+    let _g = serial();
+    // A box on TCP only: the large INVITE can reach it only by switching (RFC 3261 §18.1.1).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_box = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Bounded: one connection, reads time out; the thread ends with the test process.
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else { return };
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        while let Some(req) = read_sip(&mut s, &mut buf) {
+            let _ = tx.send(req.clone());
+            if req.starts_with("INVITE ") {
+                let _ = s.write_all(sip_response(&req, "200 OK", &format!("sip:fs@{tcp_box};transport=tcp")).as_bytes());
+            }
+        }
+    });
+    // A box on UDP only: nothing listens on its TCP port, so fsroute's connect is refused.
+    let udp_box = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_box_addr = udp_box.local_addr().unwrap();
+    let mut c = format!("[proxy]\nlisten = [\"{{SIP}}\"]\nshards = 1\n\n[control]\nadmin = \"{{ADMIN}}\"\n\n");
+    for (set, b) in [(1, tcp_box), (2, udp_box_addr)] {
+        c.push_str(&format!("[[dispatcher]]\nsetid = {set}\ndestination = \"sip:{b}\"\n\n"));
+    }
+    c.push_str("[[route]]\nruri_user_prefix = \"100\"\nto_dispatcher = 1\n\n[[route]]\nto_dispatcher = 2\n");
+    let proxy = Proxy::start(&c);
+    let caller = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let me = caller.local_addr().unwrap();
+    let invite = large_invite(me, proxy.sip, 1);
+    assert!(invite.len() > 3000, "{}", invite.len());
+    caller.send_to(&invite, proxy.sip).unwrap();
+    let got = rx.recv_timeout(Duration::from_secs(5)).unwrap_or_else(|_| panic!("nothing reached the TCP box\n{}", proxy.log()));
+    assert!(got.starts_with("INVITE sip:100@"), "{got}");
+    assert!(got.contains("\r\nVia: SIP/2.0/TCP "), "fsroute's Via says TCP: {got}");
+    assert!(got.ends_with("a=candidate:1 1 UDP 2130706431 127.0.0.1 6000 typ host generation 0 network-id 1\r\n"), "the body arrived whole");
+    assert!(udp_response(&caller, "200").is_some(), "the box's 200 came back to the UDP caller\n{}", proxy.log());
+    assert_eq!(tcp_total(&proxy, &["udp_to_tcp"]), 1, "{}", proxy.status()["shards"]);
+    // A small request to the same box stays UDP: it reaches no TCP listener and is not counted.
+    let opts = "OPTIONS sip:100@x SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKsmall\r\nMax-Forwards: 70\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:100@x>\r\nCall-ID: small@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    caller.send_to(opts.replace("sip:100@x", &format!("sip:100@{tcp_box}")).as_bytes(), proxy.sip).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(tcp_total(&proxy, &["udp_to_tcp"]), 1);
+
+    // To the UDP-only box: refused over TCP, so it goes over UDP after all, its Via UDP again.
+    let invite = String::from_utf8(large_invite(me, proxy.sip, 2)).unwrap().replace("sip:100@", "sip:200@");
+    caller.send_to(invite.as_bytes(), proxy.sip).unwrap();
+    udp_box.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = vec![0u8; 65_535];
+    let n = udp_box.recv(&mut buf).unwrap_or_else(|e| panic!("the large INVITE was lost: {e}\n{}", proxy.log()));
+    let got = String::from_utf8_lossy(&buf[..n]);
+    assert!(got.starts_with("INVITE sip:200@") && got.contains("\r\nVia: SIP/2.0/UDP "), "{got}");
+    assert_eq!(tcp_total(&proxy, &["udp_to_tcp_fallback"]), 1, "{}", proxy.status()["shards"]);
+    assert!(tcp_total(&proxy, &["connect_failed"]) >= 1);
+    // The refusal is remembered: the next large request goes over UDP without a connect.
+    let invite = invite.replace("big-2-", "big-3-").replace("bKbig2", "bKbig3");
+    caller.send_to(invite.as_bytes(), proxy.sip).unwrap();
+    assert!(udp_box.recv(&mut buf).is_ok());
+    assert_eq!(tcp_total(&proxy, &["udp_to_tcp"]), 2, "the refused box was not tried again");
+}

@@ -188,6 +188,8 @@ impl ControlView<'_> {
                         "refused_source_limit": ShardStats::get(&st.tcp_refused),
                         "connected": ShardStats::get(&st.tcp_connected),
                         "connect_failed": ShardStats::get(&st.tcp_connect_failed),
+                        "udp_to_tcp": ShardStats::get(&st.udp_to_tcp),
+                        "udp_to_tcp_fallback": ShardStats::get(&st.udp_to_tcp_fallback),
                         "received": ShardStats::get(&st.tcp_received),
                         "sent": ShardStats::get(&st.tcp_sent),
                         "keepalives": ShardStats::get(&st.tcp_keepalives),
@@ -769,6 +771,18 @@ pub fn metrics_text(
     per_shard("shard_tcp_refused", "TCP connections refused by proxy.tcp_connections_per_source", &|s| &s.tcp_refused, &mut reg);
     per_shard("shard_tcp_connected", "TCP connections opened to transport=tcp destinations", &|s| &s.tcp_connected, &mut reg);
     per_shard("shard_tcp_connect_failed", "Connections to transport=tcp destinations that failed (reported to failover)", &|s| &s.tcp_connect_failed, &mut reg);
+    per_shard(
+        "shard_udp_to_tcp",
+        "Requests for UDP destinations above proxy.udp_max_message sent over TCP (RFC 3261 18.1.1)",
+        &|s| &s.udp_to_tcp,
+        &mut reg,
+    );
+    per_shard(
+        "shard_udp_to_tcp_fallback",
+        "Of those, requests sent over UDP after all: the destination refused the connection",
+        &|s| &s.udp_to_tcp_fallback,
+        &mut reg,
+    );
     gauge("shard_tcp_connections", "TCP connections the shard owns now (TLS ones included)", &|s| &s.tcp_connections, &mut reg);
     per_shard("shard_tls_handshakes", "TLS handshakes completed (tls: listeners and TLS destinations)", &|s| &s.tls_handshakes, &mut reg);
     per_shard(

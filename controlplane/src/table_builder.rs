@@ -436,6 +436,7 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
         advertise_port: p.advertise.port,
         tcp_port: p.listen_tcp.first().map(SocketAddr::port),
         tls_port: p.listen_tls.first().map(SocketAddr::port),
+        udp_max_message: p.udp_max_message,
         local_names,
         local_addrs: p.listen.clone(),
         record_route: p.record_route,

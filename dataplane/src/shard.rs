@@ -38,6 +38,7 @@ use crate::capture::{worth_capturing, CaptureRing, CaptureSocket};
 use crate::conn::{Closed, ConnId, ConnTable, Hop, SourceLimit, Transport};
 use crate::framing::{Frame, FrameError, Framer, PONG};
 use crate::hep::WallTime;
+use crate::router::rewrite::{switch_large_request, via_back_to_udp};
 use crate::router::{Action, Router};
 use crate::socket::{bind_group, bind_tcp_group, Ingress};
 use crate::stats::{DropReason, ShardStats};
@@ -310,6 +311,9 @@ enum DestConn {
 
 /// How long a connection to a TCP destination may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a UDP destination that refused a connection for a large request gets its large
+/// requests over UDP without another try (docs/TCP.md §6).
+const NO_TCP_RETRY: Duration = Duration::from_secs(60);
 
 /// What a shard needs for TCP: its listener sockets, the limits, and the per-source count that
 /// all shards share (touched at accept and close only).
@@ -344,6 +348,9 @@ struct Shard {
     /// This shard's connection to each `;transport=tcp` destination it sends to (shards do not
     /// share them: each opens its own, so no table is shared).
     dests: RefCell<HashMap<SocketAddr, DestConn>>,
+    /// UDP destinations that refused a connection for a large request, and when: for
+    /// `NO_TCP_RETRY` their large requests go over UDP without trying again.
+    refused_tcp: RefCell<HashMap<SocketAddr, Instant>>,
     stream: StreamSettings,
     limit: Arc<SourceLimit>,
     /// Each socket's bound address: the local side of the datagrams it captures.
@@ -405,8 +412,7 @@ impl Shard {
             }
         };
         match action {
-            Action::Forward(to) if table.destination_transport(&to).is_stream() => self.send_tcp(to, out),
-            Action::Forward(to) => self.enqueue(to, self.socket_for(None, to), out),
+            Action::Forward(to) => self.send_request(&table, to, out),
             Action::Reply(to) => self.enqueue(to, self.socket_for(arrival.socket(), to), out),
             Action::ForwardOn(c) | Action::ReplyOn(c) => self.send_on(c, src, out),
             Action::HandOff(owner) => {
@@ -429,12 +435,54 @@ impl Shard {
             let Some((to, buf)) = next else { break };
             match to {
                 Hop { conn: Some(c), addr } => self.send_on(c, addr, buf),
-                Hop { addr, conn: None } if self.table.load().destination_transport(&addr).is_stream() => self.send_tcp(addr, buf),
-                Hop { addr, conn: None } => {
-                    let reply = buf.starts_with(b"SIP/2.0 ");
-                    self.enqueue(addr, self.socket_for(arrived.filter(|_| reply), addr), buf);
-                }
+                Hop { addr, conn: None } if buf.starts_with(b"SIP/2.0 ") => self.enqueue(addr, self.socket_for(arrived, addr), buf),
+                Hop { addr, conn: None } => self.send_request(&self.table.load(), addr, buf),
             }
+        }
+    }
+
+    /// Sends a request (or a response fsroute relays to a destination) to destination `to`: on
+    /// its connection for a TCP/TLS destination, else over UDP, unless it is larger than
+    /// `udp_max_message` (RFC 3261 §18.1.1): then over TCP to the same address, with fsroute's
+    /// Via saying so, unless that address refused a connection in the last `NO_TCP_RETRY`.
+    fn send_request(&self, table: &RoutingTable, to: SocketAddr, mut buf: Vec<u8>) {
+        if table.destination_transport(&to).is_stream() {
+            return self.send_tcp(to, buf);
+        }
+        let limit = table.proxy.udp_max_message;
+        if limit != 0 && buf.len() > limit && !self.refuses_tcp(to) && switch_large_request(&mut buf, limit, Transport::Tcp) {
+            ShardStats::inc(&self.stats.udp_to_tcp);
+            return self.send_tcp(to, buf);
+        }
+        self.enqueue(to, self.socket_for(None, to), buf);
+    }
+
+    fn refuses_tcp(&self, to: SocketAddr) -> bool {
+        let mut refused = self.refused_tcp.borrow_mut();
+        match refused.get(&to) {
+            Some(at) if at.elapsed() < NO_TCP_RETRY => true,
+            Some(_) => {
+                refused.remove(&to);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// A UDP destination refused the connection its large requests were to take: they go over
+    /// UDP after all, their Via back to UDP, rather than be lost (fragmented UDP is what every
+    /// peer that does not speak TCP gets anyway).
+    fn large_requests_back_to_udp(&self, to: SocketAddr, queued: &[u8]) {
+        self.refused_tcp.borrow_mut().insert(to, Instant::now());
+        let mut framer = Framer::new(queued.len().max(1));
+        framer.push(queued);
+        while let Ok(Some(Frame::Message(m))) = framer.next_frame() {
+            let mut buf = self.router.borrow_mut().take_buffer();
+            buf.clear();
+            buf.extend_from_slice(m);
+            via_back_to_udp(&mut buf);
+            ShardStats::inc(&self.stats.udp_to_tcp_fallback);
+            self.enqueue(to, self.socket_for(None, to), buf);
         }
     }
 
@@ -846,6 +894,7 @@ async fn run_shard(
         flushing: Cell::new(false),
         conns: RefCell::new(ConnTable::new(index)),
         dests: RefCell::new(HashMap::new()),
+        refused_tcp: RefCell::new(HashMap::new()),
         stream: streams.settings,
         limit: streams.limit,
         local,
@@ -983,7 +1032,13 @@ async fn connect(shard: Rc<Shard>, to: SocketAddr, tls: bool) {
         Err(e) => {
             ShardStats::inc(&shard.stats.tcp_connect_failed);
             tracing::debug!(shard = shard.index, %to, error = %e, "cannot connect to a stream destination");
-            shard.unreachable(to).await;
+            if shard.table.load().destination_transport(&to).is_stream() {
+                shard.unreachable(to).await;
+            } else {
+                // Only large requests to this UDP destination wanted the connection.
+                shard.large_requests_back_to_udp(to, &queued);
+                shard.flush().await;
+            }
         }
     }
 }

@@ -165,6 +165,11 @@ pub struct ShardStats {
     /// timed out; reported to the failover of the calls waiting on them).
     pub tcp_connected: AtomicU64,
     pub tcp_connect_failed: AtomicU64,
+    /// Requests for UDP destinations above `udp_max_message` sent over TCP instead (RFC 3261
+    /// §18.1.1), and of those the ones sent over UDP after all: the destination refused the
+    /// connection (docs/TCP.md §6).
+    pub udp_to_tcp: AtomicU64,
+    pub udp_to_tcp_fallback: AtomicU64,
     pub tcp_closed: [AtomicU64; crate::conn::Closed::ALL.len()],
     /// Gauge: TCP connections this shard owns now.
     pub tcp_connections: AtomicU64,

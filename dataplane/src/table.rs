@@ -235,6 +235,9 @@ pub struct ProxySettings {
     /// side names them (none: the advertised port).
     pub tcp_port: Option<u16>,
     pub tls_port: Option<u16>,
+    /// A request larger than this leaves for a UDP destination over TCP (RFC 3261 §18.1.1);
+    /// 0 = never (`[proxy] udp_max_message`).
+    pub udp_max_message: usize,
     /// Every (host, port) by which a Request-URI or Route names fsroute: advertise, listeners,
     /// aliases. Hosts lower-cased; IPv6 without brackets.
     pub local_names: Vec<(String, u16)>,

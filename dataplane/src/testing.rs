@@ -20,6 +20,7 @@ pub fn loopback_proxy() -> ProxySettings {
         advertise_port: 5060,
         tcp_port: None,
         tls_port: None,
+        udp_max_message: 1300,
         local_names: vec![("127.0.0.1".into(), 5060), ("lb.example.net".into(), 5060)],
         local_addrs: vec!["127.0.0.1:5060".parse().expect("literal address")],
         record_route: true,

@@ -176,6 +176,9 @@ pub struct ProxyConfig {
     /// Limits of stream connections (`tcp_idle_timeout`, `tcp_max_message`,
     /// `tcp_connections_per_source`).
     pub stream: fsroute_dataplane::shard::StreamSettings,
+    /// A request larger than this leaves for a UDP destination over TCP (RFC 3261 §18.1.1);
+    /// 0 = never.
+    pub udp_max_message: usize,
     /// Written into Via and Record-Route; default: the first listener.
     pub advertise: HostPort,
     /// Further names by which requests may address fsroute (port defaults to advertise's).

@@ -50,6 +50,7 @@ pub(crate) struct RawProxy {
     pub tcp_idle_timeout: Opt<IntOrStr>,
     pub tcp_max_message: Opt<i64>,
     pub tcp_connections_per_source: Opt<i64>,
+    pub udp_max_message: Opt<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

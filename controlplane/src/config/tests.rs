@@ -1307,3 +1307,14 @@ fn a_tls_destination_is_sips_or_transport_tls_on_5061_and_needs_a_ca_to_verify_i
     assert_eq!(e.0.len(), 3, "{e}");
     assert!(e.to_string().contains("tls.ca") && e.to_string().contains("sips:10.0.0.1"), "{e}");
 }
+
+#[test]
+fn udp_max_message_is_1300_by_default_0_turns_the_switch_off_and_it_is_ranged() {
+    assert_eq!(ok(&with_listen("")).proxy.udp_max_message, 1300);
+    assert_eq!(ok(&with_listen("udp_max_message = 0\n")).proxy.udp_max_message, 0);
+    assert_eq!(ok(&with_listen("udp_max_message = 1400\n")).proxy.udp_max_message, 1400);
+    for bad in ["100", "70000", "-1"] {
+        let e = errs(&with_listen(&format!("udp_max_message = {bad}\n")));
+        assert_eq!(line_of(&e, "proxy.udp_max_message"), 3, "{bad}: {e}");
+    }
+}

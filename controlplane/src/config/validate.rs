@@ -125,6 +125,9 @@ const DNS_MAX_TIMEOUT: Duration = Duration::from_secs(30);
 /// rows of its resolved addresses), and unspecified so that a slip would be refused, not routed.
 pub(crate) const UNRESOLVED_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
 
+/// `proxy.udp_max_message` unless the file says: RFC 3261 §18.1.1's limit for an unknown path MTU.
+pub const DEFAULT_UDP_MAX_MESSAGE: usize = 1300;
+
 /// Stand-in for a value that failed validation; the config is discarded anyway.
 const PLACEHOLDER_ADDR: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), SIP_DEFAULT_PORT);
@@ -577,6 +580,16 @@ impl Ctx<'_> {
                 stream_defaults.connections_per_source,
             ),
         };
+        // RFC 3261 §18.1.1's 1300 bytes; below 512 ordinary requests would all switch, above
+        // 65507 no UDP datagram exists.
+        let udp_max_message = match self.ranged(&p.udp_max_message, "proxy.udp_max_message", 0, 65_507, DEFAULT_UDP_MAX_MESSAGE) {
+            n @ 1..=511 => {
+                let span = p.udp_max_message.as_ref().map_or(0..0, Spanned::span);
+                self.invalid(&span, "proxy.udp_max_message", n, "must be 0 (never switch to TCP) or between 512 and 65507");
+                DEFAULT_UDP_MAX_MESSAGE
+            }
+            n => n,
+        };
         let branch_secret = p.branch_secret.as_ref().and_then(|t| match t.get_ref().len() {
             BRANCH_SECRET_MIN_LEN.. => Some(Secret::new(t.get_ref().as_str())),
             _ => {
@@ -603,6 +616,7 @@ impl Ctx<'_> {
             listen_tcp,
             listen_tls,
             stream,
+            udp_max_message,
             advertise,
             aliases,
             shards,
