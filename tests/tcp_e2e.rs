@@ -330,7 +330,7 @@ fn a_3_kb_invite_over_udp_leaves_over_tcp_and_falls_back_to_udp_where_the_box_ta
     // A box on UDP only: nothing listens on its TCP port, so fsroute's connect is refused.
     let udp_box = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let udp_box_addr = udp_box.local_addr().unwrap();
-    let mut c = format!("[proxy]\nlisten = [\"{{SIP}}\"]\nshards = 1\n\n[control]\nadmin = \"{{ADMIN}}\"\n\n");
+    let mut c = "[proxy]\nlisten = [\"{SIP}\"]\nshards = 1\n\n[control]\nadmin = \"{ADMIN}\"\n\n".to_string();
     for (set, b) in [(1, tcp_box), (2, udp_box_addr)] {
         c.push_str(&format!("[[dispatcher]]\nsetid = {set}\ndestination = \"sip:{b}\"\n\n"));
     }

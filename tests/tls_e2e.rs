@@ -165,6 +165,30 @@ fn tls_config(shards: usize, backends: &[u16], tls: SocketAddr, pki: &Pki, extra
     format!("{c}\n{}", pki.tls_table(extra_tls))
 }
 
+/// A SIPp UAS behind fsroute with one TLS listener at `tls`, whose certificate (`fsroute-1`) the
+/// test CA `pki` signed; `extra_tls` adds lines to `[tls]` (it may name the CA's files).
+struct TlsEdge {
+    uas: Sipp,
+    pki: Pki,
+    /// The certificate fsroute serves.
+    cert: Leaf,
+    tls: SocketAddr,
+    proxy: Proxy,
+}
+
+impl TlsEdge {
+    fn start(shards: usize, extra_tls: impl Fn(&Pki) -> String, extra_proxy: &str) -> TlsEdge {
+        let b = free_udp_port();
+        let uas = Sipp::uas(b, None, &[]);
+        let pki = Pki::new();
+        let cert = pki.leaf("fsroute-1");
+        pki.install(&cert);
+        let tls = free_tcp_addr();
+        let proxy = Proxy::start(&tls_config(shards, &[b], tls, &pki, &extra_tls(&pki), extra_proxy));
+        TlsEdge { uas, pki, cert, tls, proxy }
+    }
+}
+
 /// One call from `caller` through fsroute at `tls` to the SIPp UAS: INVITE, its 180 and 200 on
 /// the caller's connection, ACK and BYE along the Record-Route, the BYE's 200.
 fn call(caller: &mut TlsCaller, tls: SocketAddr, n: u32) -> Result<(), String> {
@@ -207,12 +231,7 @@ fn call(caller: &mut TlsCaller, tls: SocketAddr, n: u32) -> Result<(), String> {
 #[test]
 fn a_tls_caller_gets_its_responses_on_its_own_connection_and_completes_calls() {
     let _g = serial();
-    let b = free_udp_port();
-    let uas = Sipp::uas(b, None, &[]);
-    let pki = Pki::new();
-    pki.install(&pki.leaf("fsroute-1"));
-    let tls = free_tcp_addr();
-    let proxy = Proxy::start(&tls_config(2, &[b], tls, &pki, "", ""));
+    let TlsEdge { uas, pki, tls, proxy, .. } = TlsEdge::start(2, |_| String::new(), "");
     let mut caller = TlsCaller::connect(tls, pki.client(None)).unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
     // Several calls on one connection: some belong to the shard that does not own it, so their
     // responses reach the caller through the owner.
@@ -235,13 +254,8 @@ fn a_tls_caller_gets_its_responses_on_its_own_connection_and_completes_calls() {
 #[test]
 fn with_verify_client_require_a_caller_without_a_certificate_is_refused_and_one_the_client_ca_signed_is_served() {
     let _g = serial();
-    let b = free_udp_port();
-    let _uas = Sipp::uas(b, None, &[]);
-    let pki = Pki::new();
-    pki.install(&pki.leaf("fsroute-1"));
-    let tls = free_tcp_addr();
-    let extra = format!("client_ca = \"{}\"\nverify_client = \"require\"", pki.path("ca.pem").display());
-    let proxy = Proxy::start(&tls_config(1, &[b], tls, &pki, &extra, ""));
+    let mutual = |pki: &Pki| format!("client_ca = \"{}\"\nverify_client = \"require\"", pki.path("ca.pem").display());
+    let TlsEdge { uas: _uas, pki, tls, proxy, .. } = TlsEdge::start(1, mutual, "");
     // TLS 1.3: the client's side of the handshake is done before the server has judged it, so
     // the refusal shows on the first read.
     let anonymous = TlsCaller::connect(tls, pki.client(None)).map(|mut c| c.options(tls, 1));
@@ -261,14 +275,7 @@ fn with_verify_client_require_a_caller_without_a_certificate_is_refused_and_one_
 #[test]
 fn a_sighup_with_a_new_certificate_reaches_new_connections_while_open_ones_go_on() {
     let _g = serial();
-    let b = free_udp_port();
-    let _uas = Sipp::uas(b, None, &[]);
-    let pki = Pki::new();
-    let first = pki.leaf("fsroute-1");
-    pki.install(&first);
-    let tls = free_tcp_addr();
-    let config = tls_config(2, &[b], tls, &pki, "", "");
-    let proxy = Proxy::start(&config);
+    let TlsEdge { uas: _uas, pki, cert: first, tls, proxy } = TlsEdge::start(2, |_| String::new(), "");
     let mut open = TlsCaller::connect(tls, pki.client(None)).unwrap();
     assert_eq!(open.server_certificate(), first.der);
     let second = pki.leaf("fsroute-2");
@@ -294,12 +301,7 @@ fn a_sighup_with_a_new_certificate_reaches_new_connections_while_open_ones_go_on
 #[test]
 fn garbage_instead_of_a_client_hello_is_closed_and_counted_while_udp_calls_go_on() {
     let _g = serial();
-    let b = free_udp_port();
-    let _uas = Sipp::uas(b, None, &[]);
-    let pki = Pki::new();
-    pki.install(&pki.leaf("fsroute-1"));
-    let tls = free_tcp_addr();
-    let proxy = Proxy::start(&tls_config(2, &[b], tls, &pki, "", "tcp_idle_timeout = \"2s\""));
+    let TlsEdge { uas: _uas, pki: _pki, tls, proxy, .. } = TlsEdge::start(2, |_| String::new(), "tcp_idle_timeout = \"2s\"");
     let mut garbage = TcpStream::connect(tls).unwrap();
     garbage
         .write_all(b"INVITE sip:100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bKx\r\nContent-Length: 0\r\n\r\n")
