@@ -82,6 +82,10 @@ fn write_summary(s: &mut String, c: &Config) -> std::fmt::Result {
         XAuthMode::Always => "added to every request, removed from callers",
         XAuthMode::Never => "neither added nor removed",
     })?;
+    match p.udp_max_message {
+        0 => writeln!(s, "udp->tcp    off: requests of any size leave over udp")?,
+        n => writeln!(s, "udp->tcp    requests above {n} bytes leave over tcp (udp where the box takes no tcp)")?,
+    }
     let l = &c.limits;
     writeln!(
         s,

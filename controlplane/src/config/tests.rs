@@ -851,6 +851,7 @@ fn the_summary_shows_listeners_sets_weights_and_routes() {
     for want in [
         "listen      udp 127.0.0.1:5060",
         "advertise   127.0.0.1:5060",
+        "udp->tcp    requests above 1300 bytes leave over tcp",
         "shards 2",
         "dispatcher sets: 1",
         "set 1: 2 destination(s)",
