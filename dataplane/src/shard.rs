@@ -38,7 +38,7 @@ use crate::capture::{worth_capturing, CaptureRing, CaptureSocket};
 use crate::conn::{Closed, ConnId, ConnTable, Hop, SourceLimit, Transport};
 use crate::framing::{Frame, FrameError, Framer, PONG};
 use crate::hep::WallTime;
-use crate::router::rewrite::{switch_large_request, via_back_to_udp};
+use crate::router::rewrite::{own_via_to_tcp, too_large_for_udp, via_back_to_udp};
 use crate::router::{Action, Router};
 use crate::socket::{bind_group, bind_tcp_group, Ingress};
 use crate::stats::{DropReason, ShardStats};
@@ -314,6 +314,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a UDP destination that refused a connection for a large request gets its large
 /// requests over UDP without another try (docs/TCP.md §6).
 const NO_TCP_RETRY: Duration = Duration::from_secs(60);
+/// How many such addresses a shard remembers before it forgets those whose time is up.
+const MAX_REFUSED_TCP: usize = 4096;
 
 /// What a shard needs for TCP: its listener sockets, the limits, and the per-source count that
 /// all shards share (touched at accept and close only).
@@ -449,8 +451,7 @@ impl Shard {
         if table.destination_transport(&to).is_stream() {
             return self.send_tcp(to, buf);
         }
-        let limit = table.proxy.udp_max_message;
-        if limit != 0 && buf.len() > limit && !self.refuses_tcp(to) && switch_large_request(&mut buf, limit, Transport::Tcp) {
+        if too_large_for_udp(&buf, table.proxy.udp_max_message) && !self.refuses_tcp(to) && own_via_to_tcp(&mut buf) {
             ShardStats::inc(&self.stats.udp_to_tcp);
             return self.send_tcp(to, buf);
         }
@@ -473,7 +474,13 @@ impl Shard {
     /// UDP after all, their Via back to UDP, rather than be lost (fragmented UDP is what every
     /// peer that does not speak TCP gets anyway).
     fn large_requests_back_to_udp(&self, to: SocketAddr, queued: &[u8]) {
-        self.refused_tcp.borrow_mut().insert(to, Instant::now());
+        let mut refused = self.refused_tcp.borrow_mut();
+        // Bounded: addresses whose 60 s are over go before the map grows past a few thousand.
+        if refused.len() >= MAX_REFUSED_TCP {
+            refused.retain(|_, at| at.elapsed() < NO_TCP_RETRY);
+        }
+        refused.insert(to, Instant::now());
+        drop(refused);
         let mut framer = Framer::new(queued.len().max(1));
         framer.push(queued);
         while let Ok(Some(Frame::Message(m))) = framer.next_frame() {

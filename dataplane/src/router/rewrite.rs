@@ -252,32 +252,37 @@ pub(super) fn push_own_via(out: &mut Vec<u8>, own: &OwnLines, branch: u64, mac: 
 }
 
 /// RFC 3261 §18.1.1: a request larger than `limit` bytes (1300 unless the path MTU is known)
-/// must not go over UDP. Given a request fsroute wrote for a UDP destination, this turns its own
-/// Via (the first header line, `forward_request` puts it there) into `SIP/2.0/<transport>`, same
-/// length, in place, and says whether it did: the shell then sends it on a connection. A response,
-/// a request within the limit, a limit of 0 (off), or bytes not starting with fsroute's UDP Via
-/// are left alone. [`via_back_to_udp`] undoes it when the destination takes no connection.
-pub fn switch_large_request(buf: &mut [u8], limit: usize, transport: Transport) -> bool {
-    if limit == 0 || buf.len() <= limit || buf.starts_with(b"SIP/2.0 ") || !transport.is_stream() {
-        return false;
-    }
-    set_own_via_transport(buf, b"UDP", transport.via_name().as_bytes())
+/// must not go over UDP; 0 turns the rule off. Responses follow their Via (§18.2.2) whatever
+/// their size.
+pub fn too_large_for_udp(buf: &[u8], limit: usize) -> bool {
+    limit != 0 && buf.len() > limit && !buf.starts_with(b"SIP/2.0 ")
 }
 
-/// Writes fsroute's Via back to `SIP/2.0/UDP` (see [`switch_large_request`]).
+/// Turns fsroute's own Via in a request it wrote for a UDP destination (the first header line:
+/// `forward_request` puts it there) into `SIP/2.0/TCP`, in place and of the same length, so no
+/// span or Content-Length moves; false, and nothing written, when the line is not that Via.
+/// [`via_back_to_udp`] undoes it when the destination takes no connection.
+pub fn own_via_to_tcp(buf: &mut [u8]) -> bool {
+    set_own_via_transport(buf, Transport::Udp, Transport::Tcp)
+}
+
+/// Writes fsroute's Via back to `SIP/2.0/UDP` (see [`own_via_to_tcp`]).
 pub fn via_back_to_udp(buf: &mut [u8]) -> bool {
-    set_own_via_transport(buf, b"TCP", b"UDP") || set_own_via_transport(buf, b"TLS", b"UDP")
+    set_own_via_transport(buf, Transport::Tcp, Transport::Udp)
 }
 
-fn set_own_via_transport(buf: &mut [u8], from: &[u8], to: &[u8]) -> bool {
+fn set_own_via_transport(buf: &mut [u8], from: Transport, to: Transport) -> bool {
+    const VIA: &[u8] = b"Via: SIP/2.0/";
     let Some(eol) = memchr::memchr(b'\n', buf) else { return false };
-    let at = eol + 1 + b"Via: SIP/2.0/".len();
-    let Some(name) = buf.get(eol + 1..at + 3) else { return false };
-    if !(name.starts_with(b"Via: SIP/2.0/") && &name[13..] == from) || from.len() != to.len() {
-        return false;
+    let (from, to) = (from.via_name().as_bytes(), to.via_name().as_bytes());
+    let name = eol + 1 + VIA.len();
+    match buf.get(eol + 1..name + from.len()) {
+        Some(line) if line.starts_with(VIA) && &line[VIA.len()..] == from && from.len() == to.len() => {
+            buf[name..name + to.len()].copy_from_slice(to);
+            true
+        }
+        _ => false,
     }
-    buf[at..at + 3].copy_from_slice(to);
-    true
 }
 
 /// The Record-Route token naming the chosen destination: `127.0.0.1~5071` or `[::1]~5071`.
@@ -663,18 +668,18 @@ mod tests {
         req.extend_from_slice(own.via(Transport::Udp));
         req.extend_from_slice(b"z9hG4bK-fsr1\r\nCall-ID: x\r\n\r\n");
         let before = req.clone();
-        assert!(!switch_large_request(&mut req, before.len(), Transport::Tcp), "at the limit: stays UDP");
-        assert!(!switch_large_request(&mut req, 0, Transport::Tcp), "0: never");
-        assert!(switch_large_request(&mut req, before.len() - 1, Transport::Tcp));
+        assert!(!too_large_for_udp(&req, before.len()), "at the limit: stays UDP");
+        assert!(!too_large_for_udp(&req, 0), "0: never");
+        assert!(too_large_for_udp(&req, before.len() - 1) && own_via_to_tcp(&mut req));
         assert_eq!(req.len(), before.len());
         assert!(String::from_utf8_lossy(&req).contains("\r\nVia: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bK-fsr1\r\n"));
-        assert!(!switch_large_request(&mut req, 1, Transport::Tcp), "already switched");
+        assert!(!own_via_to_tcp(&mut req), "already switched");
         assert!(via_back_to_udp(&mut req));
         assert_eq!(req, before);
-        let mut response = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKx\r\n\r\n".to_vec();
-        assert!(!switch_large_request(&mut response, 1, Transport::Tcp), "responses follow their Via");
+        let response = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKx\r\n\r\n".to_vec();
+        assert!(!too_large_for_udp(&response, 1), "responses follow their Via");
         let mut other = b"INVITE sip:a@b SIP/2.0\r\nMax-Forwards: 70\r\n\r\n".to_vec();
-        assert!(!switch_large_request(&mut other, 1, Transport::Tcp), "not a request fsroute wrote");
+        assert!(!own_via_to_tcp(&mut other), "not a request fsroute wrote");
     }
 
     #[test]
